@@ -1,0 +1,279 @@
+r"""``adamwkit.AdamW``: a drop-in for ``torch.optim.AdamW`` that says what its decay means.
+
+The class validates hyperparameters, keeps state exactly as ``torch.optim.AdamW`` lays it
+out (so state_dicts load into either class), and dispatches to
+:func:`adamwkit.functional.adamw_step`, where the math lives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+from ._checks import check_choice, check_range
+from .functional import DECAY_SCALES, DecayScale, adamw_step, default_impl
+
+__all__ = ["AdamW"]
+
+# Hyperparameters this class adds to each param group, with their values for a group that
+# lacks them (a state_dict saved by torch.optim.AdamW).
+_ADDED_GROUP_KEYS = ("decay_scale", "lr_peak", "nonfinite_skips")
+
+
+class AdamW(Optimizer):
+    r"""AdamW with an explicit choice of how weight decay scales.
+
+    Same signature, defaults and results as ``torch.optim.AdamW``, plus:
+
+    Args:
+        decay_scale: how the per-step decay is scaled.
+
+            - ``"lr"`` (default, PyTorch / optax / Keras):
+              :math:`\theta \leftarrow \theta\,(1 - \mathrm{lr}_t\,\lambda)`.
+              The decay per step grows with the learning rate; ``weight_decay=0.01`` at
+              ``lr=1e-3`` removes 1e-5 of each weight per step.
+            - ``"schedule"`` (Loshchilov & Hutter 2019, Algorithm 2):
+              :math:`\theta \leftarrow \theta\,(1 - (\mathrm{lr}_t/\mathrm{lr}_{peak})\,\lambda)`.
+              The decay follows the schedule multiplier, not the learning rate's size,
+              so ``weight_decay`` is the fraction removed per step at the peak.
+
+            ``lr_peak`` of a group is, in this order: the group's ``max_lr`` (set by
+            ``OneCycleLR``), its ``initial_lr`` (set by every other LR scheduler), or its
+            ``lr`` when the optimizer was built (kept as the group key ``lr_peak``).
+        skip_nonfinite: when True and any gradient of the step holds a NaN or an infinity,
+            the step changes no parameter and no state; each group's ``nonfinite_skips``
+            counter (also :attr:`nonfinite_skips`) records it.
+
+    The default path is PyTorch's fused kernel for float32/float64 parameters on CPU and
+    CUDA (both decay scales use it: ``"schedule"`` is ``"lr"`` with
+    ``weight_decay / lr_peak``), else whatever ``torch.optim.AdamW`` picks; ``fused`` and
+    ``foreach`` choose a path explicitly, as in PyTorch.
+
+    Sources: Loshchilov & Hutter, ICLR 2019 (arXiv:1711.05101); ``torch.optim.AdamW``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decay_scale: DecayScale = "lr",
+        skip_nonfinite: bool = False,
+    ) -> None:
+        if fused and foreach:
+            raise ValueError("fused=True and foreach=True are exclusive: choose one path")
+        if fused and differentiable:
+            raise ValueError("fused=True does not support differentiable=True")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            # torch.optim.AdamW's own key, kept so that state_dicts carry the same keys
+            "decoupled_weight_decay": True,
+            "decay_scale": decay_scale,
+            "lr_peak": None,
+        }
+        _check_group(defaults, "")
+        self.skip_nonfinite = bool(skip_nonfinite)
+        super().__init__(params, defaults)
+        if fused:
+            # GradScaler unscales into the fused kernel, as for torch.optim.AdamW(fused=True).
+            self._step_supports_amp_scaling = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (as ``torch.optim.Optimizer``), validating its hyperparameters."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _check_group(group, f"param_groups[{len(self.param_groups) - 1}].")
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        if group["lr_peak"] is None:
+            group["lr_peak"] = float(group["lr"])
+        group.setdefault("nonfinite_skips", 0)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        defaults = getattr(self, "defaults", {})
+        for group in self.param_groups:
+            # A state_dict from torch.optim.AdamW has none of the keys this class adds.
+            group.setdefault("decay_scale", defaults.get("decay_scale", "lr"))
+            if group.get("lr_peak") is None:
+                group["lr_peak"] = float(group.get("initial_lr", group["lr"]))
+            group.setdefault("nonfinite_skips", 0)
+            for key in ("amsgrad", "maximize", "capturable", "differentiable"):
+                group.setdefault(key, False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group["decoupled_weight_decay"] = True
+
+    @property
+    def nonfinite_skips(self) -> int:
+        """How many steps ``skip_nonfinite=True`` has skipped."""
+        return max((g.get("nonfinite_skips", 0) for g in self.param_groups), default=0)
+
+    @staticmethod
+    def lr_peak(group: dict[str, Any]) -> float:
+        """The peak learning rate that ``decay_scale="schedule"`` divides by, for one group."""
+        for key in ("max_lr", "initial_lr", "lr_peak"):
+            value = group.get(key)
+            if value is not None:
+                return float(value)
+        return float(group["lr"])
+
+    def _init_group(self, group: dict[str, Any], impl: str) -> dict[str, list[Tensor]]:
+        """Collect the group's tensors, creating state lazily in torch.optim.AdamW's layout."""
+        lists: dict[str, list[Tensor]] = {
+            k: [] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_sqs", "steps")
+        }
+        fused_layout = impl == "fused" or group["capturable"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "AdamW does not support sparse gradients (got one for a parameter of "
+                    f"shape {tuple(p.shape)}); use torch.optim.SparseAdam for those parameters"
+                )
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = (
+                    torch.zeros((), dtype=torch.float32, device=p.device)
+                    if fused_layout
+                    else torch.tensor(0.0, dtype=_scalar_dtype())
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+            elif fused_layout and (
+                state["step"].device != p.device or state["step"].dtype != torch.float32
+            ):
+                # A state saved by a non-fused run keeps its step on the CPU: move it once.
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+            elif group["amsgrad"] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            lists["params"].append(p)
+            lists["grads"].append(p.grad)
+            lists["exp_avgs"].append(state["exp_avg"])
+            lists["exp_avg_sqs"].append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                lists["max_sqs"].append(state["max_exp_avg_sq"])
+            lists["steps"].append(state["step"])
+        return lists
+
+    def _impl(self, group: dict[str, Any]) -> str:
+        if group["fused"]:
+            return "fused"
+        if group["foreach"]:
+            return "foreach"
+        if group["fused"] is None and group["foreach"] is None:
+            params = [p for p in group["params"] if p.grad is not None]
+            return "fused" if default_impl(params, group["differentiable"]) == "fused" else "auto"
+        return "forloop"
+
+    def _has_nonfinite_grad(self) -> bool:
+        flags = [
+            torch.isfinite(p.grad).all()
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        return bool(flags) and not bool(torch.stack([f.cpu() for f in flags]).all())
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.skip_nonfinite and self._has_nonfinite_grad():
+            for group in self.param_groups:
+                group["nonfinite_skips"] = group.get("nonfinite_skips", 0) + 1
+            return loss
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            for group in self.param_groups:
+                impl = self._impl(group)
+                t = self._init_group(group, impl)
+                if not t["params"]:
+                    continue
+                adamw_step(
+                    t["params"],
+                    t["grads"],
+                    t["exp_avgs"],
+                    t["exp_avg_sqs"],
+                    t["steps"],
+                    max_exp_avg_sqs=t["max_sqs"],
+                    lr=group["lr"],
+                    weight_decay=group["weight_decay"],
+                    betas=group["betas"],
+                    eps=group["eps"],
+                    amsgrad=group["amsgrad"],
+                    maximize=group["maximize"],
+                    decay_scale=group["decay_scale"],
+                    lr_peak=self.lr_peak(group),
+                    impl=impl,  # type: ignore[arg-type]
+                    capturable=group["capturable"],
+                    differentiable=group["differentiable"],
+                    grad_scale=getattr(self, "grad_scale", None),
+                    found_inf=getattr(self, "found_inf", None),
+                )
+        return loss
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim.AdamW gives a CPU step counter outside the fused path."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _check_group(group: dict[str, Any], where: str) -> None:
+    """Validate one group's hyperparameters; ``where`` prefixes the argument name."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(
+                f"{where}lr is a tensor of shape {tuple(lr.shape)}: expected 1 element"
+            )
+        lr = lr.item()
+    check_range(f"{where}lr", lr)
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{where}betas={betas!r} is invalid: expected a pair (beta1, beta2)")
+    for i, b in enumerate(betas):
+        check_range(f"{where}betas[{i}]", float(b), 0.0, 1.0, high_open=True)
+    check_range(f"{where}eps", group["eps"])
+    check_range(f"{where}weight_decay", group["weight_decay"])
+    check_choice(f"{where}decay_scale", group["decay_scale"], DECAY_SCALES)
+    if group["decay_scale"] == "schedule":
+        peak = group["lr_peak"] if group["lr_peak"] is not None else lr
+        if not (math.isfinite(float(peak)) and float(peak) > 0):
+            raise ValueError(
+                f"{where}lr_peak={peak!r} is invalid with decay_scale='schedule': the decay "
+                "divides by the peak learning rate, so it must be > 0; build the optimizer "
+                "with the peak lr (or set the group's 'lr_peak')"
+            )

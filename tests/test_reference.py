@@ -1,0 +1,93 @@
+"""decay_scale="schedule" (and "lr") against the NumPy reference of Algorithm 2."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import adamwkit
+from adamwkit.reference import AdamWReference, adamw_reference_step
+from conftest import batches, loss_fn, make_model
+
+STEPS = 200
+
+
+def cosine(t: int, total: int = STEPS) -> float:
+    """Schedule multiplier of step t (0-based), as CosineAnnealingLR with eta_min=0."""
+    return 0.5 * (1 + math.cos(math.pi * t / total))
+
+
+def run_pair(decay_scale: str, weight_decay: float, amsgrad: bool, lr: float = 1e-2):
+    """Our AdamW (float64, cosine schedule) and the reference fed gradients at its own point."""
+    model = make_model(torch.float64)
+    twin = make_model(torch.float64)
+    opt = adamwkit.AdamW(
+        model.parameters(),
+        lr=lr,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        decay_scale=decay_scale,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    # "lr" scales decay by the lr itself: the paper's lambda is lr_peak * weight_decay
+    lam = weight_decay if decay_scale == "schedule" else lr * weight_decay
+    ref = AdamWReference(
+        [p.detach().numpy() for p in twin.parameters()],
+        alpha=lr,
+        weight_decay=lam,
+        amsgrad=amsgrad,
+    )
+    for t, (x, y) in enumerate(batches(torch.float64, STEPS)):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for p, r in zip(twin.parameters(), ref.params, strict=True):
+                p.copy_(torch.from_numpy(r))
+        twin.zero_grad()
+        loss_fn(twin, x, y).backward()
+        ref.step([p.grad.numpy() for p in twin.parameters()], eta=cosine(t))
+    return [p.detach().numpy() for p in model.parameters()], ref.params
+
+
+def rel(a, b) -> float:
+    return max(float(np.abs(x - y).max() / np.abs(y).max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("decay_scale", ["schedule", "lr"])
+def test_matches_reference_float64(decay_scale, amsgrad):
+    ours, ref = run_pair(decay_scale, weight_decay=0.3, amsgrad=amsgrad)
+    assert rel(ours, ref) <= 1e-12
+
+
+def test_schedule_differs_from_lr():
+    """The two scales must give different runs when lr != 1 (else the test above is vacuous)."""
+    a, _ = run_pair("schedule", weight_decay=0.3, amsgrad=False)
+    b, _ = run_pair("lr", weight_decay=0.3, amsgrad=False)
+    assert rel(a, b) > 1e-3
+
+
+def test_first_step_worked_number():
+    """Step 1: mhat = g and vhat = g^2, so theta moves by alpha*sign(g) plus eta*lambda*theta."""
+    theta = np.array([1.0, -2.0, 0.5])
+    g = np.array([0.3, -4.0, 1e-3])
+    new, m, v, _ = adamw_reference_step(
+        theta, g, np.zeros(3), np.zeros(3), 1, alpha=0.1, eta=0.5, eps=0.0, weight_decay=0.2
+    )
+    expected = theta - 0.5 * (0.1 * np.sign(g) + 0.2 * theta)
+    np.testing.assert_allclose(new, expected, rtol=1e-15)
+    np.testing.assert_allclose(m, 0.1 * g)
+    np.testing.assert_allclose(v, 0.001 * g * g)
+
+
+def test_peak_from_one_cycle_is_max_lr():
+    """OneCycleLR's initial_lr is max_lr/25: the decay multiplier must use max_lr."""
+    w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt = adamwkit.AdamW([w], lr=1.0, weight_decay=0.1, decay_scale="schedule")
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=10)
+    assert adamwkit.AdamW.lr_peak(opt.param_groups[0]) == 0.02

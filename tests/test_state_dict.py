@@ -1,0 +1,86 @@
+"""state_dicts move between adamwkit.AdamW and torch.optim.AdamW in both directions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adamwkit
+from conftest import batches, loss_fn, make_model, max_rel_diff, three_groups
+
+HALF = 100
+
+
+def run(first, second, dtype=torch.float32):
+    """HALF steps with optimizer class ``first``, then HALF more with ``second``."""
+    model = make_model(dtype)
+    data = list(batches(dtype, 2 * HALF))
+    opt = first(three_groups(model), lr=5e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2 * HALF)
+    for i, (x, y) in enumerate(data):
+        if i == HALF and second is not first:
+            saved = opt.state_dict()
+            opt = second(three_groups(model), lr=5e-3)
+            opt.load_state_dict(saved)
+            sched_state = sched.state_dict()
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2 * HALF)
+            sched.load_state_dict(sched_state)
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+    return [p.detach().clone() for p in model.parameters()], opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "first,second",
+    [(adamwkit.AdamW, torch.optim.AdamW), (torch.optim.AdamW, adamwkit.AdamW)],
+    ids=["ours->torch", "torch->ours"],
+)
+def test_switching_keeps_the_trajectory(first, second, dtype):
+    switched, _ = run(first, second, dtype)
+    straight, _ = run(torch.optim.AdamW, torch.optim.AdamW, dtype)
+    assert max_rel_diff(switched, straight) <= (1e-6 if dtype == torch.float32 else 1e-12)
+
+
+def test_same_keys_and_step_layout():
+    ours = run(adamwkit.AdamW, adamwkit.AdamW)[1].state_dict()
+    theirs = run(torch.optim.AdamW, torch.optim.AdamW)[1].state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for k in theirs["state"]:
+        assert ours["state"][k].keys() == theirs["state"][k].keys()
+        a, b = ours["state"][k]["step"], theirs["state"][k]["step"]
+        assert (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
+        assert a.item() == b.item() == 2 * HALF
+    for g_ours, g_theirs in zip(ours["param_groups"], theirs["param_groups"], strict=True):
+        assert set(g_theirs) <= set(g_ours)
+        assert g_ours["decay_scale"] == "lr"
+
+
+def test_decay_scale_is_saved_and_restored():
+    w = torch.nn.Parameter(torch.ones(3))
+    src = adamwkit.AdamW([w], lr=1e-2, decay_scale="schedule")
+    w.grad = torch.ones(3)
+    src.step()
+    dst = adamwkit.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-2)
+    dst.load_state_dict(src.state_dict())
+    assert dst.param_groups[0]["decay_scale"] == "schedule"
+    assert dst.param_groups[0]["lr_peak"] == 1e-2
+
+
+def test_torch_state_dict_gets_our_defaults():
+    w = torch.nn.Parameter(torch.ones(3))
+    src = torch.optim.AdamW([w], lr=1e-2)
+    dst = adamwkit.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-2, decay_scale="schedule")
+    dst.load_state_dict(src.state_dict())
+    group = dst.param_groups[0]
+    assert group["decay_scale"] == "schedule" and group["lr_peak"] == 1e-2
+
+
+def test_float64_default_dtype_step_moves_to_fused_layout(float64_default):
+    """A torch run under float64 default dtype keeps float64 CPU steps; ours converts them."""
+    switched, opt = run(torch.optim.AdamW, adamwkit.AdamW, torch.float64)
+    straight, _ = run(torch.optim.AdamW, torch.optim.AdamW, torch.float64)
+    assert max_rel_diff(switched, straight) <= 1e-12
+    assert all(s["step"].dtype == torch.float32 for s in opt.state.values())
