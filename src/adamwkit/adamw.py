@@ -17,7 +17,13 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from ._checks import check_choice, check_range
-from .functional import DECAY_SCALES, DecayScale, adamw_step, default_impl
+from .functional import (
+    DECAY_SCALES,
+    DecayScale,
+    effective_weight_decay,
+    fused_eligible,
+    torch_step,
+)
 
 __all__ = ["AdamW"]
 
@@ -144,20 +150,33 @@ class AdamW(Optimizer):
                 return float(value)
         return float(group["lr"])
 
-    def _init_group(self, group: dict[str, Any], impl: str) -> dict[str, list[Tensor]]:
-        """Collect the group's tensors, creating state lazily in torch.optim.AdamW's layout."""
-        lists: dict[str, list[Tensor]] = {
-            k: [] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_sqs", "steps")
-        }
-        fused_layout = impl == "fused" or group["capturable"]
+    def _init_group(self, group: dict[str, Any], explicit: str | None) -> tuple:
+        """Collect the group's tensors in one pass, creating state in torch.optim.AdamW's layout.
+
+        Returns ``(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, has_complex,
+        impl)``; ``impl`` is ``explicit`` or, when None, the default path for these tensors.
+        """
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        max_sqs: list[Tensor] = []
+        steps: list[Tensor] = []
+        has_complex = False
+        fusable = not group["differentiable"]
+        amsgrad, capturable = group["amsgrad"], group["capturable"]
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     "AdamW does not support sparse gradients (got one for a parameter of "
                     f"shape {tuple(p.shape)}); use torch.optim.SparseAdam for those parameters"
                 )
+            eligible = fused_eligible(p)
+            fusable = fusable and eligible
+            fused_layout = capturable or explicit == "fused" or (explicit is None and eligible)
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = (
@@ -167,34 +186,35 @@ class AdamW(Optimizer):
                 )
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
             elif fused_layout and (
-                state["step"].device != p.device or state["step"].dtype != torch.float32
+                state["step"].dtype != torch.float32 or state["step"].device != p.device
             ):
                 # A state saved by a non-fused run keeps its step on the CPU: move it once.
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
-            elif group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            lists["params"].append(p)
-            lists["grads"].append(p.grad)
-            lists["exp_avgs"].append(state["exp_avg"])
-            lists["exp_avg_sqs"].append(state["exp_avg_sq"])
-            if group["amsgrad"]:
-                lists["max_sqs"].append(state["max_exp_avg_sq"])
-            lists["steps"].append(state["step"])
-        return lists
+            if amsgrad:
+                if "max_exp_avg_sq" not in state:
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                max_sqs.append(state["max_exp_avg_sq"])
+            has_complex = has_complex or (not eligible and torch.is_complex(p))
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        impl = explicit or ("fused" if fusable else "torch")
+        return params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, has_complex, impl
 
-    def _impl(self, group: dict[str, Any]) -> str:
+    @staticmethod
+    def _explicit_impl(group: dict[str, Any]) -> str | None:
+        """The path the user chose with ``fused``/``foreach``, as torch reads them; None: auto."""
         if group["fused"]:
             return "fused"
         if group["foreach"]:
             return "foreach"
         if group["fused"] is None and group["foreach"] is None:
-            params = [p for p in group["params"] if p.grad is not None]
-            return "fused" if default_impl(params, group["differentiable"]) == "fused" else "auto"
+            return None
         return "forloop"
 
     def _has_nonfinite_grad(self) -> bool:
@@ -216,32 +236,31 @@ class AdamW(Optimizer):
             for group in self.param_groups:
                 group["nonfinite_skips"] = group.get("nonfinite_skips", 0) + 1
             return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
         with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
             for group in self.param_groups:
-                impl = self._impl(group)
-                t = self._init_group(group, impl)
-                if not t["params"]:
+                *tensors, has_complex, impl = self._init_group(group, self._explicit_impl(group))
+                if not tensors[0]:
                     continue
-                adamw_step(
-                    t["params"],
-                    t["grads"],
-                    t["exp_avgs"],
-                    t["exp_avg_sqs"],
-                    t["steps"],
-                    max_exp_avg_sqs=t["max_sqs"],
+                torch_step(
+                    *tensors,
                     lr=group["lr"],
-                    weight_decay=group["weight_decay"],
+                    weight_decay=float(
+                        effective_weight_decay(
+                            group["weight_decay"], group["decay_scale"], self.lr_peak(group)
+                        )
+                    ),
                     betas=group["betas"],
                     eps=group["eps"],
                     amsgrad=group["amsgrad"],
                     maximize=group["maximize"],
-                    decay_scale=group["decay_scale"],
-                    lr_peak=self.lr_peak(group),
-                    impl=impl,  # type: ignore[arg-type]
+                    impl=impl,
                     capturable=group["capturable"],
                     differentiable=group["differentiable"],
-                    grad_scale=getattr(self, "grad_scale", None),
-                    found_inf=getattr(self, "found_inf", None),
+                    grad_scale=grad_scale,
+                    found_inf=found_inf,
+                    has_complex=has_complex,
                 )
         return loss
 

@@ -50,13 +50,13 @@ Impl = Literal["auto", "fused", "foreach", "forloop"]
 DECAY_SCALES: tuple[str, ...] = ("lr", "schedule")
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "forloop")
 
-# Devices whose fused AdamW kernel handles float32 and float64 alike.
-_FUSED_AUTO_DEVICES = ("cpu", "cuda")
+# The fused kernel of CPU and CUDA devices handles these dtypes with PyTorch's math.
 _FUSED_AUTO_DTYPES = (torch.float32, torch.float64)
-# A population step calls the fused kernel once per member when the member slices are
-# at least this large on average (the per-slice dispatch cost is then negligible);
-# otherwise it decays in a separate pass and calls the kernel once for all members.
-_PER_MEMBER_MIN_NUMEL = 1 << 15
+# In a fused population step, a tensor whose member slices hold at least this many
+# elements goes through the kernel once per member, with that member's decay folded in
+# (a kernel call per slice costs about as much as decaying ~8k elements in a separate
+# pass); smaller tensors are decayed in one extra pass, then take a single kernel call.
+_PER_MEMBER_MIN_NUMEL = 1 << 13
 
 
 def effective_weight_decay(
@@ -91,6 +91,11 @@ def effective_weight_decay(
     return weight_decay / lr_peak
 
 
+def fused_eligible(p: Tensor) -> bool:
+    """Whether ``"auto"`` may send this tensor to the fused kernel."""
+    return (p.is_cpu or p.is_cuda) and p.dtype in _FUSED_AUTO_DTYPES
+
+
 def default_impl(params: Sequence[Tensor], differentiable: bool = False) -> str:
     """The fastest path that computes PyTorch's math, for these tensors.
 
@@ -102,22 +107,7 @@ def default_impl(params: Sequence[Tensor], differentiable: bool = False) -> str:
     """
     if differentiable or not params:
         return "torch"
-    for p in params:
-        if p.device.type not in _FUSED_AUTO_DEVICES or p.dtype not in _FUSED_AUTO_DTYPES:
-            return "torch"
-    return "fused"
-
-
-def _torch_flags(impl: str, params: Sequence[Tensor], differentiable: bool) -> tuple:
-    """Map an ``impl`` name to torch's ``(fused, foreach)`` pair."""
-    if impl == "auto":
-        impl = default_impl(params, differentiable)
-    return {
-        "fused": (True, False),
-        "foreach": (False, True),
-        "forloop": (False, False),
-        "torch": (None, None),
-    }[impl]
+    return "fused" if all(fused_eligible(p) for p in params) else "torch"
 
 
 def _is_population(x: object) -> bool:
@@ -221,28 +211,86 @@ def adamw_step(
         )
         return
 
-    wd = float(effective_weight_decay(weight_decay, decay_scale, lr_peak))
-    fused, foreach = _torch_flags(impl, params, differentiable)
-    _torch_adam(
+    if impl == "auto":
+        impl = default_impl(params, differentiable)  # type: ignore[assignment]
+    torch_step(
         list(params),
         list(grads),
         list(exp_avgs),
         list(exp_avg_sqs),
         list(max_exp_avg_sqs or []),
         list(state_steps),
+        lr=lr,
+        weight_decay=float(effective_weight_decay(weight_decay, decay_scale, lr_peak)),
+        betas=betas,
+        eps=eps,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        impl=impl,
+        capturable=capturable,
+        differentiable=differentiable,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        has_complex=any(torch.is_complex(p) for p in params),
+    )
+
+
+_TORCH_FLAGS = {
+    "fused": (True, False),
+    "foreach": (False, True),
+    "forloop": (False, False),
+    "torch": (None, None),
+}
+
+
+def torch_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    impl: str,
+    capturable: bool,
+    differentiable: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    has_complex: bool,
+) -> None:
+    """PyTorch's AdamW kernels with ``weight_decay`` already in PyTorch's convention.
+
+    No validation: :func:`adamw_step` and :class:`adamwkit.AdamW` check their inputs and
+    call this on every step. ``impl`` is ``"fused"``, ``"foreach"``, ``"forloop"`` or
+    ``"torch"`` (PyTorch's own default choice).
+    """
+    fused, foreach = _TORCH_FLAGS[impl]
+    _torch_adam(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
         foreach=foreach,
         capturable=capturable,
         differentiable=differentiable,
         fused=fused,
         grad_scale=grad_scale,
         found_inf=found_inf,
-        has_complex=any(torch.is_complex(p) for p in params),
+        has_complex=has_complex,
         decoupled_weight_decay=True,
         amsgrad=amsgrad,
         beta1=betas[0],
         beta2=betas[1],
         lr=lr,
-        weight_decay=wd,
+        weight_decay=weight_decay,
         eps=eps,
         maximize=maximize,
     )
@@ -324,7 +372,8 @@ def _member_view(vec: Tensor, like: Tensor) -> Tensor:
 
 
 def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw):
-    """PyTorch's fused kernel, either once per member (decay folded in) or once for all."""
+    """PyTorch's fused kernel: once per member for large tensors (decay folded in), and
+    one decay pass plus one call for all members of the small ones."""
     lrs, wds = kw["lrs"], kw["wds"]
     size = lrs.numel()
     common = {
@@ -341,38 +390,41 @@ def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, ste
                 "torch.optim.AdamW(fused=True) keeps them"
             )
     torch._foreach_add_(steps, 1)
-    numel = sum(p.numel() for p in params)
     lr_list, wd_list = lrs.tolist(), wds.tolist()
-    per_member = len(set(lr_list)) > 1 or numel / (size * len(params)) >= _PER_MEMBER_MIN_NUMEL
-    if per_member:
-        for i in range(size):
+    shared_lr = len(set(lr_list)) == 1
+    big, small = [], []
+    for i, p in enumerate(params):
+        slice_numel = p.numel() // size
+        (big if not shared_lr or slice_numel >= _PER_MEMBER_MIN_NUMEL else small).append(i)
+    if big:
+        for m in range(size):
             torch._fused_adamw_(
-                [p[i] for p in params],
-                [g[i] for g in grads],
-                [m[i] for m in exp_avgs],
-                [v[i] for v in exp_avg_sqs],
-                [v[i] for v in max_exp_avg_sqs],
-                steps,
-                lr=lr_list[i],
-                weight_decay=wd_list[i],
+                [params[i][m] for i in big],
+                [grads[i][m] for i in big],
+                [exp_avgs[i][m] for i in big],
+                [exp_avg_sqs[i][m] for i in big],
+                [max_exp_avg_sqs[i][m] for i in big] if max_exp_avg_sqs else [],
+                [steps[i] for i in big],
+                lr=lr_list[m],
+                weight_decay=wd_list[m],
                 **common,
             )
-        return
-    if any(wd_list):
-        factor = 1.0 - lrs * wds
-        for p in params:
-            p.mul_(_member_view(factor, p))
-    torch._fused_adamw_(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        lr=lr_list[0],
-        weight_decay=0.0,
-        **common,
-    )
+    if small:
+        if any(wd_list):
+            factor = 1.0 - lrs * wds
+            for i in small:
+                params[i].mul_(_member_view(factor, params[i]))
+        torch._fused_adamw_(
+            [params[i] for i in small],
+            [grads[i] for i in small],
+            [exp_avgs[i] for i in small],
+            [exp_avg_sqs[i] for i in small],
+            [max_exp_avg_sqs[i] for i in small] if max_exp_avg_sqs else [],
+            [steps[i] for i in small],
+            lr=lr_list[0],
+            weight_decay=0.0,
+            **common,
+        )
 
 
 def _forloop_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw):
