@@ -212,7 +212,7 @@ def param_groups(
             rule = "model.no_weight_decay()"
         elif norm is not None:
             rule = f"norm layer ({norm})"
-        elif name.rsplit(".", 1)[-1] == "bias":
+        elif name.rsplit(".", 1)[-1].endswith("bias"):
             rule = "bias"
         elif p.ndim <= 1:
             rule = "ndim <= 1"
