@@ -10,7 +10,7 @@ import adamwkit
 from adamwkit import param_groups
 
 
-class RMSNormLike(nn.Module):
+class LlamaRMSNorm(nn.Module):
     """A third-party norm class (as in Llama code): matched by its type name."""
 
     def __init__(self, n: int) -> None:
@@ -29,7 +29,7 @@ class Net(nn.Module):
         self.mixer = nn.LayerNorm(16)  # a norm layer under a name no name-rule catches
         self.fc = nn.Linear(16, 32)
         self.bn = nn.BatchNorm1d(32)
-        self.rms = RMSNormLike(32)
+        self.rms = LlamaRMSNorm(32)
         self.head = nn.Linear(32, 50, bias=False)
         self.frozen = nn.Linear(4, 4)
         self.frozen.requires_grad_(False)
@@ -48,7 +48,7 @@ EXPECTED_RULES = {
     "fc.bias": "bias",
     "bn.weight": "norm layer (BatchNorm1d)",
     "bn.bias": "norm layer (BatchNorm1d)",
-    "rms.scale": "norm layer (RMSNormLike)",
+    "rms.scale": "norm layer (LlamaRMSNorm)",
     "head.weight": "ndim >= 2",
     "frozen.weight": "frozen (left out)",
     "frozen.bias": "frozen (left out)",
@@ -127,15 +127,46 @@ def test_callable_exclusion_and_tied_weights():
     assert names(model, groups[0]) == {"tok.weight"}
 
 
+def test_tied_weight_answers_to_every_name():
+    model = Net()
+    model.head.weight = model.tok.weight
+    groups = param_groups(model, 0.1, exclude=["head.*"])
+    assert id(model.tok.weight) not in {id(p) for p in groups[0]["params"]}
+    groups = param_groups(model, 0.1, multipliers={"head.*": 0.5})
+    assert groups[0]["weight_decay"] == pytest.approx(0.05)
+
+
+def test_fused_norm_linear_block_still_decays():
+    class LayerNormLinear(nn.Module):  # a fused LayerNorm + Linear, as TransformerEngine has
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4, 4))
+
+    model = nn.Sequential(LayerNormLinear())
+    assert names(model, param_groups(model, 0.1)[0]) == {"0.weight"}
+
+
+def test_exclusion_matching_only_frozen_does_not_warn(recwarn):
+    param_groups(Net(), 0.1, exclude=["frozen.*", "fc.*", "fc.weight"])
+    assert not [w for w in recwarn if "matched no parameter" in str(w.message)]
+
+
 def test_groups_work_with_both_optimizers():
     model = Net()
     groups = param_groups(model, 0.1)
-    for opt in (adamwkit.AdamW(groups), torch.optim.AdamW(param_groups(model, 0.1))):
-        model.train()
-        out = model.head(model.rms(model.bn(model.fc(model.mixer(model.tok(torch.arange(4)))))))
+    twin = Net()
+    twin.load_state_dict(model.state_dict())
+    before = model.fc.weight.detach().clone()
+    for net, opt in (
+        (model, adamwkit.AdamW(groups)),
+        (twin, torch.optim.AdamW(param_groups(twin, 0.1))),
+    ):
+        out = net.head(net.rms(net.bn(net.fc(net.mixer(net.tok(torch.arange(4)))))))
         out.sum().backward()
         opt.step()
-        opt.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(model.fc.weight, before)
 
 
 def test_unmatched_pattern_warns():

@@ -69,3 +69,35 @@ def test_closure_returns_loss():
         return loss
 
     assert opt.step(closure).item() == pytest.approx(3.0)
+
+
+def test_default_path_handles_gradients_with_other_strides():
+    """A gradient laid out unlike its parameter: torch's CPU fused kernel mishandles it, so the
+    default path must not send it there."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5, 7)
+    grads = [torch.randn(7, 5).t() for _ in range(3)]  # strides (1, 5) vs the param's (7, 1)
+    results = []
+    for cls in (adamwkit.AdamW, torch.optim.AdamW):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.1, weight_decay=0.1)
+        for g in grads:
+            w.grad = g.clone().t().contiguous().t()
+            opt.step()
+        results.append(w.detach())
+    assert max_rel_diff([results[0]], [results[1]]) <= 1e-6
+
+
+def test_param_group_added_later_and_amsgrad_groups():
+    a, b = torch.nn.Parameter(torch.ones(3, 3)), torch.nn.Parameter(torch.ones(3))
+    ours = adamwkit.AdamW([a], lr=1e-2)
+    ours.add_param_group({"params": [b], "weight_decay": 0.5, "amsgrad": True})
+    a2, b2 = torch.nn.Parameter(torch.ones(3, 3)), torch.nn.Parameter(torch.ones(3))
+    theirs = torch.optim.AdamW([a2], lr=1e-2)
+    theirs.add_param_group({"params": [b2], "weight_decay": 0.5, "amsgrad": True})
+    for k in range(5):
+        for p in (a, b, a2, b2):
+            p.grad = torch.full_like(p, 0.1 * (k + 1))
+        ours.step()
+        theirs.step()
+    assert max_rel_diff([a, b], [a2, b2]) <= 1e-6

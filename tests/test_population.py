@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import adamwkit
 from adamwkit import functional
 from conftest import max_rel_diff
 
@@ -61,17 +60,12 @@ def run_population(dtype, lr, wd, *, impl="auto", amsgrad=False, maximize=False,
     return [p.detach() for p in params]
 
 
-def run_member(i, dtype, lr, wd, *, amsgrad=False, maximize=False, fused=None, **kw):
-    """The oracle: member i alone with torch.optim.AdamW (or adamwkit.AdamW for "schedule")."""
+def run_member(i, dtype, lr, wd, *, amsgrad=False, maximize=False, fused=None):
+    """The oracle: member i alone with torch.optim.AdamW."""
     params = [t[i].clone().requires_grad_() for t in init(dtype)]
-    if kw:
-        opt = adamwkit.AdamW(
-            params, lr=lr, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, fused=fused, **kw
-        )
-    else:
-        opt = torch.optim.AdamW(
-            params, lr=lr, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, fused=fused
-        )
+    opt = torch.optim.AdamW(
+        params, lr=lr, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, fused=fused
+    )
     sign = -1.0 if maximize else 1.0
     for x, y in data(STEPS, dtype):
         opt.zero_grad()
@@ -111,21 +105,42 @@ def test_fused_per_member_kernel_matches(monkeypatch):
 
 
 def test_schedule_scale_with_member_peaks():
+    """decay_scale="schedule" with a constant lr: torch.optim.AdamW with weight_decay / lr_peak."""
     peaks = torch.tensor([1e-2, 2e-2, 1e-2, 4e-2])
     pop = run_population(torch.float64, 5e-3, WDS, decay_scale="schedule", lr_peak=peaks)
     for i in range(P):
-        params = [t[i].clone().requires_grad_() for t in init(torch.float64)]
-        opt = adamwkit.AdamW(
-            [{"params": params, "lr_peak": float(peaks[i])}],
-            lr=5e-3,
-            weight_decay=float(WDS[i]),
-            decay_scale="schedule",
-        )
-        for x, y in data(STEPS, torch.float64):
-            opt.zero_grad()
-            member_loss(params, x[i], y[i]).backward()
-            opt.step()
-        assert max_rel_diff([p[i] for p in pop], [p.detach() for p in params]) <= 1e-12
+        alone = run_member(i, torch.float64, 5e-3, float(WDS[i].double() / peaks[i].double()))
+        assert max_rel_diff([p[i] for p in pop], alone) <= 1e-12
+
+
+def test_zero_dim_lr_and_single_entry_tensors_act_as_scalars():
+    pop = run_population(torch.float64, torch.tensor(1e-2, dtype=torch.float64), WDS)
+    ref = run_population(torch.float64, 1e-2, WDS)
+    assert max_rel_diff(pop, ref) == 0.0
+    one = run_population(
+        torch.float64,
+        torch.tensor([1e-2], dtype=torch.float64),
+        torch.tensor([0.3], dtype=torch.float64),
+    )
+    assert max_rel_diff(one, run_population(torch.float64, 1e-2, 0.3)) == 0.0
+
+
+def test_auto_falls_back_for_non_contiguous_tensors():
+    """Transposed (non-contiguous) population tensors: auto takes the for-loop path."""
+    base = [t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in init(torch.float64)]
+    assert not base[0].is_contiguous()
+    grads = [torch.randn_like(t) for t in base]
+    m = [torch.zeros_like(t) for t in base]
+    v = [torch.zeros_like(t) for t in base]
+    steps = [torch.zeros(()) for _ in base]
+    functional.adamw_step(base, grads, m, v, steps, lr=1e-2, weight_decay=WDS)
+    for i in range(P):
+        w = [t[i].clone().requires_grad_() for t in init(torch.float64)]
+        opt = torch.optim.AdamW(w, lr=1e-2, weight_decay=float(WDS[i]))
+        for p, g in zip(w, grads, strict=True):
+            p.grad = g[i].clone()
+        opt.step()
+        assert max_rel_diff([t[i] for t in base], [p.detach() for p in w]) <= 1e-12
 
 
 def test_members_really_differ():

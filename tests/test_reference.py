@@ -85,9 +85,61 @@ def test_first_step_worked_number():
     np.testing.assert_allclose(v, 0.001 * g * g)
 
 
-def test_peak_from_one_cycle_is_max_lr():
-    """OneCycleLR's initial_lr is max_lr/25: the decay multiplier must use max_lr."""
-    w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
-    opt = adamwkit.AdamW([w], lr=1.0, weight_decay=0.1, decay_scale="schedule")
-    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=10)
-    assert adamwkit.AdamW.lr_peak(opt.param_groups[0]) == 0.02
+def lr_peak_run(make_opt, make_sched, steps=60):
+    model = make_model(torch.float64)
+    opt = make_opt(model.parameters())
+    sched = make_sched(opt)
+    for x, y in batches(torch.float64, steps):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+    return [p.detach().numpy() for p in model.parameters()]
+
+
+def test_one_cycle_peak_is_max_lr():
+    """OneCycleLR's initial_lr is max_lr/25; the decay must divide by max_lr: the run equals
+    torch.optim.AdamW with weight_decay / max_lr."""
+
+    def one_cycle(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=60)
+
+    ours = lr_peak_run(
+        lambda p: adamwkit.AdamW(p, lr=0.02, weight_decay=1e-3, decay_scale="schedule"),
+        one_cycle,
+    )
+    theirs = lr_peak_run(lambda p: torch.optim.AdamW(p, lr=0.02, weight_decay=0.05), one_cycle)
+    assert rel(ours, theirs) <= 1e-12
+
+
+def test_explicit_lr_peak_wins_over_scheduler():
+    def cosine_sched(opt):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, 60)
+
+    ours = lr_peak_run(
+        lambda p: adamwkit.AdamW(
+            [{"params": list(p), "lr_peak": 0.04}],
+            lr=0.01,
+            weight_decay=2e-3,
+            decay_scale="schedule",
+        ),
+        cosine_sched,
+    )
+    theirs = lr_peak_run(lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05), cosine_sched)
+    assert rel(ours, theirs) <= 1e-12
+
+
+def test_cyclic_lr_without_peak_is_refused():
+    """CyclicLR stores its lowest lr as initial_lr: dividing by it would flip weights' sign."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = adamwkit.AdamW([w], lr=1e-2, weight_decay=0.1, decay_scale="schedule")
+    sched = torch.optim.lr_scheduler.CyclicLR(
+        opt, base_lr=1e-4, max_lr=1e-2, step_size_up=2, cycle_momentum=False
+    )
+    with pytest.raises(
+        ValueError, match=r"lr=.* exceeds lr_peak=0\.0001.*set the group's 'lr_peak'"
+    ):
+        for _ in range(4):
+            w.grad = torch.zeros(3)
+            opt.step()
+            sched.step()

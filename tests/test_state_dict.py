@@ -63,19 +63,49 @@ def test_decay_scale_is_saved_and_restored():
     src = adamwkit.AdamW([w], lr=1e-2, decay_scale="schedule")
     w.grad = torch.ones(3)
     src.step()
-    dst = adamwkit.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-2)
-    dst.load_state_dict(src.state_dict())
-    assert dst.param_groups[0]["decay_scale"] == "schedule"
-    assert dst.param_groups[0]["lr_peak"] == 1e-2
-
-
-def test_torch_state_dict_gets_our_defaults():
-    w = torch.nn.Parameter(torch.ones(3))
-    src = torch.optim.AdamW([w], lr=1e-2)
-    dst = adamwkit.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-2, decay_scale="schedule")
+    dst = adamwkit.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3)
     dst.load_state_dict(src.state_dict())
     group = dst.param_groups[0]
-    assert group["decay_scale"] == "schedule" and group["lr_peak"] == 1e-2
+    assert group["decay_scale"] == "schedule"
+    assert adamwkit.AdamW.lr_peak(group) == 1e-2
+
+
+def test_torch_state_dict_keeps_receiver_decay_meaning():
+    """torch's groups say nothing of decay_scale: the receiving optimizer's settings stay."""
+    src = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3)
+    dst = adamwkit.AdamW(
+        [{"params": [torch.nn.Parameter(torch.ones(3))], "lr_peak": 2e-2}],
+        lr=1e-2,
+        decay_scale="schedule",
+    )
+    dst.load_state_dict(src.state_dict())
+    group = dst.param_groups[0]
+    assert group["decay_scale"] == "schedule"
+    assert group["lr"] == 1e-3 and adamwkit.AdamW.lr_peak(group) == 2e-2
+
+
+def schedule_run(switch_to_torch: bool):
+    """A "schedule" run of 2*HALF steps, optionally finished by torch.optim.AdamW."""
+    model = make_model(torch.float64)
+    opt = adamwkit.AdamW(three_groups(model), lr=5e-3, decay_scale="schedule")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2 * HALF)
+    for i, (x, y) in enumerate(batches(torch.float64, 2 * HALF)):
+        if i == HALF and switch_to_torch:
+            saved = opt.torch_state_dict()
+            opt = torch.optim.AdamW(three_groups(model), lr=5e-3)
+            opt.load_state_dict(saved)
+            sched_state = sched.state_dict()
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2 * HALF)
+            sched.load_state_dict(sched_state)
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_torch_state_dict_continues_a_schedule_run_in_torch():
+    assert max_rel_diff(schedule_run(True), schedule_run(False)) <= 1e-12
 
 
 def test_float64_default_dtype_step_moves_to_fused_layout(float64_default):

@@ -27,9 +27,9 @@ from .functional import (
 
 __all__ = ["AdamW"]
 
-# Hyperparameters this class adds to each param group, with their values for a group that
-# lacks them (a state_dict saved by torch.optim.AdamW).
-_ADDED_GROUP_KEYS = ("decay_scale", "lr_peak", "nonfinite_skips")
+# Keys this class adds to each param group. A state_dict saved by torch.optim.AdamW has
+# none of them; loading one keeps the receiving optimizer's values for the first three.
+_ADDED_GROUP_KEYS = ("decay_scale", "lr_peak", "lr_init", "nonfinite_skips")
 
 
 class AdamW(Optimizer):
@@ -49,9 +49,15 @@ class AdamW(Optimizer):
               The decay follows the schedule multiplier, not the learning rate's size,
               so ``weight_decay`` is the fraction removed per step at the peak.
 
-            ``lr_peak`` of a group is, in this order: the group's ``max_lr`` (set by
-            ``OneCycleLR``), its ``initial_lr`` (set by every other LR scheduler), or its
-            ``lr`` when the optimizer was built (kept as the group key ``lr_peak``).
+            ``lr_peak`` of a group is, in this order: the ``lr_peak`` you set in the group
+            dict, the group's ``max_lr`` (set by ``OneCycleLR``), its ``initial_lr`` (set by
+            the other LR schedulers), or its ``lr`` when the optimizer was built (group key
+            ``lr_init``). A step whose lr exceeds ``lr_peak`` raises a ``ValueError``
+            (the multiplier ``lr_t / lr_peak`` is at most 1 by definition): with
+            ``CyclicLR``, whose ``initial_lr`` is its lowest lr, set ``lr_peak``.
+
+            To continue a ``"schedule"`` run with ``torch.optim.AdamW``, load
+            :meth:`torch_state_dict`, whose weight decay is converted to PyTorch's convention.
         skip_nonfinite: when True and any gradient of the step holds a NaN or an infinity,
             the step changes no parameter and no state; each group's ``nonfinite_skips``
             counter (also :attr:`nonfinite_skips`) records it.
@@ -117,8 +123,7 @@ class AdamW(Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
-        if group["lr_peak"] is None:
-            group["lr_peak"] = float(group["lr"])
+        group.setdefault("lr_init", float(group["lr"]))
         group.setdefault("nonfinite_skips", 0)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -127,14 +132,45 @@ class AdamW(Optimizer):
         for group in self.param_groups:
             # A state_dict from torch.optim.AdamW has none of the keys this class adds.
             group.setdefault("decay_scale", defaults.get("decay_scale", "lr"))
-            if group.get("lr_peak") is None:
-                group["lr_peak"] = float(group.get("initial_lr", group["lr"]))
+            group.setdefault("lr_peak", None)
+            group.setdefault("lr_init", float(group.get("initial_lr", group["lr"])))
             group.setdefault("nonfinite_skips", 0)
             for key in ("amsgrad", "maximize", "capturable", "differentiable"):
                 group.setdefault(key, False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group["decoupled_weight_decay"] = True
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict of this class or of ``torch.optim.AdamW``.
+
+        Groups saved by ``torch.optim.AdamW`` carry no ``decay_scale``, ``lr_peak`` or
+        ``lr_init``; each group keeps the receiving optimizer's values for those.
+        """
+        current = [{k: g[k] for k in _ADDED_GROUP_KEYS[:3]} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, saved, mine in zip(
+            self.param_groups, state_dict["param_groups"], current, strict=True
+        ):
+            for key, value in mine.items():
+                if key not in saved:
+                    group[key] = value
+
+    def torch_state_dict(self) -> dict[str, Any]:
+        """The state_dict with every group in PyTorch's convention, for ``torch.optim.AdamW``.
+
+        A ``"schedule"`` group's ``weight_decay`` becomes ``weight_decay / lr_peak`` (the
+        same per-step decay, see :func:`adamwkit.effective_weight_decay`) and its
+        ``decay_scale`` ``"lr"``, so the run continues unchanged in either class.
+        """
+        sd = self.state_dict()
+        for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
+            if saved["decay_scale"] == "schedule":
+                saved["weight_decay"] = float(
+                    effective_weight_decay(saved["weight_decay"], "schedule", self.lr_peak(group))
+                )
+                saved["decay_scale"] = "lr"
+        return sd
 
     @property
     def nonfinite_skips(self) -> int:
@@ -144,11 +180,26 @@ class AdamW(Optimizer):
     @staticmethod
     def lr_peak(group: dict[str, Any]) -> float:
         """The peak learning rate that ``decay_scale="schedule"`` divides by, for one group."""
-        for key in ("max_lr", "initial_lr", "lr_peak"):
+        for key in ("lr_peak", "max_lr", "initial_lr", "lr_init"):
             value = group.get(key)
             if value is not None:
                 return float(value)
         return float(group["lr"])
+
+    def _decay(self, group: dict[str, Any], index: int) -> float:
+        """The group's weight decay in PyTorch's convention for this step."""
+        if group["decay_scale"] == "lr":
+            return group["weight_decay"]
+        peak = self.lr_peak(group)
+        lr = float(group["lr"])
+        if lr > peak * (1 + 1e-9):
+            raise ValueError(
+                f"param_groups[{index}]: lr={lr:g} exceeds lr_peak={peak:g}, so the decay "
+                f"multiplier lr/lr_peak would exceed 1 under decay_scale='schedule'; set the "
+                f"group's 'lr_peak' to the schedule's peak (CyclicLR reports its lowest lr "
+                f"as initial_lr)"
+            )
+        return float(effective_weight_decay(group["weight_decay"], "schedule", peak))
 
     def _init_group(self, group: dict[str, Any], explicit: str | None) -> tuple:
         """Collect the group's tensors in one pass, creating state in torch.optim.AdamW's layout.
@@ -174,7 +225,7 @@ class AdamW(Optimizer):
                     "AdamW does not support sparse gradients (got one for a parameter of "
                     f"shape {tuple(p.shape)}); use torch.optim.SparseAdam for those parameters"
                 )
-            eligible = fused_eligible(p)
+            eligible = fused_eligible(p, grad)
             fusable = fusable and eligible
             fused_layout = capturable or explicit == "fused" or (explicit is None and eligible)
             state = self.state[p]
@@ -239,18 +290,14 @@ class AdamW(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
-            for group in self.param_groups:
+            for index, group in enumerate(self.param_groups):
                 *tensors, has_complex, impl = self._init_group(group, self._explicit_impl(group))
                 if not tensors[0]:
                     continue
                 torch_step(
                     *tensors,
                     lr=group["lr"],
-                    weight_decay=float(
-                        effective_weight_decay(
-                            group["weight_decay"], group["decay_scale"], self.lr_peak(group)
-                        )
-                    ),
+                    weight_decay=self._decay(group, index),
                     betas=group["betas"],
                     eps=group["eps"],
                     amsgrad=group["amsgrad"],
@@ -289,10 +336,10 @@ def _check_group(group: dict[str, Any], where: str) -> None:
     check_range(f"{where}weight_decay", group["weight_decay"])
     check_choice(f"{where}decay_scale", group["decay_scale"], DECAY_SCALES)
     if group["decay_scale"] == "schedule":
-        peak = group["lr_peak"] if group["lr_peak"] is not None else lr
+        peak = group["lr_peak"] if group.get("lr_peak") is not None else lr
         if not (math.isfinite(float(peak)) and float(peak) > 0):
             raise ValueError(
                 f"{where}lr_peak={peak!r} is invalid with decay_scale='schedule': the decay "
                 "divides by the peak learning rate, so it must be > 0; build the optimizer "
-                "with the peak lr (or set the group's 'lr_peak')"
+                "with the peak lr, or set the group's 'lr_peak' to it"
             )

@@ -91,12 +91,18 @@ def effective_weight_decay(
     return weight_decay / lr_peak
 
 
-def fused_eligible(p: Tensor) -> bool:
-    """Whether ``"auto"`` may send this tensor to the fused kernel."""
-    return (p.is_cpu or p.is_cuda) and p.dtype in _FUSED_AUTO_DTYPES
+def fused_eligible(p: Tensor, grad: Tensor) -> bool:
+    """Whether ``"auto"`` may send this parameter and its gradient to the fused kernel.
+
+    The fused CPU kernel assumes the gradient has the parameter's memory layout; a
+    gradient with other strides goes to PyTorch's default path, which handles it.
+    """
+    return (p.is_cpu or p.is_cuda) and p.dtype in _FUSED_AUTO_DTYPES and grad.stride() == p.stride()
 
 
-def default_impl(params: Sequence[Tensor], differentiable: bool = False) -> str:
+def default_impl(
+    params: Sequence[Tensor], grads: Sequence[Tensor], differentiable: bool = False
+) -> str:
     """The fastest path that computes PyTorch's math, for these tensors.
 
     ``"fused"`` when every tensor is float32 or float64 on a CPU or CUDA device (on CPU the
@@ -107,11 +113,12 @@ def default_impl(params: Sequence[Tensor], differentiable: bool = False) -> str:
     """
     if differentiable or not params:
         return "torch"
-    return "fused" if all(fused_eligible(p) for p in params) else "torch"
+    return "fused" if all(map(fused_eligible, params, grads)) else "torch"
 
 
 def _is_population(x: object) -> bool:
-    return isinstance(x, Tensor) and x.dim() == 1
+    """A 1-D tensor of several entries; one entry acts as a scalar, as in PyTorch."""
+    return isinstance(x, Tensor) and x.dim() == 1 and x.numel() > 1
 
 
 def _check_hyper(lr, betas, eps) -> None:
@@ -162,9 +169,11 @@ def adamw_step(
         capturable, differentiable, grad_scale, found_inf: as in ``torch.optim.AdamW``
             (scalar hyperparameters only).
 
-    A population step (any of ``lr``, ``weight_decay``, ``lr_peak`` a 1-D tensor) runs
-    ``impl`` ``"fused"`` or ``"forloop"`` and gives member ``i`` the result of a
-    standalone step with ``lr[i]``, ``weight_decay[i]``, ``lr_peak[i]``.
+    A population step (any of ``lr``, ``weight_decay``, ``lr_peak`` a 1-D tensor of more
+    than one entry) runs ``impl`` ``"fused"`` or ``"forloop"`` and gives member ``i`` the
+    result of a standalone step with ``lr[i]``, ``weight_decay[i]``, ``lr_peak[i]``: to the
+    bit for tensors whose member slices hold at least 8,192 elements on the fused path
+    (one kernel call per member), else to within about one rounding per step.
     """
     check_choice("impl", impl, IMPLS)
     n = len(params)
@@ -212,7 +221,7 @@ def adamw_step(
         return
 
     if impl == "auto":
-        impl = default_impl(params, differentiable)  # type: ignore[assignment]
+        impl = default_impl(params, grads, differentiable)  # type: ignore[assignment]
     torch_step(
         list(params),
         list(grads),
@@ -298,6 +307,8 @@ def torch_step(
 
 def _population_vector(name: str, value: float | Tensor, size: int) -> Tensor:
     """A float64 CPU vector of length ``size`` from a float or a 1-D tensor."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = float(value)
     if isinstance(value, Tensor):
         if value.dim() != 1 or value.numel() != size:
             raise ValueError(
@@ -344,10 +355,19 @@ def _population_step(
         raise ValueError("population steps take real tensors; got a complex parameter")
     if impl == "foreach":
         raise ValueError("impl='foreach' takes scalar hyperparameters; use 'fused' or 'forloop'")
+    contiguous = all(
+        t.is_contiguous()
+        for ts in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+        for t in ts
+    )
     if impl == "auto":
-        impl = "fused" if default_impl(params) == "fused" else "forloop"
-    if impl == "fused" and not all(p.is_contiguous() for p in params):
-        raise ValueError("impl='fused' needs contiguous population tensors; use 'forloop'")
+        fusable = contiguous and default_impl(params, grads) == "fused"
+        impl = "fused" if fusable else "forloop"
+    if impl == "fused" and not contiguous:
+        raise ValueError(
+            "impl='fused' needs contiguous population tensors (parameters, gradients and "
+            "moments); use impl='forloop' or 'auto'"
+        )
     step = _fused_population if impl == "fused" else _forloop_population
     step(
         params,

@@ -32,8 +32,9 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
-# Norm layers of other libraries (LlamaRMSNorm, T5LayerNorm, FusedLayerNorm, ...).
-_NORM_NAME = re.compile(r"(Layer|RMS|Batch|Group|Instance)Norm")
+# Norm layers of other libraries (LlamaRMSNorm, T5LayerNorm, FusedLayerNorm, ...), but not
+# fused blocks that merely start with a norm (LayerNormLinear owns a decayed matrix).
+_NORM_NAME = re.compile(r"(Layer|RMS|Batch|Group|Instance)Norm(\d[dD])?$")
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 Exclusion = str | Callable[[str, nn.Parameter], bool]
@@ -198,17 +199,24 @@ def param_groups(
     groups: dict[float, list[nn.Parameter]] = {}
     no_decay: list[nn.Parameter] = []
 
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+
     for name, p in model.named_parameters():
         mods = owners.get(id(p), [])
-        hit = next((r for r in exclude if _matches(r, name, p)), None)
+        # a tied weight answers to all its names (tok.weight and head.weight alike)
+        names = aliases[id(p)]
+        hits = [r for r in exclude if any(_matches(r, n, p) for n in names)]
+        used.update(_exclusion_label(r) for r in hits)
+        hit = hits[0] if hits else None
         norm = _norm_name(mods)
         is_embedding = any(isinstance(m, _EMBEDDING_TYPES) for m in mods)
         if not p.requires_grad:
             rule = "frozen (left out)"
         elif hit is not None:
-            used.add(_exclusion_label(hit))
             rule = f"exclude {_exclusion_label(hit)}"
-        elif any(fnmatchcase(name, pat) for pat in no_wd_names):
+        elif any(fnmatchcase(n, pat) for n in names for pat in no_wd_names):
             rule = "model.no_weight_decay()"
         elif norm is not None:
             rule = f"norm layer ({norm})"
@@ -220,7 +228,7 @@ def param_groups(
             rule = "embedding (decay_embeddings=False)"
         else:
             rule = "embedding" if is_embedding else "ndim >= 2"
-            pattern = next((g for g in multipliers if fnmatchcase(name, g)), None)
+            pattern = next((g for g in multipliers if any(fnmatchcase(n, g) for n in names)), None)
             wd = weight_decay
             if pattern is not None:
                 used.add(repr(pattern))
