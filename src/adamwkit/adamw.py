@@ -27,9 +27,9 @@ from .functional import (
 
 __all__ = ["AdamW"]
 
-# Keys this class adds to each param group. A state_dict saved by torch.optim.AdamW has
-# none of them; loading one keeps the receiving optimizer's values for the first three.
-_ADDED_GROUP_KEYS = ("decay_scale", "lr_peak", "lr_init", "nonfinite_skips")
+# Keys this class adds to each param group (with nonfinite_skips). A state_dict saved by
+# torch.optim.AdamW has none of them; loading one keeps the receiving optimizer's values.
+_KEPT_ON_LOAD = ("decay_scale", "lr_peak", "lr_init")
 
 
 class AdamW(Optimizer):
@@ -147,7 +147,7 @@ class AdamW(Optimizer):
         Groups saved by ``torch.optim.AdamW`` carry no ``decay_scale``, ``lr_peak`` or
         ``lr_init``; each group keeps the receiving optimizer's values for those.
         """
-        current = [{k: g[k] for k in _ADDED_GROUP_KEYS[:3]} for g in self.param_groups]
+        current = [{k: g[k] for k in _KEPT_ON_LOAD} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for group, saved, mine in zip(
             self.param_groups, state_dict["param_groups"], current, strict=True
