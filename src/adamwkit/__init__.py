@@ -5,22 +5,32 @@ Public API (everything else is internal):
 - :class:`AdamW`: drop-in for ``torch.optim.AdamW`` with ``decay_scale="lr" | "schedule"``.
 - :func:`param_groups`: which tensors decay, with a printable plan.
 - :func:`adamw_step`, :func:`effective_weight_decay`: the functional form, populations included.
+- :func:`suggest`, :func:`explain`: a weight decay from the timescale rules, with no training.
+- :mod:`adamwkit.timescale`: tau_iter / tau_epoch / tau_run and conversions between conventions.
+- :mod:`adamwkit.schedules`: warmup + cosine / linear / WSD / constant, as PyTorch schedulers.
 - :mod:`adamwkit.reference`: NumPy reference of Loshchilov & Hutter's Algorithm 2.
 """
 
 from .adamw import AdamW
 from .functional import adamw_step, effective_weight_decay
 from .groups import DecayPlan, ParamGroups, PlanEntry, param_groups
+from .suggest import Explanation, Suggestion, explain, suggest
+from .timescale import convert_weight_decay
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdamW",
     "DecayPlan",
+    "Explanation",
     "ParamGroups",
     "PlanEntry",
+    "Suggestion",
     "__version__",
     "adamw_step",
+    "convert_weight_decay",
     "effective_weight_decay",
+    "explain",
     "param_groups",
+    "suggest",
 ]

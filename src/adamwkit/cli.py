@@ -1,15 +1,29 @@
-"""The ``adamwkit`` command line."""
+"""The ``adamwkit`` command line: ``suggest``, ``explain`` and ``convert``.
+
+Bad input exits with code 2 and one line on stderr naming the flag, the value and the
+accepted range. ``--json`` prints one JSON object on stdout instead of the tables
+(non-finite numbers, such as the timescale of a zero weight decay, become ``null``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from . import __version__
 
 DESCRIPTION = """\
 AdamW done right, and the weight decay to use with it.
+
+  adamwkit suggest --lr 1e-3 --batch-size 256 --dataset-size 100000 --epochs 100
+  adamwkit explain --weight-decay 0.05 --lr 1e-3 --batch-size 1024 \\
+      --dataset-size 1281167 --epochs 300
+  adamwkit convert --weight-decay 0.1 --from torch --to independent --lr 6e-4
 
 In Python:
   from adamwkit import AdamW, param_groups
@@ -18,23 +32,415 @@ In Python:
   opt = AdamW(groups, lr=1e-3, decay_scale="schedule")
 """
 
+# Library argument names and the flags that set them, for error messages.
+_FLAGS = {
+    "lr": "--lr",
+    "lr_peak": "--lr",
+    "batch_size": "--batch-size",
+    "dataset_size": "--dataset-size",
+    "epochs": "--epochs",
+    "steps": "--steps",
+    "total_steps": "--steps",
+    "tokens": "--tokens",
+    "params": "--params",
+    "weight_decay": "--weight-decay",
+    "beta1": "--beta1",
+    "warmup_steps": "--warmup-steps",
+    "model": "--model",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (with a pointer to --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def _flagify(message: str) -> str:
+    """Rename library arguments (``batch_size=``) to their flags (``--batch-size=``)."""
+    return re.sub(
+        r"(?<![\w-])(" + "|".join(_FLAGS) + r")=",
+        lambda m: _FLAGS[m.group(1)] + "=",
+        message,
+    )
+
+
+def _number(text: str) -> float:
+    """A float that also reads ``1,281,167`` and ``300e9``."""
+    return float(text.replace(",", "").replace("_", ""))
+
+
+_number.__name__ = "number"
+
+
+def _add_setup(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training setup")
+    g.add_argument("--lr", type=_number, required=True, help="peak learning rate")
+    g.add_argument(
+        "--batch-size",
+        type=_number,
+        required=True,
+        help="examples per step (tokens per step with --tokens)",
+    )
+    g.add_argument("--dataset-size", type=_number, help="training examples (N)")
+    g.add_argument(
+        "--tokens", type=_number, help="training tokens (D), for single-pass pre-training"
+    )
+    g.add_argument("--epochs", type=_number, help="epochs (T); default 1 with --tokens")
+    g.add_argument("--steps", type=_number, help="total optimizer steps (S), instead of --epochs")
+    g.add_argument("--params", type=_number, help="model parameters (P), for tokens per parameter")
+    g.add_argument(
+        "--decay-scale",
+        choices=("lr", "schedule"),
+        default="lr",
+        help="convention of the weight decay: 'lr' (PyTorch) or 'schedule' (the paper)",
+    )
+    g.add_argument("--beta1", type=_number, default=0.9, help="Adam beta1 (default 0.9)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def _setup_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "lr": a.lr,
+        "batch_size": a.batch_size,
+        "dataset_size": a.dataset_size,
+        "epochs": a.epochs,
+        "steps": a.steps,
+        "tokens": a.tokens,
+        "params": a.params,
+        "decay_scale": a.decay_scale,
+        "beta1": a.beta1,
+    }
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .schedules import SCHEDULES
+
+    parser = _Parser(
         prog="adamwkit",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"adamwkit {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "suggest",
+        help="a weight decay from your setup, with no training",
+        description="A weight decay from lr, batch size, data size and length of training, "
+        "by the rule that fits the regime, with every other rule side by side.",
+    )
+    _add_setup(p)
+
+    p = sub.add_parser(
+        "explain",
+        help="read an existing weight decay: timescales, equilibrium, verdict",
+        description="Timescales, Kosson et al.'s equilibrium and a verdict for a weight decay.",
+    )
+    p.add_argument("--weight-decay", type=_number, required=True, help="the weight decay to read")
+    _add_setup(p)
+    p.add_argument("--schedule", choices=SCHEDULES, help="lr schedule (default: constant lr)")
+    p.add_argument("--warmup-steps", type=_number, default=0, help="warmup steps of --schedule")
+    p.add_argument(
+        "--model",
+        metavar="MODULE:ATTR",
+        help="an nn.Module (or a function returning one) to set each decayed tensor's norm "
+        "beside its equilibrium norm",
+    )
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a weight decay between conventions",
+        description="Convert a weight decay between conventions: torch (= optax, Keras), "
+        "independent (the paper, Composer), timm-corrected.",
+    )
+    p.add_argument("--weight-decay", type=_number, required=True)
+    conventions = ("torch", "independent", "timm-corrected")
+    p.add_argument("--from", dest="from_", choices=conventions, required=True)
+    p.add_argument("--to", choices=conventions, required=True)
+    p.add_argument("--lr", type=_number, help="peak learning rate (needed for independent)")
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="with --steps: match timm-corrected in total decay over this schedule",
+    )
+    p.add_argument("--steps", type=_number, help="total steps of --schedule")
+    p.add_argument("--warmup-steps", type=_number, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(_finite(obj), allow_nan=False) + "\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _rules_table(sug: Any) -> Any:
+    from rich.table import Table
+
+    from .suggest import _fmt
+
+    table = Table(title="Every rule, side by side (> the one used)", title_justify="left")
+    table.add_column("rule")
+    for col in ("weight_decay (torch)", "independent", "tau_epoch", "tau_run"):
+        table.add_column(col, justify="right")
+    for r in sug.rules:
+        name = f"[bold]> {r.name}[/bold]" if r.name == sug.rule else f"  {r.name}"
+        if not r.ran:
+            table.add_row(name, "[dim]skipped[/dim]", "", "", "")
+            continue
+        table.add_row(
+            name,
+            _fmt(r.weight_decay),
+            _fmt(r.weight_decay_independent),
+            _fmt(r.tau_epoch),
+            _fmt(r.tau_run),
+        )
+    return table
+
+
+def _rules_notes(console: Any, sug: Any) -> None:
+    from rich.markup import escape
+
+    for r in sug.rules:
+        note = f"{r.note}. " if r.note else ""
+        console.print(f"[dim]  {r.name}: {escape(note)}{escape(r.source)}[/dim]")
+
+
+def _print_warnings(console: Any, warnings: Sequence[str], notes: Sequence[str]) -> None:
+    from rich.markup import escape
+
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    for n in notes:
+        console.print(f"[dim]note: {escape(n)}[/dim]")
+
+
+def _show_suggestion(sug: Any) -> None:
+    from rich.markup import escape
+
+    from .suggest import _fmt
+
+    console = _console()
+    console.print(f"[dim]{escape(sug.setup.describe())}[/dim]")
+    console.print(
+        f"[bold green]Suggested weight decay: {_fmt(sug.value)}[/bold green] "
+        f"with decay_scale={sug.decay_scale!r} (PyTorch convention {_fmt(sug.weight_decay)}, "
+        f"independent {_fmt(sug.weight_decay_independent)})"
+    )
+    console.print(f"[bold]Why {sug.rule}:[/bold] {escape(sug.reason)}")
+    console.print(
+        f"Timescales: tau_iter {_fmt(sug.tau_iter)} steps, tau_epoch {_fmt(sug.tau_epoch)} "
+        f"epochs, tau_run {_fmt(sug.tau_run)} of the run; angular update at equilibrium "
+        f"{_fmt(sug.angular_update)} rad/step."
+    )
+    console.print(_rules_table(sug))
+    _rules_notes(console, sug)
+    _print_warnings(console, sug.warnings, sug.notes)
+    console.print(
+        "Use it: AdamW(param_groups(model, weight_decay="
+        f"{_fmt(sug.value)}), lr={_fmt(sug.setup.lr)}, decay_scale={sug.decay_scale!r}); "
+        "verify it with adamwkit tune."
+    )
+
+
+def _show_explanation(ex: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .suggest import _fmt
+
+    console = _console()
+    console.print(f"[dim]{escape(ex.setup.describe())}; {escape(ex.schedule)}[/dim]")
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rem = ex.weights_remaining
+    for key, value in (
+        ("weight_decay (torch)", _fmt(ex.weight_decay)),
+        ("weight_decay (independent)", _fmt(ex.weight_decay_independent)),
+        ("tau_iter", f"{_fmt(ex.tau_iter)} steps"),
+        ("tau_epoch", f"{_fmt(ex.tau_epoch)} epochs"),
+        ("tau_run", f"{_fmt(ex.tau_run)} of the run"),
+        ("equilibrium RMS weight", _fmt(ex.equilibrium_rms)),
+        ("angular update", f"{_fmt(ex.angular_update)} rad/step"),
+        ("initial weights left", "-" if rem is None else f"{100 * rem:.3g}%"),
+    ):
+        table.add_row(key, value)
+    console.print(table)
+    console.print(f"[bold]Verdict:[/bold] {escape(ex.verdict)}")
+    if ex.suggestion is not None:
+        s = ex.suggestion
+        console.print(
+            f"adamwkit suggest would use {_fmt(s.value)} for decay_scale={s.decay_scale!r} "
+            f"({s.rule}, tau_epoch {_fmt(s.tau_epoch)})."
+        )
+    if ex.layers:
+        layers = Table(title="Decayed tensors against their equilibrium norm (Kosson et al.)")
+        for col in ("tensor", "elements", "weight_decay", "norm now", "equilibrium norm"):
+            layers.add_column(col, justify="left" if col == "tensor" else "right")
+        for layer in ex.layers:
+            layers.add_row(
+                layer.name,
+                f"{layer.numel:,}",
+                _fmt(layer.weight_decay),
+                _fmt(layer.norm),
+                _fmt(layer.equilibrium_norm),
+            )
+        console.print(layers)
+    _print_warnings(console, (), ex.notes)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _cmd_suggest(a: argparse.Namespace) -> int:
+    from .suggest import suggest
+
+    sug = suggest(**_setup_kwargs(a))
+    if a.json:
+        _print_json(sug.to_dict())
+    else:
+        _show_suggestion(sug)
+    return 0
+
+
+def _load_model(spec: str) -> Any:
+    from torch import nn
+
+    from ._loading import load_object
+
+    obj = load_object(spec, "model")
+    if not isinstance(obj, nn.Module) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, nn.Module):
+        raise ValueError(
+            f"model={spec!r} is invalid: expected an nn.Module or a function returning one, "
+            f"got {type(obj).__name__}"
+        )
+    return obj
+
+
+def _cmd_explain(a: argparse.Namespace) -> int:
+    from .suggest import explain
+
+    model = _load_model(a.model) if a.model else None
+    ex = explain(
+        a.weight_decay,
+        schedule=a.schedule,
+        warmup_steps=_whole("warmup_steps", a.warmup_steps),
+        model=model,
+        **_setup_kwargs(a),
+    )
+    if a.json:
+        _print_json(ex.to_dict())
+    else:
+        _show_explanation(ex)
+    return 0
+
+
+def _whole(name: str, value: float) -> int:
+    if value != int(value) or value < 0:
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= 0")
+    return int(value)
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from .schedules import make_schedule
+    from .suggest import _fmt
+    from .timescale import CONVENTIONS, convert_weight_decay
+
+    schedule = None
+    if a.schedule is not None:
+        if a.steps is None:
+            raise ValueError("schedule needs the run's length: give --steps with --schedule")
+        schedule = make_schedule(
+            a.schedule, _whole("steps", a.steps), _whole("warmup_steps", a.warmup_steps)
+        )
+    value = convert_weight_decay(a.weight_decay, a.from_, a.to, lr_peak=a.lr, schedule=schedule)
+    every = {}
+    for name in CONVENTIONS:
+        if "independent" in (name, a.from_) and name != a.from_ and a.lr is None:
+            continue
+        every[name] = convert_weight_decay(
+            a.weight_decay, a.from_, name, lr_peak=a.lr, schedule=schedule
+        )
+    if a.json:
+        _print_json(
+            {
+                "weight_decay": a.weight_decay,
+                "from": a.from_,
+                "to": a.to,
+                "value": value,
+                "lr_peak": a.lr,
+                "schedule": schedule.describe() if schedule else None,
+                "conventions": every,
+            }
+        )
+        return 0
+    console = _console()
+    console.print(
+        f"[bold green]{_fmt(a.weight_decay)} ({a.from_}) = {_fmt(value)} ({a.to})[/bold green]"
+        + (f" at lr_peak {_fmt(a.lr)}" if a.lr is not None else "")
+    )
+    for name, v in every.items():
+        console.print(f"  {name:15s} {_fmt(v):>10s}   {CONVENTIONS[name]}")
+    if "timm-corrected" in (a.from_, a.to) and a.from_ != a.to:
+        how = (
+            f"in total decay over the schedule ({schedule.describe()})"
+            if schedule
+            else "at the peak step only (add --schedule and --steps to match a whole run)"
+        )
+        console.print(f"[dim]note: timm-corrected decays as lr_t^2; matched {how}[/dim]")
+    return 0
+
+
+_COMMANDS = {"suggest": _cmd_suggest, "explain": _cmd_explain, "convert": _cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adamwkit`` console script; returns the exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return _COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        command = f"adamwkit {args.command}" if "args" in locals() else "adamwkit"
+        print(f"{command}: error: {_flagify(str(err))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

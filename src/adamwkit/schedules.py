@@ -1,0 +1,224 @@
+r"""Learning-rate schedules as multipliers of the peak learning rate, usable in PyTorch.
+
+A :class:`Schedule` maps a step index :math:`t = 0, 1, \dots` to a multiplier
+:math:`s_t \in [0, 1]`; the step's learning rate is :math:`\eta_t = s_t\,\eta_{\mathrm{peak}}`.
+``schedule.scheduler(optimizer)`` wraps it in ``torch.optim.lr_scheduler.LambdaLR``, so the
+lr the optimizer was built with is the peak.
+
+Learning-rate decay and weight decay are different things. The schedule *lowers the
+learning rate* over the run; weight decay *shrinks the weights* every step. How the shrink
+follows the schedule depends on the decay convention:
+
+- ``AdamW(decay_scale="lr")`` (PyTorch): each step multiplies the weights by
+  :math:`1 - \eta_t\lambda = 1 - s_t\,\eta_{\mathrm{peak}}\lambda`.
+- ``AdamW(decay_scale="schedule")`` (the AdamW paper): :math:`1 - s_t\lambda`.
+
+Both follow the same shape :math:`s_t`; they differ in whether changing the peak learning
+rate also changes the decay. With :class:`~torch.optim.lr_scheduler.LambdaLR` the
+optimizer's ``initial_lr`` is the peak, which is where :class:`adamwkit.AdamW` reads it.
+
+Shapes, with :math:`W` warmup steps, :math:`S` total steps and :math:`D_0` the first step
+of the decay phase (:math:`D_0 = W`, or :math:`S - \text{decay\_steps}` for WSD):
+
+- warmup (every kind): :math:`s_t = (t+1)/W` for :math:`t < W` (the first step is not wasted
+  at lr 0; step :math:`W-1` reaches the peak).
+- progress in the decay phase: :math:`p = (t - D_0)/(S - D_0)`, so the last step keeps a
+  small non-zero lr; steps past :math:`S` hold the final value.
+- ``"constant"``: :math:`s_t = 1` after warmup.
+- ``"cosine"``: :math:`f + (1-f)\tfrac12(1+\cos\pi p)` (Loshchilov & Hutter, SGDR,
+  arXiv:1608.03983); :math:`f` is ``final``.
+- ``"linear"``: :math:`f + (1-f)(1-p)`, to zero by default (Bergsma et al., Power Lines,
+  arXiv:2505.13738, fit their weight decay law with it).
+- ``"wsd"`` (warmup-stable-decay; Hu et al., MiniCPM, arXiv:2404.06395): 1 until
+  :math:`D_0`, then a cooldown over ``decay_steps`` (default 20% of the run) that is
+  ``"linear"``, ``"cosine"`` or ``"sqrt"`` (:math:`1-\sqrt{p}`, Hägele et al.,
+  arXiv:2405.18392).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._checks import check_choice, check_range
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = [
+    "COOLDOWNS",
+    "SCHEDULES",
+    "Schedule",
+    "constant",
+    "make_schedule",
+    "warmup_cosine",
+    "warmup_linear",
+    "warmup_stable_decay",
+]
+
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd")
+COOLDOWNS: tuple[str, ...] = ("linear", "cosine", "sqrt")
+_WSD_DEFAULT_DECAY_FRACTION = 0.2
+
+
+def _steps(name: str, value: object, low: int) -> int:
+    x = check_range(name, value, low)
+    if x != int(x):
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
+    return int(x)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule: ``schedule(t)`` is the multiplier of the peak lr at step t.
+
+    Build one with :func:`make_schedule` or the helpers (:func:`warmup_cosine`, ...).
+    """
+
+    kind: str
+    total_steps: int
+    warmup_steps: int = 0
+    final: float = 0.0
+    decay_steps: int = 0
+    cooldown: str = "linear"
+
+    def __post_init__(self) -> None:
+        check_choice("schedule", self.kind, SCHEDULES)
+        check_choice("cooldown", self.cooldown, COOLDOWNS)
+        total = _steps("total_steps", self.total_steps, 1)
+        warm = _steps("warmup_steps", self.warmup_steps, 0)
+        if warm >= total and self.kind != "constant":
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps!r} is invalid: expected a whole number in "
+                f"[0, {total - 1}] (fewer than total_steps={total}, to leave room to decay)"
+            )
+        if warm > total:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps!r} is invalid: expected a whole number in "
+                f"[0, {total}] (at most total_steps)"
+            )
+        check_range("final", self.final, 0.0, 1.0)
+        if self.kind == "wsd":
+            _steps("decay_steps", self.decay_steps, 1)
+            if self.decay_steps > total - warm:
+                raise ValueError(
+                    f"decay_steps={self.decay_steps!r} is invalid: expected a whole number in "
+                    f"[1, {total - warm}] (total_steps - warmup_steps)"
+                )
+        object.__setattr__(self, "total_steps", total)
+        object.__setattr__(self, "warmup_steps", warm)
+        object.__setattr__(self, "decay_steps", int(self.decay_steps))
+        object.__setattr__(self, "final", float(self.final))
+
+    @property
+    def decay_start(self) -> int:
+        """First step of the decay phase."""
+        if self.kind == "wsd":
+            return self.total_steps - self.decay_steps
+        return self.warmup_steps
+
+    def __call__(self, step: int) -> float:
+        """The multiplier ``lr_t / lr_peak`` at step ``step`` (0-based)."""
+        t = int(step)
+        if t < 0:
+            raise ValueError(f"step={step!r} is invalid: expected a whole number >= 0")
+        if t < self.warmup_steps:
+            return (t + 1) / self.warmup_steps
+        if self.kind == "constant" or t < self.decay_start:
+            return 1.0
+        p = min(1.0, (t - self.decay_start) / (self.total_steps - self.decay_start))
+        shape = self.cooldown if self.kind == "wsd" else self.kind
+        if shape == "cosine":
+            frac = 0.5 * (1.0 + math.cos(math.pi * p))
+        elif shape == "sqrt":
+            frac = 1.0 - math.sqrt(p)
+        else:
+            frac = 1.0 - p
+        return self.final + (1.0 - self.final) * frac
+
+    def multipliers(self) -> np.ndarray:
+        """The multipliers of every step of the run, ``[schedule(t) for t in range(S)]``."""
+        return np.array([self(t) for t in range(self.total_steps)], dtype=np.float64)
+
+    def mean(self) -> float:
+        """Mean multiplier over the run: the fraction of a constant-lr run's decay it applies."""
+        return float(self.multipliers().mean())
+
+    def scheduler(self, optimizer: Optimizer, last_epoch: int = -1) -> LambdaLR:
+        """A ``torch.optim.lr_scheduler.LambdaLR`` driving ``optimizer`` by this schedule.
+
+        Call ``scheduler.step()`` once after each ``optimizer.step()``.
+        """
+        from torch.optim.lr_scheduler import LambdaLR
+
+        return LambdaLR(optimizer, self, last_epoch=last_epoch)
+
+    def describe(self) -> str:
+        """One line: the kind and its steps, e.g. ``cosine, 1,000 steps, 100 warmup``."""
+        text = f"{self.kind}, {self.total_steps:,} steps, {self.warmup_steps:,} warmup"
+        if self.kind == "wsd":
+            text += f", {self.cooldown} cooldown over the last {self.decay_steps:,}"
+        if self.kind in ("cosine", "linear", "wsd") and self.final:
+            text += f", final {self.final:g} of peak"
+        return text
+
+
+def make_schedule(
+    name: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    *,
+    final: float = 0.0,
+    decay_steps: int | None = None,
+    cooldown: str = "linear",
+) -> Schedule:
+    """A schedule by name: ``"constant"``, ``"cosine"``, ``"linear"`` or ``"wsd"``.
+
+    ``decay_steps`` (WSD only) defaults to 20% of ``total_steps`` (at least one step, at
+    most the steps after warmup).
+    """
+    check_choice("schedule", name, SCHEDULES)
+    if name == "wsd" and decay_steps is None:
+        total = _steps("total_steps", total_steps, 1)
+        room = total - _steps("warmup_steps", warmup_steps, 0)
+        decay_steps = min(room, max(1, round(_WSD_DEFAULT_DECAY_FRACTION * total)))
+    return Schedule(
+        kind=name,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        final=final,
+        decay_steps=decay_steps if name == "wsd" else 0,
+        cooldown=cooldown,
+    )
+
+
+def constant(total_steps: int, warmup_steps: int = 0) -> Schedule:
+    """Linear warmup, then the peak learning rate to the end."""
+    return make_schedule("constant", total_steps, warmup_steps)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> Schedule:
+    """Linear warmup, then cosine decay to ``final`` times the peak."""
+    return make_schedule("cosine", total_steps, warmup_steps, final=final)
+
+
+def warmup_linear(total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> Schedule:
+    """Linear warmup, then linear decay to ``final`` times the peak (zero by default)."""
+    return make_schedule("linear", total_steps, warmup_steps, final=final)
+
+
+def warmup_stable_decay(
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay_steps: int | None = None,
+    final: float = 0.0,
+    cooldown: str = "linear",
+) -> Schedule:
+    """Linear warmup, the peak until the last ``decay_steps``, then a cooldown to ``final``."""
+    return make_schedule(
+        "wsd", total_steps, warmup_steps, final=final, decay_steps=decay_steps, cooldown=cooldown
+    )

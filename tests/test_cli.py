@@ -1,0 +1,178 @@
+"""The command line: tables, --json and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from adamwkit.cli import main
+
+VIT_S = ["--lr", "1e-3", "--batch-size", "256", "--dataset-size", "100000", "--epochs", "100"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_suggest_prints_the_value_the_rule_and_the_table(capsys):
+    code, out, _ = run(capsys, "suggest", *VIT_S)
+    assert code == 0
+    assert "Suggested weight decay: 0.256" in out
+    assert "Why wang-aitchison" in out
+    for rule in ("wang-aitchison", "power-lines", "loshchilov-hutter", "torch-default"):
+        assert rule in out
+
+
+def test_suggest_json_fields(capsys):
+    code, out, _ = run(capsys, "suggest", *VIT_S, "--json")
+    assert code == 0
+    obj = last_json(out)
+    # tau_epoch = sqrt(100): wd = B / (lr * 10 * N), by hand.
+    assert obj["weight_decay"] == pytest.approx(256 / (1e-3 * 10 * 100_000))
+    assert obj["weight_decay_independent"] == pytest.approx(obj["weight_decay"] * 1e-3)
+    assert obj["tau_epoch"] == pytest.approx(10.0)
+    assert obj["tau_iter"] == pytest.approx(1 / (1e-3 * obj["weight_decay"]))
+    assert obj["rule"] == "wang-aitchison"
+    names = [r["name"] for r in obj["rules"]]
+    assert names == ["wang-aitchison", "power-lines", "loshchilov-hutter", "torch-default"]
+    assert all({"name", "weight_decay", "source"} <= set(r) for r in obj["rules"])
+    assert obj["rules"][1]["weight_decay"] is None  # skipped: no tokens
+
+
+def test_suggest_tokens_for_pretraining(capsys):
+    code, out, _ = run(
+        capsys,
+        "suggest",
+        "--lr", "3e-4", "--batch-size", "1048576", "--tokens", "20e9", "--params", "1e9",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    obj = last_json(out)
+    assert obj["rule"] == "power-lines"
+    assert round(obj["tau_run"], 3) == 0.224
+
+
+def test_explain_json_and_table(capsys):
+    args = ["--lr", "1e-3", "--batch-size", "128", "--dataset-size", "50000", "--epochs", "82"]
+    wd = str(128 / (1e-3 * 163 * 50_000))
+    code, out, _ = run(capsys, "explain", "--weight-decay", wd, *args, "--json")
+    assert code == 0
+    obj = last_json(out)
+    assert obj["tau_epoch"] == pytest.approx(163)
+    assert obj["verdict_code"] == "barely-acts"
+    assert {"weight_decay", "weight_decay_independent", "tau_iter", "rule", "rules"} <= set(obj)
+    code, out, _ = run(capsys, "explain", "--weight-decay", wd, *args, "--schedule", "cosine")
+    assert code == 0
+    assert "tau_epoch is 163 epochs but you train 82" in " ".join(out.split())
+
+
+def test_explain_zero_decay_gives_null_timescales(capsys):
+    code, out, _ = run(capsys, "explain", "--weight-decay", "0", *VIT_S, "--json")
+    assert code == 0
+    obj = last_json(out)
+    assert obj["tau_iter"] is None and obj["verdict_code"] == "no-decay"
+
+
+def test_explain_with_a_model(capsys, tmp_path, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def net():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, _ = run(capsys, "explain", "--weight-decay", "0.1", *VIT_S,
+                       "--model", "mymodels:net", "--json")  # fmt: skip
+    assert code == 0
+    layers = last_json(out)["layers"]
+    assert [layer["name"] for layer in layers] == ["0.weight", "1.weight"]
+    assert layers[0]["equilibrium_norm"] == pytest.approx((1e-3 * 32 / 0.2) ** 0.5)
+
+
+def test_convert(capsys):
+    code, out, _ = run(
+        capsys, "convert", "--weight-decay", "0.1", "--from", "torch", "--to", "independent",
+        "--lr", "6e-4", "--json",
+    )  # fmt: skip
+    assert code == 0
+    assert last_json(out)["value"] == pytest.approx(6e-5)
+    code, out, _ = run(
+        capsys, "convert", "--weight-decay", "0.1", "--from", "torch", "--to", "independent",
+        "--lr", "6e-4",
+    )  # fmt: skip
+    assert code == 0 and "6e-05 (independent)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag_and_range"),
+    [
+        (
+            ["suggest", *VIT_S[:-2], "--epochs", "0"],
+            "--epochs=0.0 is invalid: expected a finite number in (0, inf)",
+        ),
+        (
+            ["suggest", "--lr", "-1", *VIT_S[2:]],
+            "--lr=-1.0 is invalid: expected a finite number in (0, inf)",
+        ),
+        (["suggest", "--lr", "nan", *VIT_S[2:]], "--lr=nan is invalid"),
+        (["suggest", *VIT_S[:2], "--batch-size", "0", *VIT_S[4:]], "--batch-size=0.0 is invalid"),
+        (
+            ["suggest", *VIT_S[:4], "--dataset-size", "-5", *VIT_S[6:]],
+            "--dataset-size=-5.0 is invalid",
+        ),
+        (["suggest", *VIT_S, "--params", "0"], "--params=0.0 is invalid"),
+        (
+            ["suggest", *VIT_S, "--steps", "10"],
+            "exclusive: give epochs (--epochs) or steps (--steps)",
+        ),
+        (["suggest", "--lr", "abc", *VIT_S[2:]], "argument --lr: invalid number value: 'abc'"),
+        (["suggest", *VIT_S[2:]], "the following arguments are required: --lr"),
+        (["suggest", *VIT_S, "--decay-scale", "torch"], "argument --decay-scale: invalid choice"),
+        (["suggest", *VIT_S[:4]], "no rule can run"),
+        (["explain", "--weight-decay", "-1", *VIT_S], "--weight-decay=-1.0 is invalid"),
+        (
+            ["explain", "--weight-decay", "0.1", *VIT_S, "--model", "nothing"],
+            "--model='nothing' is invalid: expected 'module:attribute'",
+        ),
+        (
+            ["explain", "--weight-decay", "0.1", *VIT_S, "--model", "no_such_mod:x"],
+            "importing 'no_such_mod' failed",
+        ),
+        (
+            ["convert", "--weight-decay", "0.1", "--from", "torch", "--to", "independent"],
+            "needs the peak learning rate (--lr)",
+        ),
+        (
+            ["convert", "--weight-decay", "0.1", "--from", "torch", "--to", "sgd"],
+            "argument --to: invalid choice",
+        ),
+        (["tune-nothing"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, argv, flag_and_range):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag_and_range in lines[0]
+
+
+def test_console_script_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "adamwkit.cli", "suggest", *VIT_S, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout)["rule"] == "wang-aitchison"
