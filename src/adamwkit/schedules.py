@@ -37,7 +37,6 @@ of the decay phase (:math:`D_0 = W`, or :math:`S - \text{decay\_steps}` for WSD)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,27 +125,45 @@ class Schedule:
         t = int(step)
         if t < 0:
             raise ValueError(f"step={step!r} is invalid: expected a whole number >= 0")
-        if t < self.warmup_steps:
-            return (t + 1) / self.warmup_steps
-        if self.kind == "constant" or t < self.decay_start:
-            return 1.0
-        p = min(1.0, (t - self.decay_start) / (self.total_steps - self.decay_start))
+        return float(self._at(np.array([t], dtype=np.float64))[0])
+
+    def _at(self, t: np.ndarray) -> np.ndarray:
+        """Multipliers at the steps ``t`` (a float array of whole numbers >= 0)."""
+        start, total = self.decay_start, self.total_steps
+        p = np.clip((t - start) / max(total - start, 1), 0.0, 1.0)
         shape = self.cooldown if self.kind == "wsd" else self.kind
         if shape == "cosine":
-            frac = 0.5 * (1.0 + math.cos(math.pi * p))
+            frac = 0.5 * (1.0 + np.cos(np.pi * p))
         elif shape == "sqrt":
-            frac = 1.0 - math.sqrt(p)
+            frac = 1.0 - np.sqrt(p)
+        elif shape == "constant":
+            frac = np.ones_like(p)
         else:
             frac = 1.0 - p
-        return self.final + (1.0 - self.final) * frac
+        out = self.final + (1.0 - self.final) * frac
+        out = np.where(t < start, 1.0, out)
+        if self.kind == "constant":
+            out = np.ones_like(p)
+        if self.warmup_steps:
+            out = np.where(t < self.warmup_steps, (t + 1) / self.warmup_steps, out)
+        return out
 
     def multipliers(self) -> np.ndarray:
         """The multipliers of every step of the run, ``[schedule(t) for t in range(S)]``."""
-        return np.array([self(t) for t in range(self.total_steps)], dtype=np.float64)
+        return self._at(np.arange(self.total_steps, dtype=np.float64))
+
+    def sample(self, max_points: int = 1 << 20) -> np.ndarray:
+        """Multipliers at up to ``max_points`` evenly spaced steps (every step of a shorter run).
+
+        Means over the sample stand for means over the run without holding a billion steps.
+        """
+        if self.total_steps <= max_points:
+            return self.multipliers()
+        return self._at(np.round(np.linspace(0, self.total_steps - 1, max_points)))
 
     def mean(self) -> float:
         """Mean multiplier over the run: the fraction of a constant-lr run's decay it applies."""
-        return float(self.multipliers().mean())
+        return float(self.sample().mean())
 
     def scheduler(self, optimizer: Optimizer, last_epoch: int = -1) -> LambdaLR:
         """A ``torch.optim.lr_scheduler.LambdaLR`` driving ``optimizer`` by this schedule.

@@ -676,7 +676,8 @@ def _weights_remaining(s: TrainingSetup, wd: float, sched: Schedule | None) -> f
     else:
         import numpy as np
 
-        log = float(np.log1p(-np.minimum(s.lr * wd * sched.multipliers(), 1.0 - 1e-300)).sum())
+        per_step = np.log1p(-np.minimum(s.lr * wd * sched.sample(), 1.0 - 1e-300))
+        log = float(per_step.mean()) * sched.total_steps
     return math.exp(log)
 
 

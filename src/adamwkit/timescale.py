@@ -147,10 +147,10 @@ def weight_decay_from_tau_run(tau_run: float, lr: float, total_steps: float) -> 
 
 
 def _timm_ratio(schedule: Any) -> float:
-    """sum(s_t^2) / sum(s_t) over the schedule's multipliers s_t = lr_t / lr_peak."""
+    """mean(s_t^2) / mean(s_t) over the schedule's multipliers s_t = lr_t / lr_peak."""
     if schedule is None:
         return 1.0
-    s = schedule.multipliers() if hasattr(schedule, "multipliers") else schedule
+    s = schedule.sample() if hasattr(schedule, "sample") else schedule
     s = np.asarray(s, dtype=np.float64)
     if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
         raise ValueError(
@@ -160,7 +160,7 @@ def _timm_ratio(schedule: Any) -> float:
     total = float(s.sum())
     if total == 0:
         raise ValueError("schedule is invalid: every multiplier is 0, so nothing decays")
-    return float((s * s).sum()) / total
+    return float((s * s).mean()) / float(s.mean())
 
 
 def convert_weight_decay(

@@ -1,0 +1,175 @@
+"""Tasks: what ``fit`` and ``tune`` train, as a dataclass a user fills in.
+
+A :class:`Task` says how to build a fresh model, what data to train on (tensors or a torch
+``Dataset``), the loss, an optional metric, labels for stratified folds, and the default
+training settings. Built-in tasks: ``digits`` (an over-parameterised MLP on scikit-learn's
+bundled digits) and ``charlm`` (a small character-level transformer on the docstrings of
+Python's standard library). A user's task loads as ``module:attribute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .._checks import check_choice, check_range
+
+__all__ = ["BUILTIN_TASKS", "Task", "get_task"]
+
+Data = tuple[Tensor, Tensor] | Dataset
+
+
+@dataclass
+class Task:
+    """A training problem for :func:`adamwkit.fit` and :func:`adamwkit.tune`.
+
+    - ``model``: a function returning a fresh ``nn.Module``; it is called right after
+      ``torch.manual_seed(seed)``, so the same seed gives the same initial weights.
+    - ``data``: ``(inputs, targets)`` tensors with the examples along dim 0, or a
+      ``Dataset`` whose items are ``(input, target)`` pairs.
+    - ``loss``: ``loss(outputs, targets)`` -> the mean loss of a batch (a 0-d tensor).
+    - ``labels``: one class label per example, for stratified folds and test split
+      (``None``: plain folds).
+    - ``metric``: ``metric(outputs, targets)`` -> the batch mean of a score such as the
+      accuracy, reported beside the loss; ``metric_name`` names it.
+    - ``epochs``, ``batch_size``, ``lr``, ``schedule`` (``constant``, ``cosine``, ``linear``,
+      ``wsd``), ``warmup_steps``, ``decay_scale``: default training settings.
+    - ``test_fraction``: share of the examples held out for the final test.
+    - ``param_groups``: keyword arguments for :func:`adamwkit.param_groups`.
+    """
+
+    name: str
+    model: Callable[[], nn.Module]
+    data: Data
+    loss: Callable[[Tensor, Tensor], Tensor]
+    labels: Tensor | Sequence[int] | None = None
+    metric: Callable[[Tensor, Tensor], float] | None = None
+    metric_name: str = "metric"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    decay_scale: str = "lr"
+    test_fraction: float = 0.2
+    description: str = ""
+    param_groups: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..schedules import SCHEDULES
+
+        if not callable(self.model):
+            raise ValueError(
+                f"model={self.model!r} is invalid: expected a function returning an nn.Module"
+            )
+        if not callable(self.loss):
+            raise ValueError(f"loss={self.loss!r} is invalid: expected a function")
+        n = len(self)
+        if n < 2:
+            raise ValueError(f"data has {n} examples: expected at least 2")
+        if self.labels is not None and len(self.labels) != n:
+            raise ValueError(
+                f"labels has {len(self.labels)} entries: expected one per example ({n})"
+            )
+        for name in ("epochs", "batch_size", "warmup_steps"):
+            value = getattr(self, name)
+            low = 0 if name == "warmup_steps" else 1
+            check_range(name, value, low)
+            if int(value) != value:
+                raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
+        check_range("lr", self.lr, 0.0, low_open=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("decay_scale", self.decay_scale, ("lr", "schedule"))
+        check_range("test_fraction", self.test_fraction, 0.0, 1.0, high_open=True)
+
+    def __len__(self) -> int:
+        if isinstance(self.data, tuple):
+            x, y = self.data
+            if len(x) != len(y):
+                raise ValueError(
+                    f"data is invalid: inputs have {len(x)} examples but targets {len(y)}"
+                )
+            return len(x)
+        return len(self.data)  # type: ignore[arg-type]
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The inputs and targets of the examples at ``index`` (a 1-D long tensor)."""
+        if isinstance(self.data, tuple):
+            x, y = self.data
+            return x[index], y[index]
+        from torch.utils.data import default_collate
+
+        items = [self.data[int(i)] for i in index]
+        x, y = default_collate(items)
+        return x, y
+
+    def label_array(self) -> Any:
+        """The labels as a NumPy array, or ``None``."""
+        if self.labels is None:
+            return None
+        import numpy as np
+
+        labels = self.labels
+        if isinstance(labels, Tensor):
+            return labels.detach().cpu().numpy()
+        return np.asarray(labels)
+
+
+def _digits() -> Task:
+    from .digits import digits_task
+
+    return digits_task()
+
+
+def _charlm() -> Task:
+    from .charlm import charlm_task
+
+    return charlm_task()
+
+
+BUILTIN_TASKS: dict[str, Callable[[], Task]] = {"digits": _digits, "charlm": _charlm}
+
+
+def get_task(spec: str | Task) -> Task:
+    """A built-in task by name (``digits``, ``charlm``), or a user's ``module:attribute``.
+
+    The attribute may be a :class:`Task` or a function returning one.
+    """
+    if isinstance(spec, Task):
+        return spec
+    if spec in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec]()
+    if ":" not in str(spec):
+        known = ", ".join(BUILTIN_TASKS)
+        raise ValueError(
+            f"task={spec!r} is invalid: expected a built-in task ({known}) or "
+            "'module:attribute' naming a Task"
+        )
+    from .._loading import load_object
+
+    obj = load_object(spec, "task")
+    if not isinstance(obj, Task) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise ValueError(
+            f"task={spec!r} is invalid: expected an adamwkit.tasks.Task or a function "
+            f"returning one, got {type(obj).__name__}"
+        )
+    return obj
+
+
+def accuracy(outputs: Tensor, targets: Tensor) -> float:
+    """Share of examples whose highest-scoring class is the target."""
+    return float((outputs.argmax(dim=-1) == targets).float().mean())
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over every position (works for (B, C) and (B, T, C) outputs)."""
+    return torch.nn.functional.cross_entropy(
+        outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
+    )
