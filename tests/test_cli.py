@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -156,6 +157,41 @@ def test_convert(capsys):
             "argument --to: invalid choice",
         ),
         (["tune-nothing"], "invalid choice"),
+        (
+            [
+                "explain",
+                "--weight-decay",
+                "0.1",
+                *VIT_S,
+                "--schedule",
+                "cosine",
+                "--warmup-steps",
+                "inf",
+            ],
+            "--warmup-steps=inf is invalid",
+        ),
+        (
+            ["explain", "--weight-decay", "0.1", *VIT_S, "--model", "torch.nn:Linear"],
+            "calling it with no arguments failed",
+        ),
+        (
+            [
+                "convert",
+                "--weight-decay",
+                "0.1",
+                "--from",
+                "torch",
+                "--to",
+                "timm-corrected",
+                "--steps",
+                "100",
+            ],
+            "add --schedule",
+        ),
+        (
+            ["suggest", "--lr", "1e-3", "--batch-size", "256", "--tokens", "1e9", "--steps", "9"],
+            "are exclusive",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, flag_and_range):
@@ -167,9 +203,19 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, flag_and_range):
     assert flag_and_range in lines[0]
 
 
+def test_every_rules_warnings_are_printed(capsys):
+    argv = ["--lr", "1e-3", "--batch-size", "256", "--tokens", "1e9", "--epochs", "3"]
+    code, out, _ = run(capsys, "suggest", *argv, "--params", "1e8")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "warning (power-lines): fitted for one pass over the data" in text
+    assert "warning (loshchilov-hutter): fitted on multi-epoch image classification" in text
+
+
 def test_console_script_runs():
+    script = Path(sys.executable).with_name("adamwkit")
     proc = subprocess.run(
-        [sys.executable, "-m", "adamwkit.cli", "suggest", *VIT_S, "--json"],
+        [str(script), "suggest", *VIT_S, "--json"],
         capture_output=True,
         text=True,
         check=False,

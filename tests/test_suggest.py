@@ -227,3 +227,34 @@ def test_explain_per_layer_equilibrium_norms():
 def test_explain_rejects_bad_weight_decay():
     with pytest.raises(ValueError, match=r"weight_decay=-0.1 is invalid"):
         explain(-0.1, lr=1e-3, batch_size=10, dataset_size=100, epochs=1)
+
+
+def test_tokens_count_the_whole_run():
+    # D = 300B tokens over 4 passes is still 300B tokens per parameter count: TPP = D / P.
+    one = suggest(lr=6e-4, batch_size=491_520, tokens=300e9, params=124e6)
+    four = suggest(lr=6e-4, batch_size=491_520, tokens=300e9, params=124e6, epochs=4)
+    assert one.setup.tokens_per_param == four.setup.tokens_per_param == pytest.approx(300e9 / 124e6)
+    assert four.setup.total_steps == pytest.approx(300e9 / 491_520)
+    assert four.setup.dataset_size == pytest.approx(75e9)
+    with pytest.raises(ValueError, match=r"tokens=.* and steps=.* are exclusive"):
+        suggest(lr=6e-4, batch_size=491_520, tokens=300e9, params=124e6, steps=1000)
+
+
+def test_explain_a_decay_that_flips_the_weights():
+    # lr * wd = 1: one step at the peak zeroes the weights; no math domain error.
+    ex = explain(1.0, lr=1e-3, batch_size=256, dataset_size=100_000, epochs=100,
+                 decay_scale="schedule")  # fmt: skip
+    assert ex.weight_decay == pytest.approx(1000.0)
+    assert ex.verdict_code == "dominates" and ex.weights_remaining == 0.0
+    assert any("--decay-scale lr" in n for n in ex.notes)
+
+
+def test_explain_single_pass_can_be_dominated():
+    # tau_iter = 1 / (1e-3 * 500) = 2 steps of a 390-step single pass.
+    ex = explain(500, lr=1e-3, batch_size=256, dataset_size=100_000, epochs=1)
+    assert ex.verdict_code == "dominates"
+
+
+def test_steps_must_be_at_least_one():
+    with pytest.raises(ValueError, match=r"steps=0.5 is invalid"):
+        suggest(lr=1e-3, batch_size=10, dataset_size=1000, steps=0.5)

@@ -93,9 +93,13 @@ def _add_setup(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dataset-size", type=_number, help="training examples (N)")
     g.add_argument(
-        "--tokens", type=_number, help="training tokens (D), for single-pass pre-training"
+        "--tokens",
+        type=_number,
+        help="training tokens of the whole run (D), for pre-training; sets the steps to D / B",
     )
-    g.add_argument("--epochs", type=_number, help="epochs (T); default 1 with --tokens")
+    g.add_argument(
+        "--epochs", type=_number, help="epochs (T); with --tokens, passes over the data (default 1)"
+    )
     g.add_argument("--steps", type=_number, help="total optimizer steps (S), instead of --epochs")
     g.add_argument("--params", type=_number, help="model parameters (P), for tokens per parameter")
     g.add_argument(
@@ -232,6 +236,10 @@ def _rules_notes(console: Any, sug: Any) -> None:
     for r in sug.rules:
         note = f"{r.note}. " if r.note else ""
         console.print(f"[dim]  {r.name}: {escape(note)}{escape(r.source)}[/dim]")
+    for r in sug.rules:
+        if r.name != sug.rule:
+            for w in r.warnings:
+                console.print(f"[yellow]warning ({r.name}):[/yellow] {escape(w)}")
 
 
 def _print_warnings(console: Any, warnings: Sequence[str], notes: Sequence[str]) -> None:
@@ -339,7 +347,13 @@ def _load_model(spec: str) -> Any:
 
     obj = load_object(spec, "model")
     if not isinstance(obj, nn.Module) and callable(obj):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as err:
+            raise ValueError(
+                f"model={spec!r} is invalid: calling it with no arguments failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
     if not isinstance(obj, nn.Module):
         raise ValueError(
             f"model={spec!r} is invalid: expected an nn.Module or a function returning one, "
@@ -352,6 +366,8 @@ def _cmd_explain(a: argparse.Namespace) -> int:
     from .suggest import explain
 
     model = _load_model(a.model) if a.model else None
+    if a.schedule is None and a.warmup_steps:
+        raise ValueError("warmup_steps needs a schedule: add --schedule")
     ex = explain(
         a.weight_decay,
         schedule=a.schedule,
@@ -366,10 +382,13 @@ def _cmd_explain(a: argparse.Namespace) -> int:
     return 0
 
 
-def _whole(name: str, value: float) -> int:
-    if value != int(value) or value < 0:
-        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= 0")
-    return int(value)
+def _whole(name: str, value: float, low: int = 0) -> int:
+    from ._checks import check_range
+
+    x = check_range(name, value, low)
+    if x != int(x):
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
+    return int(x)
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
@@ -378,11 +397,13 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     from .timescale import CONVENTIONS, convert_weight_decay
 
     schedule = None
+    if a.schedule is None and (a.steps is not None or a.warmup_steps):
+        raise ValueError("--steps and --warmup-steps describe a schedule: add --schedule")
     if a.schedule is not None:
         if a.steps is None:
             raise ValueError("schedule needs the run's length: give --steps with --schedule")
         schedule = make_schedule(
-            a.schedule, _whole("steps", a.steps), _whole("warmup_steps", a.warmup_steps)
+            a.schedule, _whole("steps", a.steps, 1), _whole("warmup_steps", a.warmup_steps)
         )
     value = convert_weight_decay(a.weight_decay, a.from_, a.to, lr_peak=a.lr, schedule=schedule)
     every = {}

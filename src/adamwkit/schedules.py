@@ -93,7 +93,7 @@ class Schedule:
         if warm >= total and self.kind != "constant":
             raise ValueError(
                 f"warmup_steps={self.warmup_steps!r} is invalid: expected a whole number in "
-                f"[0, {total - 1}] (fewer than total_steps={total}, to leave room to decay)"
+                f"[0, {total - 1}] (fewer than the run's {total} steps, to leave room to decay)"
             )
         if warm > total:
             raise ValueError(

@@ -188,14 +188,16 @@ def training_setup(
 ) -> TrainingSetup:
     """Validate a training description and derive epochs and steps from each other.
 
-    Give ``dataset_size`` (examples) with ``epochs`` or ``steps``; or ``tokens`` (training
-    tokens, ``batch_size`` then counts tokens per step) with ``params`` for single-pass
-    pre-training (``epochs`` defaults to 1 there).
+    Give ``dataset_size`` (examples) with ``epochs`` or ``steps``; or ``tokens``, the
+    training tokens of the whole run (``batch_size`` then counts tokens per step, the run
+    has ``tokens / batch_size`` steps), with ``params`` for pre-training; ``epochs`` (default
+    1) then says over how many passes those tokens were seen.
     """
     lr_ = check_range("lr", lr, 0.0, low_open=True)
     b = check_range("batch_size", batch_size, 0.0, low_open=True)
     n, d = _positive("dataset_size", dataset_size), _positive("tokens", tokens)
-    t, s = _positive("epochs", epochs), _positive("steps", steps)
+    t = _positive("epochs", epochs)
+    s = None if steps is None else check_range("steps", steps, 1.0)
     p = _positive("params", params)
     check_choice("decay_scale", decay_scale, DECAY_SCALES)
     b1 = check_range("beta1", beta1, 0.0, 1.0, high_open=True)
@@ -209,20 +211,38 @@ def training_setup(
             f"epochs={epochs!r} and steps={steps!r} are exclusive: give epochs (--epochs) "
             "or steps (--steps), not both"
         )
+    if d is not None and s is not None:
+        raise ValueError(
+            f"tokens={tokens!r} and steps={steps!r} are exclusive: tokens counts the whole "
+            "run, which has tokens / batch_size steps (--tokens sets --steps)"
+        )
     unit = "tokens" if d is not None else "examples"
-    size = d if d is not None else n
+    if d is not None:
+        t = 1.0 if t is None else t
+        size: float | None = d / t
+    else:
+        size = n
     if size is not None and b > size:
         raise ValueError(
             f"batch_size={batch_size!r} is invalid: expected a number in (0, {size:g}] "
             f"(at most the {'tokens' if d is not None else 'dataset_size'})"
         )
-    if d is not None and t is None and s is None:
-        t = 1.0
     if size is not None:
         if t is not None:
             s = t * size / b
         elif s is not None:
             t = s * b / size
+    for name, value in (("steps", s), ("epochs", t)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(
+                f"{name} is infinite for batch_size={batch_size!r}, dataset_size="
+                f"{dataset_size!r}, tokens={tokens!r}, epochs={epochs!r}, steps={steps!r}: "
+                "expected sizes whose ratio is a finite number"
+            )
+    if p is not None and d is not None and not math.isfinite(d / p):
+        raise ValueError(
+            f"tokens={tokens!r} / params={params!r} is infinite: expected a finite ratio"
+        )
     return TrainingSetup(lr_, b, size, unit, t, s, p, decay_scale, b1)
 
 
@@ -295,6 +315,8 @@ def _window_warning(s: TrainingSetup, tau_e: float | None) -> tuple[str, ...]:
 def _rule_value(
     s: TrainingSetup, name: str, wd: float, note: str = "", warnings: tuple[str, ...] = ()
 ) -> RuleValue:
+    if not math.isfinite(wd):
+        return _skipped(name, "the weight decay overflows: check --lr and the sizes")
     tau_e = None if s.dataset_size is None else tau_epoch(s.lr, wd, s.batch_size, s.dataset_size)
     return RuleValue(
         name=name,
@@ -409,7 +431,11 @@ def _choose(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, str]:
             "ConvNeXt recipes sit at 16 of 300 epochs; sqrt(300) = 17.3)."
         )
         if s.regime == "single-pass":
-            why = why.replace(", the geometric middle of that window", "")
+            why = (
+                f"single-pass training ({_fmt(s.epochs)} epochs over "
+                f"{_count(s.dataset_size or 0)} {unit}) with no params (--params) for Power "
+                f"Lines: Wang & Aitchison's window ends at the run's length; adamwkit {wa.note}."
+            )
         return "wang-aitchison", why
     raise ValueError(
         "no rule can run on this setup: give dataset_size with epochs or steps "
@@ -671,12 +697,14 @@ def _weights_remaining(s: TrainingSetup, wd: float, sched: Schedule | None) -> f
     """Fraction of the initial weights left by decay alone: prod_t (1 - lr * s_t * wd)."""
     if s.total_steps is None:
         return None
+    if s.lr * wd >= 1.0:
+        return 0.0  # a step at the peak zeroes or flips the weights
     if sched is None:
-        log = s.total_steps * math.log1p(-min(s.lr * wd, 1.0 - 1e-300))
+        log = s.total_steps * math.log1p(-s.lr * wd)
     else:
         import numpy as np
 
-        per_step = np.log1p(-np.minimum(s.lr * wd * sched.sample(), 1.0 - 1e-300))
+        per_step = np.log1p(-s.lr * wd * sched.sample())
         log = float(per_step.mean()) * sched.total_steps
     return math.exp(log)
 
@@ -688,6 +716,12 @@ def _verdict(
         return "no-decay", (
             "no weight decay: the weights keep every update and the initialisation forever "
             "(infinite timescale)"
+        )
+    if s.lr * wd >= 1.0:
+        return "dominates", (
+            f"lr * weight_decay is {_fmt(s.lr * wd)}: each step at the peak lr multiplies the "
+            f"weights by {_fmt(1 - s.lr * wd)}, zeroing or flipping them; the decay is far "
+            "too strong (is the value in the other convention?)"
         )
     left = ""
     if remaining is not None:
@@ -729,6 +763,13 @@ def _verdict(
         return "near-optimal", (
             f"tau_run is {_fmt(tau_r)} of the run, within 3x of Power Lines' optimum "
             f"{_fmt(opt)} at {_fmt(tpp)} tokens per parameter"
+        )
+    floor = power_lines_tau(1e4)
+    if tau_r < floor:
+        return "dominates", (
+            f"tau_run is {_fmt(tau_r)} of the run ({_fmt(tau_r * (s.total_steps or 0))} "
+            f"steps): shorter than Power Lines' optimum even at 10,000 tokens per parameter "
+            f"({_fmt(floor)}); the decay dominates"
         )
     if tau_r > 1.0:
         return "barely-acts", (
