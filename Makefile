@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(VENV)/bin/adamwkit --help
+	$(VENV)/bin/adamwkit tune
 
 test: install
 	$(PY) -m pytest

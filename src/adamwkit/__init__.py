@@ -5,6 +5,8 @@ Public API (everything else is internal):
 - :class:`AdamW`: drop-in for ``torch.optim.AdamW`` with ``decay_scale="lr" | "schedule"``.
 - :func:`param_groups`: which tensors decay, with a printable plan.
 - :func:`adamw_step`, :func:`effective_weight_decay`: the functional form, populations included.
+- :func:`fit`, :class:`Task`: one training run of a task; :func:`tune`: k-fold cross-validated
+  weight decay search in an Optuna study, with a report.
 - :func:`suggest`, :func:`explain`: a weight decay from the timescale rules, with no training.
 - :mod:`adamwkit.timescale`: tau_iter / tau_epoch / tau_run and conversions between conventions.
 - :mod:`adamwkit.schedules`: warmup + cosine / linear / WSD / constant, as PyTorch schedulers.
@@ -15,7 +17,19 @@ from .adamw import AdamW
 from .functional import adamw_step, effective_weight_decay
 from .groups import DecayPlan, ParamGroups, PlanEntry, param_groups
 from .suggest import Explanation, Suggestion, explain, suggest
+from .tasks import Task
 from .timescale import convert_weight_decay
+from .train import FitResult, fit
+
+
+def __getattr__(name: str) -> object:
+    # tune pulls in Optuna, scikit-learn and matplotlib: load it only when asked for.
+    if name in ("tune", "TuneResult"):
+        from . import tuning
+
+        return getattr(tuning, name)
+    raise AttributeError(f"module 'adamwkit' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -23,14 +37,19 @@ __all__ = [
     "AdamW",
     "DecayPlan",
     "Explanation",
+    "FitResult",
     "ParamGroups",
     "PlanEntry",
     "Suggestion",
+    "Task",
+    "TuneResult",
     "__version__",
     "adamw_step",
     "convert_weight_decay",
     "effective_weight_decay",
     "explain",
+    "fit",
     "param_groups",
     "suggest",
+    "tune",
 ]

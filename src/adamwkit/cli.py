@@ -47,6 +47,17 @@ _FLAGS = {
     "beta1": "--beta1",
     "warmup_steps": "--warmup-steps",
     "model": "--model",
+    "folds": "--folds",
+    "grid": "--grid",
+    "grid_min": "--min",
+    "grid_max": "--max",
+    "points": "--points",
+    "trials": "--trials",
+    "lr_grid": "--lr-grid",
+    "study": "--study",
+    "storage": "--storage",
+    "seed": "--seed",
+    "heartbeat_interval": "--heartbeat-interval",
 }
 
 
@@ -160,6 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="an nn.Module (or a function returning one) to set each decayed tensor's norm "
         "beside its equilibrium norm",
     )
+
+    p = sub.add_parser(
+        "tune",
+        help="cross-validate weight decay on a task (default: digits) and write a report",
+        description="k-fold cross-validated weight decay search in an Optuna study: a journal "
+        "file in the run folder by default, or a database (--storage) shared by many workers "
+        "running the same command. Rerunning resumes the study.",
+    )
+    p.add_argument(
+        "task",
+        nargs="?",
+        default="digits",
+        help="a built-in task (digits, charlm) or module:attribute naming a Task",
+    )
+    p.add_argument("--folds", type=_number, default=5, help="k of k-fold CV (default 5)")
+    p.add_argument("--epochs", type=_number, help="epochs per training (default: the task's)")
+    p.add_argument("--lr", type=_number, help="peak learning rate (default: the task's)")
+    p.add_argument("--batch-size", type=_number, help="batch size (default: the task's)")
+    p.add_argument("--decay-scale", choices=("lr", "schedule"), help="convention (default: task's)")
+    p.add_argument("--grid", help="explicit candidates, comma-separated: 0,1e-3,1e-2")
+    p.add_argument("--min", dest="grid_min", type=_number, help="smallest non-zero candidate")
+    p.add_argument("--max", dest="grid_max", type=_number, help="largest candidate")
+    p.add_argument("--points", type=_number, help="log-spaced candidates from --min to --max")
+    p.add_argument("--sampler", choices=("grid", "tpe", "gp"), default="grid")
+    p.add_argument("--trials", type=_number, default=12, help="candidates a tpe/gp search tries")
+    p.add_argument("--lr-grid", help="joint search: learning rates, comma-separated")
+    p.add_argument("--search-lr", action="store_true", help="tpe/gp: search lr in [lr/10, 10 lr]")
+    p.add_argument("--storage", help="database URL shared by workers (default: a journal file)")
+    p.add_argument("--study", help="study name (default: the task's name); names the run folder")
+    p.add_argument("--out", default="adamwkit-runs", help="folder of run folders")
+    p.add_argument("--seed", type=_number, default=0)
+    p.add_argument("--prune", action="store_true", help="stop hopeless candidates (Wilcoxon)")
+    p.add_argument("--heartbeat-interval", type=_number, default=10, help="seconds (databases)")
+    p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     p = sub.add_parser(
         "convert",
@@ -443,7 +490,98 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"suggest": _cmd_suggest, "explain": _cmd_explain, "convert": _cmd_convert}
+def _floats(name: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [_number(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(
+            f"{name}={text!r} is invalid: expected numbers separated by commas"
+        ) from None
+
+
+def _cmd_tune(a: argparse.Namespace) -> int:
+    try:
+        from .tuning import tune
+    except ImportError as err:
+        raise ValueError(
+            f"tune needs Optuna, scikit-learn and matplotlib ({err}): pip install 'adamwkit[tune]'"
+        ) from err
+    result = tune(
+        a.task,
+        folds=_whole("folds", a.folds, 2),
+        epochs=None if a.epochs is None else _whole("epochs", a.epochs, 1),
+        lr=a.lr,
+        batch_size=None if a.batch_size is None else _whole("batch_size", a.batch_size, 1),
+        decay_scale=a.decay_scale,
+        grid=_floats("grid", a.grid),
+        grid_min=a.grid_min,
+        grid_max=a.grid_max,
+        points=None if a.points is None else _whole("points", a.points, 1),
+        sampler=a.sampler,
+        trials=_whole("trials", a.trials, 1),
+        lr_grid=_floats("lr_grid", a.lr_grid),
+        search_lr=a.search_lr,
+        storage=a.storage,
+        study=a.study,
+        out=a.out,
+        seed=_whole("seed", a.seed),
+        prune=a.prune,
+        heartbeat_interval=_whole("heartbeat_interval", a.heartbeat_interval, 1),
+        test=not a.no_test,
+        progress=not a.quiet,
+    )
+    if a.json:
+        from .tuning.report import _finite
+
+        _print_json(_finite(result.summary))
+        return 0
+    _show_tune(result)
+    return 0
+
+
+def _show_tune(result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = result.summary
+    console = _console()
+    table = Table(
+        title=f"{s['task']}: {s['folds']}-fold CV, {s['epochs']} epochs", title_justify="left"
+    )
+    for col in ("weight_decay", "lr", "tau_epoch", "CV loss +- SE", "paired diff +- SE", "state"):
+        table.add_column(col, justify="left" if col == "state" else "right")
+    g = "{:.4g}".format
+    for c in s["candidates"]:
+        mark = ""
+        if c["lr"] == s["best_lr"] and c["weight_decay"] == s["best_weight_decay"]:
+            mark = " [bold]best[/bold]"
+        elif c["lr"] == s["best_lr"] and c["weight_decay"] == s["one_se_weight_decay"]:
+            mark = " [bold]one-SE[/bold]"
+        mean = "-" if c["mean"] is None else f"{g(c['mean'])} +- {(c['sem'] or 0):.2g}"
+        diff = (
+            "-"
+            if c["paired_diff"] is None
+            else f"{c['paired_diff']:+.3g} +- {(c['paired_sem'] or 0):.2g}"
+        )
+        tau = (
+            "inf" if c["tau_epoch"] is None or c["tau_epoch"] == float("inf") else g(c["tau_epoch"])
+        )
+        state = c["state"] + (f" ({c['reason']})" if c["reason"] else "")
+        table.add_row(g(c["weight_decay"]), g(c["lr"]), tau, mean, diff, escape(state) + mark)
+    console.print(table)
+    style = "bold yellow" if s["flat"] else "bold green"
+    console.print(f"[{style}]{escape(s['verdict'])}[/{style}]")
+    console.print(f"Report: {result.paths['report']}  (summary: {result.paths['summary']})")
+
+
+_COMMANDS = {
+    "suggest": _cmd_suggest,
+    "explain": _cmd_explain,
+    "tune": _cmd_tune,
+    "convert": _cmd_convert,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,160 @@
+"""The verdict of ``adamwkit tune``: summary.json, cv_curve.png, report.html, the terminal table.
+
+Every file is written atomically (a temporary file, then a rename), so a crash leaves the
+previous report or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write
+
+__all__ = ["plot_cv_curve", "render_html", "write_reports"]
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _g(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def plot_cv_curve(summary: dict[str, Any]) -> bytes:
+    """The CV loss with error bars against weight decay (log axis, tau_epoch on top), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = [c for c in summary["candidates"] if c["mean"] is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    lrs = sorted({c["lr"] for c in cands})
+    for i, this_lr in enumerate(lrs):
+        pts = sorted(
+            (c for c in cands if c["lr"] == this_lr and c["weight_decay"] > 0),
+            key=lambda c: c["weight_decay"],
+        )
+        label = f"lr {this_lr:g}" if len(lrs) > 1 else "CV loss (mean +- SE)"
+        ax.errorbar(
+            [c["weight_decay"] for c in pts],
+            [c["mean"] for c in pts],
+            yerr=[c["sem"] or 0.0 for c in pts],
+            fmt="o-",
+            capsize=3,
+            color=f"C{i}",
+            label=label,
+        )
+        zero = [c for c in cands if c["lr"] == this_lr and c["weight_decay"] == 0]
+        if zero:
+            ax.axhline(zero[0]["mean"], color=f"C{i}", ls=":", lw=1, label="weight decay 0")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"weight decay ({summary['decay_scale']!r} convention)")
+    ax.set_ylabel(f"held-out loss, {summary['folds']}-fold CV")
+    marks = (
+        ("best_weight_decay", "best", "C3", "-"),
+        ("one_se_weight_decay", "one-SE choice", "C2", "--"),
+        ("suggested_weight_decay", "adamwkit suggest", "0.4", "-."),
+    )
+    for key, label, color, style in marks:
+        v = summary.get(key)
+        if v:
+            ax.axvline(v, color=color, ls=style, lw=1.2, label=f"{label}: {v:.3g}")
+    factor = summary["tau_epoch_factor"]  # tau_epoch = factor / wd
+
+    def to_tau(w: Any) -> Any:
+        import numpy as np
+
+        w = np.asarray(w, dtype=float)
+        return factor / np.maximum(w, 1e-300)
+
+    top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
+    top.set_xlabel("tau_epoch (epochs)")
+    title = "flat: weight decay hardly matters here" if summary["flat"] else "CV loss"
+    ax.set_title(f"{summary['task']}: {title}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_html(summary: dict[str, Any], png: bytes) -> str:
+    """A self-contained page: the recommendation, the plot (embedded), the table, the settings."""
+    e = html.escape
+    rows = []
+    for c in summary["candidates"]:
+        marks = []
+        if c["weight_decay"] == summary["best_weight_decay"] and c["lr"] == summary["best_lr"]:
+            marks.append("best")
+        if c["weight_decay"] == summary["one_se_weight_decay"] and c["lr"] == summary["best_lr"]:
+            marks.append("one-SE")
+        mean = "-" if c["mean"] is None else f"{_g(c['mean'])} &plusmn; {_g(c['sem'], 2)}"
+        diff = (
+            "-"
+            if c["paired_diff"] is None
+            else f"{_g(c['paired_diff'], 3)} &plusmn; {_g(c['paired_sem'], 2)}"
+        )
+        state = e(c["state"] + (f": {c['reason']}" if c["reason"] else ""))
+        cells = (_g(c["weight_decay"]), _g(c["lr"]), _g(c["tau_epoch"]), mean, diff, state,
+                 ", ".join(marks))  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
+    test_rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{_g(t['weight_decay'])}</td><td>{_g(t['loss'])}</td>"
+        f"<td>{_g(t.get('metric'))}</td></tr>"
+        for name, t in summary.get("test", {}).items()
+    )
+    settings = e(json.dumps(summary["settings"], indent=2))
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>adamwkit tune: {e(summary["task"])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f3f3f3; }}
+.verdict {{ font-size: 1.1em; background: #f6f8fa; padding: 0.8em; border-radius: 6px; }}
+</style></head><body>
+<h1>Weight decay for {e(summary["task"])}</h1>
+<p class="verdict">{e(summary["verdict"])}</p>
+<img alt="CV loss against weight decay" src="data:image/png;base64,{image}">
+<h2>Candidates</h2>
+<table><tr><th>weight decay</th><th>lr</th><th>tau_epoch</th><th>CV loss &plusmn; SE</th>
+<th>paired diff to best &plusmn; SE</th><th>state</th><th></th></tr>
+{"".join(rows)}</table>
+<h2>Held-out test split</h2>
+<table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
+<th>{e(summary["metric_name"])}</th></tr>{test_rows}</table>
+<h2>Settings</h2><pre>{settings}</pre>
+</body></html>
+"""
+
+
+def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write summary.json, cv_curve.png and report.html into ``run_dir``, each atomically."""
+    png = plot_cv_curve(summary)
+    paths = {
+        "summary": atomic_write(run_dir / "summary.json", json.dumps(_finite(summary), indent=2)),
+        "plot": atomic_write(run_dir / "cv_curve.png", png),
+    }
+    paths["report"] = atomic_write(run_dir / "report.html", render_html(summary, png))
+    return paths

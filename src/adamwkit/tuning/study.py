@@ -1,0 +1,384 @@
+"""The Optuna study behind ``adamwkit tune``: storage, claiming work, resumption, heartbeats.
+
+One trial is one candidate (a weight decay, and an lr in joint searches); its k folds are
+reported as intermediate values at steps 0..k-1, so a pruner (Optuna's ``WilcoxonPruner``)
+can stop a hopeless candidate after a few folds, and a trial cut short keeps the folds it
+finished.
+
+- Storage: a journal file in the run folder by default (no server); any URL Optuna's
+  ``RDBStorage`` takes (``postgresql://...``) to share the work between machines. The same
+  command runs on every machine; only the storage URL says where the study lives.
+- The study is created once: the worker whose ``create_study`` succeeds enqueues the grid
+  and marks the study ready; the others load it and wait for that mark.
+- A worker claims a candidate by ``study.ask()``, which pops one enqueued trial atomically.
+- A worker that dies leaves a RUNNING trial behind. With a database, workers send
+  heartbeats and a trial whose heartbeat stops is failed and re-enqueued with its finished
+  folds (``RetryHeartbeatStaleTrialCallback``); with a journal file, the trial records its
+  host and process id, and the next worker on that host fails and re-enqueues it as soon
+  as the process is gone. Either way the retry runs only the folds still missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from .cv import Candidate
+
+__all__ = ["Claim", "open_storage", "open_study", "redact", "trial_candidates", "work"]
+
+JOURNAL_NAME = "study.journal"
+CONNECT_TIMEOUT_S = 5
+READY_TIMEOUT_S = 60.0
+POLL_S = 1.0
+_HOST = socket.gethostname()
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str | None, run_dir: Path, heartbeat_interval: int) -> Any:
+    """The study's storage: a journal file in ``run_dir``, or a database at ``url``.
+
+    A database that cannot be reached fails within seconds with its host and the cause.
+    """
+    if url is None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = str(run_dir / JOURNAL_NAME)
+        return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    parts = urlsplit(url)
+    if not parts.scheme or parts.scheme.split("+")[0] not in ("postgresql", "mysql", "sqlite"):
+        raise ValueError(
+            f"storage={redact(url)!r} is invalid: expected a database URL such as "
+            "'postgresql://user:password@host:5432/dbname' (or no --storage for a journal file)"
+        )
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parts.scheme.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    last: Exception | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for attempt in range(4):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=3 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=3, inherit_intermediate_values=True
+                    ),
+                )
+            except Exception as err:  # sqlalchemy's errors, import errors, bad URLs
+                last = err
+                if not _is_schema_race(err):
+                    break
+                time.sleep(0.2 * (attempt + 1))  # two workers created the tables at once
+    host = parts.hostname or "localhost"
+    where = f"{host}:{parts.port}" if parts.port else host
+    cause = str(getattr(last, "orig", None) or last).strip().splitlines()[0]
+    raise ValueError(f"storage={redact(url)!r} is unreachable at {where}: {cause}") from last
+
+
+def _is_schema_race(err: Exception) -> bool:
+    text = str(err).lower()
+    return "already exists" in text or "duplicate key" in text or "uniqueviolation" in text
+
+
+def _distributions(settings: dict[str, Any]) -> dict[str, BaseDistribution]:
+    if settings["sampler"] == "grid":
+        dists: dict[str, BaseDistribution] = {
+            "weight_decay": CategoricalDistribution(tuple(settings["grid"]))
+        }
+        if settings.get("lr_grid"):
+            dists["lr"] = CategoricalDistribution(tuple(settings["lr_grid"]))
+        return dists
+    lo, hi = settings["range"]
+    dists = {"weight_decay": FloatDistribution(lo, hi, log=True)}
+    if settings.get("lr_range"):
+        a, b = settings["lr_range"]
+        dists["lr"] = FloatDistribution(a, b, log=True)
+    return dists
+
+
+def _sampler(settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    seed = settings["seed"]
+    if settings["sampler"] == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if settings["sampler"] == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_study(storage: Any, name: str, settings: dict[str, Any], prune: bool) -> optuna.Study:
+    """Create the study (and enqueue its candidates) once, or load it and check its settings."""
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.WilcoxonPruner(p_threshold=0.1) if prune else optuna.pruners.NopPruner()
+    )
+    sampler = _sampler(settings)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="minimize", sampler=sampler, pruner=pruner
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
+        _wait_ready(study, settings)
+        return study
+    study.set_user_attr("adamwkit_settings", settings)
+    for params in settings["enqueue"]:
+        study.enqueue_trial(params, skip_if_exists=True)
+    study.set_user_attr("adamwkit_ready", True)
+    return study
+
+
+def _wait_ready(study: optuna.Study, settings: dict[str, Any]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not study.user_attrs.get("adamwkit_ready"):
+        if time.monotonic() > deadline:
+            raise ValueError(
+                f"study={study.study_name!r} exists but was never made ready (its creator "
+                "stopped while enqueueing): pass a new --study name"
+            )
+        time.sleep(0.2)
+    stored = study.user_attrs.get("adamwkit_settings", {})
+    for key, value in settings.items():
+        if key in ("enqueue",):
+            continue
+        if stored.get(key) != value:
+            raise ValueError(
+                f"study={study.study_name!r} was made with {key}={stored.get(key)!r}, not "
+                f"{value!r}: rerun with the same settings to resume it, or pass a new --study"
+            )
+
+
+# ---------------------------------------------------------------------------- claiming
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose worker is gone, and re-enqueue their candidates."""
+    from optuna.storages import fail_stale_trials
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)  # databases: the trial's heartbeat stopped
+        return
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+        if host != _HOST or pid is None or pid == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            study._storage.set_trial_user_attr(
+                t._trial_id, "fail_reason", f"its worker (pid {pid} on {host}) stopped"
+            )
+            changed = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        if changed:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+
+
+def _is_spurious(t: FrozenTrial) -> bool:
+    return bool(t.user_attrs.get("spurious"))
+
+
+def trial_candidates(study: optuna.Study, settings: dict[str, Any]) -> list[Candidate]:
+    """Every candidate with the folds any of its trials finished, and its state."""
+    by_key: dict[tuple[float, float], Candidate] = {}
+    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2}
+    default_lr = settings["lr"]
+    for t in study.get_trials(deepcopy=False):
+        if _is_spurious(t) or "weight_decay" not in t.params:
+            if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs:
+                fixed = t.system_attrs["fixed_params"]
+                key = (float(fixed["weight_decay"]), float(fixed.get("lr", default_lr)))
+                by_key.setdefault(key, Candidate(*key, state="waiting"))
+            continue
+        key = (float(t.params["weight_decay"]), float(t.params.get("lr", default_lr)))
+        c = by_key.setdefault(key, Candidate(*key, state="failed"))
+        for step, value in t.intermediate_values.items():
+            if math.isfinite(value):
+                c.fold_losses.setdefault(int(step), float(value))
+        for name, value in t.user_attrs.items():
+            if name.startswith("metric_"):
+                c.fold_metrics.setdefault(int(name[7:]), float(value))
+        states = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
+        state = {0: "complete", 1: "pruned", 2: "running"}.get(order.get(t.state, 9), "failed")
+        if t.state == TrialState.WAITING:
+            state = "waiting"
+        if states[state] < states[c.state]:
+            c.state = state
+            c.reason = ""
+        if state == "failed" and c.state == "failed" and t.user_attrs.get("fail_reason"):
+            c.reason = t.user_attrs["fail_reason"]
+    return sorted(by_key.values(), key=lambda c: (c.lr, c.weight_decay))
+
+
+def _earlier_folds(study: optuna.Study, params: dict[str, Any], number: int) -> dict[int, float]:
+    """Folds already finished for these params by trials that did not complete."""
+    done: dict[int, float] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
+        if t.number == number or t.params != params:
+            continue
+        for step, value in t.intermediate_values.items():
+            if math.isfinite(value):
+                done.setdefault(int(step), float(value))
+    return done
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat in a database storage every interval, in a thread."""
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+        storage = study._storage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+            interval = storage.get_heartbeat_interval() or 1
+            storage.record_heartbeat(trial_id)
+
+            def beat() -> None:
+                while not self._stop.wait(interval):
+                    with contextlib.suppress(Exception):
+                        storage.record_heartbeat(trial_id)
+
+            self._thread = threading.Thread(target=beat, daemon=True, name="adamwkit-heartbeat")
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class Claim:
+    """A claimed candidate: its params and the folds still to run."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, folds: int) -> None:
+        self.study, self.trial, self.folds = study, trial, folds
+        frozen = study._storage.get_trial(trial._trial_id)
+        self.params = dict(trial.params)
+        done = dict(frozen.intermediate_values)
+        for step, value in _earlier_folds(study, self.params, trial.number).items():
+            if step not in done:
+                trial.report(value, step)
+                done[step] = value
+        self.done: dict[int, float] = {int(k): float(v) for k, v in done.items()}
+
+    @property
+    def todo(self) -> list[int]:
+        return [f for f in range(self.folds) if f not in self.done]
+
+    def report(self, fold: int, loss: float, metric: float | None) -> bool:
+        """Record a fold; True when the pruner says to stop this candidate."""
+        self.trial.report(loss, fold)
+        if metric is not None:
+            self.trial.set_user_attr(f"metric_{fold}", metric)
+        self.done[fold] = loss
+        return len(self.done) < self.folds and self.trial.should_prune()
+
+    def finish(self) -> None:
+        values = [self.done[f] for f in range(self.folds)]
+        self.study.tell(self.trial, sum(values) / len(values))
+
+    def prune(self) -> None:
+        self.study.tell(self.trial, state=TrialState.PRUNED)
+
+    def fail(self, reason: str) -> None:
+        self.trial.set_user_attr("fail_reason", reason)
+        self.study.tell(self.trial, state=TrialState.FAIL)
+
+
+def _next_trial(study: optuna.Study, settings: dict[str, Any]) -> optuna.Trial | None:
+    """Claim the next candidate, or None when nothing is left to start."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    if settings["sampler"] == "grid" and not waiting:
+        return None
+    if settings["sampler"] != "grid" and not waiting:
+        started = [t for t in trials if not _is_spurious(t) and "retry_of" not in t.user_attrs]
+        if len(started) >= settings["trials"]:
+            return None
+    trial = study.ask(_distributions(settings))
+    frozen = study._storage.get_trial(trial._trial_id)
+    if settings["sampler"] == "grid" and "fixed_params" not in frozen.system_attrs:
+        # Another worker took the last enqueued candidate between our look and our ask.
+        trial.set_user_attr("spurious", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return _next_trial(study, settings)
+    trial.set_user_attr("host", _HOST)
+    trial.set_user_attr("pid", os.getpid())
+    return trial
+
+
+@contextlib.contextmanager
+def claimed(study: optuna.Study, trial: optuna.Trial, folds: int) -> Iterator[Claim]:
+    claim = Claim(study, trial, folds)
+    beat = _Heartbeat(study, trial._trial_id)
+    try:
+        yield claim
+    finally:
+        beat.stop()
+
+
+def work(
+    study: optuna.Study,
+    settings: dict[str, Any],
+    run_candidate: Callable[[Claim], None],
+    on_idle: Callable[[], None],
+) -> None:
+    """Claim and run candidates until none is left and no other worker is running one.
+
+    ``run_candidate(claim)`` trains the claim's missing folds and ends the trial (finish,
+    prune or fail). ``on_idle()`` is called while waiting for other workers.
+    """
+    while True:
+        _fail_stale(study)
+        trial = _next_trial(study, settings)
+        if trial is not None:
+            with claimed(study, trial, settings["folds"]) as claim:
+                run_candidate(claim)
+            continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        on_idle()
+        time.sleep(POLL_S)

@@ -1,0 +1,210 @@
+"""tune: CV numbers against a hand-rolled scikit-learn loop, resumption, reports, bad input."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+import tune_tasks
+from adamwkit import fit, tune
+from adamwkit._io import atomic_write
+from adamwkit.cli import main
+from adamwkit.tuning.cv import Candidate, default_grid, summarize
+
+TESTS = Path(__file__).parent
+
+
+def test_cv_numbers_equal_a_hand_rolled_kfold_loop(tmp_path):
+    """Oracle: scikit-learn's train_test_split and StratifiedKFold with fit, same seeds."""
+    task = tune_tasks.tiny()
+    result = tune(task, folds=3, grid=[0.0, 0.5], out=tmp_path, seed=7, test=False,
+                  progress=False)  # fmt: skip
+    y = task.labels.numpy()
+    pool, _ = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=7)
+    splits = StratifiedKFold(3, shuffle=True, random_state=7).split(pool, y[pool])
+    folds = [(pool[a], pool[b]) for a, b in splits]
+    for cand in result.summary["candidates"]:
+        wd = cand["weight_decay"]
+        expected = [
+            fit(task, wd, train_idx=tr, val_idx=va, seed=7 + f).val_loss
+            for f, (tr, va) in enumerate(folds)
+        ]
+        assert cand["fold_losses"] == pytest.approx(expected, rel=1e-12)
+        assert cand["mean"] == pytest.approx(np.mean(expected), rel=1e-12)
+        assert cand["sem"] == pytest.approx(np.std(expected, ddof=1) / math.sqrt(3), rel=1e-9)
+
+
+def test_summary_fields_report_and_plot(tmp_path):
+    result = tune(tune_tasks.tiny(), folds=3, grid=[0.0, 0.05, 0.5], out=tmp_path,
+                  progress=False)  # fmt: skip
+    run = tmp_path / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("best_weight_decay", "one_se_weight_decay", "decay_scale",
+                "suggested_weight_decay", "candidates", "flat", "test"):  # fmt: skip
+        assert key in summary
+    for c in summary["candidates"]:
+        assert {"weight_decay", "tau_epoch", "mean", "sem", "fold_losses", "paired_diff",
+                "paired_sem"} <= set(c)  # fmt: skip
+    assert set(summary["test"]) == {"best", "one_se", "zero", "torch_default"}
+    assert summary["test"]["torch_default"]["weight_decay"] == 0.01
+    png = (run / "cv_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    page = (run / "report.html").read_text()
+    embedded = re.search(r'src="data:image/png;base64,([^"]+)"', page)
+    assert embedded and base64.b64decode(embedded.group(1)) == png
+    assert result.summary["best_weight_decay"] in (0.0, 0.05, 0.5)
+
+
+def test_statistics_by_hand():
+    a = Candidate(0.0, 1e-3, {0: 1.0, 1: 1.2, 2: 1.1})
+    b = Candidate(0.1, 1e-3, {0: 0.9, 1: 1.0, 2: 1.05})
+    c = Candidate(1.0, 1e-3, {0: 0.95, 1: 1.06, 2: 1.07})
+    s = summarize([a, b, c], folds=3)
+    assert s.best is b
+    assert b.mean == pytest.approx((0.9 + 1.0 + 1.05) / 3)
+    assert b.sem == pytest.approx(np.std([0.9, 1.0, 1.05], ddof=1) / math.sqrt(3))
+    d = np.array([0.05, 0.06, 0.02])  # c - b, fold by fold
+    assert c.paired_diff == pytest.approx(d.mean())
+    assert c.paired_sem == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+    # c's mean (1.0267) is within b's one SE (0.9833 + 0.0441): the one-SE rule takes c.
+    assert s.one_se is c
+    # a - b = (0.1, 0.2, 0.05): 0.117 +- 0.044 is more than two paired SEs: not flat.
+    assert not s.flat
+
+
+def test_flat_when_no_candidate_differs_by_two_paired_ses():
+    a = Candidate(0.0, 1e-3, {0: 1.0, 1: 1.2, 2: 1.1})
+    b = Candidate(0.1, 1e-3, {0: 1.01, 1: 1.18, 2: 1.12})
+    assert summarize([a, b], folds=3).flat
+
+
+def test_default_grid_spans_the_timescale_window_at_2x():
+    lr, bs, n, epochs = 1e-3, 32, 320, 100
+    grid = default_grid(lr=lr, batch_size=bs, n_train=n, epochs=epochs, decay_scale="lr",
+                        anchor=10.0)  # fmt: skip
+    assert grid[0] == 0.0 and 10.0 in grid
+    positive = grid[1:]
+    assert all(b / a == pytest.approx(2.0, rel=1e-5) for a, b in itertools.pairwise(positive))
+    taus = [bs / (lr * w * n) for w in positive]  # tau_epoch = B / (lr * wd * N)
+    assert min(taus) <= 0.25 < min(taus) * 2 and max(taus) >= 4 * epochs > max(taus) / 2
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    atomic_write(target, "old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_diverging_candidate_fails_and_the_study_goes_on(tmp_path):
+    result = tune(tune_tasks.tiny(), folds=2, grid=[0.0, 1e30], out=tmp_path, test=False,
+                  progress=False)  # fmt: skip
+    states = {c["weight_decay"]: c for c in result.summary["candidates"]}
+    assert states[0.0]["state"] == "complete"
+    assert states[1e30]["state"] == "failed"
+    assert "became" in states[1e30]["reason"] or "validation loss" in states[1e30]["reason"]
+    assert result.summary["best_weight_decay"] == 0.0
+
+
+def _journal_folds(run: Path, study: str) -> set[tuple[float, int]]:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    st = optuna.load_study(
+        study_name=study, storage=JournalStorage(JournalFileBackend(str(run / "study.journal")))
+    )
+    return {
+        (t.params["weight_decay"], step)
+        for t in st.get_trials(deepcopy=False)
+        if "weight_decay" in t.params
+        for step in t.intermediate_values
+    }
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adamwkit.cli", "tune", "tune_tasks:tiny", *args]
+
+
+def test_killed_study_resumes_without_repeating_a_fold(tmp_path):
+    grid, folds = ["0", "0.01", "0.1", "1"], 3
+    args = ["--grid", ",".join(grid), "--folds", str(folds), "--out", str(tmp_path),
+            "--no-test", "--quiet"]  # fmt: skip
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    env = {**os.environ, "ADAMWKIT_TEST_FIT_LOG": str(first_log), "ADAMWKIT_TEST_SLOW": "0.02"}
+    proc = subprocess.Popen(_cli(*args), cwd=TESTS, env=env)
+    run = tmp_path / "tiny"
+    deadline = time.monotonic() + 120
+    done: set[tuple[float, int]] = set()
+    while time.monotonic() < deadline and len(done) < 5:
+        time.sleep(0.2)
+        if (run / "study.journal").exists():
+            done = _journal_folds(run, "tiny")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _journal_folds(run, "tiny")
+    assert 5 <= len(before) < len(grid) * folds
+    env = {**os.environ, "ADAMWKIT_TEST_FIT_LOG": str(second_log)}
+    resumed = subprocess.run(_cli(*args, "--json"), cwd=TESTS, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert all(c["state"] == "complete" for c in summary["candidates"])
+    assert all(len(c["fold_losses"]) == folds for c in summary["candidates"])
+    trained_after = len(second_log.read_text().splitlines())
+    assert trained_after == len(grid) * folds - len(before)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["no_such_task"], "task='no_such_task' is invalid: expected a built-in task"),
+        (["no_such_module:task"], "importing 'no_such_module' failed"),
+        (["tune_tasks:nothing"], "has no attribute 'nothing'"),
+        (["tune_tasks:tiny", "--folds", "500"], "--folds=500 is invalid: expected at most 96"),
+        (["tune_tasks:tiny", "--folds", "1"], "--folds=1.0 is invalid"),
+        (["tune_tasks:tiny", "--epochs", "0"], "--epochs=0.0 is invalid"),
+        (["tune_tasks:tiny", "--grid", ""], "--grid=[] is invalid"),
+        (["tune_tasks:tiny", "--grid", "0.1,-1"], "--grid=[0.1, -1.0] is invalid"),
+        (["tune_tasks:tiny", "--grid", "a,b"], "--grid='a,b' is invalid"),
+        (["tune_tasks:tiny", "--lr-grid", "0"], "--lr-grid=[0.0] is invalid"),
+        (["tune_tasks:tiny", "--study", "../x"], "--study='../x' is invalid"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, argv, message):
+    monkeypatch.chdir(TESTS)
+    code = main(["tune", *argv, "--out", str(tmp_path), "--quiet"])
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+
+
+def test_unreachable_storage_fails_fast_naming_the_host(capsys, tmp_path):
+    start = time.monotonic()
+    url = "postgresql://user:secret@127.0.0.1:1/nowhere"
+    code = main(["tune", "digits", "--storage", url, "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 15
+    assert "127.0.0.1:1" in err and "secret" not in err
+    assert len(err.strip().splitlines()) == 1
