@@ -136,10 +136,12 @@ def _sampler(settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
 
 def open_study(storage: Any, name: str, settings: dict[str, Any], prune: bool) -> optuna.Study:
     """Create the study (and enqueue its candidates) once, or load it and check its settings."""
-    pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.WilcoxonPruner(p_threshold=0.1) if prune else optuna.pruners.NopPruner()
-    )
-    sampler = _sampler(settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        pruner: optuna.pruners.BasePruner = (
+            optuna.pruners.WilcoxonPruner(p_threshold=0.1) if prune else optuna.pruners.NopPruner()
+        )
+        sampler = _sampler(settings)
     try:
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", sampler=sampler, pruner=pruner
