@@ -29,13 +29,13 @@ __all__ = [
     "CVSummary",
     "Candidate",
     "default_grid",
+    "holdout_split",
     "make_folds",
     "summarize",
-    "test_split",
 ]
 
 
-def test_split(
+def holdout_split(
     n: int, labels: np.ndarray | None, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training pool and of the held-out test split."""

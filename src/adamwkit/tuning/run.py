@@ -127,7 +127,7 @@ def tune(
     name = _study_name(study or t.name)
     run_dir = Path(out) / name
 
-    pool, test_idx = cv.test_split(len(t), t.label_array(), t.test_fraction, seed)
+    pool, test_idx = cv.holdout_split(len(t), t.label_array(), t.test_fraction, seed)
     fold_idx = cv.make_folds(pool, t.label_array(), k, seed)
     n_train = len(fold_idx[0][0])
     sug = suggest(lr=lr_, batch_size=bs, dataset_size=n_train, epochs=n_epochs, decay_scale=scale)
