@@ -66,7 +66,9 @@ def test_summary_fields_report_and_plot(tmp_path):
     page = (run / "report.html").read_text()
     embedded = re.search(r'src="data:image/png;base64,([^"]+)"', page)
     assert embedded and base64.b64decode(embedded.group(1)) == png
-    assert result.summary["best_weight_decay"] in (0.0, 0.05, 0.5)
+    complete = result.summary["candidates"]
+    lowest = min(complete, key=lambda c: sum(c["fold_losses"]) / len(c["fold_losses"]))
+    assert result.best_weight_decay == lowest["weight_decay"]
 
 
 def test_statistics_by_hand():
@@ -189,6 +191,10 @@ def test_killed_study_resumes_without_repeating_a_fold(tmp_path):
         (["tune_tasks:tiny", "--grid", "a,b"], "--grid='a,b' is invalid"),
         (["tune_tasks:tiny", "--lr-grid", "0"], "--lr-grid=[0.0] is invalid"),
         (["tune_tasks:tiny", "--study", "../x"], "--study='../x' is invalid"),
+        (["tune_tasks:tiny", "--sampler", "tpe", "--grid", "0"], "expected at least one"),
+        (["tune_tasks:tiny", "--sampler", "tpe", "--lr-grid", "0.1"], "goes with sampler"),
+        (["tune_tasks:tiny", "--search-lr"], "search_lr needs sampler"),
+        (["tune_tasks:tiny", "--batch-size", "100"], "expected at most"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, argv, message):
@@ -233,6 +239,36 @@ def test_tpe_search_starts_from_the_suggestion(tmp_path):
     assert all(lo <= c["weight_decay"] <= hi for c in cands)
 
 
+def test_tpe_workers_do_not_repeat_candidates(tmp_path):
+    # Two searches on one study (one after the other here) must not propose the same values.
+    for _ in range(2):
+        tune(tune_tasks.tiny(), folds=2, sampler="tpe", trials=3, out=tmp_path, test=False,
+             progress=False)  # fmt: skip
+    result = tune(tune_tasks.tiny(), folds=2, sampler="tpe", trials=3, out=tmp_path,
+                  test=False, progress=False)  # fmt: skip
+    values = [c["weight_decay"] for c in result.summary["candidates"]]
+    assert len(values) == len(set(values)) == 3
+
+
+def test_tau_epoch_uses_each_candidates_lr(tmp_path):
+    # Independent convention: tau_epoch = B / (wd_ind * N), whatever the lr.
+    result = tune(tune_tasks.tiny(), folds=2, grid=[0.01], lr_grid=[0.005, 0.02],
+                  decay_scale="schedule", out=tmp_path, test=False, progress=False)  # fmt: skip
+    n = result.summary["n_train"]
+    for c in result.summary["candidates"]:
+        assert c["tau_epoch"] == pytest.approx(16 / (0.01 * n))
+
+
+def test_a_crashing_task_fails_its_trial_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(TESTS)
+    monkeypatch.setenv("ADAMWKIT_TEST_FIT_LOG", "/nonexistent-dir/log")  # model() raises
+    code = main(["tune", "tune_tasks:tiny", "--grid", "0", "--folds", "2", "--out",
+                 str(tmp_path), "--quiet", "--no-test"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "failed while training weight decay 0: FileNotFoundError" in err
+
+
 def test_wilcoxon_pruner_stops_a_hopeless_candidate(tmp_path):
     # wd 300 at lr 0.01 shrinks every weight 3% a step: far worse on every fold.
     result = tune(tune_tasks.tiny(), folds=5, grid=[0.0, 300.0], prune=True, out=tmp_path,
@@ -241,6 +277,7 @@ def test_wilcoxon_pruner_stops_a_hopeless_candidate(tmp_path):
     assert states[0.0]["state"] == "complete"
     assert states[300.0]["state"] == "pruned"
     assert len([v for v in states[300.0]["fold_losses"] if v is not None]) < 5
+    assert not result.flat  # a pruned candidate was significantly worse
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path):

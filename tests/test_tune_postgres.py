@@ -104,3 +104,33 @@ def test_a_killed_workers_trial_is_retried_by_another(pg_url, tmp_path):
     assert len(retried) == 1 and len(retried[0].intermediate_values) == FOLDS
     # B trained only what was missing: the killed trial's finished folds were kept.
     assert len(log_b.read_text().split()) == len(GRID) * FOLDS - finished_before
+
+
+def test_a_paused_worker_whose_trial_was_retried_carries_on(pg_url, tmp_path):
+    """SIGSTOP past the heartbeat grace: the other worker retries the trial; the paused one,
+    resumed, drops its stale claim instead of crashing, and every candidate completes."""
+    a = worker(pg_url, "paused", tmp_path / "a", tmp_path / "a.log", "0.05")
+    b = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                st = optuna.load_study(study_name="paused", storage=pg_url)
+            except KeyError:
+                continue
+            if st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                break
+        a.send_signal(signal.SIGSTOP)
+        b = worker(pg_url, "paused", tmp_path / "b", tmp_path / "b.log")
+        time.sleep(6)
+        a.send_signal(signal.SIGCONT)
+        for p in (a, b):
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+    _, done = completed(pg_url, "paused")
+    assert sorted({t.params["weight_decay"] for t in done}) == sorted(float(g) for g in GRID)

@@ -154,7 +154,13 @@ def get_task(spec: str | Task) -> Task:
 
     obj = load_object(spec, "task")
     if not isinstance(obj, Task) and callable(obj):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as err:
+            raise ValueError(
+                f"task={spec!r} is invalid: calling it with no arguments failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
     if not isinstance(obj, Task):
         raise ValueError(
             f"task={spec!r} is invalid: expected an adamwkit.tasks.Task or a function "

@@ -163,7 +163,8 @@ def summarize(candidates: Sequence[Candidate], folds: int) -> CVSummary:
 
     Only candidates with every fold (``state == "complete"``) compete; pruned ones keep the
     mean of the folds they ran. The curve is *flat* when no complete candidate is worse than
-    the best by more than two paired standard errors.
+    the best by more than two paired standard errors and none was pruned (a pruned candidate
+    was significantly worse).
     """
     cands = list(candidates)
     for c in cands:
@@ -187,7 +188,8 @@ def summarize(candidates: Sequence[Candidate], folds: int) -> CVSummary:
         (c for c in same_lr if c.mean is not None and c.mean <= threshold),
         key=lambda c: c.weight_decay,
     )
-    flat = all(
+    pruned = any(c.state == "pruned" for c in cands)
+    flat = not pruned and all(
         c is best
         or c.paired_diff is None
         or c.paired_diff

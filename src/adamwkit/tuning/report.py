@@ -64,7 +64,8 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
         if zero:
             ax.axhline(zero[0]["mean"], color=f"C{i}", ls=":", lw=1, label="weight decay 0")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if cands and all(c["mean"] > 0 for c in cands):
+        ax.set_yscale("log")
     ax.set_xlabel(f"weight decay ({summary['decay_scale']!r} convention)")
     ax.set_ylabel(f"held-out loss, {summary['folds']}-fold CV")
     marks = (

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 
 from .._checks import check_choice, check_range
 from ..suggest import suggest
@@ -129,7 +130,12 @@ def tune(
 
     pool, test_idx = cv.holdout_split(len(t), t.label_array(), t.test_fraction, seed)
     fold_idx = cv.make_folds(pool, t.label_array(), k, seed)
-    n_train = len(fold_idx[0][0])
+    n_train = min(len(tr) for tr, _ in fold_idx)
+    if bs > n_train:
+        raise ValueError(
+            f"batch_size={bs!r} is invalid: expected at most {n_train}, the examples a fold "
+            "trains on (the task's default batch size is too large for this many folds)"
+        )
     sug = suggest(lr=lr_, batch_size=bs, dataset_size=n_train, epochs=n_epochs, decay_scale=scale)
     default = cv.default_grid(
         lr=lr_, batch_size=bs, n_train=n_train, epochs=n_epochs, decay_scale=scale, anchor=sug.value
@@ -145,12 +151,20 @@ def tune(
         candidates = [0.0, *(float(f"{v:.6g}") for v in np.geomspace(lo, hi, n_points))]
     else:
         candidates = default
+    if lr_grid is not None and sampler != "grid":
+        raise ValueError(
+            f"lr_grid={list(lr_grid)!r} goes with sampler='grid'; with {sampler!r} pass "
+            "search_lr (--search-lr)"
+        )
+    if search_lr and sampler == "grid":
+        raise ValueError("search_lr needs sampler 'tpe' or 'gp'; with a grid pass lr_grid")
     lrs = None
     if lr_grid is not None:
         lrs = _values("lr_grid", lr_grid, 0.0, low_open=True)
 
     settings: dict[str, Any] = {
         "task": t.name,
+        "data": _fingerprint(t),
         "folds": k,
         "epochs": n_epochs,
         "lr": lr_,
@@ -171,6 +185,11 @@ def tune(
         ]
     else:
         positive = [c for c in candidates if c > 0]
+        if not positive:
+            raise ValueError(
+                f"grid={candidates!r} is invalid for sampler {sampler!r}: expected at least "
+                "one weight decay > 0 to set the search range"
+            )
         settings["range"] = [min(positive), max(positive)]
         settings["trials"] = int(trials)
         settings["lr_range"] = [lr_ / 10, lr_ * 10] if search_lr else None
@@ -223,11 +242,19 @@ def tune(
             claim.finish()
         except TrainingDiverged as err:
             claim.fail(str(err))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # declared stale while paused: the worker loop drops this claim
+        except Exception as err:  # the user's task code failed: record it, stop cleanly
+            reason = f"{type(err).__name__}: {err}"
+            claim.fail(reason)
+            raise ValueError(
+                f"task={t.name!r} failed while training weight decay {wd:g}: {reason}"
+            ) from err
         bar.update(count_done())
 
     try:
         bar.update(count_done())
-        study_mod.work(st, settings, run_candidate, lambda: bar.update(count_done()))
+        study_mod.work(st, settings, run_candidate, lambda: bar.update(count_done()), run_dir)
     finally:
         bar.close()
 
@@ -236,8 +263,9 @@ def tune(
     to_torch = convert_weight_decay(
         1.0, "independent" if scale == "schedule" else "torch", "torch", lr_peak=lr_
     )
+    src = "independent" if scale == "schedule" else "torch"
     for c in cands:
-        wd_t = c.weight_decay * to_torch
+        wd_t = convert_weight_decay(c.weight_decay, src, "torch", lr_peak=c.lr)
         c.tau_epoch = tau_epoch(c.lr, wd_t, bs, n_train) if wd_t > 0 else math.inf
     summ = cv.summarize(cands, k)
     summary = _summary(t, settings, summ, sug, factor / to_torch, lr_, scale, n_train)
@@ -246,6 +274,21 @@ def tune(
     summary["verdict"] = verdict_text(summary)
     paths = report.write_reports(run_dir, summary)
     return TuneResult(summary, run_dir, paths)
+
+
+def _fingerprint(t: Task) -> str:
+    """A hash of the task's data, so workers with different data cannot share a study."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(str(len(t)).encode())
+    if isinstance(t.data, tuple):
+        for part in t.data:
+            h.update(torch.as_tensor(part).detach().cpu().contiguous().numpy().tobytes())
+    if t.labels is not None:
+        h.update(np.ascontiguousarray(t.label_array()).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _both(value: float | None, lr: float, scale: str) -> dict[str, float | None]:

@@ -13,19 +13,22 @@ finished.
 - A worker claims a candidate by ``study.ask()``, which pops one enqueued trial atomically.
 - A worker that dies leaves a RUNNING trial behind. With a database, workers send
   heartbeats and a trial whose heartbeat stops is failed and re-enqueued with its finished
-  folds (``RetryHeartbeatStaleTrialCallback``); with a journal file, the trial records its
-  host and process id, and the next worker on that host fails and re-enqueues it as soon
-  as the process is gone. Either way the retry runs only the folds still missing.
+  folds (``RetryHeartbeatStaleTrialCallback``); with a journal file, each worker holds a
+  lock file in the run folder for its lifetime, and the next worker fails and re-enqueues
+  the trials of a worker whose lock is free. A trial whose worker died before recording
+  itself is retried after a minute. Either way the retry runs only the missing folds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +48,9 @@ CONNECT_TIMEOUT_S = 5
 READY_TIMEOUT_S = 60.0
 POLL_S = 1.0
 _HOST = socket.gethostname()
+# A trial with no owner recorded (its worker died between claiming it and saying so) is
+# stale once it is this old.
+ORPHAN_GRACE_S = 60.0
 
 
 def redact(url: str) -> str:
@@ -76,6 +82,11 @@ def open_storage(url: str | None, run_dir: Path, heartbeat_interval: int) -> Any
         )
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+    engine_url = url
+    if parts.scheme == "postgresql":
+        # psycopg 3 (the postgres extra), whatever SQLAlchemy's default driver is.
+        engine_url = "postgresql+psycopg" + url[len("postgresql") :]
+
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parts.scheme.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -85,7 +96,7 @@ def open_storage(url: str | None, run_dir: Path, heartbeat_interval: int) -> Any
         for attempt in range(4):
             try:
                 return RDBStorage(
-                    url,
+                    engine_url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=3 * heartbeat_interval,
@@ -126,7 +137,9 @@ def _distributions(settings: dict[str, Any]) -> dict[str, BaseDistribution]:
 
 
 def _sampler(settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    seed = settings["seed"]
+    # Each process gets its own seed: with one shared seed, workers started together (or a
+    # rerun) would propose the same candidates again.
+    seed = (settings["seed"] * 1_000_003 + os.getpid() * 7919 + time.time_ns()) % 2**32
     if settings["sampler"] == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if settings["sampler"] == "gp":
@@ -180,40 +193,74 @@ def _wait_ready(study: optuna.Study, settings: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- claiming
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+class WorkerLock:
+    """This process's liveness, as an exclusive lock on ``workers/<id>.lock`` in the run folder.
+
+    The kernel drops the lock when the process dies, however it dies, so another worker
+    that can take the lock knows the owner is gone. Process ids and host names are not
+    used: in containers they repeat.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.id = uuid.uuid4().hex
+        self.dir = run_dir / "workers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.dir / f"{self.id}.lock", "w")  # held for life
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def owner_alive(self, worker: str) -> bool:
+        """Whether the worker ``worker`` still holds its lock."""
+        if worker == self.id:
+            return True
+        path = self.dir / f"{worker}.lock"
+        try:
+            with open(path) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f, fcntl.LOCK_UN)
+        except FileNotFoundError:
+            return False
+        path.unlink(missing_ok=True)
         return False
-    except PermissionError:
-        return True
-    return True
+
+    def close(self) -> None:
+        self._file.close()
+        (self.dir / f"{self.id}.lock").unlink(missing_ok=True)
 
 
-def _fail_stale(study: optuna.Study) -> None:
+def _retry(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
+    """Fail a stale RUNNING trial and enqueue its candidate again (once, across workers)."""
+    try:
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        changed = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # another worker got there first
+    if changed:
+        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+
+
+def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
     """Fail the RUNNING trials whose worker is gone, and re-enqueue their candidates."""
     from optuna.storages import fail_stale_trials
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
     storage = study._storage
-    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+    beating = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+    if beating:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(study)  # databases: the trial's heartbeat stopped
-        return
+    now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if host != _HOST or pid is None or pid == os.getpid() or _alive(int(pid)):
-            continue
-        try:
-            study._storage.set_trial_user_attr(
-                t._trial_id, "fail_reason", f"its worker (pid {pid} on {host}) stopped"
-            )
-            changed = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        if changed:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        worker = t.user_attrs.get("worker")
+        if worker is None:
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            if now - started > ORPHAN_GRACE_S:
+                _retry(study, t, "its worker stopped before recording itself")
+        elif not beating and lock is not None and not lock.owner_alive(worker):
+            _retry(study, t, f"its worker ({t.user_attrs.get('host', '?')}) stopped")
 
 
 def _is_spurious(t: FrozenTrial) -> bool:
@@ -329,25 +376,33 @@ class Claim:
         self.study.tell(self.trial, state=TrialState.FAIL)
 
 
-def _next_trial(study: optuna.Study, settings: dict[str, Any]) -> optuna.Trial | None:
+def _next_trial(study: optuna.Study, settings: dict[str, Any], worker: str) -> optuna.Trial | None:
     """Claim the next candidate, or None when nothing is left to start."""
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     if settings["sampler"] == "grid" and not waiting:
         return None
     if settings["sampler"] != "grid" and not waiting:
-        started = [t for t in trials if not _is_spurious(t) and "retry_of" not in t.user_attrs]
+        started = [
+            t
+            for t in trials
+            if not _is_spurious(t)
+            and "retry_of" not in t.user_attrs
+            and "failed_trial" not in t.system_attrs
+        ]
         if len(started) >= settings["trials"]:
             return None
-    trial = study.ask(_distributions(settings))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's note that heartbeats suit optimize()
+        trial = study.ask(_distributions(settings))
     frozen = study._storage.get_trial(trial._trial_id)
     if settings["sampler"] == "grid" and "fixed_params" not in frozen.system_attrs:
         # Another worker took the last enqueued candidate between our look and our ask.
         trial.set_user_attr("spurious", True)
         study.tell(trial, state=TrialState.FAIL)
-        return _next_trial(study, settings)
+        return _next_trial(study, settings, worker)
+    trial.set_user_attr("worker", worker)
     trial.set_user_attr("host", _HOST)
-    trial.set_user_attr("pid", os.getpid())
     return trial
 
 
@@ -366,21 +421,29 @@ def work(
     settings: dict[str, Any],
     run_candidate: Callable[[Claim], None],
     on_idle: Callable[[], None],
+    run_dir: Path,
 ) -> None:
     """Claim and run candidates until none is left and no other worker is running one.
 
     ``run_candidate(claim)`` trains the claim's missing folds and ends the trial (finish,
     prune or fail). ``on_idle()`` is called while waiting for other workers.
     """
-    while True:
-        _fail_stale(study)
-        trial = _next_trial(study, settings)
-        if trial is not None:
-            with claimed(study, trial, settings["folds"]) as claim:
-                run_candidate(claim)
-            continue
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not running:
-            return
-        on_idle()
-        time.sleep(POLL_S)
+    lock = WorkerLock(run_dir)
+    try:
+        while True:
+            _fail_stale(study, lock)
+            trial = _next_trial(study, settings, lock.id)
+            if trial is not None:
+                try:
+                    with claimed(study, trial, settings["folds"]) as claim:
+                        run_candidate(claim)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # declared stale while paused; another worker has retried it
+                continue
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
+                return
+            on_idle()
+            time.sleep(POLL_S)
+    finally:
+        lock.close()
