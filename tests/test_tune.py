@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 import tune_tasks
-from adamwkit import fit, tune
+from adamwkit import Task, fit, tune
 from adamwkit._io import atomic_write
 from adamwkit.cli import main
 from adamwkit.tuning.cv import Candidate, default_grid, summarize
@@ -151,7 +152,7 @@ def _cli(*args: str) -> list[str]:
 def test_killed_study_resumes_without_repeating_a_fold(tmp_path):
     grid, folds = ["0", "0.01", "0.1", "1"], 3
     args = ["--grid", ",".join(grid), "--folds", str(folds), "--out", str(tmp_path),
-            "--no-test", "--quiet"]  # fmt: skip
+            "--no-test", "--quiet", "--vectorize", "off"]  # fmt: skip
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     env = {**os.environ, "ADAMWKIT_TEST_FIT_LOG": str(first_log), "ADAMWKIT_TEST_SLOW": "0.02"}
     proc = subprocess.Popen(_cli(*args), cwd=TESTS, env=env)
@@ -266,7 +267,7 @@ def test_a_crashing_task_fails_its_trial_with_one_line(tmp_path, monkeypatch, ca
                  str(tmp_path), "--quiet", "--no-test"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "failed while training weight decay 0: FileNotFoundError" in err
+    assert "task='tiny' failed while" in err and "FileNotFoundError" in err
 
 
 def test_wilcoxon_pruner_stops_a_hopeless_candidate(tmp_path):
@@ -284,3 +285,39 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
     tune(tune_tasks.tiny(), folds=2, grid=[0.0], out=tmp_path, test=False, progress=False)
     with pytest.raises(ValueError, match=r"was made with folds=2, not 3"):
         tune(tune_tasks.tiny(), folds=3, grid=[0.0], out=tmp_path, test=False, progress=False)
+
+
+def test_vectorized_tune_gives_the_sequential_numbers(tmp_path):
+    """Oracle: the sequential path (one fit per candidate and fold)."""
+    kw = {"folds": 3, "grid": [0.0, 0.05, 0.5, 1e30], "test": False, "progress": False}
+    seq = tune(tune_tasks.tiny(), vectorize="off", out=tmp_path / "seq", **kw)
+    vec = tune(tune_tasks.tiny(), vectorize="on", out=tmp_path / "vec", **kw)
+    assert vec.summary["vectorize"] == "on" and seq.summary["vectorize"].startswith("off")
+    for a, b in zip(seq.summary["candidates"], vec.summary["candidates"], strict=True):
+        assert a["weight_decay"] == b["weight_decay"] and a["state"] == b["state"]
+        if a["state"] == "complete":
+            assert b["fold_losses"] == pytest.approx(a["fold_losses"], rel=1e-5)
+    assert vec.best_weight_decay == seq.best_weight_decay
+
+
+def test_memory_cap_splits_the_population(tmp_path):
+    from adamwkit.tuning.population import member_bytes
+
+    task = tune_tasks.tiny()
+    cap = 2.5 * member_bytes(task, task.batch_size) / 2**30  # two members at a time
+    result = tune(task, folds=3, grid=[0.0, 0.05], max_memory=cap, out=tmp_path, test=False,
+                  progress=False)  # fmt: skip
+    assert all(c["state"] == "complete" for c in result.summary["candidates"])
+
+
+def test_batchnorm_task_falls_back_or_refuses(tmp_path):
+    task = tune_tasks.tiny()
+    x, y = task.data
+    bn = Task(name="bn", model=lambda: torch.nn.Sequential(torch.nn.Linear(8, 3),
+              torch.nn.BatchNorm1d(3)), data=(x, y), loss=task.loss, labels=y, epochs=1,
+              batch_size=16)  # fmt: skip
+    result = tune(bn, folds=2, grid=[0.0], out=tmp_path, test=False, progress=False)
+    assert result.summary["vectorize"].startswith("off (BatchNorm1d at '1'")
+    with pytest.raises(ValueError, match="vectorize='on' is invalid for task='bn'"):
+        tune(bn, folds=2, grid=[0.0], out=tmp_path / "b", vectorize="on", test=False,
+             progress=False)  # fmt: skip

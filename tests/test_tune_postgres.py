@@ -49,6 +49,8 @@ def worker(url, study, out, log, slow="0", *extra):
         "--quiet",
         "--heartbeat-interval",
         "1",
+        "--vectorize",
+        "off",
         *extra,
     ]
     return subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

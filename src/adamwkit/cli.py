@@ -58,6 +58,8 @@ _FLAGS = {
     "storage": "--storage",
     "seed": "--seed",
     "heartbeat_interval": "--heartbeat-interval",
+    "max_memory": "--max-memory",
+    "vectorize": "--vectorize",
 }
 
 
@@ -204,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number, default=0)
     p.add_argument("--prune", action="store_true", help="stop hopeless candidates (Wilcoxon)")
     p.add_argument("--heartbeat-interval", type=_number, default=10, help="seconds (databases)")
+    p.add_argument(
+        "--vectorize",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train candidates x folds together as one stacked model (auto: when possible)",
+    )
+    p.add_argument("--max-memory", type=_number, help="GiB cap on members trained together")
     p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -531,6 +540,8 @@ def _cmd_tune(a: argparse.Namespace) -> int:
         heartbeat_interval=_whole("heartbeat_interval", a.heartbeat_interval, 1),
         test=not a.no_test,
         progress=not a.quiet,
+        vectorize=a.vectorize,
+        max_memory=a.max_memory,
     )
     if a.json:
         from .tuning.report import _finite

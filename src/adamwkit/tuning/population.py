@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from ..groups import param_groups
 from ..schedules import make_schedule
 from ..tasks import Task
 
-__all__ = ["Member", "MemberResult", "fit_population", "vectorize_refusal"]
+__all__ = ["Member", "MemberResult", "fit_population", "member_bytes", "vectorize_refusal"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,31 @@ def vectorize_refusal(model: nn.Module) -> str | None:
     return None
 
 
+def member_bytes(task: Task, batch_size: int) -> int:
+    """Rough memory of one member: weights, gradients and Adam's two moments (plus the
+    stacked copy), and the activations of a batch kept for the backward pass."""
+    torch.manual_seed(0)
+    model = task.model()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    activations = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal activations
+        if isinstance(output, Tensor):
+            activations += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    n = min(2, len(task))
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(task.batch(torch.arange(n))[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    return 5 * weights + 3 * batch_size * activations // n
+
+
 def fit_population(
     task: Task,
     members: Sequence[Member],
@@ -81,6 +107,7 @@ def fit_population(
     decay_scale: str = "lr",
     schedule: str | None = None,
     warmup_steps: int | None = None,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> list[MemberResult]:
     """Train every member at once; return each member's per-epoch losses.
 
@@ -194,6 +221,8 @@ def fit_population(
                     r.val_losses.append(float(task.loss(out[i], yv)))
                     if task.metric is not None:
                         r.val_metrics.append(float(task.metric(out[i], yv)))
+            if progress is not None:
+                progress(_epoch + 1, epochs)
     finally:
         if flushing:
             torch.set_flush_denormal(False)

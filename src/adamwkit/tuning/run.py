@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,18 +14,21 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 
 from .._checks import check_choice, check_range
 from ..suggest import suggest
 from ..tasks import Task, get_task
 from ..timescale import convert_weight_decay, tau_epoch
 from ..train import TrainingDiverged, evaluate, fit
-from . import cv, report
+from . import cv, population, report
 from . import study as study_mod
 
 __all__ = ["SAMPLERS", "TuneResult", "tune"]
 
 SAMPLERS = ("grid", "tpe", "gp")
+# Members trained together when no memory cap is given.
+DEFAULT_MEMBERS = 128
 TORCH_DEFAULT = 0.01
 
 
@@ -97,6 +101,8 @@ def tune(
     heartbeat_interval: int = 10,
     test: bool = True,
     progress: bool = True,
+    vectorize: str = "auto",
+    max_memory: float | None = None,
 ) -> TuneResult:
     """Cross-validate weight decay on ``task``; write the report; return the verdict.
 
@@ -113,6 +119,11 @@ def tune(
     the same call resumes it, and any number of processes or machines sharing a database
     URL share the work. Returns a :class:`TuneResult`; the files are ``summary.json``,
     ``cv_curve.png`` and ``report.html`` in ``out/<study>/``.
+
+    ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains the claimed candidates' folds
+    together as one stacked model (see :mod:`adamwkit.tuning.population`); ``"auto"`` falls
+    back to one run at a time, with the reason, for a model that cannot be stacked.
+    ``max_memory`` (GiB) caps the members trained together.
     """
     t = get_task(task)
     k = int(check_range("folds", folds, 2))
@@ -123,6 +134,9 @@ def tune(
     bs = int(check_range("batch_size", t.batch_size if batch_size is None else batch_size, 1))
     scale = check_choice("decay_scale", decay_scale or t.decay_scale, ("lr", "schedule"))
     check_choice("sampler", sampler, SAMPLERS)
+    check_choice("vectorize", vectorize, ("auto", "on", "off"))
+    if max_memory is not None:
+        check_range("max_memory", max_memory, 0.0, low_open=True)
     check_range("trials", trials, 1)
     check_range("heartbeat_interval", heartbeat_interval, 1)
     name = _study_name(study or t.name)
@@ -203,6 +217,28 @@ def tune(
     st = study_mod.open_study(store, name, settings, prune)
     total = len(enqueue) * k if sampler == "grid" else int(trials) * k
 
+    refusal = None
+    per_member = 0
+    if vectorize != "off":
+        try:
+            torch.manual_seed(seed)
+            refusal = population.vectorize_refusal(t.model())
+            if refusal is None:
+                per_member = population.member_bytes(t, bs)
+        except Exception as err:  # the user's model code failed
+            raise ValueError(
+                f"task={t.name!r} failed while building its model: {type(err).__name__}: {err}"
+            ) from err
+        if prune and refusal is None:
+            refusal = "pruning stops candidates fold by fold, so they train one at a time"
+        if refusal and vectorize == "on":
+            raise ValueError(f"vectorize='on' is invalid for task={t.name!r}: {refusal}")
+    together = vectorize != "off" and refusal is None
+    budget = int(max_memory * 2**30) if max_memory is not None else None
+    max_members = DEFAULT_MEMBERS if budget is None else max(1, budget // max(per_member, 1))
+    if refusal and progress:
+        print(f"vectorize: off ({refusal})", file=sys.stderr)
+
     bar = _Progress(progress, total, f"{t.name}: {k}-fold CV")
 
     def count_done() -> int:
@@ -252,9 +288,62 @@ def tune(
             ) from err
         bar.update(count_done())
 
+    def run_claims(claims: list[study_mod.Claim]) -> None:
+        if not together:
+            for claim in claims:
+                run_candidate(claim)
+            return
+        jobs = [(c, f) for c in claims for f in c.todo]
+        by_size: dict[int, list[tuple[study_mod.Claim, int]]] = {}
+        for c, f in jobs:
+            by_size.setdefault(len(fold_idx[f][0]), []).append((c, f))
+        failed: dict[int, str] = {}
+        for group in by_size.values():
+            for start in range(0, len(group), max_members):
+                chunk = group[start : start + max_members]
+                members = [
+                    population.Member(
+                        weight_decay=float(c.params["weight_decay"]),
+                        lr=float(c.params.get("lr", lr_)),
+                        train_idx=torch.as_tensor(fold_idx[f][0]),
+                        val_idx=torch.as_tensor(fold_idx[f][1]),
+                        seed=seed + f,
+                    )
+                    for c, f in chunk
+                ]
+                bar.fold(f"{len(members)} (candidate, fold) runs together", n_epochs)
+                try:
+                    results = population.fit_population(
+                        t, members, epochs=n_epochs, batch_size=bs, decay_scale=scale,
+                        progress=bar.epoch,
+                    )  # fmt: skip
+                except Exception as err:
+                    reason = f"{type(err).__name__}: {err}"
+                    for c, _ in chunk:
+                        c.fail(reason)
+                    raise ValueError(
+                        f"task={t.name!r} failed while training a population: {reason}"
+                    ) from err
+                for (c, f), r in zip(chunk, results, strict=True):
+                    loss = r.val_loss
+                    if r.diverged or loss is None or not math.isfinite(loss):
+                        failed.setdefault(id(c), r.diverged or f"the validation loss is {loss}")
+                    elif id(c) not in failed:
+                        c.report(f, loss, r.val_metric)
+                bar.update(count_done())
+        for c in claims:
+            if id(c) in failed:
+                c.fail(failed[id(c)])
+            else:
+                c.finish()
+        bar.update(count_done())
+
+    batch = max(1, max_members // k) if together else 1
     try:
         bar.update(count_done())
-        study_mod.work(st, settings, run_candidate, lambda: bar.update(count_done()), run_dir)
+        study_mod.work(
+            st, settings, run_claims, lambda: bar.update(count_done()), run_dir, batch=batch
+        )
     finally:
         bar.close()
 
@@ -271,6 +360,7 @@ def tune(
     summary = _summary(t, settings, summ, sug, factor / to_torch, lr_, scale, n_train)
     if test and len(test_idx) and summ.best is not None:
         summary["test"] = _test_scores(st, t, summary, pool, test_idx, n_epochs, bs, scale, seed)
+    summary["vectorize"] = "on" if together else f"off ({refusal or 'asked'})"
     summary["verdict"] = verdict_text(summary)
     paths = report.write_reports(run_dir, summary)
     return TuneResult(summary, run_dir, paths)

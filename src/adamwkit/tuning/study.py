@@ -419,24 +419,35 @@ def claimed(study: optuna.Study, trial: optuna.Trial, folds: int) -> Iterator[Cl
 def work(
     study: optuna.Study,
     settings: dict[str, Any],
-    run_candidate: Callable[[Claim], None],
+    run_claims: Callable[[list[Claim]], None],
     on_idle: Callable[[], None],
     run_dir: Path,
+    batch: int = 1,
 ) -> None:
     """Claim and run candidates until none is left and no other worker is running one.
 
-    ``run_candidate(claim)`` trains the claim's missing folds and ends the trial (finish,
-    prune or fail). ``on_idle()`` is called while waiting for other workers.
+    Up to ``batch`` candidates are claimed at a time; ``run_claims(claims)`` trains their
+    missing folds (one by one, or all together) and ends each trial (finish, prune or
+    fail). ``on_idle()`` is called while waiting for other workers.
     """
     lock = WorkerLock(run_dir)
     try:
         while True:
             _fail_stale(study, lock)
-            trial = _next_trial(study, settings, lock.id)
-            if trial is not None:
+            trials = []
+            while len(trials) < batch:
+                trial = _next_trial(study, settings, lock.id)
+                if trial is None:
+                    break
+                trials.append(trial)
+            if trials:
                 try:
-                    with claimed(study, trial, settings["folds"]) as claim:
-                        run_candidate(claim)
+                    with contextlib.ExitStack() as stack:
+                        claims = [
+                            stack.enter_context(claimed(study, t, settings["folds"]))
+                            for t in trials
+                        ]
+                        run_claims(claims)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # declared stale while paused; another worker has retried it
                 continue
