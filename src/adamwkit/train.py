@@ -12,9 +12,10 @@ decay makes them common, and they slow CPU arithmetic by an order of magnitude.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,31 @@ from .groups import param_groups
 from .schedules import SCHEDULES, make_schedule
 from .tasks import Task
 
-__all__ = ["FitResult", "TrainingDiverged", "evaluate", "fit"]
+__all__ = ["FitResult", "TrainingDiverged", "evaluate", "fit", "flush_denormals"]
+
+_flush_depth = 0
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush subnormal floats to zero inside the block (nested blocks share one setting).
+
+    Strong weight decay drives weights towards zero, where subnormal arithmetic is tens of
+    times slower on CPUs. The flag is per thread and threads inherit it when created, so
+    enter this before the first parallel operation of a run (``tune`` does) for the
+    intra-op worker threads to get it too.
+    """
+    global _flush_depth
+    if _flush_depth == 0 and not torch.set_flush_denormal(True):
+        yield  # not supported on this CPU
+        return
+    _flush_depth += 1
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
 
 
 class TrainingDiverged(RuntimeError):
@@ -158,9 +183,8 @@ def fit(
     result = FitResult(model, wd, lr_, scale, 0, 0)
     best_loss, best_state, since_best = math.inf, None, 0
     callback = progress if callable(progress) else (_Bar(task.name, n_epochs) if progress else None)
-    # Strong decay drives weights towards zero, where subnormal floats make CPU arithmetic
-    # tens of times slower; they carry no signal, so training flushes them to zero.
-    flushing = torch.set_flush_denormal(True)
+    flushing = flush_denormals()
+    flushing.__enter__()
     start = time.perf_counter()
     try:
         for epoch in range(n_epochs):
@@ -202,8 +226,7 @@ def fit(
             if callback is not None:
                 callback(epoch + 1, n_epochs)
     finally:
-        if flushing:
-            torch.set_flush_denormal(False)
+        flushing.__exit__(None, None, None)
         if isinstance(callback, _Bar):
             callback.close()
     if best_state is not None:

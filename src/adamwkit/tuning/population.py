@@ -28,6 +28,7 @@ from ..functional import adamw_step
 from ..groups import param_groups
 from ..schedules import make_schedule
 from ..tasks import Task
+from ..train import flush_denormals
 
 __all__ = ["Member", "MemberResult", "fit_population", "member_bytes", "vectorize_refusal"]
 
@@ -166,7 +167,8 @@ def fit_population(
     results = [MemberResult() for _ in members]
     alive = torch.ones(len(members), dtype=torch.bool)
     step = 0
-    flushing = torch.set_flush_denormal(True)  # as fit does
+    flushing = flush_denormals()  # as fit does
+    flushing.__enter__()
     try:
         for _epoch in range(epochs):
             orders = [
@@ -224,6 +226,5 @@ def fit_population(
             if progress is not None:
                 progress(_epoch + 1, epochs)
     finally:
-        if flushing:
-            torch.set_flush_denormal(False)
+        flushing.__exit__(None, None, None)
     return results

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import optuna
@@ -20,7 +21,7 @@ from .._checks import check_choice, check_range
 from ..suggest import suggest
 from ..tasks import Task, get_task
 from ..timescale import convert_weight_decay, tau_epoch
-from ..train import TrainingDiverged, evaluate, fit
+from ..train import TrainingDiverged, evaluate, fit, flush_denormals
 from . import cv, population, report
 from . import study as study_mod
 
@@ -81,6 +82,23 @@ def _study_name(name: str) -> str:
     return name
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _flushing(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` with subnormals flushed, set before any thread pool starts so that its
+    threads inherit the setting."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with flush_denormals():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_flushing
 def tune(
     task: str | Task = "digits",
     *,
