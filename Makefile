@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/step_speed.py
+	$(PY) benchmarks/sweep_speed.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
