@@ -31,8 +31,8 @@ SAMPLERS = ("grid", "tpe", "gp")
 # Members trained together when no memory cap is given.
 DEFAULT_MEMBERS = 128
 # Above this batch_size x parameters, one member's step already keeps the CPU busy:
-# measured on 2 cores, 65 members of a 64-64-10 MLP (1.6e5) trained 6.6x faster stacked,
-# of a 64-512-512-10 MLP (9.5e6) 2.3x slower.
+# measured on 2 cores (benchmarks/sweep_speed.py), the digits sweep with a 64-wide MLP
+# (2.9e5) trains 7.8x faster stacked, with a 512-wide one (9.6e6) 0.89x.
 LARGE_STEP = 2_000_000
 TORCH_DEFAULT = 0.01
 
