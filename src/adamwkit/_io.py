@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by ``None``, so ``json.dumps`` writes valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

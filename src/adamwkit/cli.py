@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections.abc import Sequence
@@ -242,18 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- output
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _print_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(_finite(obj), allow_nan=False) + "\n")
+    from ._io import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(obj), allow_nan=False) + "\n")
 
 
 def _console() -> Any:
@@ -544,9 +535,7 @@ def _cmd_tune(a: argparse.Namespace) -> int:
         max_memory=a.max_memory,
     )
     if a.json:
-        from .tuning.report import _finite
-
-        _print_json(_finite(result.summary))
+        _print_json(result.summary)
         return 0
     _show_tune(result)
     return 0

@@ -14,19 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write
+from .._io import atomic_write, json_safe
 
 __all__ = ["plot_cv_curve", "render_html", "write_reports"]
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _g(x: float | None, digits: int = 4) -> str:
@@ -154,7 +144,7 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Write summary.json, cv_curve.png and report.html into ``run_dir``, each atomically."""
     png = plot_cv_curve(summary)
     paths = {
-        "summary": atomic_write(run_dir / "summary.json", json.dumps(_finite(summary), indent=2)),
+        "summary": atomic_write(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2)),
         "plot": atomic_write(run_dir / "cv_curve.png", png),
     }
     paths["report"] = atomic_write(run_dir / "report.html", render_html(summary, png))
