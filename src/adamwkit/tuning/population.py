@@ -164,6 +164,9 @@ def fit_population(
     warm = int(task.warmup_steps if warmup_steps is None else warmup_steps)
     shape = make_schedule(schedule or task.schedule, total, min(warm, total - 1))
     gens = [torch.Generator().manual_seed(m.seed + 1) for m in members]
+    tensors = task.data if isinstance(task.data, tuple) else None
+    val_x = torch.stack([task.batch(m.val_idx)[0] for m in members])
+    val_y = [task.batch(m.val_idx)[1] for m in members]
     results = [MemberResult() for _ in members]
     alive = torch.ones(len(members), dtype=torch.bool)
     step = 0
@@ -171,15 +174,21 @@ def fit_population(
     flushing.__enter__()
     try:
         for _epoch in range(epochs):
-            orders = [
-                m.train_idx[torch.randperm(n_train, generator=g)]
-                for m, g in zip(members, gens, strict=True)
-            ]
+            orders = torch.stack(
+                [
+                    m.train_idx[torch.randperm(n_train, generator=g)]
+                    for m, g in zip(members, gens, strict=True)
+                ]
+            )
             totals = torch.zeros(len(members), dtype=torch.float64)
             for s in range(steps_per_epoch):
-                batches = [task.batch(o[s * batch_size : (s + 1) * batch_size]) for o in orders]
-                x = torch.stack([b[0] for b in batches])
-                y = torch.stack([b[1] for b in batches])
+                idx = orders[:, s * batch_size : (s + 1) * batch_size]
+                if tensors is not None:  # one gather for every member
+                    x, y = tensors[0][idx], tensors[1][idx]
+                else:
+                    batches = [task.batch(row) for row in idx]
+                    x = torch.stack([b[0] for b in batches])
+                    y = torch.stack([b[1] for b in batches])
                 base.train()
                 losses = batched_loss(params, buffers, x, y)
                 values = losses.detach().to(torch.float64)
@@ -214,12 +223,10 @@ def fit_population(
                 totals += torch.where(alive, values, torch.zeros_like(values)) * x.shape[1]
             with torch.no_grad():
                 base.eval()
-                vx = torch.stack([task.batch(m.val_idx)[0] for m in members])
-                out = batched_outputs(params, buffers, vx)
-                for i, m in enumerate(members):
+                out = batched_outputs(params, buffers, val_x)
+                for i, yv in enumerate(val_y):
                     r = results[i]
                     r.train_losses.append(float(totals[i]) / n_train)
-                    yv = task.batch(m.val_idx)[1]
                     r.val_losses.append(float(task.loss(out[i], yv)))
                     if task.metric is not None:
                         r.val_metrics.append(float(task.metric(out[i], yv)))
