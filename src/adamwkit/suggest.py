@@ -839,8 +839,7 @@ def explain(
         beta1=beta1,
     )
     given = check_range("weight_decay", weight_decay, 0.0)
-    src = "independent" if s.decay_scale == "schedule" else "torch"
-    wd = convert_weight_decay(given, src, "torch", lr_peak=s.lr)
+    wd = convert_weight_decay(given, s.decay_scale, "torch", lr_peak=s.lr)
     sched = _resolve_schedule(schedule, s, warmup_steps)
     tau_e = None if s.dataset_size is None else tau_epoch(s.lr, wd, s.batch_size, s.dataset_size)
     tau_r = None if s.total_steps is None else tau_run(s.lr, wd, s.total_steps)

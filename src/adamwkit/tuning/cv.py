@@ -93,8 +93,7 @@ def default_grid(
 
     ``anchor`` (the suggestion) and the result are in the convention of ``decay_scale``.
     """
-    src = "independent" if decay_scale == "schedule" else "torch"
-    to_torch = convert_weight_decay(1.0, src, "torch", lr_peak=lr)
+    to_torch = convert_weight_decay(1.0, decay_scale, "torch", lr_peak=lr)
     anchor_torch = anchor * to_torch
     hi = weight_decay_from_tau_epoch(0.25, lr, batch_size, n_train)
     lo = weight_decay_from_tau_epoch(4.0 * epochs, lr, batch_size, n_train)

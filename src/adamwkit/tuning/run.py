@@ -18,7 +18,7 @@ import optuna
 import torch
 
 from .._checks import check_choice, check_range
-from ..suggest import suggest
+from ..suggest import TORCH_DEFAULT, suggest
 from ..tasks import Task, get_task
 from ..timescale import convert_weight_decay, tau_epoch
 from ..train import TrainingDiverged, evaluate, fit, flush_denormals
@@ -34,7 +34,6 @@ DEFAULT_MEMBERS = 128
 # measured on 2 cores (benchmarks/sweep_speed.py), the digits sweep with a 64-wide MLP
 # (2.9e5) trains 7.8x faster stacked, with a 512-wide one (9.6e6) 0.89x.
 LARGE_STEP = 2_000_000
-TORCH_DEFAULT = 0.01
 
 
 @dataclass
@@ -377,12 +376,9 @@ def tune(
 
     cands = study_mod.trial_candidates(st, settings)
     factor = bs / (lr_ * n_train)  # tau_epoch = factor / wd_torch
-    to_torch = convert_weight_decay(
-        1.0, "independent" if scale == "schedule" else "torch", "torch", lr_peak=lr_
-    )
-    src = "independent" if scale == "schedule" else "torch"
+    to_torch = convert_weight_decay(1.0, scale, "torch", lr_peak=lr_)
     for c in cands:
-        wd_t = convert_weight_decay(c.weight_decay, src, "torch", lr_peak=c.lr)
+        wd_t = convert_weight_decay(c.weight_decay, scale, "torch", lr_peak=c.lr)
         c.tau_epoch = tau_epoch(c.lr, wd_t, bs, n_train) if wd_t > 0 else math.inf
     summ = cv.summarize(cands, k)
     summary = _summary(t, settings, summ, sug, factor / to_torch, lr_, scale, n_train)
@@ -412,10 +408,9 @@ def _fingerprint(t: Task) -> str:
 def _both(value: float | None, lr: float, scale: str) -> dict[str, float | None]:
     if value is None:
         return {"torch": None, "independent": None}
-    src = "independent" if scale == "schedule" else "torch"
     return {
-        "torch": convert_weight_decay(value, src, "torch", lr_peak=lr),
-        "independent": convert_weight_decay(value, src, "independent", lr_peak=lr),
+        "torch": convert_weight_decay(value, scale, "torch", lr_peak=lr),
+        "independent": convert_weight_decay(value, scale, "independent", lr_peak=lr),
     }
 
 
@@ -475,9 +470,7 @@ def _test_scores(
 ) -> dict[str, Any]:
     """Refit on the whole training pool with each choice; score on the test split (cached)."""
     lr = summary["best_lr"]
-    default = convert_weight_decay(
-        TORCH_DEFAULT, "torch", "independent" if scale == "schedule" else "torch", lr_peak=lr
-    )
+    default = convert_weight_decay(TORCH_DEFAULT, "torch", scale, lr_peak=lr)
     wanted = {
         "best": summary["best_weight_decay"],
         "one_se": summary["one_se_weight_decay"],
