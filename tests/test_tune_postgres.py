@@ -61,16 +61,25 @@ def completed(url, study):
     return st, [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
-def test_two_workers_share_a_study_and_do_each_fold_once(pg_url, tmp_path):
+@pytest.mark.parametrize("vectorize", ["off", "on"])
+def test_two_workers_share_a_study_and_do_each_fold_once(pg_url, tmp_path, vectorize):
+    """Stacked, --workers 2 makes each claim half the candidates, so both get work."""
     log = tmp_path / "fits.log"
-    procs = [worker(pg_url, "shared", tmp_path / f"w{i}", log, "0.002") for i in range(2)]
+    if vectorize == "on":  # a population of 3 candidates x 3 folds takes about 4 s
+        extra = ("0.3", "--vectorize", "on", "--workers", "2")
+    else:
+        extra = ("0.002",)
+    procs = [worker(pg_url, f"shared-{vectorize}", tmp_path / f"w{i}", log, *extra)
+             for i in range(2)]  # fmt: skip
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
     pids = log.read_text().split()
-    assert len(pids) == len(GRID) * FOLDS  # every (candidate, fold) trained exactly once
-    assert len(set(pids)) == 2  # and both workers took part
-    _, done = completed(pg_url, "shared")
+    probes = 2 if vectorize == "on" else 0  # each stacked worker builds one model to inspect
+    assert len(pids) == len(GRID) * FOLDS + probes  # every (candidate, fold) trained once
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert len(counts) == 2 and min(counts.values()) > probes // 2  # both workers trained
+    _, done = completed(pg_url, f"shared-{vectorize}")
     assert sorted(t.params["weight_decay"] for t in done) == sorted(float(g) for g in GRID)
     assert all(len(t.intermediate_values) == FOLDS for t in done)
 

@@ -58,6 +58,7 @@ _FLAGS = {
     "seed": "--seed",
     "heartbeat_interval": "--heartbeat-interval",
     "max_memory": "--max-memory",
+    "workers": "--workers",
     "vectorize": "--vectorize",
 }
 
@@ -212,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train candidates x folds together as one stacked model (auto: when possible)",
     )
     p.add_argument("--max-memory", type=_number, help="GiB cap on members trained together")
+    p.add_argument(
+        "--workers",
+        type=_number,
+        default=1,
+        help="processes that will share the study: each claims 1/N of it at a time",
+    )
     p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -533,6 +540,7 @@ def _cmd_tune(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         vectorize=a.vectorize,
         max_memory=a.max_memory,
+        workers=_whole("workers", a.workers, 1),
     )
     if a.json:
         _print_json(result.summary)

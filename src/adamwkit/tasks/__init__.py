@@ -36,7 +36,8 @@ class Task:
     - ``labels``: one class label per example, for stratified folds and test split
       (``None``: plain folds).
     - ``metric``: ``metric(outputs, targets)`` -> the batch mean of a score such as the
-      accuracy, reported beside the loss; ``metric_name`` names it.
+      accuracy (a float or a 0-d tensor), reported beside the loss; ``metric_name`` names
+      it. Returning a tensor lets a stacked population score every member in one call.
     - ``epochs``, ``batch_size``, ``lr``, ``schedule`` (``constant``, ``cosine``, ``linear``,
       ``wsd``), ``warmup_steps``, ``decay_scale``: default training settings.
     - ``test_fraction``: share of the examples held out for the final test.
@@ -48,7 +49,7 @@ class Task:
     data: Data
     loss: Callable[[Tensor, Tensor], Tensor]
     labels: Tensor | Sequence[int] | None = None
-    metric: Callable[[Tensor, Tensor], float] | None = None
+    metric: Callable[[Tensor, Tensor], float | Tensor] | None = None
     metric_name: str = "metric"
     epochs: int = 20
     batch_size: int = 32
@@ -169,9 +170,9 @@ def get_task(spec: str | Task) -> Task:
     return obj
 
 
-def accuracy(outputs: Tensor, targets: Tensor) -> float:
-    """Share of examples whose highest-scoring class is the target."""
-    return float((outputs.argmax(dim=-1) == targets).float().mean())
+def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Share of examples whose highest-scoring class is the target (a 0-d tensor)."""
+    return (outputs.argmax(dim=-1) == targets).float().mean()
 
 
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:

@@ -22,15 +22,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import adamw_step
 from ..groups import param_groups
 from ..schedules import make_schedule
-from ..tasks import Task
+from ..tasks import Task, cross_entropy
 from ..train import flush_denormals
 
-__all__ = ["Member", "MemberResult", "fit_population", "member_bytes", "vectorize_refusal"]
+__all__ = [
+    "Member",
+    "MemberResult",
+    "fit_population",
+    "member_bytes",
+    "population_loss",
+    "stacked_forward",
+    "vectorize_refusal",
+]
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,20 @@ class Member:
 
 @dataclass
 class MemberResult:
-    """Per-epoch losses of one member, and why it stopped if its loss became non-finite."""
+    """Per-epoch losses of one member, why it stopped if its loss became non-finite, and
+    its final weights.
+
+    ``state`` maps the names of ``task.model().state_dict()`` to this member's final
+    tensors: views into the population's stacked tensors (``model.load_state_dict(state)``
+    copies them; clone one to keep it without the rest). A diverged member's train loss is
+    NaN from the epoch it diverged in.
+    """
 
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
     val_metrics: list[float] = field(default_factory=list)
     diverged: str = ""
+    state: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def val_loss(self) -> float | None:
@@ -74,11 +91,15 @@ def vectorize_refusal(model: nn.Module) -> str | None:
     return None
 
 
-def member_bytes(task: Task, batch_size: int) -> int:
+def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) -> int:
     """Rough memory of one member: weights, gradients and Adam's two moments (plus the
-    stacked copy), and the activations of a batch kept for the backward pass."""
-    torch.manual_seed(0)
-    model = task.model()
+    stacked copy), and the activations of a batch kept for the backward pass.
+
+    ``model`` is an instance of ``task.model()`` to measure (default: a new one).
+    """
+    if model is None:
+        torch.manual_seed(0)
+        model = task.model()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = 0
 
@@ -97,6 +118,155 @@ def member_bytes(task: Task, batch_size: int) -> int:
         for h in hooks:
             h.remove()
     return 5 * weights + 3 * batch_size * activations // n
+
+
+# Parameter-free modules that act on each element alone, so one call on the stacked
+# (members, batch, ...) tensor is every member's call (dropout draws its own mask per
+# element, so per member too).
+_ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink, nn.Dropout,
+)  # fmt: skip
+
+Forward = Callable[[dict[str, Tensor], Tensor], Tensor]
+
+
+def stacked_forward(model: nn.Module) -> Forward | None:
+    """``forward(params, x)`` for members stacked along dim 0 of ``params`` and ``x``, when
+    ``model`` is an MLP: ``nn.Sequential`` (nested allowed) of ``nn.Linear``, ``nn.Flatten``
+    and parameter-free elementwise modules (activations, ``nn.Dropout``). ``None`` for any
+    other model, which then goes through ``torch.func.vmap``.
+
+    A linear layer of member ``i`` is :math:`y_i = x_i W_i^\top + b_i`; over the stack that
+    is one ``torch.baddbmm``. This skips the per-call work of ``vmap`` and
+    ``functional_call``, which dominates a step of small models. Submodules are called on
+    ``model`` itself, so its ``train()`` / ``eval()`` mode applies.
+    """
+    ops: list[Forward] = []
+
+    def add(module: nn.Module, prefix: str) -> bool:
+        kind = type(module)
+        if kind is nn.Sequential:
+            return all(add(child, f"{prefix}{name}.") for name, child in module.named_children())
+        if kind is nn.Linear:
+            ops.append(
+                _linear(f"{prefix}weight", f"{prefix}bias" if module.bias is not None else None)
+            )
+            return True
+        if kind is nn.Flatten:
+            start, end = (d + 1 if d >= 0 else d for d in (module.start_dim, module.end_dim))
+            ops.append(lambda _p, x: x.flatten(start, end))
+            return True
+        if kind in _ELEMENTWISE:
+            ops.append(lambda _p, x: module(x))
+            return True
+        return False
+
+    if not add(model, ""):
+        return None
+
+    def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        for op in ops:
+            x = op(params, x)
+        return x
+
+    return forward
+
+
+def _linear(weight: str, bias: str | None) -> Forward:
+    def op(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        w = params[weight]
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        if bias is None:
+            y = torch.bmm(flat, w.transpose(1, 2))
+        else:
+            y = torch.baddbmm(params[bias].unsqueeze(1), flat, w.transpose(1, 2))
+        return y.reshape(*x.shape[:-1], w.shape[1])
+
+    return op
+
+
+def population_loss(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``loss`` of every member: ``(outputs, targets)`` stacked along dim 0 -> a vector.
+
+    The built-in :func:`adamwkit.tasks.cross_entropy` is computed directly, with the classes
+    along dim 1 when there are fewer than 16 of them (PyTorch's CPU log-softmax over a short
+    last dim is several times slower than over dim 1); any other loss goes through
+    ``torch.func.vmap``.
+    """
+    from torch.func import vmap
+
+    if loss is not cross_entropy:
+        return vmap(loss)
+
+    def members_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+        classes = outputs.shape[-1]
+        logits = outputs.reshape(outputs.shape[0], -1, classes)
+        labels = targets.reshape(targets.shape[0], -1)
+        if classes < 16:
+            per_example = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        else:
+            per_example = F.cross_entropy(
+                logits.reshape(-1, classes), labels.reshape(-1), reduction="none"
+            ).view_as(labels)
+        return per_example.mean(dim=1)
+
+    return members_cross_entropy
+
+
+def _relaid(p: Tensor, like: Tensor) -> Tensor:
+    """``p`` as a fresh leaf in ``like``'s memory layout (the values unchanged).
+
+    Gradients of batched matrix products come back transposed; holding the parameter the
+    same way lets each step read them in place instead of copying them into the
+    parameter's layout.
+    """
+    if p.stride() == like.stride() or not _dense_layout(like):
+        return p
+    out = torch.empty_strided(p.shape, like.stride(), dtype=p.dtype, device=p.device)
+    return out.copy_(p.detach()).requires_grad_(p.requires_grad)
+
+
+def _dense_layout(t: Tensor) -> bool:
+    return _dense(t).is_contiguous()
+
+
+def _dense(t: Tensor) -> Tensor:
+    """A permuted view of ``t`` that is contiguous when ``t`` is dense (elementwise ops on
+    it then touch the same elements); the member dim stays first."""
+    if t.is_contiguous() or t.dim() < 3:
+        return t
+    order = sorted(range(1, t.dim()), key=lambda d: -t.stride(d))
+    return t.permute(0, *order)
+
+
+def _like(g: Tensor, p: Tensor) -> Tensor:
+    """``g`` in ``p``'s layout (a copy only when the layouts differ)."""
+    if g.stride() == p.stride():
+        return g
+    return torch.empty_like(p).copy_(g)
+
+
+class _Metric:
+    """The task's metric for every member: one vmapped call when the metric allows it
+    (it returns a tensor), else one call per member."""
+
+    def __init__(self, metric: Callable[[Tensor, Tensor], Any] | None) -> None:
+        self.metric = metric
+        self.batched = metric is not None
+
+    def __call__(self, out: Tensor, targets: Tensor) -> list[float] | None:
+        if self.metric is None:
+            return None
+        if self.batched:
+            from torch.func import vmap
+
+            try:
+                return vmap(self.metric)(out, targets).tolist()
+            except Exception:  # returns a Python float, or is not vmappable: loop
+                self.batched = False
+        return [float(self.metric(o, t)) for o, t in zip(out, targets, strict=True)]
 
 
 def fit_population(
@@ -124,6 +294,11 @@ def fit_population(
     if len(sizes) != 1:
         raise ValueError(f"members have training sets of sizes {sorted(sizes)}: expected one")
     n_train = sizes.pop()
+    val_sizes = {int(m.val_idx.numel()) for m in members}
+    if len(val_sizes) != 1 or 0 in val_sizes:
+        raise ValueError(
+            f"members have validation sets of sizes {sorted(val_sizes)}: expected one size > 0"
+        )
     models = []
     for m in members:
         torch.manual_seed(m.seed)
@@ -140,24 +315,41 @@ def fit_population(
         multiplier.setdefault(name, 0.0)
     del models
 
-    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return task.loss(functional_call(base, (p, b), (x,)), y)
+    direct = stacked_forward(base)
+    member_loss = population_loss(task.loss)
+    if direct is not None:  # a plain MLP: batched matrix products, no vmap
 
-    def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, (p, b), (x,))
+        def batched_outputs(p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor) -> Tensor:
+            return direct(p, x)
 
-    batched_loss = vmap(loss_of, randomness="different")
-    batched_outputs = vmap(outputs_of, randomness="different")
+        def batched_loss(
+            p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor, y: Tensor
+        ) -> Tensor:
+            return member_loss(direct(p, x), y)
+
+    else:
+
+        def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            return task.loss(functional_call(base, (p, b), (x,)), y)
+
+        def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(base, (p, b), (x,))
+
+        batched_loss = vmap(loss_of, randomness="different")
+        batched_outputs = vmap(outputs_of, randomness="different")
+    batched_val_loss = member_loss
 
     lrs = torch.tensor([m.lr for m in members], dtype=torch.float64)
     wds = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
-    exp_avgs = {n: torch.zeros_like(p) for n, p in params.items()}
-    exp_avg_sqs = {n: torch.zeros_like(p) for n, p in params.items()}
-    steps = {n: torch.tensor(0.0) for n in names}
-    groups: dict[float, list[str]] = {}
-    for n in names:
-        if params[n].requires_grad:
-            groups.setdefault(multiplier[n], []).append(n)
+    trainable = [n for n in names if params[n].requires_grad]
+    groups: dict[float, list[int]] = {}
+    for i, n in enumerate(trainable):
+        groups.setdefault(multiplier[n], []).append(i)
+    decay_of = {mult: wds * mult for mult in groups}
+    peaks = lrs if decay_scale == "schedule" else None
+    exp_avgs: list[Tensor] = []
+    exp_avg_sqs: list[Tensor] = []
+    steps = [torch.tensor(0.0) for _ in trainable]
 
     steps_per_epoch = math.ceil(n_train / batch_size)
     total = epochs * steps_per_epoch
@@ -165,22 +357,27 @@ def fit_population(
     shape = make_schedule(schedule or task.schedule, total, min(warm, total - 1))
     gens = [torch.Generator().manual_seed(m.seed + 1) for m in members]
     tensors = task.data if isinstance(task.data, tuple) else None
-    val_x = torch.stack([task.batch(m.val_idx)[0] for m in members])
-    val_y = [task.batch(m.val_idx)[1] for m in members]
+    val_batches = [task.batch(m.val_idx) for m in members]
+    val_x = torch.stack([b[0] for b in val_batches])
+    val_y = torch.stack([b[1] for b in val_batches])
+    del val_batches
+    metric = _Metric(task.metric)
     results = [MemberResult() for _ in members]
     alive = torch.ones(len(members), dtype=torch.bool)
+    everyone = True  # no member has diverged: skip the masking
     step = 0
     flushing = flush_denormals()  # as fit does
     flushing.__enter__()
     try:
-        for _epoch in range(epochs):
+        for epoch in range(epochs):
             orders = torch.stack(
                 [
                     m.train_idx[torch.randperm(n_train, generator=g)]
                     for m, g in zip(members, gens, strict=True)
                 ]
             )
-            totals = torch.zeros(len(members), dtype=torch.float64)
+            epoch_losses = []
+            base.train()
             for s in range(steps_per_epoch):
                 idx = orders[:, s * batch_size : (s + 1) * batch_size]
                 if tensors is not None:  # one gather for every member
@@ -189,49 +386,58 @@ def fit_population(
                     batches = [task.batch(row) for row in idx]
                     x = torch.stack([b[0] for b in batches])
                     y = torch.stack([b[1] for b in batches])
-                base.train()
                 losses = batched_loss(params, buffers, x, y)
-                values = losses.detach().to(torch.float64)
-                bad = alive & ~torch.isfinite(values)
-                for i in torch.nonzero(bad).flatten().tolist():
-                    results[i].diverged = (
-                        f"the training loss became {values[i].item()} at epoch {_epoch + 1}, "
-                        f"step {step + 1} (weight_decay={members[i].weight_decay:g}, "
-                        f"lr={members[i].lr:g})"
-                    )
-                alive &= ~bad
-                for p in params.values():
-                    p.grad = None
-                torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
-                multiplier_t = shape(step)
-                lr_now = lrs * multiplier_t
-                for mult, group in groups.items():
-                    ps = [params[n] for n in group]
-                    with torch.no_grad():
+                values = losses.detach()
+                bad = ~torch.isfinite(values)
+                if bool(bad.any()):
+                    for i in torch.nonzero(bad & alive).flatten().tolist():
+                        results[i].diverged = (
+                            f"the training loss became {values[i].item()} at epoch {epoch + 1}, "
+                            f"step {step + 1} (weight_decay={members[i].weight_decay:g}, "
+                            f"lr={members[i].lr:g})"
+                        )
+                    alive &= ~bad
+                    everyone = False
+                objective = losses.sum() if everyone else torch.where(alive, losses, 0.0).sum()
+                grads = list(torch.autograd.grad(objective, [params[n] for n in trainable]))
+                if step == 0:  # hold each parameter in the layout its gradient comes in
+                    for n, g in zip(trainable, grads, strict=True):
+                        params[n] = _relaid(params[n], g)
+                    exp_avgs = [torch.zeros_like(params[n]) for n in trainable]
+                    exp_avg_sqs = [torch.zeros_like(params[n]) for n in trainable]
+                lr_now = lrs * shape(step)
+                with torch.no_grad():
+                    for mult, group in groups.items():
+                        ps = [params[trainable[i]] for i in group]
                         adamw_step(
-                            ps,
-                            [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps],
-                            [exp_avgs[n] for n in group],
-                            [exp_avg_sqs[n] for n in group],
-                            [steps[n] for n in group],
+                            [_dense(p) for p in ps],
+                            [_dense(_like(grads[i], p)) for i, p in zip(group, ps, strict=True)],
+                            [_dense(exp_avgs[i]) for i in group],
+                            [_dense(exp_avg_sqs[i]) for i in group],
+                            [steps[i] for i in group],
                             lr=lr_now,
-                            weight_decay=wds * mult,
+                            weight_decay=decay_of[mult],
                             decay_scale=decay_scale,
-                            lr_peak=lrs if decay_scale == "schedule" else None,
+                            lr_peak=peaks,
                         )
                 step += 1
-                totals += torch.where(alive, values, torch.zeros_like(values)) * x.shape[1]
+                epoch_losses.append(values * x.shape[1])
+            totals = torch.stack(epoch_losses).to(torch.float64).sum(0) / n_train
             with torch.no_grad():
                 base.eval()
                 out = batched_outputs(params, buffers, val_x)
-                for i, yv in enumerate(val_y):
-                    r = results[i]
-                    r.train_losses.append(float(totals[i]) / n_train)
-                    r.val_losses.append(float(task.loss(out[i], yv)))
-                    if task.metric is not None:
-                        r.val_metrics.append(float(task.metric(out[i], yv)))
+                val_losses = batched_val_loss(out, val_y).tolist()
+                val_metrics = metric(out, val_y)
+            for i, r in enumerate(results):
+                r.train_losses.append(float(totals[i]) if bool(alive[i]) else math.nan)
+                r.val_losses.append(val_losses[i])
+                if val_metrics is not None:
+                    r.val_metrics.append(val_metrics[i])
             if progress is not None:
-                progress(_epoch + 1, epochs)
+                progress(epoch + 1, epochs)
     finally:
         flushing.__exit__(None, None, None)
+    stacked = {**params, **buffers}
+    for i, r in enumerate(results):
+        r.state = {n: stacked[n][i].detach() for n in base.state_dict()}
     return results

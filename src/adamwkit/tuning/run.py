@@ -124,6 +124,7 @@ def tune(
     progress: bool = True,
     vectorize: str = "auto",
     max_memory: float | None = None,
+    workers: int = 1,
 ) -> TuneResult:
     """Cross-validate weight decay on ``task``; write the report; return the verdict.
 
@@ -144,7 +145,9 @@ def tune(
     ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains the claimed candidates' folds
     together as one stacked model (see :mod:`adamwkit.tuning.population`); ``"auto"`` falls
     back to one run at a time, with the reason, for a model that cannot be stacked.
-    ``max_memory`` (GiB) caps the members trained together.
+    ``max_memory`` (GiB) caps the members trained together. ``workers`` is how many
+    processes will share the study: stacked, each claims at most 1/``workers`` of the
+    candidates at a time, so that all of them get work.
     """
     t = get_task(task)
     k = int(check_range("folds", folds, 2))
@@ -160,6 +163,9 @@ def tune(
         check_range("max_memory", max_memory, 0.0, low_open=True)
     check_range("trials", trials, 1)
     check_range("heartbeat_interval", heartbeat_interval, 1)
+    n_workers = int(check_range("workers", workers, 1))
+    if n_workers != workers:
+        raise ValueError(f"workers={workers!r} is invalid: expected a whole number >= 1")
     name = _study_name(study or t.name)
     run_dir = Path(out) / name
 
@@ -243,10 +249,11 @@ def tune(
     if vectorize != "off":
         try:
             torch.manual_seed(seed)
-            refusal = population.vectorize_refusal(t.model())
+            probe = t.model()  # the one model built to inspect it
+            refusal = population.vectorize_refusal(probe)
             if refusal is None:
-                per_member = population.member_bytes(t, bs)
-            work_per_step = bs * sum(p.numel() for p in t.model().parameters())
+                per_member = population.member_bytes(t, bs, probe)
+            work_per_step = bs * sum(p.numel() for p in probe.parameters())
             if refusal is None and vectorize == "auto" and work_per_step > LARGE_STEP:
                 refusal = (
                     f"each run's step is large ({work_per_step:,} multiply-adds per layer "
@@ -365,7 +372,9 @@ def tune(
                 c.finish()
         bar.update(count_done())
 
-    batch = max(1, max_members // k) if together else 1
+    n_candidates = len(enqueue) if sampler == "grid" else int(trials)
+    share = math.ceil(n_candidates / n_workers)  # so that every worker gets candidates
+    batch = max(1, min(max_members // k, share)) if together else 1
     try:
         bar.update(count_done())
         study_mod.work(
