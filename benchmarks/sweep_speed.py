@@ -43,6 +43,7 @@ def mlp_task(hidden: int) -> Task:
 CASES = {
     "digits": lambda: get_task("digits"),
     "digits-mlp512": lambda: mlp_task(512),
+    "digits-mlp1024": lambda: mlp_task(1024),
     "charlm": lambda: get_task("charlm"),
 }
 

@@ -335,3 +335,50 @@ def test_batchnorm_task_falls_back_or_refuses(tmp_path):
     with pytest.raises(ValueError, match="vectorize='on' is invalid for task='bn'"):
         tune(bn, folds=2, grid=[0.0], out=tmp_path / "b", vectorize="on", test=False,
              progress=False)  # fmt: skip
+
+
+class _DataDependent(torch.nn.Module):
+    """Python control flow on a tensor's value: torch.func.vmap cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) if x.sum().item() > -1e9 else -self.lin(x)
+
+
+class _Attention(torch.nn.Module):
+    """Scaled dot-product attention: torch.func runs it member by member on CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x).view(-1, 1, 2, 4)  # (batch, heads, length, width)
+        attended = torch.nn.functional.scaled_dot_product_attention(h, h, h)
+        return self.out(attended.reshape(-1, 8))
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [(_DataDependent, "the model fails under torch.func.vmap"),
+     (_Attention, "torch.func has no batching rule for aten::")],
+)  # fmt: skip
+def test_auto_falls_back_for_models_vmap_cannot_stack_well(tmp_path, module, reason):
+    """Oracle: the sequential path; the fallback names why."""
+    task = tune_tasks.tiny()
+    x, y = task.data
+    odd = Task(name="odd", model=module, data=(x, y), loss=task.loss, labels=y, epochs=1,
+               batch_size=16)  # fmt: skip
+    kw = {"folds": 2, "grid": [0.0, 0.1], "test": False, "progress": False}
+    auto = tune(odd, out=tmp_path / "auto", **kw)
+    assert auto.summary["vectorize"].startswith(f"off ({reason}")
+    seq = tune(odd, out=tmp_path / "off", vectorize="off", **kw)
+    for a, b in zip(auto.summary["candidates"], seq.summary["candidates"], strict=True):
+        assert a["fold_losses"] == b["fold_losses"]
+    if module is _DataDependent:
+        with pytest.raises(ValueError, match="vectorize='on' is invalid for task='odd'"):
+            tune(odd, out=tmp_path / "on", vectorize="on", **kw)

@@ -39,6 +39,7 @@ __all__ = [
     "population_loss",
     "stacked_forward",
     "vectorize_refusal",
+    "vmap_problems",
 ]
 
 
@@ -118,6 +119,52 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
         for h in hooks:
             h.remove()
     return 5 * weights + 3 * batch_size * activations // n
+
+
+def vmap_problems(task: Task, model: nn.Module) -> tuple[str | None, list[str]]:
+    """How ``model`` fares under ``torch.func.vmap``: ``(failure, slow_ops)``.
+
+    Two stacked copies of ``model`` run one training step's forward and backward pass and
+    one evaluation pass on two examples. ``failure`` is the error it raised (the model
+    cannot be stacked this way), else ``None``; ``slow_ops`` names the operators that
+    ``torch.func`` has no batching rule for: it runs them member by member, which makes a
+    stacked population slower than training the members one after another.
+    """
+    import re
+    import warnings
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    copies = [copy.deepcopy(model) for _ in range(2)]
+    params, buffers = stack_module_state(copies)
+    base = copy.deepcopy(model).to("meta")
+    x, y = task.batch(torch.arange(min(2, len(task))))
+    xs, ys = torch.stack([x, x]), torch.stack([y, y])
+
+    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return task.loss(functional_call(base, (p, b), (x,)), y)
+
+    def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            base.train()
+            trainable = [t for t in params.values() if t.requires_grad]
+            loss = vmap(loss_of, randomness="different")(params, buffers, xs, ys).sum()
+            torch.autograd.grad(loss, trainable, allow_unused=True)
+            base.eval()
+            with torch.no_grad():
+                vmap(outputs_of, randomness="different")(params, buffers, xs)
+        except Exception as err:
+            return f"{type(err).__name__}: {err}".splitlines()[0], []
+    slow = []
+    for w in caught:
+        found = re.search(r"batching rule for (\S+?)\.? ", str(w.message))
+        if found and found.group(1) not in slow:
+            slow.append(found.group(1))
+    return None, slow
 
 
 # Parameter-free modules that act on each element alone, so one call on the stacked

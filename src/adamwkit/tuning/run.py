@@ -30,9 +30,12 @@ __all__ = ["SAMPLERS", "TuneResult", "tune"]
 SAMPLERS = ("grid", "tpe", "gp")
 # Members trained together when no memory cap is given.
 DEFAULT_MEMBERS = 128
-# Above this batch_size x parameters, one member's step already keeps the CPU busy:
-# measured on 2 cores (benchmarks/sweep_speed.py), the digits sweep with a 64-wide MLP
-# (2.9e5) trains 7.8x faster stacked, with a 512-wide one (9.6e6) 0.89x.
+# Above this batch_size x parameters, one member's step already keeps the CPU busy, so
+# stacking gains nothing. Measured on 2 cores (benchmarks/sweep_speed.py): the digits
+# sweep with a 64-wide MLP (batch x parameters 2.9e5) trains 13.7x faster stacked, with a
+# 512-wide one (9.6e6) 1.35x, with a 1024-wide one (3.6e7) 0.73x. Models that go through
+# torch.func.vmap pay its per-call work on top, so their limit is lower.
+LARGE_STEP_MLP = 16_000_000
 LARGE_STEP = 2_000_000
 
 
@@ -254,11 +257,15 @@ def tune(
             if refusal is None:
                 per_member = population.member_bytes(t, bs, probe)
             work_per_step = bs * sum(p.numel() for p in probe.parameters())
-            if refusal is None and vectorize == "auto" and work_per_step > LARGE_STEP:
+            mlp = population.stacked_forward(probe) is not None
+            limit = LARGE_STEP_MLP if mlp else LARGE_STEP
+            if refusal is None and vectorize == "auto" and work_per_step > limit:
                 refusal = (
                     f"each run's step is large ({work_per_step:,} multiply-adds per layer "
                     "pass), so stacking gains nothing; --vectorize on forces it"
                 )
+            if refusal is None and not mlp:
+                refusal = _vmap_refusal(t, probe, vectorize)
         except Exception as err:  # the user's model code failed
             raise ValueError(
                 f"task={t.name!r} failed while building its model: {type(err).__name__}: {err}"
@@ -397,6 +404,19 @@ def tune(
     summary["verdict"] = verdict_text(summary)
     paths = report.write_reports(run_dir, summary)
     return TuneResult(summary, run_dir, paths)
+
+
+def _vmap_refusal(t: Task, probe: torch.nn.Module, vectorize: str) -> str | None:
+    """Why a model that needs ``torch.func.vmap`` should not be stacked, or None."""
+    failure, slow = population.vmap_problems(t, probe)
+    if failure:
+        return f"the model fails under torch.func.vmap ({failure})"
+    if slow and vectorize == "auto":
+        return (
+            f"torch.func has no batching rule for {', '.join(slow)}, so stacked members would "
+            "run one after another; --vectorize on forces it"
+        )
+    return None
 
 
 def _fingerprint(t: Task) -> str:
