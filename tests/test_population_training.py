@@ -32,9 +32,17 @@ class Residual(nn.Module):
         return self.out(h + torch.tanh(self.mid(h)))
 
 
+class WithSpare(Residual):
+    """A layer the forward pass never uses: no gradient, so no step (as torch.optim.AdamW)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare = nn.Linear(3, 3)
+
+
 def variant(task: Task, *, model: str = "mlp", dtype=torch.float32, **settings) -> Task:
     x, y = task.data
-    make = task.model if model == "mlp" else Residual
+    make = {"mlp": task.model, "residual": Residual, "spare": WithSpare}[model]
     settings = {"epochs": 4, "batch_size": task.batch_size, "lr": task.lr, **settings}
     return Task(name=f"tiny-{model}", model=lambda: make().to(dtype), data=(x.to(dtype), y),
                 loss=task.loss, labels=task.labels, metric=task.metric, **settings)  # fmt: skip
@@ -64,13 +72,13 @@ def relative_gap(state: dict[str, torch.Tensor], model: nn.Module) -> float:
 
 
 @pytest.mark.parametrize("decay_scale", ["lr", "schedule"])
-@pytest.mark.parametrize("model", ["mlp", "residual"])
+@pytest.mark.parametrize("model", ["mlp", "residual", "spare"])
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_member_equals_standalone_fit(model, dtype, rel, decay_scale):
     """Oracle: fit, one member at a time. float64: weights after the whole run to 1e-9
     relative; float32: validation losses to 1e-3 (the issue's tolerances)."""
     task = variant(tune_tasks.tiny(), model=model, dtype=dtype)
-    assert (stacked_forward(task.model()) is None) == (model == "residual")
+    assert (stacked_forward(task.model()) is None) == (model != "mlp")
     members = members_for(task)
     results = fit_population(task, members, epochs=task.epochs, batch_size=task.batch_size,
                              decay_scale=decay_scale)  # fmt: skip
@@ -123,6 +131,7 @@ def test_population_cross_entropy_is_each_members(shape):
     """Oracle: the task's cross_entropy, member by member (both layouts, sequence outputs)."""
     out = torch.randn(5, *shape, dtype=torch.float64)
     y = torch.randint(0, shape[-1], (5, *shape[:-1]))
+    y[1:].view(-1)[::3] = -100  # ignored targets (padding) leave the mean, as in torch
     got = population_loss(cross_entropy)(out, y)
     want = torch.stack([cross_entropy(out[i], y[i]) for i in range(5)])
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
@@ -185,6 +194,12 @@ def test_members_must_share_their_split_sizes():
                        epochs=1, batch_size=16)  # fmt: skip
     with pytest.raises(ValueError, match="members is empty"):
         fit_population(task, [], epochs=1, batch_size=16)
+
+
+def test_tied_weights_are_refused_by_name():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    assert "'2.weight' is the same tensor as '0.weight'" in vectorize_refusal(model)
 
 
 def test_batchnorm_is_refused_by_name():

@@ -133,16 +133,20 @@ def test_a_diverging_candidate_fails_and_the_study_goes_on(tmp_path):
     assert result.summary["best_weight_decay"] == 0.0
 
 
-def _journal_folds(run: Path, study: str) -> set[tuple[float, int]]:
+def _journal_trials(run: Path, study: str) -> list[optuna.trial.FrozenTrial]:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     st = optuna.load_study(
         study_name=study, storage=JournalStorage(JournalFileBackend(str(run / "study.journal")))
     )
+    return st.get_trials(deepcopy=False)
+
+
+def _journal_folds(run: Path, study: str) -> set[tuple[float, int]]:
     return {
         (t.params["weight_decay"], step)
-        for t in st.get_trials(deepcopy=False)
+        for t in _journal_trials(run, study)
         if "weight_decay" in t.params
         for step in t.intermediate_values
     }
@@ -382,3 +386,30 @@ def test_auto_falls_back_for_models_vmap_cannot_stack_well(tmp_path, module, rea
     if module is _DataDependent:
         with pytest.raises(ValueError, match="vectorize='on' is invalid for task='odd'"):
             tune(odd, out=tmp_path / "on", vectorize="on", **kw)
+
+
+def _item_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A loss with Python control flow on a value: vmap cannot run it."""
+    loss = torch.nn.functional.cross_entropy(outputs, targets)
+    return loss if loss.item() >= 0 else -loss
+
+
+def test_an_mlp_with_a_loss_vmap_cannot_run_falls_back(tmp_path):
+    task = tune_tasks.tiny()
+    x, y = task.data
+    odd = Task(name="odd-loss", model=task.model, data=(x, y), loss=_item_loss, labels=y,
+               epochs=1, batch_size=16)  # fmt: skip
+    result = tune(odd, folds=2, grid=[0.0], out=tmp_path, test=False, progress=False)
+    assert result.summary["vectorize"].startswith("off (the model fails under torch.func.vmap")
+
+
+def test_a_failing_population_fails_every_claimed_trial_and_exits_2(tmp_path):
+    """Regression: failing a candidate once per fold used to leave the batch running."""
+    proc = subprocess.run(_cli("--grid", "0,0.1", "--folds", "2", "--out", str(tmp_path),
+                               "--no-test", "--quiet", "--vectorize", "on"),
+                          cwd=TESTS, env={**os.environ, "ADAMWKIT_TEST_FAIL_LOSS": "1"},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert "failed while training a population: RuntimeError: loss failed" in proc.stderr
+    states = {c.state for c in _journal_trials(tmp_path / "tiny", "tiny")}
+    assert states == {optuna.trial.TrialState.FAIL}

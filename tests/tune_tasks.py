@@ -2,7 +2,8 @@
 
 ``model()`` appends a line to the file named by ``ADAMWKIT_TEST_FIT_LOG`` (when set), so a
 test can count the trainings a process started; ``ADAMWKIT_TEST_SLOW`` (seconds) makes
-every forward pass sleep, so a test can kill a worker mid-trial.
+every forward pass sleep, so a test can kill a worker mid-trial; ``ADAMWKIT_TEST_FAIL_LOSS``
+makes the loss raise on any batch of more than two examples.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def _model() -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _failing_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.shape[0] > 2:  # a real batch (tune's model probe uses two examples)
+        raise RuntimeError("loss failed")
+    return cross_entropy(outputs, targets)
+
+
 def tiny() -> Task:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 8, generator=g)
@@ -48,7 +55,7 @@ def tiny() -> Task:
         name="tiny",
         model=_model,
         data=(x, y),
-        loss=cross_entropy,
+        loss=_failing_loss if os.environ.get("ADAMWKIT_TEST_FAIL_LOSS") else cross_entropy,
         labels=y,
         metric=accuracy,
         metric_name="accuracy",

@@ -81,7 +81,15 @@ class MemberResult:
 
 
 def vectorize_refusal(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be trained as a vmapped population, or None if it can."""
+    """Why ``model`` cannot be trained as a stacked population, or None if it can."""
+    seen: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            return (
+                f"parameter {name!r} is the same tensor as {seen[id(p)]!r} (tied weights), "
+                "which stacking would untie"
+            )
+        seen[id(p)] = name
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             kind = type(module).__name__
@@ -257,7 +265,8 @@ def population_loss(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tenso
             per_example = F.cross_entropy(
                 logits.reshape(-1, classes), labels.reshape(-1), reduction="none"
             ).view_as(labels)
-        return per_example.mean(dim=1)
+        # as F.cross_entropy's mean: over the targets that are not ignore_index (-100)
+        return per_example.sum(dim=1) / (labels != -100).sum(dim=1)
 
     return members_cross_entropy
 
@@ -446,15 +455,22 @@ def fit_population(
                     alive &= ~bad
                     everyone = False
                 objective = losses.sum() if everyone else torch.where(alive, losses, 0.0).sum()
-                grads = list(torch.autograd.grad(objective, [params[n] for n in trainable]))
+                grads = torch.autograd.grad(
+                    objective, [params[n] for n in trainable], allow_unused=True
+                )
                 if step == 0:  # hold each parameter in the layout its gradient comes in
                     for n, g in zip(trainable, grads, strict=True):
-                        params[n] = _relaid(params[n], g)
+                        if g is not None:
+                            params[n] = _relaid(params[n], g)
                     exp_avgs = [torch.zeros_like(params[n]) for n in trainable]
                     exp_avg_sqs = [torch.zeros_like(params[n]) for n in trainable]
                 lr_now = lrs * shape(step)
                 with torch.no_grad():
-                    for mult, group in groups.items():
+                    for mult, all_of_group in groups.items():
+                        # as torch.optim.AdamW: no gradient (unused this step), no step
+                        group = [i for i in all_of_group if grads[i] is not None]
+                        if not group:
+                            continue
                         ps = [params[trainable[i]] for i in group]
                         adamw_step(
                             [_dense(p) for p in ps],
@@ -468,11 +484,11 @@ def fit_population(
                             lr_peak=peaks,
                         )
                 step += 1
-                epoch_losses.append(values * x.shape[1])
-            totals = torch.stack(epoch_losses).to(torch.float64).sum(0) / n_train
+                epoch_losses.append(values.double() * x.shape[1])
+            totals = torch.stack(epoch_losses).sum(0) / n_train
             with torch.no_grad():
                 base.eval()
-                out = batched_outputs(params, buffers, val_x)
+                out = batched_outputs(params, buffers, val_x.clone())  # in-place layers
                 val_losses = batched_val_loss(out, val_y).tolist()
                 val_metrics = metric(out, val_y)
             for i, r in enumerate(results):

@@ -19,7 +19,7 @@ import torch
 
 from .._checks import check_choice, check_range
 from ..suggest import TORCH_DEFAULT, suggest
-from ..tasks import Task, get_task
+from ..tasks import Task, cross_entropy, get_task
 from ..timescale import convert_weight_decay, tau_epoch
 from ..train import TrainingDiverged, evaluate, fit, flush_denormals
 from . import cv, population, report
@@ -264,8 +264,8 @@ def tune(
                     f"each run's step is large ({work_per_step:,} multiply-adds per layer "
                     "pass), so stacking gains nothing; --vectorize on forces it"
                 )
-            if refusal is None and not mlp:
-                refusal = _vmap_refusal(t, probe, vectorize)
+            if refusal is None and (not mlp or t.loss is not cross_entropy):
+                refusal = _vmap_refusal(t, probe, vectorize)  # the model, or its loss
         except Exception as err:  # the user's model code failed
             raise ValueError(
                 f"task={t.name!r} failed while building its model: {type(err).__name__}: {err}"
@@ -360,7 +360,7 @@ def tune(
                     )  # fmt: skip
                 except Exception as err:
                     reason = f"{type(err).__name__}: {err}"
-                    for c, _ in chunk:
+                    for c in claims:  # every claim of this batch, each once
                         c.fail(reason)
                     raise ValueError(
                         f"task={t.name!r} failed while training a population: {reason}"

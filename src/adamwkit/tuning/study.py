@@ -351,6 +351,7 @@ class Claim:
                 trial.report(value, step)
                 done[step] = value
         self.done: dict[int, float] = {int(k): float(v) for k, v in done.items()}
+        self.ended = False  # told finished, pruned or failed
 
     @property
     def todo(self) -> list[int]:
@@ -367,13 +368,19 @@ class Claim:
     def finish(self) -> None:
         values = [self.done[f] for f in range(self.folds)]
         self.study.tell(self.trial, sum(values) / len(values))
+        self.ended = True
 
     def prune(self) -> None:
         self.study.tell(self.trial, state=TrialState.PRUNED)
+        self.ended = True
 
     def fail(self, reason: str) -> None:
+        """Mark the trial failed with ``reason`` (once: later calls change nothing)."""
+        if self.ended:
+            return
         self.trial.set_user_attr("fail_reason", reason)
         self.study.tell(self.trial, state=TrialState.FAIL)
+        self.ended = True
 
 
 def _next_trial(study: optuna.Study, settings: dict[str, Any], worker: str) -> optuna.Trial | None:
