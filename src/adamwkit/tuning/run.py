@@ -32,7 +32,7 @@ SAMPLERS = ("grid", "tpe", "gp")
 DEFAULT_MEMBERS = 128
 # Above this batch_size x parameters, one member's step already keeps the CPU busy, so
 # stacking gains nothing. Measured on 2 cores (benchmarks/sweep_speed.py): the digits
-# sweep with a 64-wide MLP (batch x parameters 2.9e5) trains 13.7x faster stacked, with a
+# sweep with a 64-wide MLP (batch x parameters 2.9e5) trains 13.6x faster stacked, with a
 # 512-wide one (9.6e6) 1.35x, with a 1024-wide one (3.6e7) 0.73x. Models that go through
 # torch.func.vmap pay its per-call work on top, so their limit is lower.
 LARGE_STEP_MLP = 16_000_000
@@ -380,7 +380,8 @@ def tune(
         bar.update(count_done())
 
     n_candidates = len(enqueue) if sampler == "grid" else int(trials)
-    share = math.ceil(n_candidates / n_workers)  # so that every worker gets candidates
+    ended = sum(c.state in ("complete", "pruned") for c in study_mod.trial_candidates(st, settings))
+    share = math.ceil(max(n_candidates - ended, 1) / n_workers)  # every worker gets some
     batch = max(1, min(max_members // k, share)) if together else 1
     try:
         bar.update(count_done())
