@@ -46,6 +46,14 @@ def check_range(
     return x
 
 
+def check_whole(name: str, value: Any, low: int = 0) -> int:
+    """Return ``int(value)`` if it is a whole number >= ``low``, else raise."""
+    x = check_range(name, value, low)
+    if x != int(x):
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
+    return int(x)
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     """Return ``value`` if it is one of ``choices``, else raise naming them all."""
     if value not in choices:

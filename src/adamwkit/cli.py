@@ -437,12 +437,9 @@ def _cmd_explain(a: argparse.Namespace) -> int:
 
 
 def _whole(name: str, value: float, low: int = 0) -> int:
-    from ._checks import check_range
+    from ._checks import check_whole
 
-    x = check_range(name, value, low)
-    if x != int(x):
-        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
-    return int(x)
+    return check_whole(name, value, low)
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:

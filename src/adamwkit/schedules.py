@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._checks import check_choice, check_range
+from ._checks import check_choice, check_range, check_whole
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -65,10 +65,7 @@ _WSD_DEFAULT_DECAY_FRACTION = 0.2
 
 
 def _steps(name: str, value: object, low: int) -> int:
-    x = check_range(name, value, low)
-    if x != int(x):
-        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
-    return int(x)
+    return check_whole(name, value, low)
 
 
 @dataclass(frozen=True)

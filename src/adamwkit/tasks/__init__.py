@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .._checks import check_choice, check_range
+from .._checks import check_choice, check_range, check_whole
 
 __all__ = ["BUILTIN_TASKS", "Task", "get_task"]
 
@@ -79,10 +79,7 @@ class Task:
             )
         for name in ("epochs", "batch_size", "warmup_steps"):
             value = getattr(self, name)
-            low = 0 if name == "warmup_steps" else 1
-            check_range(name, value, low)
-            if int(value) != value:
-                raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
+            check_whole(name, value, 0 if name == "warmup_steps" else 1)
         check_range("lr", self.lr, 0.0, low_open=True)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("decay_scale", self.decay_scale, ("lr", "schedule"))

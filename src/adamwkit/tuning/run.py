@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import torch
 
-from .._checks import check_choice, check_range
+from .._checks import check_choice, check_range, check_whole
 from ..suggest import TORCH_DEFAULT, suggest
 from ..tasks import Task, cross_entropy, get_task
 from ..timescale import convert_weight_decay, tau_epoch
@@ -153,9 +153,7 @@ def tune(
     candidates at a time, so that all of them get work.
     """
     t = get_task(task)
-    k = int(check_range("folds", folds, 2))
-    if k != folds:
-        raise ValueError(f"folds={folds!r} is invalid: expected a whole number >= 2")
+    k = check_whole("folds", folds, 2)
     n_epochs = int(check_range("epochs", t.epochs if epochs is None else epochs, 1))
     lr_ = check_range("lr", t.lr if lr is None else lr, 0.0, low_open=True)
     bs = int(check_range("batch_size", t.batch_size if batch_size is None else batch_size, 1))
@@ -166,9 +164,7 @@ def tune(
         check_range("max_memory", max_memory, 0.0, low_open=True)
     check_range("trials", trials, 1)
     check_range("heartbeat_interval", heartbeat_interval, 1)
-    n_workers = int(check_range("workers", workers, 1))
-    if n_workers != workers:
-        raise ValueError(f"workers={workers!r} is invalid: expected a whole number >= 1")
+    n_workers = check_whole("workers", workers, 1)
     name = _study_name(study or t.name)
     run_dir = Path(out) / name
 
