@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -194,6 +196,30 @@ def test_members_must_share_their_split_sizes():
                        epochs=1, batch_size=16)  # fmt: skip
     with pytest.raises(ValueError, match="members is empty"):
         fit_population(task, [], epochs=1, batch_size=16)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, r"epochs=0 is invalid: expected a finite number in \[1, inf\)"),
+        ({"batch_size": 2.5}, "batch_size=2.5 is invalid: expected a whole number >= 1"),
+        ({"decay_scale": "paper"}, "decay_scale='paper' is invalid: expected one of 'lr'"),
+        ({"schedule": "step"}, "schedule='step' is invalid: expected one of"),
+        ({"weight_decay": -1.0}, r"members\[1\].weight_decay=-1.0 is invalid"),
+        ({"lr": 0.0}, r"members\[1\].lr=0.0 is invalid"),
+        ({"train_idx": torch.tensor([0, 500])}, r"members\[1\].train_idx is invalid: "
+         r"expected indices in \[0, 119\]"),
+    ],
+)  # fmt: skip
+def test_bad_input_names_the_argument_and_the_range(change, message):
+    task = tune_tasks.tiny()
+    good = members_for(task)[0]
+    settings = {"epochs": 1, "batch_size": 16}
+    member_fields = {k: v for k, v in change.items() if k in Member.__dataclass_fields__}
+    settings.update({k: v for k, v in change.items() if k not in member_fields})
+    bad = dataclasses.replace(good, **member_fields)
+    with pytest.raises(ValueError, match=message):
+        fit_population(task, [good, bad], **settings)
 
 
 def test_tied_weights_are_refused_by_name():

@@ -1,7 +1,8 @@
 """Population training: many (weight decay, lr, fold) candidates trained at once as one model.
 
-The members' modules are stacked along a new dim 0 (``torch.func.stack_module_state``) and
-run through one ``torch.func.vmap`` of ``torch.func.functional_call``; every member gets its
+The members' modules are stacked along a new dim 0 (``torch.func.stack_module_state``). A
+plain MLP then runs as batched matrix products (:func:`stacked_forward`); any other model
+through one ``torch.func.vmap`` of ``torch.func.functional_call``. Every member gets its
 own initial weights (``torch.manual_seed(seed)`` then ``task.model()``, as :func:`fit`
 does), its own batch order (a generator seeded with ``seed + 1``) over its own training
 indices, and its own weight decay and lr through the population form of
@@ -9,8 +10,9 @@ indices, and its own weight decay and lr through the population form of
 ``fit(task, weight_decay_i, train_idx=..., lr=lr_i, seed=seed_i)``, up to the rounding of
 batched matrix products.
 
-Models that cannot be stacked this way are refused with the reason: batch normalisation
-keeps running statistics that one vmapped call cannot update per member.
+Models that cannot be stacked are refused with the reason (:func:`vectorize_refusal`):
+batch normalisation keeps running statistics that one call cannot update per member, and
+stacking would untie tied weights.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_choice, check_range, check_whole
 from ..functional import adamw_step
 from ..groups import param_groups
-from ..schedules import make_schedule
+from ..schedules import SCHEDULES, make_schedule
 from ..tasks import Task, cross_entropy
-from ..train import flush_denormals
+from ..train import _index, flush_denormals
 
 __all__ = [
     "Member",
@@ -141,30 +144,25 @@ def vmap_problems(task: Task, model: nn.Module) -> tuple[str | None, list[str]]:
     import re
     import warnings
 
-    from torch.func import functional_call, stack_module_state, vmap
+    from torch.func import stack_module_state
 
     copies = [copy.deepcopy(model) for _ in range(2)]
     params, buffers = stack_module_state(copies)
     base = copy.deepcopy(model).to("meta")
+    batched_loss, batched_outputs = _vmapped(task, base)
     x, y = task.batch(torch.arange(min(2, len(task))))
     xs, ys = torch.stack([x, x]), torch.stack([y, y])
-
-    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return task.loss(functional_call(base, (p, b), (x,)), y)
-
-    def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, (p, b), (x,))
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             base.train()
             trainable = [t for t in params.values() if t.requires_grad]
-            loss = vmap(loss_of, randomness="different")(params, buffers, xs, ys).sum()
+            loss = batched_loss(params, buffers, xs, ys).sum()
             torch.autograd.grad(loss, trainable, allow_unused=True)
             base.eval()
             with torch.no_grad():
-                vmap(outputs_of, randomness="different")(params, buffers, xs)
+                batched_outputs(params, buffers, xs)
         except Exception as err:
             return f"{type(err).__name__}: {err}".splitlines()[0], []
     slow = []
@@ -173,6 +171,23 @@ def vmap_problems(task: Task, model: nn.Module) -> tuple[str | None, list[str]]:
         if found and found.group(1) not in slow:
             slow.append(found.group(1))
     return None, slow
+
+
+Batched = Callable[..., Tensor]
+
+
+def _vmapped(task: Task, base: nn.Module) -> tuple[Batched, Batched]:
+    """``(loss(params, buffers, x, y), outputs(params, buffers, x))`` over stacked members,
+    through ``vmap`` of ``functional_call`` on ``base`` (randomness drawn per member)."""
+    from torch.func import functional_call, vmap
+
+    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return task.loss(functional_call(base, (p, b), (x,)), y)
+
+    def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    return vmap(loss_of, randomness="different"), vmap(outputs_of, randomness="different")
 
 
 # Parameter-free modules that act on each element alone, so one call on the stacked
@@ -339,22 +354,31 @@ def fit_population(
     """Train every member at once; return each member's per-epoch losses.
 
     All members must have training sets of the same size (they then take the same number
-    of steps, and the schedule is shared). Raises ``ValueError`` for a model that cannot be
+    of steps, and the schedule is shared), and validation sets of the same size. Raises
+    ``ValueError`` for invalid settings or members, and for a model that cannot be
     vectorized (see :func:`vectorize_refusal`).
     """
-    from torch.func import functional_call, stack_module_state, vmap
+    from torch.func import stack_module_state
 
+    epochs = check_whole("epochs", epochs, 1)
+    batch_size = check_whole("batch_size", batch_size, 1)
+    check_choice("decay_scale", decay_scale, ("lr", "schedule"))
+    check_choice("schedule", schedule or task.schedule, SCHEDULES)
     if not members:
         raise ValueError("members is empty: expected at least one member")
+    n = len(task)
+    for i, m in enumerate(members):
+        check_range(f"members[{i}].weight_decay", m.weight_decay, 0.0)
+        check_range(f"members[{i}].lr", m.lr, 0.0, low_open=True)
+        _index(f"members[{i}].train_idx", m.train_idx, n)
+        _index(f"members[{i}].val_idx", m.val_idx, n)
     sizes = {int(m.train_idx.numel()) for m in members}
     if len(sizes) != 1:
         raise ValueError(f"members have training sets of sizes {sorted(sizes)}: expected one")
     n_train = sizes.pop()
     val_sizes = {int(m.val_idx.numel()) for m in members}
-    if len(val_sizes) != 1 or 0 in val_sizes:
-        raise ValueError(
-            f"members have validation sets of sizes {sorted(val_sizes)}: expected one size > 0"
-        )
+    if len(val_sizes) != 1:
+        raise ValueError(f"members have validation sets of sizes {sorted(val_sizes)}: expected one")
     models = []
     for m in members:
         torch.manual_seed(m.seed)
@@ -384,16 +408,7 @@ def fit_population(
             return member_loss(direct(p, x), y)
 
     else:
-
-        def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return task.loss(functional_call(base, (p, b), (x,)), y)
-
-        def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(base, (p, b), (x,))
-
-        batched_loss = vmap(loss_of, randomness="different")
-        batched_outputs = vmap(outputs_of, randomness="different")
-    batched_val_loss = member_loss
+        batched_loss, batched_outputs = _vmapped(task, base)
 
     lrs = torch.tensor([m.lr for m in members], dtype=torch.float64)
     wds = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
@@ -489,7 +504,7 @@ def fit_population(
             with torch.no_grad():
                 base.eval()
                 out = batched_outputs(params, buffers, val_x.clone())  # in-place layers
-                val_losses = batched_val_loss(out, val_y).tolist()
+                val_losses = member_loss(out, val_y).tolist()
                 val_metrics = metric(out, val_y)
             for i, r in enumerate(results):
                 r.train_losses.append(float(totals[i]) if bool(alive[i]) else math.nan)
