@@ -19,8 +19,8 @@ from torch import nn
 
 from adamwkit import fit, suggest
 from adamwkit.tasks import Task, get_task
+from adamwkit.train.population import Member, fit_population
 from adamwkit.tuning.cv import default_grid, holdout_split, make_folds
-from adamwkit.tuning.population import Member, fit_population
 
 
 def mlp_task(hidden: int) -> Task:

@@ -12,14 +12,14 @@ import tune_tasks
 from adamwkit import Task, fit
 from adamwkit.tasks import cross_entropy
 from adamwkit.train import evaluate
-from adamwkit.tuning.cv import holdout_split, make_folds
-from adamwkit.tuning.population import (
+from adamwkit.train.population import (
     Member,
     fit_population,
     population_loss,
     stacked_forward,
     vectorize_refusal,
 )
+from adamwkit.tuning.cv import holdout_split, make_folds
 
 
 class Residual(nn.Module):
@@ -237,3 +237,14 @@ def test_batchnorm_is_refused_by_name():
               data=(x, y), loss=task.loss)  # fmt: skip
     with pytest.raises(ValueError, match="not vectorizable: BatchNorm1d"):
         fit_population(bn, members_for(task)[:1], epochs=1, batch_size=16)
+
+
+def test_population_under_a_float64_default_dtype(float64_default):
+    """Step counters are float32 on the parameters' device whatever the default dtype (the
+    fused kernel's requirement); oracle: fit, one member at a time."""
+    task = variant(tune_tasks.tiny(), dtype=torch.float64)
+    members = members_for(task)[:2]
+    results = fit_population(task, members, epochs=2, batch_size=16)
+    for m, r in zip(members, results, strict=True):
+        ref = standalone(task, m, epochs=2, batch_size=16)
+        assert r.val_losses == pytest.approx(ref.val_losses, rel=1e-9)

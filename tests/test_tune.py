@@ -164,7 +164,7 @@ def test_killed_study_resumes_without_repeating_a_fold(tmp_path, monkeypatch, ve
     args = ["--grid", ",".join(grid), "--folds", str(folds), "--out", str(tmp_path),
             "--no-test", "--quiet", "--vectorize", vectorize]  # fmt: skip
     if vectorize == "on":
-        from adamwkit.tuning.population import member_bytes
+        from adamwkit.train.population import member_bytes
 
         monkeypatch.setenv("ADAMWKIT_TEST_SLOW", "0.02")  # the model the workers build
         task = tune_tasks.tiny()
@@ -319,7 +319,7 @@ def test_vectorized_tune_gives_the_sequential_numbers(tmp_path):
 
 
 def test_memory_cap_splits_the_population(tmp_path):
-    from adamwkit.tuning.population import member_bytes
+    from adamwkit.train.population import member_bytes
 
     task = tune_tasks.tiny()
     cap = 2.5 * member_bytes(task, task.batch_size) / 2**30  # two members at a time

@@ -21,8 +21,8 @@ from .._checks import check_choice, check_range, check_whole
 from ..suggest import TORCH_DEFAULT, suggest
 from ..tasks import Task, cross_entropy, get_task
 from ..timescale import convert_weight_decay, tau_epoch
-from ..train import TrainingDiverged, evaluate, fit, flush_denormals
-from . import cv, population, report
+from ..train import TrainingDiverged, evaluate, fit, flush_denormals, population
+from . import cv, report
 from . import study as study_mod
 
 __all__ = ["SAMPLERS", "TuneResult", "tune"]

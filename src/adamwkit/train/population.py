@@ -28,15 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_range, check_whole
+from .._device import autocast, check_precision, resolve_device
 from ..functional import adamw_step
 from ..groups import param_groups
 from ..schedules import SCHEDULES, make_schedule
 from ..tasks import Task, cross_entropy
-from ..train import _index, flush_denormals
+from .loop import DeviceData, check_index, run_epochs
 
 __all__ = [
     "Member",
     "MemberResult",
+    "StackedEngine",
     "fit_population",
     "member_bytes",
     "population_loss",
@@ -340,6 +342,162 @@ class _Metric:
         return [float(self.metric(o, t)) for o, t in zip(out, targets, strict=True)]
 
 
+class StackedEngine:
+    """Every member's model stacked along dim 0, stepped by the population ``adamw_step``:
+    the stacked member of the loop core (:func:`adamwkit.train.loop.run_epochs`)."""
+
+    def __init__(
+        self,
+        task: Task,
+        members: Sequence[Member],
+        *,
+        epochs: int,
+        batch_size: int,
+        decay_scale: str,
+        schedule: str,
+        warmup_steps: int,
+        device: torch.device,
+        precision: str,
+        data: DeviceData | None = None,
+    ) -> None:
+        from torch.func import stack_module_state
+
+        self.task, self.members, self.device, self.precision = task, members, device, precision
+        models = []
+        for m in members:
+            torch.manual_seed(m.seed)
+            models.append(task.model())
+        refusal = vectorize_refusal(models[0])
+        if refusal:
+            raise ValueError(f"model is not vectorizable: {refusal}")
+        models = [model.to(device) for model in models]
+        params, buffers = stack_module_state(models)
+        self.params, self.buffers = params, buffers
+        self.base = copy.deepcopy(models[0]).to("meta")
+        names = list(params)
+        plan = param_groups(models[0], weight_decay=1.0, **task.param_groups).plan
+        multiplier = {e.name: (e.weight_decay or 0.0) for e in plan.entries}
+        for name in names:
+            multiplier.setdefault(name, 0.0)
+        del models
+
+        direct = stacked_forward(self.base)
+        self.member_loss = population_loss(task.loss)
+        if direct is not None:  # a plain MLP: batched matrix products, no vmap
+            member_loss = self.member_loss
+
+            def batched_outputs(p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor) -> Tensor:
+                return direct(p, x)
+
+            def batched_loss(
+                p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor, y: Tensor
+            ) -> Tensor:
+                return member_loss(direct(p, x), y)
+
+            self.batched_loss, self.batched_outputs = batched_loss, batched_outputs
+        else:
+            self.batched_loss, self.batched_outputs = _vmapped(task, self.base)
+
+        self.lrs = torch.tensor([m.lr for m in members], dtype=torch.float64)
+        wds = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
+        self.trainable = [n for n in names if params[n].requires_grad]
+        self.groups: dict[float, list[int]] = {}
+        for i, n in enumerate(self.trainable):
+            self.groups.setdefault(multiplier[n], []).append(i)
+        self.decay_of = {mult: wds * mult for mult in self.groups}
+        self.decay_scale = decay_scale
+        self.peaks = self.lrs if decay_scale == "schedule" else None
+        self.exp_avgs: list[Tensor] = []
+        self.exp_avg_sqs: list[Tensor] = []
+        # Where torch.optim.AdamW(fused=True) keeps them: float32, on the parameter's
+        # device, whatever the default dtype.
+        self.steps = [
+            torch.zeros((), dtype=torch.float32, device=params[n].device) for n in self.trainable
+        ]
+        n_train = int(members[0].train_idx.numel())
+        total = epochs * math.ceil(n_train / batch_size)
+        self.shape = make_schedule(schedule, total, min(warmup_steps, total - 1))
+        self.step_count = 0
+        self.data = data if data is not None else DeviceData(task, device)
+        val = torch.stack([m.val_idx for m in members])
+        self.val_x, self.val_y = self.data.batch(val)
+        self.metric = _Metric(task.metric)
+        self.alive = torch.ones(len(members), dtype=torch.bool, device=device)
+
+    def set_training(self, mode: bool) -> None:
+        self.base.train(mode)
+
+    def train_step(self, index: Tensor) -> Tensor:
+        x, y = self.data.batch(index)
+        params, trainable = self.params, self.trainable
+        with autocast(self.device, self.precision):
+            losses = self.batched_loss(params, self.buffers, x, y)
+        values = losses.detach()
+        self.alive &= torch.isfinite(values)
+        objective = torch.where(self.alive, losses, 0.0).sum()
+        grads = torch.autograd.grad(objective, [params[n] for n in trainable], allow_unused=True)
+        if self.step_count == 0:  # hold each parameter in the layout its gradient comes in
+            for n, g in zip(trainable, grads, strict=True):
+                if g is not None:
+                    params[n] = _relaid(params[n], g)
+            self.exp_avgs = [torch.zeros_like(params[n]) for n in trainable]
+            self.exp_avg_sqs = [torch.zeros_like(params[n]) for n in trainable]
+        lr_now = self.lrs * self.shape(self.step_count)
+        with torch.no_grad():
+            for mult, all_of_group in self.groups.items():
+                # as torch.optim.AdamW: no gradient (unused this step), no step
+                group = [i for i in all_of_group if grads[i] is not None]
+                if not group:
+                    continue
+                ps = [params[trainable[i]] for i in group]
+                adamw_step(
+                    [_dense(p) for p in ps],
+                    [_dense(_like(grads[i], p)) for i, p in zip(group, ps, strict=True)],
+                    [_dense(self.exp_avgs[i]) for i in group],
+                    [_dense(self.exp_avg_sqs[i]) for i in group],
+                    [self.steps[i] for i in group],
+                    lr=lr_now,
+                    weight_decay=self.decay_of[mult],
+                    decay_scale=self.decay_scale,
+                    lr_peak=self.peaks,
+                )
+        self.step_count += 1
+        return values
+
+    @torch.no_grad()
+    def validate(self) -> tuple[list[float], list[float] | None]:
+        with autocast(self.device, self.precision):
+            out = self.batched_outputs(
+                self.params, self.buffers, self.val_x.clone()
+            )  # in-place layers
+            losses = self.member_loss(out, self.val_y).tolist()
+            metrics = self.metric(out, self.val_y)
+        return losses, metrics
+
+    def states(self) -> list[dict[str, Tensor]]:
+        stacked = {**self.params, **self.buffers}
+        names = list(self.base.state_dict())
+        return [{n: stacked[n][i].detach() for n in names} for i in range(len(self.members))]
+
+
+def check_members(task: Task, members: Sequence[Member]) -> None:
+    """Each member's values and indices valid, and one training and one validation size."""
+    if not members:
+        raise ValueError("members is empty: expected at least one member")
+    n = len(task)
+    for i, m in enumerate(members):
+        check_range(f"members[{i}].weight_decay", m.weight_decay, 0.0)
+        check_range(f"members[{i}].lr", m.lr, 0.0, low_open=True)
+        check_index(f"members[{i}].train_idx", m.train_idx, n)
+        check_index(f"members[{i}].val_idx", m.val_idx, n)
+    sizes = {int(m.train_idx.numel()) for m in members}
+    if len(sizes) != 1:
+        raise ValueError(f"members have training sets of sizes {sorted(sizes)}: expected one")
+    val_sizes = {int(m.val_idx.numel()) for m in members}
+    if len(val_sizes) != 1:
+        raise ValueError(f"members have validation sets of sizes {sorted(val_sizes)}: expected one")
+
+
 def fit_population(
     task: Task,
     members: Sequence[Member],
@@ -349,173 +507,47 @@ def fit_population(
     decay_scale: str = "lr",
     schedule: str | None = None,
     warmup_steps: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
     progress: Callable[[int, int], Any] | None = None,
 ) -> list[MemberResult]:
-    """Train every member at once; return each member's per-epoch losses.
+    """Train every member at once; return each member's per-epoch losses and final weights.
 
     All members must have training sets of the same size (they then take the same number
-    of steps, and the schedule is shared), and validation sets of the same size. Raises
-    ``ValueError`` for invalid settings or members, and for a model that cannot be
-    vectorized (see :func:`vectorize_refusal`).
+    of steps, and the schedule is shared), and validation sets of the same size.
+    ``device`` and ``precision`` are as in :func:`adamwkit.fit`. Raises ``ValueError`` for
+    invalid settings or members, and for a model that cannot be vectorized (see
+    :func:`vectorize_refusal`).
     """
-    from torch.func import stack_module_state
-
     epochs = check_whole("epochs", epochs, 1)
     batch_size = check_whole("batch_size", batch_size, 1)
     check_choice("decay_scale", decay_scale, ("lr", "schedule"))
-    check_choice("schedule", schedule or task.schedule, SCHEDULES)
-    if not members:
-        raise ValueError("members is empty: expected at least one member")
-    n = len(task)
-    for i, m in enumerate(members):
-        check_range(f"members[{i}].weight_decay", m.weight_decay, 0.0)
-        check_range(f"members[{i}].lr", m.lr, 0.0, low_open=True)
-        _index(f"members[{i}].train_idx", m.train_idx, n)
-        _index(f"members[{i}].val_idx", m.val_idx, n)
-    sizes = {int(m.train_idx.numel()) for m in members}
-    if len(sizes) != 1:
-        raise ValueError(f"members have training sets of sizes {sorted(sizes)}: expected one")
-    n_train = sizes.pop()
-    val_sizes = {int(m.val_idx.numel()) for m in members}
-    if len(val_sizes) != 1:
-        raise ValueError(f"members have validation sets of sizes {sorted(val_sizes)}: expected one")
-    models = []
-    for m in members:
-        torch.manual_seed(m.seed)
-        models.append(task.model())
-    refusal = vectorize_refusal(models[0])
-    if refusal:
-        raise ValueError(f"model is not vectorizable: {refusal}")
-    params, buffers = stack_module_state(models)
-    base = copy.deepcopy(models[0]).to("meta")
-    names = list(params)
-    plan = param_groups(models[0], weight_decay=1.0, **task.param_groups).plan
-    multiplier = {e.name: (e.weight_decay or 0.0) for e in plan.entries}
-    for name in names:
-        multiplier.setdefault(name, 0.0)
-    del models
-
-    direct = stacked_forward(base)
-    member_loss = population_loss(task.loss)
-    if direct is not None:  # a plain MLP: batched matrix products, no vmap
-
-        def batched_outputs(p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor) -> Tensor:
-            return direct(p, x)
-
-        def batched_loss(
-            p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor, y: Tensor
-        ) -> Tensor:
-            return member_loss(direct(p, x), y)
-
-    else:
-        batched_loss, batched_outputs = _vmapped(task, base)
-
-    lrs = torch.tensor([m.lr for m in members], dtype=torch.float64)
-    wds = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
-    trainable = [n for n in names if params[n].requires_grad]
-    groups: dict[float, list[int]] = {}
-    for i, n in enumerate(trainable):
-        groups.setdefault(multiplier[n], []).append(i)
-    decay_of = {mult: wds * mult for mult in groups}
-    peaks = lrs if decay_scale == "schedule" else None
-    exp_avgs: list[Tensor] = []
-    exp_avg_sqs: list[Tensor] = []
-    steps = [torch.tensor(0.0) for _ in trainable]
-
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total = epochs * steps_per_epoch
-    warm = int(task.warmup_steps if warmup_steps is None else warmup_steps)
-    shape = make_schedule(schedule or task.schedule, total, min(warm, total - 1))
-    gens = [torch.Generator().manual_seed(m.seed + 1) for m in members]
-    tensors = task.data if isinstance(task.data, tuple) else None
-    val_batches = [task.batch(m.val_idx) for m in members]
-    val_x = torch.stack([b[0] for b in val_batches])
-    val_y = torch.stack([b[1] for b in val_batches])
-    del val_batches
-    metric = _Metric(task.metric)
-    results = [MemberResult() for _ in members]
-    alive = torch.ones(len(members), dtype=torch.bool)
-    everyone = True  # no member has diverged: skip the masking
-    step = 0
-    flushing = flush_denormals()  # as fit does
-    flushing.__enter__()
-    try:
-        for epoch in range(epochs):
-            orders = torch.stack(
-                [
-                    m.train_idx[torch.randperm(n_train, generator=g)]
-                    for m, g in zip(members, gens, strict=True)
-                ]
-            )
-            epoch_losses = []
-            base.train()
-            for s in range(steps_per_epoch):
-                idx = orders[:, s * batch_size : (s + 1) * batch_size]
-                if tensors is not None:  # one gather for every member
-                    x, y = tensors[0][idx], tensors[1][idx]
-                else:
-                    batches = [task.batch(row) for row in idx]
-                    x = torch.stack([b[0] for b in batches])
-                    y = torch.stack([b[1] for b in batches])
-                losses = batched_loss(params, buffers, x, y)
-                values = losses.detach()
-                bad = ~torch.isfinite(values)
-                if bool(bad.any()):
-                    for i in torch.nonzero(bad & alive).flatten().tolist():
-                        results[i].diverged = (
-                            f"the training loss became {values[i].item()} at epoch {epoch + 1}, "
-                            f"step {step + 1} (weight_decay={members[i].weight_decay:g}, "
-                            f"lr={members[i].lr:g})"
-                        )
-                    alive &= ~bad
-                    everyone = False
-                objective = losses.sum() if everyone else torch.where(alive, losses, 0.0).sum()
-                grads = torch.autograd.grad(
-                    objective, [params[n] for n in trainable], allow_unused=True
-                )
-                if step == 0:  # hold each parameter in the layout its gradient comes in
-                    for n, g in zip(trainable, grads, strict=True):
-                        if g is not None:
-                            params[n] = _relaid(params[n], g)
-                    exp_avgs = [torch.zeros_like(params[n]) for n in trainable]
-                    exp_avg_sqs = [torch.zeros_like(params[n]) for n in trainable]
-                lr_now = lrs * shape(step)
-                with torch.no_grad():
-                    for mult, all_of_group in groups.items():
-                        # as torch.optim.AdamW: no gradient (unused this step), no step
-                        group = [i for i in all_of_group if grads[i] is not None]
-                        if not group:
-                            continue
-                        ps = [params[trainable[i]] for i in group]
-                        adamw_step(
-                            [_dense(p) for p in ps],
-                            [_dense(_like(grads[i], p)) for i, p in zip(group, ps, strict=True)],
-                            [_dense(exp_avgs[i]) for i in group],
-                            [_dense(exp_avg_sqs[i]) for i in group],
-                            [steps[i] for i in group],
-                            lr=lr_now,
-                            weight_decay=decay_of[mult],
-                            decay_scale=decay_scale,
-                            lr_peak=peaks,
-                        )
-                step += 1
-                epoch_losses.append(values.double() * x.shape[1])
-            totals = torch.stack(epoch_losses).sum(0) / n_train
-            with torch.no_grad():
-                base.eval()
-                out = batched_outputs(params, buffers, val_x.clone())  # in-place layers
-                val_losses = member_loss(out, val_y).tolist()
-                val_metrics = metric(out, val_y)
-            for i, r in enumerate(results):
-                r.train_losses.append(float(totals[i]) if bool(alive[i]) else math.nan)
-                r.val_losses.append(val_losses[i])
-                if val_metrics is not None:
-                    r.val_metrics.append(val_metrics[i])
-            if progress is not None:
-                progress(epoch + 1, epochs)
-    finally:
-        flushing.__exit__(None, None, None)
-    stacked = {**params, **buffers}
-    for i, r in enumerate(results):
-        r.state = {n: stacked[n][i].detach() for n in base.state_dict()}
+    sched = check_choice("schedule", schedule or task.schedule, SCHEDULES)
+    warm = check_whole("warmup_steps", task.warmup_steps if warmup_steps is None else warmup_steps)
+    where = resolve_device(device)
+    check_precision(precision, where)
+    check_members(task, members)
+    members = [
+        Member(m.weight_decay, m.lr, check_index("train_idx", m.train_idx, len(task)),
+               check_index("val_idx", m.val_idx, len(task)), m.seed)  # type: ignore[arg-type]
+        for m in members
+    ]  # fmt: skip
+    engine = StackedEngine(
+        task, members, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale,
+        schedule=sched, warmup_steps=warm, device=where, precision=precision,
+    )  # fmt: skip
+    histories = run_epochs(
+        engine,
+        [m.train_idx for m in members],
+        [m.seed for m in members],
+        epochs=epochs,
+        batch_size=batch_size,
+        device=where,
+        validate=True,
+        describe=lambda i: f"weight_decay={members[i].weight_decay:g}, lr={members[i].lr:g}",
+        progress=progress,
+    )
+    results = []
+    for h, state in zip(histories, engine.states(), strict=True):
+        results.append(MemberResult(h.train_losses, h.val_losses, h.val_metrics, h.diverged, state))
     return results

@@ -1,0 +1,24 @@
+"""Training: one run (:func:`fit`) and many stacked runs (:func:`fit_population`) on one loop core.
+
+- :mod:`.loop`: the loop core both share (seeded batch orders, data on the device once,
+  divergence found without host synchronisation, subnormals flushed).
+- :mod:`.single`: :func:`fit`, one model with :class:`adamwkit.AdamW`.
+- :mod:`.population`: :func:`fit_population`, members stacked along dim 0 and stepped by
+  the population form of :func:`adamwkit.adamw_step`.
+"""
+
+from .loop import History, TrainingDiverged, flush_denormals
+from .population import Member, MemberResult, fit_population
+from .single import FitResult, evaluate, fit
+
+__all__ = [
+    "FitResult",
+    "History",
+    "Member",
+    "MemberResult",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    "fit_population",
+    "flush_denormals",
+]

@@ -1,0 +1,213 @@
+"""The loop core shared by :func:`~adamwkit.fit` (one model) and
+:func:`~adamwkit.train.fit_population` (many models stacked into one).
+
+Both train K members (K = 1 for ``fit``) over the same number of steps:
+
+- member ``i`` draws its batch order from a CPU ``torch.Generator`` seeded with
+  ``seed_i + 1``, one permutation of its own training indices per epoch, so a run is the
+  same on every device and a stacked member sees the batches its standalone run sees;
+- the data moves to the device once per run (:class:`DeviceData`), and each epoch's batch
+  orders once per epoch;
+- every step's per-member losses stay on the device: a loss that is NaN or infinite is
+  found at the end of the epoch, with the step it first appeared at, so a GPU is never
+  stopped to ask the host about a loss;
+- subnormal floats are flushed to zero for the whole run (:func:`flush_denormals`).
+
+What differs between one model and a stack is an :class:`Engine`: how one step of
+every member is computed, and how members are validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from ..tasks import Task
+
+__all__ = [
+    "DeviceData",
+    "Engine",
+    "History",
+    "TrainingDiverged",
+    "check_index",
+    "flush_denormals",
+    "run_epochs",
+]
+
+_flush_depth = 0
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush subnormal floats to zero inside the block (nested blocks share one setting).
+
+    Strong weight decay drives weights towards zero, where subnormal arithmetic is tens of
+    times slower on CPUs. The flag is per thread and threads inherit it when created, so
+    enter this before the first parallel operation of a run (``tune`` does) for the
+    intra-op worker threads to get it too.
+    """
+    global _flush_depth
+    if _flush_depth == 0 and not torch.set_flush_denormal(True):
+        yield  # not supported on this CPU
+        return
+    _flush_depth += 1
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def check_index(name: str, idx: Sequence[int] | Tensor | None, n: int) -> Tensor | None:
+    """``idx`` as a 1-D long CPU tensor of indices into ``n`` examples, or a ``ValueError``."""
+    if idx is None:
+        return None
+    t = torch.as_tensor(idx, dtype=torch.long).reshape(-1).cpu()
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty: expected at least one example index")
+    if int(t.min()) < 0 or int(t.max()) >= n:
+        raise ValueError(f"{name} is invalid: expected indices in [0, {n - 1}]")
+    return t
+
+
+class DeviceData:
+    """A task's examples on ``device``: tensors are moved once, a ``Dataset`` is read and
+    collated per batch, then moved."""
+
+    def __init__(self, task: Task, device: torch.device) -> None:
+        self.task = task
+        self.device = device
+        self.tensors: tuple[Tensor, Tensor] | None = None
+        if isinstance(task.data, tuple):
+            x, y = task.data
+            self.tensors = (x.to(device), y.to(device))
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs and targets at ``index``: 1-D (one batch) or 2-D (a batch per member)."""
+        if self.tensors is not None:
+            index = index.to(self.device)
+            return self.tensors[0][index], self.tensors[1][index]
+        rows = index.cpu()
+        if rows.dim() == 1:
+            x, y = self.task.batch(rows)
+        else:
+            pairs = [self.task.batch(row) for row in rows]
+            x = torch.stack([p[0] for p in pairs])
+            y = torch.stack([p[1] for p in pairs])
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class Engine(Protocol):
+    """One step of every member, and their validation."""
+
+    def train_step(self, index: Tensor) -> Tensor:
+        """Train on the examples at ``index`` (members x batch); return each member's
+        batch loss, detached, on the device (no host synchronisation)."""
+        ...
+
+    def validate(self) -> tuple[list[float], list[float] | None]:
+        """Each member's validation loss, and metric (or ``None``)."""
+        ...
+
+    def set_training(self, mode: bool) -> None: ...
+
+
+@dataclass
+class History:
+    """One member's per-epoch losses, and why it stopped if its loss became non-finite."""
+
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    val_metrics: list[float] = field(default_factory=list)
+    diverged: str = ""
+    steps: int = 0
+
+
+def run_epochs(
+    engine: Engine,
+    train_sets: Sequence[Tensor],
+    seeds: Sequence[int],
+    *,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    validate: bool,
+    describe: Callable[[int], str],
+    progress: Callable[[int, int], Any] | None = None,
+    after_epoch: Callable[[int, list[History]], bool] | None = None,
+) -> list[History]:
+    """Train every member for ``epochs`` epochs; return their histories.
+
+    ``train_sets[i]`` holds member ``i``'s training indices (all the same size),
+    ``describe(i)`` names its settings in a divergence message. ``after_epoch(epoch,
+    histories)`` may return True to stop early. A member whose training loss became
+    non-finite keeps NaN train losses from that epoch on; training stops once every member
+    has diverged.
+    """
+    k = len(train_sets)
+    n_train = int(train_sets[0].numel())
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    gens = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
+    histories = [History() for _ in range(k)]
+    alive = [True] * k
+    sizes = torch.tensor(
+        [min(batch_size, n_train - s * batch_size) for s in range(steps_per_epoch)],
+        dtype=torch.float64,
+        device=device,
+    )
+    step = 0
+    with flush_denormals():
+        for epoch in range(epochs):
+            orders = torch.stack(
+                [
+                    t[torch.randperm(n_train, generator=g)]
+                    for t, g in zip(train_sets, gens, strict=True)
+                ]
+            ).to(device)
+            per_step = torch.empty(steps_per_epoch, k, dtype=torch.float64, device=device)
+            engine.set_training(True)
+            for s in range(steps_per_epoch):
+                index = orders[:, s * batch_size : (s + 1) * batch_size]
+                per_step[s] = engine.train_step(index)
+            step += steps_per_epoch
+            finite = torch.isfinite(per_step)
+            sums = (per_step * sizes[:, None]).sum(0)
+            if not bool(finite.all()):
+                for i in range(k):
+                    bad = torch.nonzero(~finite[:, i]).flatten()
+                    if bad.numel() and alive[i]:
+                        at = int(bad[0])
+                        alive[i] = False
+                        histories[i].diverged = (
+                            f"the training loss became {float(per_step[at, i])} at epoch "
+                            f"{epoch + 1}, step {step - steps_per_epoch + at + 1} ({describe(i)})"
+                        )
+            totals = (sums / n_train).tolist()
+            for i, h in enumerate(histories):
+                h.train_losses.append(totals[i] if alive[i] else math.nan)
+                h.steps = step
+            if not any(alive):
+                break
+            if validate:
+                engine.set_training(False)
+                losses, metrics = engine.validate()
+                for i, h in enumerate(histories):
+                    h.val_losses.append(losses[i])
+                    if metrics is not None:
+                        h.val_metrics.append(metrics[i])
+            if progress is not None:
+                progress(epoch + 1, epochs)
+            if after_epoch is not None and after_epoch(epoch, histories):
+                break
+    return histories
