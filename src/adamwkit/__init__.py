@@ -6,7 +6,8 @@ Public API (everything else is internal):
 - :func:`param_groups`: which tensors decay, with a printable plan.
 - :func:`adamw_step`, :func:`effective_weight_decay`: the functional form, populations included.
 - :func:`fit`, :class:`Task`: one training run of a task; :func:`tune`: k-fold cross-validated
-  weight decay search in an Optuna study, with a report.
+  weight decay search in an Optuna study, with a report, for a Task or any training loop
+  written as an objective of one :class:`Trial`.
 - :func:`suggest`, :func:`explain`: a weight decay from the timescale rules, with no training.
 - :mod:`adamwkit.timescale`: tau_iter / tau_epoch / tau_run and conversions between conventions.
 - :mod:`adamwkit.schedules`: warmup + cosine / linear / WSD / constant, as PyTorch schedulers.
@@ -20,6 +21,7 @@ from .suggest import Explanation, Suggestion, explain, suggest
 from .tasks import Task
 from .timescale import convert_weight_decay
 from .train import FitResult, fit
+from .tuning.objective import ObjectiveFailed, Trial
 
 
 def __getattr__(name: str) -> object:
@@ -38,10 +40,12 @@ __all__ = [
     "DecayPlan",
     "Explanation",
     "FitResult",
+    "ObjectiveFailed",
     "ParamGroups",
     "PlanEntry",
     "Suggestion",
     "Task",
+    "Trial",
     "TuneResult",
     "__version__",
     "adamw_step",

@@ -12,7 +12,9 @@ def load_object(spec: str, argument: str = "spec") -> Any:
     """Import ``module`` and return ``module.attribute`` (dots walk nested attributes).
 
     The current directory is searched first, as ``python -m`` does. Raises ``ValueError``
-    naming ``argument`` and what failed: the form, the import, or the attribute.
+    naming ``argument`` and what failed: the form, a module that does not exist, or the
+    attribute. An error raised while the module imports is a bug in it, and keeps its
+    traceback.
     """
     module_name, sep, attr = str(spec).partition(":")
     if not sep or not module_name or not attr:
@@ -25,7 +27,10 @@ def load_object(spec: str, argument: str = "spec") -> Any:
         sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as err:  # any import-time failure is the user's to see
+    except ModuleNotFoundError as err:
+        missing = err.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise  # the module exists and imports something missing: the user's to see
         raise ValueError(
             f"{argument}={spec!r} is invalid: importing {module_name!r} failed: "
             f"{type(err).__name__}: {err}"

@@ -60,6 +60,10 @@ _FLAGS = {
     "max_memory": "--max-memory",
     "workers": "--workers",
     "vectorize": "--vectorize",
+    "examples": "--examples",
+    "test_fraction": "--test-fraction",
+    "device": "--device",
+    "precision": "--precision",
 }
 
 
@@ -182,16 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
         "running the same command. Rerunning resumes the study.",
     )
     p.add_argument(
-        "task",
+        "objective",
         nargs="?",
         default="digits",
-        help="a built-in task (digits, charlm) or module:attribute naming a Task",
+        metavar="TASK",
+        help="a built-in task (digits, charlm), or module:attribute naming a Task or an "
+        "objective: a function objective(trial) -> validation loss (needs --examples, --lr)",
+    )
+    p.add_argument(
+        "--examples", type=_number, help="with an objective: how many examples the folds split"
     )
     p.add_argument("--folds", type=_number, default=5, help="k of k-fold CV (default 5)")
     p.add_argument("--epochs", type=_number, help="epochs per training (default: the task's)")
     p.add_argument("--lr", type=_number, help="peak learning rate (default: the task's)")
     p.add_argument("--batch-size", type=_number, help="batch size (default: the task's)")
     p.add_argument("--decay-scale", choices=("lr", "schedule"), help="convention (default: task's)")
+    p.add_argument(
+        "--test-fraction",
+        type=_number,
+        help="share of the examples held out for the final test (default: the task's, or 0.2)",
+    )
     p.add_argument("--grid", help="explicit candidates, comma-separated: 0,1e-3,1e-2")
     p.add_argument("--min", dest="grid_min", type=_number, help="smallest non-zero candidate")
     p.add_argument("--max", dest="grid_max", type=_number, help="largest candidate")
@@ -218,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number,
         default=1,
         help="processes that will share the study: each claims 1/N of it at a time",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU when there is one), cpu, cuda or cuda:<index>",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the forward pass under bfloat16 autocast (weights stay float32)",
     )
     p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -513,7 +538,11 @@ def _cmd_tune(a: argparse.Namespace) -> int:
             f"tune needs Optuna, scikit-learn and matplotlib ({err}): pip install 'adamwkit[tune]'"
         ) from err
     result = tune(
-        a.task,
+        a.objective,
+        examples=None if a.examples is None else _whole("examples", a.examples, 2),
+        test_fraction=a.test_fraction,
+        device=a.device,
+        precision=a.precision,
         folds=_whole("folds", a.folds, 2),
         epochs=None if a.epochs is None else _whole("epochs", a.epochs, 1),
         lr=a.lr,
@@ -552,9 +581,8 @@ def _show_tune(result: Any) -> None:
 
     s = result.summary
     console = _console()
-    table = Table(
-        title=f"{s['task']}: {s['folds']}-fold CV, {s['epochs']} epochs", title_justify="left"
-    )
+    epochs = f", {s['epochs']} epochs" if s.get("epochs") else ""
+    table = Table(title=f"{s['task']}: {s['folds']}-fold CV{epochs}", title_justify="left")
     for col in ("weight_decay", "lr", "tau_epoch", "CV loss +- SE", "paired diff +- SE", "state"):
         table.add_column(col, justify="left" if col == "state" else "right")
     g = "{:.4g}".format
@@ -570,14 +598,13 @@ def _show_tune(result: Any) -> None:
             if c["paired_diff"] is None
             else f"{c['paired_diff']:+.3g} +- {(c['paired_sem'] or 0):.2g}"
         )
-        tau = (
-            "inf" if c["tau_epoch"] is None or c["tau_epoch"] == float("inf") else g(c["tau_epoch"])
-        )
+        tau = "-" if c["tau_epoch"] is None else g(c["tau_epoch"])
         state = c["state"] + (f" ({c['reason']})" if c["reason"] else "")
         table.add_row(g(c["weight_decay"]), g(c["lr"]), tau, mean, diff, escape(state) + mark)
     console.print(table)
     style = "bold yellow" if s["flat"] else "bold green"
     console.print(f"[{style}]{escape(s['verdict'])}[/{style}]")
+    console.print(f"[dim]vectorize: {escape(s['vectorize'])}[/dim]")
     console.print(f"Report: {result.paths['report']}  (summary: {result.paths['summary']})")
 
 

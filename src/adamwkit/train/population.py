@@ -44,7 +44,6 @@ __all__ = [
     "population_loss",
     "stacked_forward",
     "vectorize_refusal",
-    "vmap_problems",
 ]
 
 
@@ -132,47 +131,6 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
         for h in hooks:
             h.remove()
     return 5 * weights + 3 * batch_size * activations // n
-
-
-def vmap_problems(task: Task, model: nn.Module) -> tuple[str | None, list[str]]:
-    """How ``model`` fares under ``torch.func.vmap``: ``(failure, slow_ops)``.
-
-    Two stacked copies of ``model`` run one training step's forward and backward pass and
-    one evaluation pass on two examples. ``failure`` is the error it raised (the model
-    cannot be stacked this way), else ``None``; ``slow_ops`` names the operators that
-    ``torch.func`` has no batching rule for: it runs them member by member, which makes a
-    stacked population slower than training the members one after another.
-    """
-    import re
-    import warnings
-
-    from torch.func import stack_module_state
-
-    copies = [copy.deepcopy(model) for _ in range(2)]
-    params, buffers = stack_module_state(copies)
-    base = copy.deepcopy(model).to("meta")
-    batched_loss, batched_outputs = _vmapped(task, base)
-    x, y = task.batch(torch.arange(min(2, len(task))))
-    xs, ys = torch.stack([x, x]), torch.stack([y, y])
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            base.train()
-            trainable = [t for t in params.values() if t.requires_grad]
-            loss = batched_loss(params, buffers, xs, ys).sum()
-            torch.autograd.grad(loss, trainable, allow_unused=True)
-            base.eval()
-            with torch.no_grad():
-                batched_outputs(params, buffers, xs)
-        except Exception as err:
-            return f"{type(err).__name__}: {err}".splitlines()[0], []
-    slow = []
-    for w in caught:
-        found = re.search(r"batching rule for (\S+?)\.? ", str(w.message))
-        if found and found.group(1) not in slow:
-            slow.append(found.group(1))
-    return None, slow
 
 
 Batched = Callable[..., Tensor]
@@ -478,6 +436,93 @@ class StackedEngine:
         stacked = {**self.params, **self.buffers}
         names = list(self.base.state_dict())
         return [{n: stacked[n][i].detach() for n in names} for i in range(len(self.members))]
+
+
+class StackingFailed(Exception):
+    """The model (or its loss) fails when its members are stacked under ``torch.func``."""
+
+
+def stacking_speed(
+    task: Task,
+    members: Sequence[Member],
+    *,
+    epochs: int,
+    batch_size: int,
+    decay_scale: str,
+    schedule: str,
+    warmup_steps: int,
+    device: torch.device,
+    precision: str,
+    min_seconds: float = 0.3,
+) -> tuple[float, float, list[str]]:
+    """Seconds per step of one member trained alone and of ``members`` stacked, and the
+    operators ``torch.func`` ran member by member (no batching rule).
+
+    Each path takes two untimed steps (first-step set-up), then timed steps until
+    ``min_seconds`` have passed (at least 3, at most 20), on the same batch. Raises
+    :class:`StackingFailed` with the error when the stacked model fails; an error of the
+    single run (the user's code) propagates.
+    """
+    import re
+    import warnings
+
+    from .single import single_engine
+
+    data = DeviceData(task, device)
+    n_train = int(members[0].train_idx.numel())
+    total = epochs * math.ceil(n_train / batch_size)
+    first = members[0]
+    alone = single_engine(
+        task, first.weight_decay, lr=first.lr, seed=first.seed, total_steps=total,
+        decay_scale=decay_scale, schedule=schedule, warmup_steps=warmup_steps, device=device,
+        precision=precision, data=data,
+    )  # fmt: skip
+    single = _seconds_per_step(
+        alone, first.train_idx[:batch_size].reshape(1, -1), device, min_seconds
+    )
+    del alone
+    index = torch.stack([m.train_idx[:batch_size] for m in members])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            engine = StackedEngine(
+                task, members, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale,
+                schedule=schedule, warmup_steps=warmup_steps, device=device,
+                precision=precision, data=data,
+            )  # fmt: skip
+            stacked = _seconds_per_step(engine, index, device, min_seconds)
+            engine.set_training(False)
+            engine.validate()
+        except Exception as err:
+            raise StackingFailed(f"{type(err).__name__}: {err}".splitlines()[0]) from err
+    slow = []
+    for w in caught:
+        found = re.search(r"batching rule for (\S+?)\.? ", str(w.message))
+        if found and found.group(1) not in slow:
+            slow.append(found.group(1))
+    return single, stacked, slow
+
+
+def _seconds_per_step(
+    engine: Any, index: Tensor, device: torch.device, min_seconds: float
+) -> float:
+    import time
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    engine.set_training(True)
+    for _ in range(2):
+        engine.train_step(index)
+    sync()
+    start, steps = time.perf_counter(), 0
+    while steps < 3 or (time.perf_counter() - start < min_seconds and steps < 20):
+        engine.train_step(index)
+        steps += 1
+        if steps >= 3:
+            sync()
+    return (time.perf_counter() - start) / steps
 
 
 def check_members(task: Task, members: Sequence[Member]) -> None:

@@ -153,6 +153,38 @@ class _SingleEngine:
         return [loss], (None if metric is None else [metric])
 
 
+def single_engine(
+    task: Task,
+    weight_decay: float,
+    *,
+    lr: float,
+    seed: int,
+    total_steps: int,
+    decay_scale: str,
+    schedule: str,
+    warmup_steps: int,
+    device: torch.device,
+    precision: str,
+    data: DeviceData | None = None,
+    val: Tensor | None = None,
+) -> _SingleEngine:
+    """The engine :func:`fit` trains with: a seeded ``task.model()`` on ``device``, its
+    :class:`AdamW` over :func:`param_groups`, and the schedule as a ``LambdaLR``."""
+    torch.manual_seed(seed)
+    model = task.model().to(device)
+    model.train()
+    opt = AdamW(
+        param_groups(model, weight_decay=weight_decay, **task.param_groups),
+        lr=lr,
+        decay_scale=decay_scale,
+    )
+    lr_sched = make_schedule(schedule, total_steps, min(warmup_steps, total_steps - 1)).scheduler(
+        opt
+    )
+    data = data if data is not None else DeviceData(task, device)
+    return _SingleEngine(task, model, opt, lr_sched, data, val, precision)
+
+
 def fit(
     task: Task,
     weight_decay: float,
@@ -210,15 +242,12 @@ def fit(
     train = torch.arange(n) if train is None else train
     val = check_index("val_idx", val_idx, n)
 
-    torch.manual_seed(seed)
-    model = task.model().to(where)
-    model.train()
-    total_steps = n_epochs * math.ceil(train.numel() / bs)
-    opt = AdamW(
-        param_groups(model, weight_decay=wd, **task.param_groups), lr=lr_, decay_scale=scale
-    )
-    lr_sched = make_schedule(sched_name, total_steps, min(warm, total_steps - 1)).scheduler(opt)
-    engine = _SingleEngine(task, model, opt, lr_sched, DeviceData(task, where), val, precision)
+    engine = single_engine(
+        task, wd, lr=lr_, seed=seed, total_steps=n_epochs * math.ceil(train.numel() / bs),
+        decay_scale=scale, schedule=sched_name, warmup_steps=warm, device=where,
+        precision=precision, val=val,
+    )  # fmt: skip
+    model = engine.model
 
     result = FitResult(model, wd, lr_, scale, 0, 0)
     best: dict[str, Any] = {"loss": math.inf, "state": None, "since": 0}

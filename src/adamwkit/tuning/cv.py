@@ -28,6 +28,7 @@ from ..timescale import convert_weight_decay, weight_decay_from_tau_epoch
 __all__ = [
     "CVSummary",
     "Candidate",
+    "Splits",
     "default_grid",
     "holdout_split",
     "make_folds",
@@ -80,6 +81,27 @@ def make_folds(
     return [(pool[a], pool[b]) for a, b in parts]
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The held-out test split and the k folds over the rest (indices into the examples)."""
+
+    pool: np.ndarray
+    test: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def make(
+        cls, n: int, labels: np.ndarray | None, test_fraction: float, folds: int, seed: int
+    ) -> Splits:
+        pool, test = holdout_split(n, labels, test_fraction, seed)
+        return cls(pool, test, make_folds(pool, labels, folds, seed))
+
+    @property
+    def n_train(self) -> int:
+        """The fewest examples any fold trains on."""
+        return min(len(tr) for tr, _ in self.folds)
+
+
 def default_grid(
     *,
     lr: float,
@@ -111,6 +133,7 @@ class Candidate:
     lr: float
     fold_losses: dict[int, float] = field(default_factory=dict)
     fold_metrics: dict[int, float] = field(default_factory=dict)
+    fold_curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     state: str = "complete"  # complete | pruned | failed | running | waiting
     reason: str = ""
     tau_epoch: float | None = None
@@ -135,6 +158,9 @@ class Candidate:
             "fold_metrics": [
                 self.fold_metrics.get(f) for f in range(max(self.fold_metrics, default=-1) + 1)
             ],
+            "fold_curves": {
+                str(f): [list(p) for p in c] for f, c in sorted(self.fold_curves.items())
+            },
             "paired_diff": self.paired_diff,
             "paired_sem": self.paired_sem,
             "state": self.state,

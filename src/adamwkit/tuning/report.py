@@ -16,7 +16,7 @@ from typing import Any
 
 from .._io import atomic_write, json_safe
 
-__all__ = ["plot_cv_curve", "render_html", "write_reports"]
+__all__ = ["plot_cv_curve", "plot_learning_curves", "render_html", "write_reports"]
 
 
 def _g(x: float | None, digits: int = 4) -> str:
@@ -75,8 +75,9 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
         w = np.asarray(w, dtype=float)
         return factor / np.maximum(w, 1e-300)
 
-    top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
-    top.set_xlabel("tau_epoch (epochs)")
+    if factor:
+        top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
+        top.set_xlabel("tau_epoch (epochs)")
     title = "flat: weight decay hardly matters here" if summary["flat"] else "CV loss"
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
     ax.legend(fontsize=8, loc="best")
@@ -88,7 +89,62 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def render_html(summary: dict[str, Any], png: bytes) -> str:
+def mean_curve(fold_curves: dict[str, list[list[float]]]) -> tuple[list[float], list[float]]:
+    """The mean over folds of a candidate's learning curve, at the steps every fold reported."""
+    curves = [dict((int(a), float(b)) for a, b in c) for c in fold_curves.values() if c]
+    if not curves:
+        return [], []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return [float(t) for t in steps], [sum(c[t] for c in curves) / len(curves) for t in steps]
+
+
+def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
+    """Each candidate's validation loss against the step it was reported at (the mean over
+    folds), coloured by weight decay, as PNG; ``None`` when no run reported a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lines = []
+    for c in summary["candidates"]:
+        steps, values = mean_curve(c.get("fold_curves") or {})
+        if steps:
+            lines.append((c, steps, values))
+    if not lines:
+        return None
+    positive = [c["weight_decay"] for c, _, _ in lines if c["weight_decay"] > 0]
+    lo, hi = (min(positive), max(positive)) if positive else (1.0, 1.0)
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for c, steps, values in sorted(lines, key=lambda x: x[0]["weight_decay"]):
+        wd = c["weight_decay"]
+        if wd == 0:
+            color, style = "black", "--"
+        else:
+            pos = 0.5 if hi == lo else (np.log(wd) - np.log(lo)) / (np.log(hi) - np.log(lo))
+            color, style = cmap(0.9 * pos), "-"
+        best = wd == summary.get("best_weight_decay") and c["lr"] == summary.get("best_lr")
+        lrs = {x["lr"] for x, _, _ in lines}
+        label = f"wd {wd:.3g}" + (f", lr {c['lr']:.3g}" if len(lrs) > 1 else "")
+        ax.plot(steps, values, style, color=color, lw=2.2 if best else 1.1,
+                label=label + (" (best)" if best else ""))  # fmt: skip
+    if all(v > 0 for _, _, vals in lines for v in vals):
+        ax.set_yscale("log")
+    ax.set_xlabel("step reported (trial.report); epochs for built-in tasks")
+    ax.set_ylabel("validation loss, mean over folds")
+    ax.set_title(f"{summary['task']}: learning curves", fontsize=10)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_html(summary: dict[str, Any], png: bytes, curves: bytes | None = None) -> str:
     """A self-contained page: the recommendation, the plot (embedded), the table, the settings."""
     e = html.escape
     rows = []
@@ -115,6 +171,17 @@ def render_html(summary: dict[str, Any], png: bytes) -> str:
     )
     settings = e(json.dumps(summary["settings"], indent=2))
     image = base64.b64encode(png).decode("ascii")
+    curves_html = ""
+    if curves is not None:
+        data = base64.b64encode(curves).decode("ascii")
+        curves_html = (
+            '<h2>Learning curves</h2><img alt="validation loss against step" '
+            f'src="data:image/png;base64,{data}">'
+        )
+    how = e(
+        f"device {summary.get('device', '?')}, precision {summary.get('precision', 'fp32')}, "
+        f"vectorize {summary.get('vectorize', '?')}"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>adamwkit tune: {e(summary["task"])}</title>
@@ -128,6 +195,7 @@ th {{ background: #f3f3f3; }}
 <h1>Weight decay for {e(summary["task"])}</h1>
 <p class="verdict">{e(summary["verdict"])}</p>
 <img alt="CV loss against weight decay" src="data:image/png;base64,{image}">
+{curves_html}
 <h2>Candidates</h2>
 <table><tr><th>weight decay</th><th>lr</th><th>tau_epoch</th><th>CV loss &plusmn; SE</th>
 <th>paired diff to best &plusmn; SE</th><th>state</th><th></th></tr>
@@ -135,17 +203,21 @@ th {{ background: #f3f3f3; }}
 <h2>Held-out test split</h2>
 <table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
 <th>{e(summary["metric_name"])}</th></tr>{test_rows}</table>
-<h2>Settings</h2><pre>{settings}</pre>
+<h2>Settings</h2><p>{how}</p><pre>{settings}</pre>
 </body></html>
 """
 
 
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
-    """Write summary.json, cv_curve.png and report.html into ``run_dir``, each atomically."""
+    """Write summary.json, cv_curve.png, learning_curves.png (when runs reported curves)
+    and report.html into ``run_dir``, each atomically."""
     png = plot_cv_curve(summary)
+    curves = plot_learning_curves(summary)
     paths = {
         "summary": atomic_write(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2)),
         "plot": atomic_write(run_dir / "cv_curve.png", png),
     }
-    paths["report"] = atomic_write(run_dir / "report.html", render_html(summary, png))
+    if curves is not None:
+        paths["curves"] = atomic_write(run_dir / "learning_curves.png", curves)
+    paths["report"] = atomic_write(run_dir / "report.html", render_html(summary, png, curves))
     return paths

@@ -1,12 +1,23 @@
-"""``tune``: k-fold cross-validated weight decay search in an Optuna study, and its verdict."""
+"""``tune``: k-fold cross-validated weight decay search in an Optuna study, and its verdict.
+
+The steps, each in its own module:
+
+1. what to train: a Task or an objective (:mod:`.objective`), prepared the same way in
+   every worker process (:func:`prepare`);
+2. the settings, validated once into a frozen :class:`~.config.TuneConfig` (:func:`configure`);
+3. the study and its workers (:mod:`.study`, :mod:`.workers`): each worker claims
+   candidates and runs their missing folds with an executor (:mod:`.executor`);
+4. the statistics (:mod:`.cv`), the refits on the test split, the report (:mod:`.report`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+import pickle
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,25 +29,22 @@ import optuna
 import torch
 
 from .._checks import check_choice, check_range, check_whole
-from ..suggest import TORCH_DEFAULT, suggest
-from ..tasks import Task, cross_entropy, get_task
+from .._device import check_precision, device_for, resolve_device
+from ..suggest import TORCH_DEFAULT, Suggestion, suggest
+from ..tasks import Task
 from ..timescale import convert_weight_decay, tau_epoch
-from ..train import TrainingDiverged, evaluate, fit, flush_denormals, population
+from ..train import flush_denormals
 from . import cv, report
 from . import study as study_mod
+from .config import StudySpec, TuneConfig
+from .executor import DEFAULT_MEMBERS, Decision, Job, Runner, choose, measure, refusal
+from .objective import Objective, ObjectiveFailed, TaskObjective, Trial, resolve_source
+from .progress import Progress
+from .workers import Slot, ThreadShare, busy_cores, start_processes, stop_processes
 
 __all__ = ["SAMPLERS", "TuneResult", "tune"]
 
 SAMPLERS = ("grid", "tpe", "gp")
-# Members trained together when no memory cap is given.
-DEFAULT_MEMBERS = 128
-# Above this batch_size x parameters, one member's step already keeps the CPU busy, so
-# stacking gains nothing. Measured on 2 cores (benchmarks/sweep_speed.py): the digits
-# sweep with a 64-wide MLP (batch x parameters 2.9e5) trains 13.6x faster stacked, with a
-# 512-wide one (9.6e6) 1.35x, with a 1024-wide one (3.6e7) 0.73x. Models that go through
-# torch.func.vmap pay its per-call work on top, so their limit is lower.
-LARGE_STEP_MLP = 16_000_000
-LARGE_STEP = 2_000_000
 
 
 @dataclass
@@ -58,6 +66,129 @@ class TuneResult:
     @property
     def flat(self) -> bool:
         return bool(self.summary["flat"])
+
+
+# ---------------------------------------------------------------------------- what to train
+
+
+@dataclass(frozen=True)
+class Source:
+    """The arguments that say what to train, as given (picklable, for worker processes)."""
+
+    objective: Any
+    examples: int | None = None
+    data: Any = None
+    labels: Any = None
+    epochs: int | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class Prepared:
+    """What a worker trains: the objective, the examples' count and labels, a description."""
+
+    name: str
+    task: Task | None
+    objective: Objective
+    n: int
+    labels: np.ndarray | None
+    data: Any
+    description: str
+    metric_name: str
+
+
+def prepare(source: Source) -> Prepared:
+    """Load the task or objective and check its examples (see :func:`tune`)."""
+    task, fn, name = resolve_source(source.objective)
+    if task is not None:
+        for arg in ("examples", "data", "labels"):
+            if getattr(source, arg) is not None:
+                raise ValueError(
+                    f"{arg} is invalid with task={task.name!r}: a Task brings its own data "
+                    "(examples, data and labels go with an objective)"
+                )
+        epochs = check_whole("epochs", task.epochs if source.epochs is None else source.epochs, 1)
+        bs = check_whole(
+            "batch_size", task.batch_size if source.batch_size is None else source.batch_size, 1
+        )
+        return Prepared(
+            name=name,
+            task=task,
+            objective=TaskObjective(task, epochs=epochs, batch_size=bs),
+            n=len(task),
+            labels=task.label_array(),
+            data=None,
+            description=task.description,
+            metric_name=task.metric_name,
+        )
+    assert fn is not None
+    n = _examples(source.examples, source.data)
+    labels = None
+    if source.labels is not None:
+        labels = np.asarray(
+            source.labels.detach().cpu()
+            if isinstance(source.labels, torch.Tensor)
+            else source.labels
+        )
+        if labels.ndim != 1 or len(labels) != n:
+            raise ValueError(
+                f"labels has shape {labels.shape}: expected one label per example ({n})"
+            )
+    doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+    return Prepared(
+        name=name,
+        task=None,
+        objective=fn,
+        n=n,
+        labels=labels,
+        data=source.data,
+        description=doc[0] if doc else "",
+        metric_name="metric",
+    )
+
+
+def _examples(examples: int | None, data: Any) -> int:
+    if data is not None:
+        try:
+            n = len(data)
+        except TypeError:
+            raise ValueError(
+                f"data={type(data).__name__} is invalid: expected something with a length "
+                "(a Dataset, a tensor, a list)"
+            ) from None
+        if examples is not None and check_whole("examples", examples, 2) != n:
+            raise ValueError(f"examples={examples!r} is invalid: data has {n} examples")
+        return n
+    if examples is None:
+        raise ValueError(
+            "examples is needed with an objective: how many examples the folds split "
+            "(--examples N), or pass data=..."
+        )
+    return check_whole("examples", examples, 2)
+
+
+def _fingerprint(prep: Prepared) -> str:
+    """A hash of the examples, so workers with different data cannot share a study."""
+    import hashlib
+
+    h = hashlib.sha256(str(prep.n).encode())
+    parts: list[Any] = []
+    if prep.task is not None and isinstance(prep.task.data, tuple):
+        parts = list(prep.task.data)
+    elif isinstance(prep.data, (torch.Tensor, np.ndarray)):
+        parts = [prep.data]
+    elif isinstance(prep.data, tuple) and all(isinstance(p, torch.Tensor) for p in prep.data):
+        parts = list(prep.data)
+    elif prep.data is not None:
+        h.update(type(prep.data).__qualname__.encode())
+    for part in parts:
+        h.update(torch.as_tensor(part).detach().cpu().contiguous().numpy().tobytes())
+    if prep.labels is not None:
+        h.update(np.ascontiguousarray(prep.labels).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- settings
 
 
 def _values(name: str, values: Sequence[float], low: float, low_open: bool = False) -> list[float]:
@@ -84,6 +215,160 @@ def _study_name(name: str) -> str:
     return name
 
 
+def _default_study_name(name: str) -> str:
+    """A folder-safe study name from a task or objective name (``pkg.train:objective``)."""
+    tail = name.rsplit(":", 1)[-1].rsplit(".", 1)[-1] if ":" in name else name
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-.") or "study"
+    return cleaned[:100]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The validated settings: the config, the splits and the suggestion."""
+
+    config: TuneConfig
+    splits: cv.Splits
+    suggestion: Suggestion | None
+
+
+def configure(prep: Prepared, **kw: Any) -> Plan:
+    """Validate every setting of :func:`tune` into a :class:`Plan` (one line per error)."""
+    task = prep.task
+    k = check_whole("folds", kw["folds"], 2)
+    if task is not None:
+        assert isinstance(prep.objective, TaskObjective)
+        n_epochs: int | None = prep.objective.epochs
+        bs: int | None = prep.objective.batch_size
+        lr_ = check_range("lr", task.lr if kw["lr"] is None else kw["lr"], 0.0, low_open=True)
+        scale = check_choice(
+            "decay_scale", kw["decay_scale"] or task.decay_scale, ("lr", "schedule")
+        )
+        fraction = task.test_fraction if kw["test_fraction"] is None else kw["test_fraction"]
+        schedule: str | None = task.schedule
+    else:
+        n_epochs = None if kw["epochs"] is None else check_whole("epochs", kw["epochs"], 1)
+        bs = None if kw["batch_size"] is None else check_whole("batch_size", kw["batch_size"], 1)
+        if kw["lr"] is None:
+            raise ValueError(
+                "lr is needed with an objective: the peak learning rate your loop trains "
+                "with (trial.lr); the weight decay's meaning depends on it"
+            )
+        lr_ = check_range("lr", kw["lr"], 0.0, low_open=True)
+        scale = check_choice("decay_scale", kw["decay_scale"] or "lr", ("lr", "schedule"))
+        fraction = 0.2 if kw["test_fraction"] is None else kw["test_fraction"]
+        schedule = None
+    fraction = check_range("test_fraction", fraction, 0.0, 1.0, high_open=True)
+    sampler = check_choice("sampler", kw["sampler"], SAMPLERS)
+    vectorize = check_choice("vectorize", kw["vectorize"], ("auto", "on", "off"))
+    if kw["max_memory"] is not None:
+        check_range("max_memory", kw["max_memory"], 0.0, low_open=True)
+    trials = check_whole("trials", kw["trials"], 1)
+    heartbeat = check_whole("heartbeat_interval", kw["heartbeat_interval"], 1)
+    n_workers = check_whole("workers", kw["workers"], 1)
+    seed = check_whole("seed", kw["seed"])
+    device = resolve_device(kw["device"])
+    precision = check_precision(kw["precision"], device)
+    name = _study_name(kw["study"] or _default_study_name(prep.name))
+
+    splits = cv.Splits.make(prep.n, prep.labels, fraction, k, seed)
+    n_train = splits.n_train
+    if bs is not None and bs > n_train:
+        raise ValueError(
+            f"batch_size={bs!r} is invalid: expected at most {n_train}, the examples a fold "
+            "trains on (the task's default batch size is too large for this many folds)"
+        )
+    sug = None
+    default: list[float] | None = None
+    if bs is not None and n_epochs is not None:
+        sug = suggest(lr=lr_, batch_size=bs, dataset_size=n_train, epochs=n_epochs,
+                      decay_scale=scale)  # fmt: skip
+        default = cv.default_grid(lr=lr_, batch_size=bs, n_train=n_train, epochs=n_epochs,
+                                  decay_scale=scale, anchor=sug.value)  # fmt: skip
+    grid, grid_min, grid_max, points = kw["grid"], kw["grid_min"], kw["grid_max"], kw["points"]
+    if grid is not None:
+        candidates = _values("grid", grid, 0.0)
+    elif grid_min is not None or grid_max is not None or points is not None:
+        if grid_min is None or grid_max is None:
+            raise ValueError("grid_min and grid_max go together (--min, --max)")
+        lo = check_range("grid_min", grid_min, 0.0, low_open=True)
+        hi = check_range("grid_max", grid_max, lo)
+        n_points = check_whole("points", 8 if points is None else points, 1)
+        candidates = [0.0, *(float(f"{v:.6g}") for v in np.geomspace(lo, hi, n_points))]
+    elif default is not None:
+        candidates = default
+    else:
+        raise ValueError(
+            "grid is needed with an objective given no batch_size and epochs: the default "
+            "grid spans tau_epoch = batch_size / (lr * weight_decay * N) from 1/4 epoch to "
+            "4x epochs; pass batch_size and epochs, or grid (--grid, or --min/--max)"
+        )
+    lr_grid, search_lr = kw["lr_grid"], kw["search_lr"]
+    if lr_grid is not None and sampler != "grid":
+        raise ValueError(
+            f"lr_grid={list(lr_grid)!r} goes with sampler='grid'; with {sampler!r} pass "
+            "search_lr (--search-lr)"
+        )
+    if search_lr and sampler == "grid":
+        raise ValueError("search_lr needs sampler 'tpe' or 'gp'; with a grid pass lr_grid")
+    lrs = None if lr_grid is None else _values("lr_grid", lr_grid, 0.0, low_open=True)
+
+    common = {
+        "source": prep.name if task is None else task.name,
+        "data": _fingerprint(prep),
+        "folds": k,
+        "epochs": n_epochs,
+        "lr": lr_,
+        "batch_size": bs,
+        "decay_scale": scale,
+        "schedule": schedule,
+        "seed": seed,
+        "test_fraction": fraction,
+        "sampler": sampler,
+        "grid": tuple(candidates),
+        "lr_grid": None if lrs is None else tuple(lrs),
+        "precision": precision,
+    }
+    if sampler == "grid":
+        spec = StudySpec(**common)
+        enqueue = tuple(
+            {"weight_decay": w, **({"lr": a} if lrs else {})}
+            for a in (lrs or [lr_])
+            for w in candidates
+        )
+    else:
+        positive = [c for c in candidates if c > 0]
+        if not positive:
+            raise ValueError(
+                f"grid={candidates!r} is invalid for sampler {sampler!r}: expected at least "
+                "one weight decay > 0 to set the search range"
+            )
+        spec = StudySpec(
+            **common,
+            range=(min(positive), max(positive)),
+            trials=trials,
+            lr_range=(lr_ / 10, lr_ * 10) if search_lr else None,
+        )
+        start = sug.value if sug is not None else float(np.exp(np.mean(np.log(positive))))
+        enqueue = ({"weight_decay": float(f"{start:.6g}"), **({"lr": lr_} if search_lr else {})},)
+
+    config = TuneConfig(
+        spec=spec,
+        enqueue=enqueue,
+        study=name,
+        run_dir=Path(kw["out"]) / name,
+        storage=kw["storage"],
+        prune=bool(kw["prune"]),
+        heartbeat_interval=heartbeat,
+        test=bool(kw["test"]),
+        progress=bool(kw["progress"]),
+        vectorize=vectorize,
+        max_memory=kw["max_memory"],
+        workers=n_workers,
+        device=str(kw["device"] or "auto"),
+    )
+    return Plan(config, splits, sug)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -100,15 +385,22 @@ def _flushing(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# ---------------------------------------------------------------------------- tune
+
+
 @_flushing
 def tune(
-    task: str | Task = "digits",
+    objective: str | Task | Objective = "digits",
     *,
+    examples: int | None = None,
+    data: Any = None,
+    labels: Any = None,
     folds: int = 5,
     epochs: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     decay_scale: str | None = None,
+    test_fraction: float | None = None,
     grid: Sequence[float] | None = None,
     grid_min: float | None = None,
     grid_max: float | None = None,
@@ -128,8 +420,19 @@ def tune(
     vectorize: str = "auto",
     max_memory: float | None = None,
     workers: int = 1,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> TuneResult:
-    """Cross-validate weight decay on ``task``; write the report; return the verdict.
+    """Cross-validate weight decay; write the report; return the verdict.
+
+    ``objective`` is what trains: a built-in task's name (``"digits"``, ``"charlm"``), a
+    :class:`~adamwkit.Task`, ``"module:attribute"`` naming either, or an objective: a
+    function ``objective(trial) -> validation loss`` that trains on ``trial.train_idx``
+    with ``trial.weight_decay`` and ``trial.lr`` (see :class:`~adamwkit.Trial`). An
+    objective says how many examples the folds split with ``examples=N`` or ``data=``
+    (anything with a length; ``trial.train_data`` is then its subset), optionally with
+    ``labels`` for stratified folds, and needs ``lr``; ``epochs`` and ``batch_size`` give
+    the default grid and the timescales.
 
     The candidates are ``grid``, or a log grid of ``points`` from ``grid_min`` to
     ``grid_max`` plus zero, or by default a log grid at 2x spacing through
@@ -137,298 +440,300 @@ def tune(
     plus zero. ``sampler="tpe"`` or ``"gp"`` instead searches ``trials`` candidates in the
     default grid's range; ``lr_grid`` (or ``search_lr`` with a sampler) makes the search
     joint in (lr, weight decay). Every candidate trains on k-1 folds and is scored on the
-    held-out fold; a test split, held out before the folds are made, scores refits at the
-    end. Values are in the convention of ``decay_scale``.
+    held-out fold; a test split (``test_fraction``, default the task's or 0.2), held out
+    before the folds are made, scores refits at the end. Values are in the convention of
+    ``decay_scale``.
+
+    An exception or a non-finite loss from a run fails that candidate with the reason and
+    the study goes on; the first traceback of each error is printed. If no candidate
+    finishes and runs raised, :class:`ObjectiveFailed` is raised from the first error.
 
     The study lives in ``storage`` (default: a journal file in ``out/<study>/``); rerunning
-    the same call resumes it, and any number of processes or machines sharing a database
-    URL share the work. Returns a :class:`TuneResult`; the files are ``summary.json``,
-    ``cv_curve.png`` and ``report.html`` in ``out/<study>/``.
+    the same call resumes it without rerunning finished folds, and processes or machines
+    sharing a database URL share the work. ``workers`` starts that many worker processes on
+    this machine, each with its share of the CPU cores (and on a machine with several GPUs,
+    worker i on GPU i mod count). ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) and
+    ``precision`` (``fp32``, ``bf16``) say where and how runs train.
 
-    ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains the claimed candidates' folds
-    together as one stacked model (see :mod:`adamwkit.tuning.population`); ``"auto"`` falls
-    back to one run at a time, with the reason, for a model that cannot be stacked.
-    ``max_memory`` (GiB) caps the members trained together. ``workers`` is how many
-    processes will share the study: stacked, each claims at most 1/``workers`` of the
-    candidates at a time, so that all of them get work.
+    ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains a Task's claimed candidates and
+    folds together as one stacked model (:func:`adamwkit.train.fit_population`); ``"auto"``
+    measures both ways for a few steps and stacks when that is faster. ``max_memory``
+    (GiB) caps the members trained together.
+
+    Returns a :class:`TuneResult`; the files are ``summary.json``, ``cv_curve.png``,
+    ``learning_curves.png`` and ``report.html`` in ``out/<study>/``.
     """
-    t = get_task(task)
-    k = check_whole("folds", folds, 2)
-    n_epochs = int(check_range("epochs", t.epochs if epochs is None else epochs, 1))
-    lr_ = check_range("lr", t.lr if lr is None else lr, 0.0, low_open=True)
-    bs = int(check_range("batch_size", t.batch_size if batch_size is None else batch_size, 1))
-    scale = check_choice("decay_scale", decay_scale or t.decay_scale, ("lr", "schedule"))
-    check_choice("sampler", sampler, SAMPLERS)
-    check_choice("vectorize", vectorize, ("auto", "on", "off"))
-    if max_memory is not None:
-        check_range("max_memory", max_memory, 0.0, low_open=True)
-    check_range("trials", trials, 1)
-    check_range("heartbeat_interval", heartbeat_interval, 1)
-    n_workers = check_whole("workers", workers, 1)
-    name = _study_name(study or t.name)
-    run_dir = Path(out) / name
-
-    pool, test_idx = cv.holdout_split(len(t), t.label_array(), t.test_fraction, seed)
-    fold_idx = cv.make_folds(pool, t.label_array(), k, seed)
-    n_train = min(len(tr) for tr, _ in fold_idx)
-    if bs > n_train:
-        raise ValueError(
-            f"batch_size={bs!r} is invalid: expected at most {n_train}, the examples a fold "
-            "trains on (the task's default batch size is too large for this many folds)"
-        )
-    sug = suggest(lr=lr_, batch_size=bs, dataset_size=n_train, epochs=n_epochs, decay_scale=scale)
-    default = cv.default_grid(
-        lr=lr_, batch_size=bs, n_train=n_train, epochs=n_epochs, decay_scale=scale, anchor=sug.value
+    source = Source(objective, examples, data, labels, epochs, batch_size)
+    prep = prepare(source)
+    plan = configure(
+        prep, folds=folds, epochs=epochs, lr=lr, batch_size=batch_size,
+        decay_scale=decay_scale, test_fraction=test_fraction, grid=grid, grid_min=grid_min,
+        grid_max=grid_max, points=points, sampler=sampler, trials=trials, lr_grid=lr_grid,
+        search_lr=search_lr, storage=storage, study=study, out=out, seed=seed, prune=prune,
+        heartbeat_interval=heartbeat_interval, test=test, progress=progress,
+        vectorize=vectorize, max_memory=max_memory, workers=workers, device=device,
+        precision=precision,
+    )  # fmt: skip
+    config = plan.config
+    why, max_members = _stacking_limits(prep, config)
+    config = dataclasses.replace(
+        config, extra={"refusal": why, "max_members": max_members}, busy_cores=busy_cores()
     )
-    if grid is not None:
-        candidates = _values("grid", grid, 0.0)
-    elif grid_min is not None or grid_max is not None or points is not None:
-        if grid_min is None or grid_max is None:
-            raise ValueError("grid_min and grid_max go together (--min, --max)")
-        lo = check_range("grid_min", grid_min, 0.0, low_open=True)
-        hi = check_range("grid_max", grid_max, lo)
-        n_points = int(check_range("points", 8 if points is None else points, 1))
-        candidates = [0.0, *(float(f"{v:.6g}") for v in np.geomspace(lo, hi, n_points))]
-    else:
-        candidates = default
-    if lr_grid is not None and sampler != "grid":
-        raise ValueError(
-            f"lr_grid={list(lr_grid)!r} goes with sampler='grid'; with {sampler!r} pass "
-            "search_lr (--search-lr)"
-        )
-    if search_lr and sampler == "grid":
-        raise ValueError("search_lr needs sampler 'tpe' or 'gp'; with a grid pass lr_grid")
-    lrs = None
-    if lr_grid is not None:
-        lrs = _values("lr_grid", lr_grid, 0.0, low_open=True)
-
-    settings: dict[str, Any] = {
-        "task": t.name,
-        "data": _fingerprint(t),
-        "folds": k,
-        "epochs": n_epochs,
-        "lr": lr_,
-        "batch_size": bs,
-        "decay_scale": scale,
-        "schedule": t.schedule,
-        "seed": seed,
-        "test_fraction": t.test_fraction,
-        "sampler": sampler,
-        "grid": candidates,
-        "lr_grid": lrs,
-    }
-    if sampler == "grid":
-        enqueue = [
-            {"weight_decay": w, **({"lr": a} if lrs else {})}
-            for a in (lrs or [lr_])
-            for w in candidates
-        ]
-    else:
-        positive = [c for c in candidates if c > 0]
-        if not positive:
-            raise ValueError(
-                f"grid={candidates!r} is invalid for sampler {sampler!r}: expected at least "
-                "one weight decay > 0 to set the search range"
-            )
-        settings["range"] = [min(positive), max(positive)]
-        settings["trials"] = int(trials)
-        settings["lr_range"] = [lr_ / 10, lr_ * 10] if search_lr else None
-        enqueue = [
-            {"weight_decay": float(f"{sug.value:.6g}"), **({"lr": lr_} if search_lr else {})}
-        ]
-    settings["enqueue"] = enqueue
-
+    if why and config.vectorize == "on":
+        raise ValueError(f"vectorize='on' is invalid for task={prep.name!r}: {why}")
+    if config.workers > 1:
+        _check_picklable(source)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    store = study_mod.open_storage(storage, run_dir, int(heartbeat_interval))
-    st = study_mod.open_study(store, name, settings, prune)
-    total = len(enqueue) * k if sampler == "grid" else int(trials) * k
+    store = study_mod.open_storage(config.storage, config.run_dir, config.heartbeat_interval)
+    st = study_mod.open_study(store, config.study, config.spec, config.enqueue, config.prune)
+    retried = study_mod.retry_errors(st, config.spec)
 
-    refusal = None
-    per_member = 0
-    if vectorize != "off":
+    bar = Progress(config.progress, config.total_runs, f"{prep.name}: {config.spec.folds}-fold CV")
+    work: _Worker | None = None
+    procs: list[Any] = []
+    try:
+        work = _Worker(prep, config, plan.splits, st, bar)  # slot 0: this process
+        if retried:
+            bar.say(f"retrying {retried} candidate(s) whose runs raised an error last time")
+        procs = start_processes(config.workers - 1, _worker_process, (source, config))
+        work.run()
+        for p in procs:
+            while p.is_alive():
+                bar.update(work.count_done())
+                p.join(0.5)
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            bar.say(f"{len(bad)} worker process(es) ended with exit codes {bad}")
+        summary = _summarize(prep, plan, st, work.decision)
+        if config.test and len(plan.splits.test) and summary["best_weight_decay"] is not None:
+            summary["test"] = work.refits(summary)
+    finally:
+        stop_processes(procs)
+        bar.close()
+        if work is not None:
+            work.close()
+    if summary["best_weight_decay"] is None and work.runner.errors:
+        raise ObjectiveFailed(
+            f"no candidate finished: every run of {prep.name!r} failed; the first error was"
+        ) from work.runner.errors[0]
+    summary["verdict"] = verdict_text(summary)
+    paths = report.write_reports(config.run_dir, summary)
+    return TuneResult(summary, config.run_dir, paths)
+
+
+def _stacking_limits(prep: Prepared, config: TuneConfig) -> tuple[str | None, int]:
+    """Why the objective cannot be stacked (checked once, before any work), and how many
+    members train together within ``max_memory``."""
+    why = refusal(prep.objective, config.vectorize, config.prune)
+    if why:
+        return why, DEFAULT_MEMBERS
+    assert isinstance(prep.objective, TaskObjective)
+    why, per_member = prep.objective.probe()
+    if why or config.max_memory is None:
+        return why, DEFAULT_MEMBERS
+    return None, max(1, int(config.max_memory * 2**30) // max(per_member, 1))
+
+
+def _check_picklable(source: Source) -> None:
+    try:
+        pickle.dumps(source)
+    except Exception as err:
+        raise ValueError(
+            f"workers > 1 starts worker processes, which must load objective="
+            f"{source.objective!r} and its data by pickling ({type(err).__name__}: {err}): "
+            "pass a module-level function, a Task made of module-level functions, or "
+            "'module:attribute'; or start each worker as its own command"
+        ) from None
+
+
+def _worker_process(source: Source, config: TuneConfig) -> None:
+    """A worker started by ``workers=N``: the same study, quietly."""
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    with flush_denormals():
+        prep = prepare(source)
+        spec = config.spec
+        splits = cv.Splits.make(prep.n, prep.labels, spec.test_fraction, spec.folds, spec.seed)
+        store = study_mod.open_storage(config.storage, config.run_dir, config.heartbeat_interval)
+        st = study_mod.open_study(store, config.study, spec, config.enqueue, config.prune)
+        work = _Worker(prep, config, splits, st, Progress(False, 0, ""))
         try:
-            torch.manual_seed(seed)
-            probe = t.model()  # the one model built to inspect it
-            refusal = population.vectorize_refusal(probe)
-            if refusal is None:
-                per_member = population.member_bytes(t, bs, probe)
-            work_per_step = bs * sum(p.numel() for p in probe.parameters())
-            mlp = population.stacked_forward(probe) is not None
-            limit = LARGE_STEP_MLP if mlp else LARGE_STEP
-            if refusal is None and vectorize == "auto" and work_per_step > limit:
-                refusal = (
-                    f"each run's step is large ({work_per_step:,} multiply-adds per layer "
-                    "pass), so stacking gains nothing; --vectorize on forces it"
-                )
-            if refusal is None and (not mlp or t.loss is not cross_entropy):
-                refusal = _vmap_refusal(t, probe, vectorize)  # the model, or its loss
-        except Exception as err:  # the user's model code failed
-            raise ValueError(
-                f"task={t.name!r} failed while building its model: {type(err).__name__}: {err}"
-            ) from err
-        if prune and refusal is None:
-            refusal = "pruning stops candidates fold by fold, so they train one at a time"
-        if refusal and vectorize == "on":
-            raise ValueError(f"vectorize='on' is invalid for task={t.name!r}: {refusal}")
-    together = vectorize != "off" and refusal is None
-    budget = int(max_memory * 2**30) if max_memory is not None else None
-    max_members = DEFAULT_MEMBERS if budget is None else max(1, budget // max(per_member, 1))
-    if refusal and progress:
-        print(f"vectorize: off ({refusal})", file=sys.stderr)
+            work.run()
+        finally:
+            work.close()
 
-    bar = _Progress(progress, total, f"{t.name}: {k}-fold CV")
 
-    def count_done() -> int:
+class _Worker:
+    """One worker: claims candidates, runs their missing folds, records them."""
+
+    def __init__(
+        self, prep: Prepared, config: TuneConfig, splits: cv.Splits, st: optuna.Study, bar: Progress
+    ) -> None:
+        self.prep, self.config, self.splits, self.st, self.bar = prep, config, splits, st, bar
+        self.spec = config.spec
+        self.slot = Slot(config.run_dir)
+        self.device = device_for(config.device, self.slot.index)
+        self.threads = ThreadShare(config.run_dir, config.busy_cores, bar.say)
+        self.max_members = int(config.extra.get("max_members", DEFAULT_MEMBERS))
+        self.decision: Decision | None = None
+        if config.extra.get("refusal"):
+            self.decision = Decision("off", config.extra["refusal"])
+        self.runner = Runner(
+            prep.objective,
+            decay_scale=self.spec.decay_scale,
+            device=self.device,
+            precision=self.spec.precision,
+            epochs=self.spec.epochs,
+            batch_size=self.spec.batch_size,
+            data=prep.data,
+            bar=bar,
+        )
+
+    def close(self) -> None:
+        self.threads.restore()
+        self.slot.close()
+
+    def count_done(self) -> int:
+        k = self.spec.folds
         done = 0
-        for c in study_mod.trial_candidates(st, settings):
+        for c in study_mod.trial_candidates(self.st, self.spec):
             done += k if c.state in ("failed", "pruned") else len(c.fold_losses)
         return done
 
-    def run_candidate(claim: study_mod.Claim) -> None:
-        wd = float(claim.params["weight_decay"])
-        this_lr = float(claim.params.get("lr", lr_))
-        try:
-            for f in claim.todo:
-                train_idx, val_idx = fold_idx[f]
-                bar.fold(f"wd {wd:.3g} fold {f + 1}/{k}", n_epochs)
-                result = fit(
-                    t,
-                    wd,
-                    train_idx=train_idx,
-                    val_idx=val_idx,
-                    lr=this_lr,
-                    epochs=n_epochs,
-                    batch_size=bs,
-                    decay_scale=scale,
-                    seed=seed + f,
-                    progress=bar.epoch,
-                )
-                loss = result.val_loss
-                assert loss is not None
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"the validation loss is {loss} on fold {f + 1}")
-                pruned = claim.report(f, loss, result.val_metric)
-                bar.update(count_done())
-                if pruned:
-                    claim.prune()
-                    return
-            claim.finish()
-        except TrainingDiverged as err:
-            claim.fail(str(err))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            raise  # declared stale while paused: the worker loop drops this claim
-        except Exception as err:  # the user's task code failed: record it, stop cleanly
-            reason = f"{type(err).__name__}: {err}"
-            claim.fail(reason)
-            raise ValueError(
-                f"task={t.name!r} failed while training weight decay {wd:g}: {reason}"
-            ) from err
-        bar.update(count_done())
+    def _decide(self, jobs: list[Job]) -> Decision:
+        if self.decision is not None:
+            return self.decision
+        if self.config.vectorize == "on":
+            self.decision = Decision("on", members=min(len(jobs), self.max_members))
+            return self.decision
+        key = f"adamwkit_vectorize_{self.device.type}"
+        stored = self.st.user_attrs.get(key)
+        if stored:
+            self.decision = Decision(**stored)
+            return self.decision
+        assert isinstance(self.prep.objective, TaskObjective)
+        sample = jobs[: self.max_members]
+        if len(sample) < 2:
+            return Decision("off", "one run to train")  # not stored: decide on a larger batch
+        self.bar.run(f"measuring {len(sample)} runs stacked against one at a time", None)
+        self.decision = measure(self.prep.objective, [self.runner.trial(j) for j in sample])
+        self.st.set_user_attr(key, self.decision.to_dict())
+        self.bar.say(f"vectorize: {self.decision.describe()}")
+        return self.decision
 
-    def run_claims(claims: list[study_mod.Claim]) -> None:
-        if not together:
-            for claim in claims:
-                run_candidate(claim)
-            return
-        jobs = [(c, f) for c in claims for f in c.todo]
-        by_size: dict[int, list[tuple[study_mod.Claim, int]]] = {}
-        for c, f in jobs:
-            by_size.setdefault(len(fold_idx[f][0]), []).append((c, f))
-        failed: dict[int, str] = {}
-        for group in by_size.values():
-            for start in range(0, len(group), max_members):
-                chunk = group[start : start + max_members]
-                members = [
-                    population.Member(
-                        weight_decay=float(c.params["weight_decay"]),
-                        lr=float(c.params.get("lr", lr_)),
-                        train_idx=torch.as_tensor(fold_idx[f][0]),
-                        val_idx=torch.as_tensor(fold_idx[f][1]),
-                        seed=seed + f,
-                    )
-                    for c, f in chunk
-                ]
-                bar.fold(f"{len(members)} (candidate, fold) runs together", n_epochs)
-                try:
-                    results = population.fit_population(
-                        t, members, epochs=n_epochs, batch_size=bs, decay_scale=scale,
-                        progress=bar.epoch,
-                    )  # fmt: skip
-                except Exception as err:
-                    reason = f"{type(err).__name__}: {err}"
-                    for c in claims:  # every claim of this batch, each once
-                        c.fail(reason)
-                    raise ValueError(
-                        f"task={t.name!r} failed while training a population: {reason}"
-                    ) from err
-                for (c, f), r in zip(chunk, results, strict=True):
-                    loss = r.val_loss
-                    if r.diverged or loss is None or not math.isfinite(loss):
-                        failed.setdefault(id(c), r.diverged or f"the validation loss is {loss}")
-                    elif id(c) not in failed:
-                        c.report(f, loss, r.val_metric)
-                bar.update(count_done())
+    def _batch(self) -> int:
+        if self.decision is not None and self.decision.mode == "off":
+            return 1
+        if self.config.extra.get("refusal"):
+            return 1
+        k = self.spec.folds
+        ended = sum(
+            c.state in ("complete", "pruned")
+            for c in study_mod.trial_candidates(self.st, self.spec)
+        )
+        share = math.ceil(max(self.spec.n_candidates - ended, 1) / self.config.workers)
+        return max(1, min(self.max_members // k, share))
+
+    def _job(self, wd: float, lr: float, fold: int | None, key: Any, label: str) -> Job:
+        if fold is None:
+            train, val, seed = self.splits.pool, self.splits.test, self.spec.seed
+        else:
+            train, val = self.splits.folds[fold]
+            seed = self.spec.seed + fold
+        return Job(wd, lr, fold, torch.as_tensor(train), torch.as_tensor(val), seed, key, label)
+
+    def run_claims(self, claims: list[study_mod.Claim]) -> None:
+        self.threads.update()
+        k = self.spec.folds
+        jobs = [
+            self._job(
+                c.weight_decay,
+                c.lr(self.spec.lr),
+                f,
+                c,
+                f"wd {c.weight_decay:.3g} fold {f + 1}/{k}",
+            )
+            for c in claims
+            for f in c.todo
+        ]
+        strategy = choose(self.runner, self._decide(jobs), self.max_members)
+
+        def on_done(job: Job, out: Any) -> bool:
+            claim: study_mod.Claim = job.key
+            if claim.ended:
+                return True
+            if not out.ok:
+                claim.fail(out.reason, error=out.error is not None)
+                self.bar.update(self.count_done())
+                return True
+            assert job.fold is not None
+            pruned = claim.report(job.fold, out.loss, out.metric, out.curve)
+            self.bar.update(self.count_done())
+            if pruned:
+                claim.prune()
+            return pruned
+
+        strategy.run(jobs, on_done)
         for c in claims:
-            if id(c) in failed:
-                c.fail(failed[id(c)])
-            else:
+            if not c.ended:
                 c.finish()
-        bar.update(count_done())
+        self.bar.update(self.count_done())
 
-    n_candidates = len(enqueue) if sampler == "grid" else int(trials)
-    ended = sum(c.state in ("complete", "pruned") for c in study_mod.trial_candidates(st, settings))
-    share = math.ceil(max(n_candidates - ended, 1) / n_workers)  # every worker gets some
-    batch = max(1, min(max_members // k, share)) if together else 1
-    try:
-        bar.update(count_done())
+    def run(self) -> None:
+        self.bar.update(self.count_done())
         study_mod.work(
-            st, settings, run_claims, lambda: bar.update(count_done()), run_dir, batch=batch
+            self.st,
+            self.spec,
+            self.run_claims,
+            lambda: self.bar.update(self.count_done()),
+            self.config.run_dir,
+            batch=self._batch,
         )
-    finally:
-        bar.close()
 
-    cands = study_mod.trial_candidates(st, settings)
-    factor = bs / (lr_ * n_train)  # tau_epoch = factor / wd_torch
-    to_torch = convert_weight_decay(1.0, scale, "torch", lr_peak=lr_)
-    for c in cands:
-        wd_t = convert_weight_decay(c.weight_decay, scale, "torch", lr_peak=c.lr)
-        c.tau_epoch = tau_epoch(c.lr, wd_t, bs, n_train) if wd_t > 0 else math.inf
-    summ = cv.summarize(cands, k)
-    summary = _summary(t, settings, summ, sug, factor / to_torch, lr_, scale, n_train)
-    if test and len(test_idx) and summ.best is not None:
-        summary["test"] = _test_scores(st, t, summary, pool, test_idx, n_epochs, bs, scale, seed)
-    summary["vectorize"] = "on" if together else f"off ({refusal or 'asked'})"
-    summary["verdict"] = verdict_text(summary)
-    paths = report.write_reports(run_dir, summary)
-    return TuneResult(summary, run_dir, paths)
+    def refits(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Refit on the whole training pool with each choice; score on the test split. The
+        results are cached in the study, so a rerun or another worker does not refit."""
+        lr = summary["best_lr"]
+        scale = self.spec.decay_scale
+        default = convert_weight_decay(TORCH_DEFAULT, "torch", scale, lr_peak=lr)
+        wanted = {
+            "best": summary["best_weight_decay"],
+            "one_se": summary["one_se_weight_decay"],
+            "zero": 0.0,
+            "torch_default": default,
+        }
+        cache = dict(self.st.user_attrs.get("adamwkit_test", {}))
+        todo: dict[str, float] = {}
+        for label, wd in wanted.items():
+            key = f"{wd!r}@{lr!r}"
+            if key not in cache and key not in {f"{w!r}@{lr!r}" for w in todo.values()}:
+                todo[label] = wd
+        if todo:
+            self.threads.update()
+            self.bar.phase("refits on the training pool, scored on the test split", len(todo))
+            jobs = [self._job(wd, lr, None, label, f"refit {label}") for label, wd in todo.items()]
+            strategy = choose(self.runner, self._decide(jobs), self.max_members)
+            finished = 0
+
+            def on_done(job: Job, out: Any) -> bool:
+                nonlocal finished
+                entry: dict[str, Any] = {"loss": out.loss, "metric": out.metric,
+                                         "curve": [list(p) for p in out.curve]}  # fmt: skip
+                if not out.ok:
+                    entry["reason"] = out.reason
+                cache[f"{job.weight_decay!r}@{lr!r}"] = entry
+                self.st.set_user_attr("adamwkit_test", cache)
+                finished += 1
+                self.bar.update(finished)
+                return False
+
+            strategy.run(jobs, on_done)
+        out: dict[str, Any] = {}
+        for label, wd in wanted.items():
+            out[label] = {"weight_decay": wd, **cache[f"{wd!r}@{lr!r}"]}
+        return out
 
 
-def _vmap_refusal(t: Task, probe: torch.nn.Module, vectorize: str) -> str | None:
-    """Why a model that needs ``torch.func.vmap`` should not be stacked, or None."""
-    failure, slow = population.vmap_problems(t, probe)
-    if failure:
-        return f"the model fails under torch.func.vmap ({failure})"
-    if slow and vectorize == "auto":
-        return (
-            f"torch.func has no batching rule for {', '.join(slow)}, so stacked members would "
-            "run one after another; --vectorize on forces it"
-        )
-    return None
-
-
-def _fingerprint(t: Task) -> str:
-    """A hash of the task's data, so workers with different data cannot share a study."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256(str(len(t)).encode())
-    if isinstance(t.data, tuple):
-        for part in t.data:
-            h.update(torch.as_tensor(part).detach().cpu().contiguous().numpy().tobytes())
-    if t.labels is not None:
-        h.update(np.ascontiguousarray(t.label_array()).tobytes())
-    return h.hexdigest()[:16]
+# ---------------------------------------------------------------------------- the verdict
 
 
 def _both(value: float | None, lr: float, scale: str) -> dict[str, float | None]:
@@ -440,84 +745,66 @@ def _both(value: float | None, lr: float, scale: str) -> dict[str, float | None]
     }
 
 
-def _summary(
-    t: Task,
-    settings: dict[str, Any],
-    summ: cv.CVSummary,
-    sug: Any,
-    factor: float,
-    lr: float,
-    scale: str,
-    n_train: int,
+def _summarize(
+    prep: Prepared, plan: Plan, st: optuna.Study, decision: Decision | None
 ) -> dict[str, Any]:
+    config, spec, sug = plan.config, plan.config.spec, plan.suggestion
+    n_train = plan.splits.n_train
+    cands = study_mod.trial_candidates(st, spec)
+    bs = spec.batch_size
+    for c in cands:
+        wd_t = convert_weight_decay(c.weight_decay, spec.decay_scale, "torch", lr_peak=c.lr)
+        if bs is None:
+            c.tau_epoch = None
+        else:
+            c.tau_epoch = tau_epoch(c.lr, wd_t, bs, n_train) if wd_t > 0 else math.inf
+    summ = cv.summarize(cands, spec.folds)
     best, one_se = summ.best, summ.one_se
+    lr = spec.lr
     best_lr = best.lr if best else lr
+    to_torch = convert_weight_decay(1.0, spec.decay_scale, "torch", lr_peak=lr)
+    factor = None if bs is None else bs / (lr * n_train) / to_torch  # tau_epoch = factor / wd
+    if decision is None:
+        decision = Decision("off", config.extra.get("refusal") or "no run trained here")
+    failed = [c for c in summ.candidates if c.state == "failed"]
     return {
-        "task": t.name,
-        "description": t.description,
-        "metric_name": t.metric_name,
+        "task": prep.name,
+        "description": prep.description,
+        "metric_name": prep.metric_name,
         "folds": summ.folds,
-        "epochs": settings["epochs"],
+        "epochs": spec.epochs,
         "lr": lr,
         "best_lr": best_lr,
-        "batch_size": settings["batch_size"],
+        "batch_size": bs,
         "n_train": n_train,
-        "decay_scale": scale,
+        "decay_scale": spec.decay_scale,
         "best_weight_decay": best.weight_decay if best else None,
         "one_se_weight_decay": one_se.weight_decay if one_se else None,
-        "suggested_weight_decay": sug.value,
-        "suggested_rule": sug.rule,
-        "best_weight_decay_conventions": _both(best.weight_decay if best else None, best_lr, scale),
-        "one_se_weight_decay_conventions": _both(
-            one_se.weight_decay if one_se else None, best_lr, scale
+        "suggested_weight_decay": sug.value if sug else None,
+        "suggested_rule": sug.rule if sug else None,
+        "best_weight_decay_conventions": _both(
+            best.weight_decay if best else None, best_lr, spec.decay_scale
         ),
-        "suggested_weight_decay_conventions": _both(sug.value, lr, scale),
+        "one_se_weight_decay_conventions": _both(
+            one_se.weight_decay if one_se else None, best_lr, spec.decay_scale
+        ),
+        "suggested_weight_decay_conventions": _both(
+            sug.value if sug else None, lr, spec.decay_scale
+        ),
         "best_mean": best.mean if best else None,
         "best_sem": best.sem if best else None,
         "flat": summ.flat,
+        "failed": len(failed),
         "candidates": [c.to_dict() for c in summ.candidates],
         "tau_epoch_factor": factor,
-        "settings": {k: v for k, v in settings.items() if k != "enqueue"},
+        "settings": spec.attrs(),
+        "device": config.device,
+        "precision": spec.precision,
+        "vectorize": decision.describe(),
+        "stacking": decision.to_dict(),
         "test": {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def _test_scores(
-    st: Any,
-    t: Task,
-    summary: dict[str, Any],
-    pool: np.ndarray,
-    test_idx: np.ndarray,
-    epochs: int,
-    bs: int,
-    scale: str,
-    seed: int,
-) -> dict[str, Any]:
-    """Refit on the whole training pool with each choice; score on the test split (cached)."""
-    lr = summary["best_lr"]
-    default = convert_weight_decay(TORCH_DEFAULT, "torch", scale, lr_peak=lr)
-    wanted = {
-        "best": summary["best_weight_decay"],
-        "one_se": summary["one_se_weight_decay"],
-        "zero": 0.0,
-        "torch_default": default,
-    }
-    cache = dict(st.user_attrs.get("adamwkit_test", {}))
-    out: dict[str, Any] = {}
-    for label, wd in wanted.items():
-        key = f"{wd!r}@{lr!r}"
-        if key not in cache:
-            try:
-                model = fit(t, wd, train_idx=pool, lr=lr, epochs=epochs, batch_size=bs,
-                            decay_scale=scale, seed=seed).model  # fmt: skip
-                loss, metric = evaluate(model, t, test_idx)
-                cache[key] = {"loss": loss, "metric": metric}
-            except TrainingDiverged as err:
-                cache[key] = {"loss": None, "metric": None, "reason": str(err)}
-            st.set_user_attr("adamwkit_test", cache)
-        out[label] = {"weight_decay": wd, **cache[key]}
-    return out
 
 
 def verdict_text(s: dict[str, Any]) -> str:
@@ -535,12 +822,16 @@ def verdict_text(s: dict[str, Any]) -> str:
             "The curve is flat here: weight decay hardly matters for this task and budget "
             "(no candidate is worse than the best by more than two paired standard errors)."
         )
+    suggested = (
+        f"; adamwkit suggest predicted {s['suggested_weight_decay']:.4g} (PyTorch {g['torch']:.4g})"
+        if s.get("suggested_weight_decay") is not None
+        else ""
+    )
     lines.append(
         f"Best weight decay {s['best_weight_decay']:.4g} (PyTorch convention {b['torch']:.4g}, "
         f"independent {b['independent']:.3g}); largest within one standard error "
         f"{s['one_se_weight_decay']:.4g} (PyTorch {o['torch']:.4g}, independent "
-        f"{o['independent']:.3g}); adamwkit suggest predicted {s['suggested_weight_decay']:.4g} "
-        f"(PyTorch {g['torch']:.4g})."
+        f"{o['independent']:.3g}){suggested}."
     )
     test = s.get("test") or {}
     if test.get("best", {}).get("loss") is not None:
@@ -548,53 +839,9 @@ def verdict_text(s: dict[str, Any]) -> str:
             f"{label} {v['loss']:.4g}" for label, v in test.items() if v.get("loss") is not None
         ]
         lines.append("Test loss after refitting: " + ", ".join(parts) + ".")
+    if s.get("failed"):
+        lines.append(f"{s['failed']} candidate(s) failed: their reasons are in the report.")
     return " ".join(lines)
 
 
-class _Progress:
-    """A bar over candidates x folds, and one over the epochs of the current fold (stderr)."""
-
-    def __init__(self, enabled: bool, total: int, title: str) -> None:
-        self._p = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._p.start()
-        self._all = self._p.add_task(f"{title} (candidates x folds)", total=total)
-        self._fold = self._p.add_task("", total=1, visible=False)
-
-    def update(self, done: int) -> None:
-        if self._p is not None:
-            self._p.update(self._all, completed=done)
-
-    def fold(self, description: str, epochs: int) -> None:
-        if self._p is not None:
-            self._p.update(self._fold, description=f"  {description}", total=epochs, completed=0,
-                           visible=True)  # fmt: skip
-
-    def epoch(self, epoch: int, epochs: int) -> None:
-        if self._p is not None:
-            self._p.update(self._fold, completed=epoch)
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.update(self._fold, visible=False)
-            self._p.stop()
+__all__ += ["ObjectiveFailed", "Trial"]

@@ -26,7 +26,6 @@ import fcntl
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 import warnings
@@ -39,6 +38,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from . import _optuna
+from .config import StudySpec
 from .cv import Candidate
 
 __all__ = ["Claim", "open_storage", "open_study", "redact", "trial_candidates", "work"]
@@ -120,57 +121,64 @@ def _is_schema_race(err: Exception) -> bool:
     return "already exists" in text or "duplicate key" in text or "uniqueviolation" in text
 
 
-def _distributions(settings: dict[str, Any]) -> dict[str, BaseDistribution]:
-    if settings["sampler"] == "grid":
+def _distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    if spec.sampler == "grid":
         dists: dict[str, BaseDistribution] = {
-            "weight_decay": CategoricalDistribution(tuple(settings["grid"]))
+            "weight_decay": CategoricalDistribution(tuple(spec.grid))
         }
-        if settings.get("lr_grid"):
-            dists["lr"] = CategoricalDistribution(tuple(settings["lr_grid"]))
+        if spec.lr_grid:
+            dists["lr"] = CategoricalDistribution(tuple(spec.lr_grid))
         return dists
-    lo, hi = settings["range"]
+    assert spec.range is not None
+    lo, hi = spec.range
     dists = {"weight_decay": FloatDistribution(lo, hi, log=True)}
-    if settings.get("lr_range"):
-        a, b = settings["lr_range"]
+    if spec.lr_range:
+        a, b = spec.lr_range
         dists["lr"] = FloatDistribution(a, b, log=True)
     return dists
 
 
-def _sampler(settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     # Each process gets its own seed: with one shared seed, workers started together (or a
     # rerun) would propose the same candidates again.
-    seed = (settings["seed"] * 1_000_003 + os.getpid() * 7919 + time.time_ns()) % 2**32
-    if settings["sampler"] == "tpe":
+    seed = (spec.seed * 1_000_003 + os.getpid() * 7919 + time.time_ns()) % 2**32
+    if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
-    if settings["sampler"] == "gp":
+    if spec.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def open_study(storage: Any, name: str, settings: dict[str, Any], prune: bool) -> optuna.Study:
-    """Create the study (and enqueue its candidates) once, or load it and check its settings."""
+def open_study(
+    storage: Any,
+    name: str,
+    spec: StudySpec,
+    enqueue: tuple[dict[str, float], ...],
+    prune: bool,
+) -> optuna.Study:
+    """Create the study (and enqueue its candidates) once, or load it and check its spec."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         pruner: optuna.pruners.BasePruner = (
             optuna.pruners.WilcoxonPruner(p_threshold=0.1) if prune else optuna.pruners.NopPruner()
         )
-        sampler = _sampler(settings)
+        sampler = _sampler(spec)
     try:
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", sampler=sampler, pruner=pruner
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
-        _wait_ready(study, settings)
+        _wait_ready(study, spec)
         return study
-    study.set_user_attr("adamwkit_settings", settings)
-    for params in settings["enqueue"]:
+    study.set_user_attr("adamwkit_settings", spec.attrs())
+    for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     study.set_user_attr("adamwkit_ready", True)
     return study
 
 
-def _wait_ready(study: optuna.Study, settings: dict[str, Any]) -> None:
+def _wait_ready(study: optuna.Study, spec: StudySpec) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not study.user_attrs.get("adamwkit_ready"):
         if time.monotonic() > deadline:
@@ -179,15 +187,12 @@ def _wait_ready(study: optuna.Study, settings: dict[str, Any]) -> None:
                 "stopped while enqueueing): pass a new --study name"
             )
         time.sleep(0.2)
-    stored = study.user_attrs.get("adamwkit_settings", {})
-    for key, value in settings.items():
-        if key in ("enqueue",):
-            continue
-        if stored.get(key) != value:
-            raise ValueError(
-                f"study={study.study_name!r} was made with {key}={stored.get(key)!r}, not "
-                f"{value!r}: rerun with the same settings to resume it, or pass a new --study"
-            )
+    why = spec.mismatch(study.user_attrs.get("adamwkit_settings", {}))
+    if why:
+        raise ValueError(
+            f"study={study.study_name!r} {why}: rerun with the same settings to resume it, or "
+            "pass a new --study"
+        )
 
 
 # ---------------------------------------------------------------------------- claiming
@@ -232,26 +237,15 @@ class WorkerLock:
 
 def _retry(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
     """Fail a stale RUNNING trial and enqueue its candidate again (once, across workers)."""
-    try:
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-        changed = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return  # another worker got there first
-    if changed:
+    if _optuna.fail_running_trial(study, t, reason):
         study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
 
 
 def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
     """Fail the RUNNING trials whose worker is gone, and re-enqueue their candidates."""
-    from optuna.storages import fail_stale_trials
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    storage = study._storage
-    beating = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+    beating = _optuna.heartbeat_enabled(study)
     if beating:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)  # databases: the trial's heartbeat stopped
+        _optuna.fail_stale_trials(study)  # databases: the trial's heartbeat stopped
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
@@ -267,15 +261,15 @@ def _is_spurious(t: FrozenTrial) -> bool:
     return bool(t.user_attrs.get("spurious"))
 
 
-def trial_candidates(study: optuna.Study, settings: dict[str, Any]) -> list[Candidate]:
+def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
     """Every candidate with the folds any of its trials finished, and its state."""
     by_key: dict[tuple[float, float], Candidate] = {}
     order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2}
-    default_lr = settings["lr"]
+    default_lr = spec.lr
     for t in study.get_trials(deepcopy=False):
         if _is_spurious(t) or "weight_decay" not in t.params:
-            if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs:
-                fixed = t.system_attrs["fixed_params"]
+            fixed = _optuna.fixed_params(t)
+            if t.state == TrialState.WAITING and fixed is not None:
                 key = (float(fixed["weight_decay"]), float(fixed.get("lr", default_lr)))
                 by_key.setdefault(key, Candidate(*key, state="waiting"))
             continue
@@ -287,6 +281,8 @@ def trial_candidates(study: optuna.Study, settings: dict[str, Any]) -> list[Cand
         for name, value in t.user_attrs.items():
             if name.startswith("metric_"):
                 c.fold_metrics.setdefault(int(name[7:]), float(value))
+            elif name.startswith("curve_"):
+                c.fold_curves.setdefault(int(name[6:]), [(int(a), float(b)) for a, b in value])
         states = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
         state = {0: "complete", 1: "pruned", 2: "running"}.get(order.get(t.state, 9), "failed")
         if t.state == TrialState.WAITING:
@@ -299,10 +295,24 @@ def trial_candidates(study: optuna.Study, settings: dict[str, Any]) -> list[Cand
     return sorted(by_key.values(), key=lambda c: (c.lr, c.weight_decay))
 
 
+CURVE_POINTS = 200
+
+
+def _thin(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """At most :data:`CURVE_POINTS` evenly spaced points of a learning curve (the last kept)."""
+    if len(curve) <= CURVE_POINTS:
+        return curve
+    stride = len(curve) / CURVE_POINTS
+    picked = [curve[int(i * stride)] for i in range(CURVE_POINTS - 1)]
+    return [*picked, curve[-1]]
+
+
 def _earlier_folds(study: optuna.Study, params: dict[str, Any], number: int) -> dict[int, float]:
-    """Folds already finished for these params by trials that did not complete."""
+    """Folds already finished for these params by other trials (failed, stopped, or a
+    finished one whose candidate was enqueued twice)."""
     done: dict[int, float] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
+    states = (TrialState.FAIL, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=states):
         if t.number == number or t.params != params:
             continue
         for step, value in t.intermediate_values.items():
@@ -311,39 +321,12 @@ def _earlier_folds(study: optuna.Study, params: dict[str, Any], number: int) -> 
     return done
 
 
-class _Heartbeat:
-    """Records the trial's heartbeat in a database storage every interval, in a thread."""
-
-    def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-        storage = study._storage
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
-            interval = storage.get_heartbeat_interval() or 1
-            storage.record_heartbeat(trial_id)
-
-            def beat() -> None:
-                while not self._stop.wait(interval):
-                    with contextlib.suppress(Exception):
-                        storage.record_heartbeat(trial_id)
-
-            self._thread = threading.Thread(target=beat, daemon=True, name="adamwkit-heartbeat")
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
 class Claim:
     """A claimed candidate: its params and the folds still to run."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, folds: int) -> None:
         self.study, self.trial, self.folds = study, trial, folds
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = _optuna.frozen_trial(study, trial)
         self.params = dict(trial.params)
         done = dict(frozen.intermediate_values)
         for step, value in _earlier_folds(study, self.params, trial.number).items():
@@ -357,11 +340,26 @@ class Claim:
     def todo(self) -> list[int]:
         return [f for f in range(self.folds) if f not in self.done]
 
-    def report(self, fold: int, loss: float, metric: float | None) -> bool:
-        """Record a fold; True when the pruner says to stop this candidate."""
-        self.trial.report(loss, fold)
+    @property
+    def weight_decay(self) -> float:
+        return float(self.params["weight_decay"])
+
+    def lr(self, default: float) -> float:
+        return float(self.params.get("lr", default))
+
+    def report(
+        self,
+        fold: int,
+        loss: float,
+        metric: float | None = None,
+        curve: list[tuple[int, float]] | None = None,
+    ) -> bool:
+        """Record a fold (its learning curve first); True when the pruner says to stop."""
+        if curve:
+            self.trial.set_user_attr(f"curve_{fold}", [list(p) for p in _thin(curve)])
         if metric is not None:
             self.trial.set_user_attr(f"metric_{fold}", metric)
+        self.trial.report(loss, fold)
         self.done[fold] = loss
         return len(self.done) < self.folds and self.trial.should_prune()
 
@@ -374,40 +372,73 @@ class Claim:
         self.study.tell(self.trial, state=TrialState.PRUNED)
         self.ended = True
 
-    def fail(self, reason: str) -> None:
-        """Mark the trial failed with ``reason`` (once: later calls change nothing)."""
+    def fail(self, reason: str, error: bool = False) -> None:
+        """Mark the trial failed with ``reason`` (once: later calls change nothing).
+        ``error``: the objective raised (a rerun retries the candidate), rather than its
+        loss becoming non-finite (a rerun would diverge again)."""
         if self.ended:
             return
         self.trial.set_user_attr("fail_reason", reason)
+        if error:
+            self.trial.set_user_attr("error", True)
         self.study.tell(self.trial, state=TrialState.FAIL)
         self.ended = True
 
 
-def _next_trial(study: optuna.Study, settings: dict[str, Any], worker: str) -> optuna.Trial | None:
+def retry_errors(study: optuna.Study, spec: StudySpec) -> int:
+    """Enqueue again the candidates whose last run raised an error (the user may have fixed
+    the bug): their finished folds are kept. Returns how many were enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    default_lr = spec.lr
+
+    def key(params: dict[str, Any]) -> tuple[float, float]:
+        return float(params["weight_decay"]), float(params.get("lr", default_lr))
+
+    alive: set[tuple[float, float]] = set()
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            if "weight_decay" in t.params:
+                alive.add(key(t.params))
+        elif t.state == TrialState.WAITING:
+            fixed = _optuna.fixed_params(t)
+            if fixed is not None:
+                alive.add(key(fixed))
+    retried = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("error") and "weight_decay" in t.params:
+            k = key(t.params)
+            if k not in alive:
+                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+                alive.add(k)
+                retried += 1
+    return retried
+
+
+def _next_trial(study: optuna.Study, spec: StudySpec, worker: str) -> optuna.Trial | None:
     """Claim the next candidate, or None when nothing is left to start."""
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
-    if settings["sampler"] == "grid" and not waiting:
+    if spec.sampler == "grid" and not waiting:
         return None
-    if settings["sampler"] != "grid" and not waiting:
+    if spec.sampler != "grid" and not waiting:
         started = [
             t
             for t in trials
             if not _is_spurious(t)
             and "retry_of" not in t.user_attrs
-            and "failed_trial" not in t.system_attrs
+            and not _optuna.is_retry_of_failed(t)
         ]
-        if len(started) >= settings["trials"]:
+        if len(started) >= (spec.trials or 0):
             return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's note that heartbeats suit optimize()
-        trial = study.ask(_distributions(settings))
-    frozen = study._storage.get_trial(trial._trial_id)
-    if settings["sampler"] == "grid" and "fixed_params" not in frozen.system_attrs:
+        trial = study.ask(_distributions(spec))
+    frozen = _optuna.frozen_trial(study, trial)
+    if spec.sampler == "grid" and _optuna.fixed_params(frozen) is None:
         # Another worker took the last enqueued candidate between our look and our ask.
         trial.set_user_attr("spurious", True)
         study.tell(trial, state=TrialState.FAIL)
-        return _next_trial(study, settings, worker)
+        return _next_trial(study, spec, worker)
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("host", _HOST)
     return trial
@@ -416,7 +447,7 @@ def _next_trial(study: optuna.Study, settings: dict[str, Any], worker: str) -> o
 @contextlib.contextmanager
 def claimed(study: optuna.Study, trial: optuna.Trial, folds: int) -> Iterator[Claim]:
     claim = Claim(study, trial, folds)
-    beat = _Heartbeat(study, trial._trial_id)
+    beat = _optuna.Heartbeat(study, trial)
     try:
         yield claim
     finally:
@@ -425,15 +456,16 @@ def claimed(study: optuna.Study, trial: optuna.Trial, folds: int) -> Iterator[Cl
 
 def work(
     study: optuna.Study,
-    settings: dict[str, Any],
+    spec: StudySpec,
     run_claims: Callable[[list[Claim]], None],
     on_idle: Callable[[], None],
     run_dir: Path,
-    batch: int = 1,
+    batch: int | Callable[[], int] = 1,
 ) -> None:
     """Claim and run candidates until none is left and no other worker is running one.
 
-    Up to ``batch`` candidates are claimed at a time; ``run_claims(claims)`` trains their
+    Up to ``batch`` candidates (or ``batch()``, asked before each claim) are claimed at a
+    time; ``run_claims(claims)`` trains their
     missing folds (one by one, or all together) and ends each trial (finish, prune or
     fail). ``on_idle()`` is called while waiting for other workers.
     """
@@ -442,8 +474,9 @@ def work(
         while True:
             _fail_stale(study, lock)
             trials = []
-            while len(trials) < batch:
-                trial = _next_trial(study, settings, lock.id)
+            limit = batch() if callable(batch) else batch
+            while len(trials) < limit:
+                trial = _next_trial(study, spec, lock.id)
                 if trial is None:
                     break
                 trials.append(trial)
@@ -451,8 +484,7 @@ def work(
                 try:
                     with contextlib.ExitStack() as stack:
                         claims = [
-                            stack.enter_context(claimed(study, t, settings["folds"]))
-                            for t in trials
+                            stack.enter_context(claimed(study, t, spec.folds)) for t in trials
                         ]
                         run_claims(claims)
                 except optuna.exceptions.UpdateFinishedTrialError:

@@ -1,0 +1,109 @@
+"""Optuna's private internals that ``tune`` relies on, in one place.
+
+Optuna has no public API for these: failing a stale trial of another worker (the storage's
+``set_trial_state_values``), reading a trial by its storage id, the system attributes that
+``enqueue_trial`` (``fixed_params``) and ``RetryFailedTrialCallback`` (``failed_trial``)
+write, and the heartbeat that ``study.optimize`` records for the trials it runs (``tune``
+claims trials with ``study.ask`` and runs them itself, so it records its own). The range of
+Optuna versions these were checked against is pinned in ``pyproject.toml``
+(``optuna>=4.4,<5.1``); a new Optuna release is checked here first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "Heartbeat",
+    "fail_running_trial",
+    "fail_stale_trials",
+    "fixed_params",
+    "frozen_trial",
+    "heartbeat_enabled",
+    "is_retry_of_failed",
+]
+
+
+def _storage(study: optuna.Study) -> Any:
+    return study._storage
+
+
+def _trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return int(trial._trial_id)
+
+
+def frozen_trial(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """The stored state of a trial this process asked for."""
+    return _storage(study).get_trial(_trial_id(trial))
+
+
+def fixed_params(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The params ``enqueue_trial`` fixed for this trial, or ``None``."""
+    return trial.system_attrs.get("fixed_params")
+
+
+def is_retry_of_failed(trial: FrozenTrial) -> bool:
+    """Whether the trial was created to retry a failed one (``RetryFailedTrialCallback``)."""
+    return "failed_trial" in trial.system_attrs
+
+
+def fail_running_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark another worker's RUNNING trial failed with ``reason``; False if it had ended
+    already (another worker got there first)."""
+    storage = _storage(study)
+    try:
+        storage.set_trial_user_attr(_trial_id(trial), "fail_reason", reason)
+        return bool(storage.set_trial_state_values(_trial_id(trial), state=TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def heartbeat_enabled(study: optuna.Study) -> bool:
+    """Whether the study's storage records heartbeats (a database with an interval set)."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = _storage(study)
+    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and let the storage's callback retry) the trials whose heartbeat stopped."""
+    from optuna.storages import fail_stale_trials as fail
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail(study)
+
+
+class Heartbeat:
+    """Records a trial's heartbeat in a database storage every interval, in a thread, as
+    ``study.optimize`` does for the trials it runs (nothing for a journal file)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not heartbeat_enabled(study):
+            return
+        storage = _storage(study)
+        trial_id = _trial_id(trial)
+        interval = storage.get_heartbeat_interval() or 1
+        storage.record_heartbeat(trial_id)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                with contextlib.suppress(Exception):
+                    storage.record_heartbeat(trial_id)
+
+        self._thread = threading.Thread(target=beat, daemon=True, name="adamwkit-heartbeat")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,88 @@
+"""A tune run's settings as frozen dataclasses: what the study is, and how this process runs it.
+
+- :class:`StudySpec` is the study's identity and protocol: every worker sharing a study
+  must agree on all of it (the source, its data, folds, epochs, lr, the candidates, the
+  seed...). It is stored in the study when it is created; a rerun or another worker with
+  a different value is refused, naming the setting.
+- :class:`TuneConfig` adds how this process takes part: where the study lives, the run
+  folder, the device and workers, stacking, the test refits, progress bars. These may
+  differ between workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StudySpec", "TuneConfig"]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """The study's identity: settings every worker on it must share."""
+
+    source: str
+    data: str
+    folds: int
+    epochs: int | None
+    lr: float
+    batch_size: int | None
+    decay_scale: str
+    schedule: str | None
+    seed: int
+    test_fraction: float
+    sampler: str
+    grid: tuple[float, ...]
+    lr_grid: tuple[float, ...] | None = None
+    range: tuple[float, float] | None = None
+    trials: int | None = None
+    lr_range: tuple[float, float] | None = None
+    precision: str = "fp32"
+
+    def attrs(self) -> dict[str, Any]:
+        """The spec as stored in the study (JSON values: tuples become lists)."""
+        result: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return result
+
+    def mismatch(self, stored: dict[str, Any]) -> str | None:
+        """Why a study stored with ``stored`` is not this one, or ``None``."""
+        for key, value in self.attrs().items():
+            if stored.get(key) != value:
+                return f"was made with {key}={stored.get(key)!r}, not {value!r}"
+        return None
+
+    @property
+    def n_candidates(self) -> int:
+        """Candidates the study will try: the grid (times the lr grid), or ``trials``."""
+        if self.sampler == "grid":
+            return len(self.grid) * len(self.lr_grid or (self.lr,))
+        return int(self.trials or 0)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How this process runs the study ``spec``: storage, run folder, device, workers."""
+
+    spec: StudySpec
+    enqueue: tuple[dict[str, float], ...]
+    study: str
+    run_dir: Path
+    storage: str | None = None
+    prune: bool = False
+    heartbeat_interval: int = 10
+    test: bool = True
+    progress: bool = True
+    vectorize: str = "auto"
+    max_memory: float | None = None
+    workers: int = 1
+    device: str = "auto"
+    busy_cores: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_runs(self) -> int:
+        """Candidates x folds."""
+        return self.spec.n_candidates * self.spec.folds

@@ -1,0 +1,323 @@
+"""What ``tune`` trains: an objective, ``objective(trial) -> validation loss``.
+
+An objective is any function of one :class:`Trial` that trains a model with the trial's
+weight decay and learning rate on ``trial.train_idx`` and returns its loss on
+``trial.val_idx``: the user's own loop, a Hugging Face ``Trainer``
+(:mod:`adamwkit.integrations.transformers`), a Lightning module
+(:mod:`adamwkit.integrations.lightning`), or a built-in :class:`~adamwkit.Task` through
+:class:`TaskObjective`, which can also train many trials at once as one stacked model.
+Folds, candidates, the study, resumption and the report know nothing else about training.
+
+An objective returns a float, or a mapping with the key ``"loss"`` and at most one other
+number, reported beside the loss as a metric (``{"loss": 0.31, "accuracy": 0.91}``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._device import autocast as _autocast
+from ..tasks import Task, get_task
+
+__all__ = [
+    "Objective",
+    "ObjectiveFailed",
+    "Outcome",
+    "TaskObjective",
+    "Trial",
+    "outcome_of",
+    "resolve_source",
+]
+
+Objective = Callable[["Trial"], Any]
+
+
+class ObjectiveFailed(RuntimeError):
+    """Every run of a study failed with an error; raised from the first one (its traceback
+    follows in the chain)."""
+
+
+@dataclass
+class Trial:
+    """One training run that ``tune`` asks an objective for.
+
+    - ``weight_decay``, ``lr``, ``decay_scale``: the candidate (``weight_decay`` in the
+      convention of ``decay_scale``: ``"lr"`` is PyTorch's, ``"schedule"`` the paper's).
+    - ``fold``: the fold held out for validation, or ``None`` for a refit on every training
+      example scored on the test split.
+    - ``train_idx``, ``val_idx``: 1-D long tensors of indices into your examples.
+    - ``seed``: the same for every candidate on a fold, so candidates differ only in what
+      is tuned; seed your initialisation and batch order with it.
+    - ``device`` (a ``torch.device``), ``precision`` (``"fp32"`` or ``"bf16"``), ``epochs``
+      and ``batch_size`` (``None`` when not given to ``tune``).
+    - ``data``: what you passed to ``tune(data=...)``; :attr:`train_data` and
+      :attr:`val_data` are its ``torch.utils.data.Subset`` for this run.
+    """
+
+    weight_decay: float
+    lr: float
+    decay_scale: str
+    fold: int | None
+    train_idx: Tensor
+    val_idx: Tensor
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    epochs: int | None = None
+    batch_size: int | None = None
+    data: Any = None
+    curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    _on_report: Callable[[int, float], None] | None = field(default=None, repr=False)
+    _progress: Callable[[int, int], Any] | None = field(default=None, repr=False)
+
+    @property
+    def is_refit(self) -> bool:
+        """True for a refit on every training example, scored on the test split."""
+        return self.fold is None
+
+    @property
+    def train_data(self) -> Any:
+        """``Subset(data, train_idx)`` of the ``data`` given to ``tune``."""
+        return self._subset(self.train_idx)
+
+    @property
+    def val_data(self) -> Any:
+        """``Subset(data, val_idx)`` of the ``data`` given to ``tune``."""
+        return self._subset(self.val_idx)
+
+    def _subset(self, idx: Tensor) -> Any:
+        if self.data is None:
+            raise ValueError(
+                "trial.train_data needs tune(data=...): with tune(examples=N), index your "
+                "own data with trial.train_idx and trial.val_idx"
+            )
+        from torch.utils.data import Subset
+
+        return Subset(self.data, idx.tolist())
+
+    def report(self, value: float, step: int) -> None:
+        """Record an intermediate validation loss at ``step`` (an epoch or a step count):
+        the learning curve drawn in the report."""
+        value, step = float(value), int(step)
+        self.curve.append((step, value))
+        if self._on_report is not None:
+            self._on_report(step, value)
+
+    def optimizer(
+        self,
+        model: nn.Module,
+        *,
+        decay_embeddings: bool = True,
+        exclude: Sequence[Any] = (),
+        multipliers: Mapping[str, float] | None = None,
+        **adamw_kwargs: Any,
+    ) -> torch.optim.Optimizer:
+        """``AdamW(param_groups(model, weight_decay), lr=lr, decay_scale=decay_scale, ...)``.
+
+        The keyword arguments of :func:`adamwkit.param_groups` choose which tensors decay;
+        the others go to :class:`adamwkit.AdamW` (``betas``, ``eps``, ``fused``...).
+        """
+        from ..adamw import AdamW
+        from ..groups import param_groups
+
+        groups = param_groups(
+            model,
+            self.weight_decay,
+            decay_embeddings=decay_embeddings,
+            exclude=exclude,
+            multipliers=multipliers,
+        )
+        return AdamW(groups, lr=self.lr, decay_scale=self.decay_scale, **adamw_kwargs)
+
+    def autocast(self) -> Any:
+        """A context for the forward pass in the trial's precision (``torch.autocast`` to
+        bfloat16 for ``"bf16"``, nothing for ``"fp32"``)."""
+        return _autocast(self.device, self.precision)
+
+
+@dataclass
+class Outcome:
+    """What one run gave: its loss and metric, or why it failed."""
+
+    loss: float | None = None
+    metric: float | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    reason: str = ""
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def outcome_of(value: Any) -> Outcome:
+    """An objective's return value as an :class:`Outcome` (a non-finite loss fails it)."""
+    metric = None
+    if isinstance(value, Mapping):
+        if "loss" not in value:
+            keys = ", ".join(map(repr, value)) or "none"
+            return Outcome(reason=f"the objective returned a mapping without 'loss' (keys: {keys})")
+        others = [v for k, v in value.items() if k != "loss" and v is not None]
+        metric = float(others[0]) if others else None
+        value = value["loss"]
+    try:
+        loss = float(value)
+    except (TypeError, ValueError):
+        return Outcome(
+            reason=f"the objective returned {type(value).__name__}, not a number (the "
+            "validation loss)"
+        )
+    if not math.isfinite(loss):
+        return Outcome(reason=f"the validation loss is {loss}")
+    return Outcome(loss=loss, metric=metric)
+
+
+def _takes_one_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(required) == 1
+
+
+def _name_of(fn: Any) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{qual}"
+
+
+def resolve_source(source: Any) -> tuple[Task | None, Objective | None, str]:
+    """``(task, objective, name)`` from what ``tune`` was given: a built-in task's name, a
+    ``module:attribute`` (a Task, a function returning one, or an objective: a callable of
+    one argument), a :class:`Task`, or an objective.
+    """
+    obj: Any = source
+    if isinstance(source, str):
+        if ":" in source:
+            from .._loading import load_object
+
+            obj = load_object(source, "objective")
+        else:
+            task = get_task(source)
+            return task, None, task.name
+    if isinstance(obj, Task):
+        return obj, None, obj.name
+    if not callable(obj):
+        raise ValueError(
+            f"objective={source!r} is invalid: expected a Task, a built-in task name, "
+            "'module:attribute', or a function objective(trial) -> validation loss"
+        )
+    if _takes_one_argument(obj):
+        return None, obj, source if isinstance(source, str) else _name_of(obj)
+    made = obj()  # a function returning a Task: an error in it is the user's, with its traceback
+    if not isinstance(made, Task):
+        raise ValueError(
+            f"objective={source!r} is invalid: called with no arguments it returned "
+            f"{type(made).__name__}, not a Task; an objective takes one argument (the trial)"
+        )
+    return made, None, made.name
+
+
+class TaskObjective:
+    """A :class:`Task` as an objective: :func:`adamwkit.fit` on the trial's split, the
+    per-epoch validation loss as the learning curve; :meth:`population` trains many trials
+    at once as one stacked model (:func:`adamwkit.train.fit_population`)."""
+
+    def __init__(self, task: Task, *, epochs: int, batch_size: int) -> None:
+        self.task, self.epochs, self.batch_size = task, epochs, batch_size
+        self.__name__ = task.name
+
+    def __call__(self, trial: Trial) -> dict[str, float | None]:
+        from ..train import fit
+
+        result = fit(
+            self.task,
+            trial.weight_decay,
+            train_idx=trial.train_idx,
+            val_idx=trial.val_idx,
+            lr=trial.lr,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            decay_scale=trial.decay_scale,
+            seed=trial.seed,
+            device=trial.device,
+            precision=trial.precision,
+            progress=trial._progress or False,
+        )
+        for epoch, loss in enumerate(result.val_losses, start=1):
+            trial.report(loss, epoch)
+        return {"loss": result.val_loss, self.task.metric_name: result.val_metric}
+
+    def probe(self) -> tuple[str | None, int]:
+        """Why this task's model cannot be stacked (batch norm, tied weights) or ``None``,
+        and the memory one stacked member needs (bytes); one model is built to see."""
+        from ..train.population import member_bytes, vectorize_refusal
+
+        torch.manual_seed(0)
+        model = self.task.model()
+        why = vectorize_refusal(model)
+        return why, 0 if why else member_bytes(self.task, self.batch_size, model)
+
+    def members(self, trials: Sequence[Trial]) -> list[Any]:
+        from ..train import Member
+
+        return [Member(t.weight_decay, t.lr, t.train_idx, t.val_idx, t.seed) for t in trials]
+
+    def measure(self, trials: Sequence[Trial]) -> tuple[float, float, list[str]]:
+        """Seconds per step of one trial alone and of ``trials`` stacked, and the operators
+        run member by member (:func:`adamwkit.train.population.stacking_speed`)."""
+        from ..train.population import stacking_speed
+
+        first = trials[0]
+        return stacking_speed(
+            self.task, self.members(trials), epochs=self.epochs, batch_size=self.batch_size,
+            decay_scale=first.decay_scale, schedule=self.task.schedule,
+            warmup_steps=self.task.warmup_steps, device=first.device, precision=first.precision,
+        )  # fmt: skip
+
+    def population(
+        self,
+        trials: Sequence[Trial],
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> list[Outcome]:
+        """Train ``trials`` as one stacked model; one :class:`Outcome` per trial."""
+        from ..train import fit_population
+
+        first = trials[0]
+        members = self.members(trials)
+        start = time.perf_counter()
+        results = fit_population(
+            self.task,
+            members,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            decay_scale=first.decay_scale,
+            device=first.device,
+            precision=first.precision,
+            progress=progress,
+        )
+        seconds = (time.perf_counter() - start) / len(trials)
+        out = []
+        for r in results:
+            curve = [(e + 1, v) for e, v in enumerate(r.val_losses)]
+            if r.diverged:
+                out.append(Outcome(reason=r.diverged, curve=curve, seconds=seconds))
+                continue
+            o = outcome_of({"loss": r.val_loss, "metric": r.val_metric})
+            o.curve, o.seconds = curve, seconds
+            out.append(o)
+        return out
