@@ -283,9 +283,10 @@ def test_a_crashing_task_shows_its_traceback(tmp_path):
     first traceback is printed once, and with no candidate left the command exits 1 with
     the error chained (not one line with exit 2, which is for bad arguments)."""
     env = {**os.environ, "ADAMWKIT_TEST_FIT_LOG": "/nonexistent-dir/log"}  # model() raises
-    proc = subprocess.run(_cli("--grid", "0,0.1", "--folds", "2", "--out", str(tmp_path),
-                               "--quiet", "--no-test", "--vectorize", "off"),
-                          cwd=TESTS, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    args = ("--grid", "0,0.1", "--folds", "2", "--out", str(tmp_path), "--quiet", "--no-test",
+            "--vectorize", "off")  # fmt: skip
+    proc = subprocess.run(_cli(*args), cwd=TESTS, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert "tune_tasks.py" in proc.stderr and "FileNotFoundError" in proc.stderr
     assert proc.stderr.count("the objective raised") == 1  # later repeats take one line
