@@ -83,10 +83,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _flagify(message: str) -> str:
-    """Rename library arguments (``batch_size=``) to their flags (``--batch-size=``)."""
+    """Rename library arguments (``batch_size=``, ``lr is needed``) to their flags
+    (``--batch-size=``, ``--lr is needed``)."""
+    names = "|".join(_FLAGS)
+    message = re.sub(r"(?<![\w-])(" + names + r")=", lambda m: _FLAGS[m.group(1)] + "=", message)
     return re.sub(
-        r"(?<![\w-])(" + "|".join(_FLAGS) + r")=",
-        lambda m: _FLAGS[m.group(1)] + "=",
+        r"(?<![\w-])(" + names + r")(?= is (?:needed|invalid|empty))",
+        lambda m: _FLAGS[m.group(1)],
         message,
     )
 

@@ -1,0 +1,163 @@
+"""Tune weight decay for a LightningModule: :func:`lightning_objective`.
+
+Each trial builds a fresh module with ``module_init()`` (after
+``lightning.seed_everything(trial.seed)``), gives it :class:`adamwkit.AdamW` over
+:func:`adamwkit.param_groups` with the trial's weight decay and lr (its
+``configure_optimizers`` is replaced for the run, with an optional scheduler), trains it
+with a ``lightning.Trainer`` on the fold's subsets of ``train_dataset``, and returns the
+validation loss the module logs as ``monitor`` (``self.log("val_loss", loss)`` in
+``validation_step``). Each validation epoch's value is reported to the trial, which draws
+the learning curve in tune's report.
+
+Needs Lightning: ``pip install 'adamwkit[lightning]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..tuning.objective import Trial
+
+__all__ = ["lightning_objective"]
+
+
+def _require() -> Any:
+    try:
+        import lightning
+    except ImportError:
+        try:
+            import pytorch_lightning as lightning
+        except ImportError as err:
+            raise ImportError(
+                f"lightning_objective needs Lightning ({err}): pip install 'adamwkit[lightning]'"
+            ) from err
+    return lightning
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning's info lines (devices found, tips) off for a trial: tune shows its own."""
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+             "lightning_fabric")  # fmt: skip
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def lightning_objective(
+    module_init: Callable[[], Any],
+    train_dataset: Dataset,
+    *,
+    batch_size: int | None = None,
+    max_epochs: int | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    monitor: str = "val_loss",
+    lr_scheduler: Callable[[torch.optim.Optimizer, Trial], Any] | None = None,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    **trainer_kwargs: Any,
+) -> Callable[[Trial], float]:
+    """An objective that trains a LightningModule per trial; returns the validation loss.
+
+    Args:
+        module_init: returns a fresh ``LightningModule`` that logs ``monitor`` in its
+            ``validation_step``.
+        train_dataset: every example the folds split (``tune(data=train_dataset)``).
+        batch_size, max_epochs: per trial, ``tune(batch_size=, epochs=)`` when given, else
+            these.
+        collate_fn: for the data loaders.
+        lr_scheduler: ``lr_scheduler(optimizer, trial)`` returns a scheduler stepped every
+            optimizer step (``None``: a constant lr).
+        optimizer_kwargs: keywords for :meth:`adamwkit.Trial.optimizer`.
+        trainer_kwargs: passed to ``lightning.Trainer`` (logging, checkpoints, the progress
+            bar and the model summary are off unless given here).
+
+    Example::
+
+        objective = lightning_objective(MyModule, dataset, batch_size=32, max_epochs=5)
+        adamwkit.tune(objective, data=dataset, lr=1e-3, epochs=5, batch_size=32)
+    """
+    lightning = _require()
+    if not callable(module_init):
+        raise ValueError(
+            f"module_init={module_init!r} is invalid: expected a function returning a "
+            "LightningModule"
+        )
+    optimizer_kwargs = dict(optimizer_kwargs or {})
+
+    def objective(trial: Trial) -> float:
+        class Report(lightning.Callback):  # type: ignore[misc,name-defined]
+            def on_validation_epoch_end(self, trainer: Any, _module: Any) -> None:
+                value = trainer.callback_metrics.get(monitor)
+                if value is not None and not trainer.sanity_checking:
+                    trial.report(float(value), trainer.current_epoch + 1)
+
+        lightning.seed_everything(trial.seed, verbose=False)
+        module = module_init()
+        if not isinstance(module, lightning.LightningModule):
+            raise ValueError(
+                f"module_init returned {type(module).__name__}: expected a LightningModule"
+            )
+
+        def configure_optimizers() -> Any:
+            opt = trial.optimizer(module, **optimizer_kwargs)
+            if lr_scheduler is None:
+                return opt
+            sched = lr_scheduler(opt, trial)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+        module.configure_optimizers = configure_optimizers
+        bs = trial.batch_size or batch_size
+        if bs is None:
+            raise ValueError(
+                "batch_size is needed: pass tune(batch_size=...) or "
+                "lightning_objective(batch_size=...)"
+            )
+        epochs = trial.epochs or max_epochs
+        if epochs is None:
+            raise ValueError(
+                "max_epochs is needed: pass tune(epochs=...) or lightning_objective(max_epochs=...)"
+            )
+        order = torch.Generator().manual_seed(trial.seed)
+        train = DataLoader(Subset(train_dataset, trial.train_idx.tolist()), batch_size=bs,
+                           shuffle=True, generator=order, collate_fn=collate_fn)  # fmt: skip
+        val = DataLoader(Subset(train_dataset, trial.val_idx.tolist()), batch_size=bs,
+                         collate_fn=collate_fn)  # fmt: skip
+        cuda = trial.device.type == "cuda"
+        settings: dict[str, Any] = {
+            "max_epochs": epochs,
+            "accelerator": "gpu" if cuda else "cpu",
+            "devices": [trial.device.index or 0] if cuda else 1,
+            "precision": "bf16-mixed" if trial.precision == "bf16" else "32-true",
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            **trainer_kwargs,
+        }
+        settings["callbacks"] = [*settings.get("callbacks", []), Report()]
+        with _quiet():
+            trainer = lightning.Trainer(**settings)
+            trainer.fit(module, train, val)
+        value = trainer.callback_metrics.get(monitor)
+        if value is None:
+            raise ValueError(
+                f"monitor={monitor!r} was never logged: log it in validation_step "
+                f"(self.log({monitor!r}, loss)); logged: {sorted(trainer.callback_metrics)}"
+            )
+        return float(value)
+
+    objective.__qualname__ = objective.__name__ = "lightning_objective"
+    return objective

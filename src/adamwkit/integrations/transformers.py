@@ -1,0 +1,132 @@
+"""Tune weight decay for a Hugging Face ``Trainer``: :func:`trainer_objective`.
+
+Each trial builds a fresh model with ``model_init()`` (seeded with the trial's seed), a
+``Trainer`` on the fold's subsets of ``train_dataset`` with :class:`adamwkit.AdamW` over
+:func:`adamwkit.param_groups` (the trial's weight decay and lr; the Trainer's own
+scheduler from ``args`` on top), trains it, and returns the eval loss on the held-out fold.
+Every evaluation the ``args`` ask for (``eval_strategy``) is reported to the trial, which
+draws the learning curve in tune's report.
+
+Needs ``transformers`` and ``accelerate``: ``pip install 'adamwkit[transformers]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ..tuning.objective import Trial
+
+__all__ = ["trainer_objective"]
+
+
+def _require() -> Any:
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            f"trainer_objective needs transformers ({err}): pip install 'adamwkit[transformers]'"
+        ) from err
+    return transformers
+
+
+def trainer_objective(
+    model_init: Callable[[], torch.nn.Module],
+    args: Any,
+    train_dataset: Dataset,
+    *,
+    data_collator: Any = None,
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None,
+    metric: str | None = None,
+    callbacks: Sequence[Any] = (),
+    optimizer_kwargs: dict[str, Any] | None = None,
+    **trainer_kwargs: Any,
+) -> Callable[[Trial], dict[str, float | None]]:
+    """An objective that trains a Hugging Face ``Trainer`` per trial; returns the eval loss.
+
+    Args:
+        model_init: returns a fresh model (called after ``transformers.set_seed(trial.seed)``).
+        args: ``TrainingArguments``; per trial, ``learning_rate``, ``weight_decay``, ``seed``
+            come from the trial, and ``num_train_epochs`` and
+            ``per_device_train_batch_size`` from ``tune(epochs=, batch_size=)`` when given.
+            Checkpoints and logging integrations are off (``save_strategy="no"``,
+            ``report_to="none"``), the Trainer's own printing and progress bar too (tune
+            shows its own), and the output goes to a temporary folder.
+        train_dataset: every example the folds split (``tune(data=train_dataset)``);
+            trial ``i`` trains on ``Subset(train_dataset, trial.train_idx)``.
+        data_collator, compute_metrics, callbacks, and other keywords: passed to ``Trainer``.
+        metric: a key of the final evaluation (``"eval_accuracy"``) reported beside the loss.
+        optimizer_kwargs: keywords for :meth:`adamwkit.Trial.optimizer` (``betas``, ``exclude``...).
+
+    Example::
+
+        objective = trainer_objective(lambda: GPT2LMHeadModel(config), args, dataset)
+        adamwkit.tune(objective, data=dataset, lr=args.learning_rate, epochs=3, batch_size=8)
+    """
+    transformers = _require()
+    if not callable(model_init):
+        raise ValueError(
+            f"model_init={model_init!r} is invalid: expected a function returning a model"
+        )
+    if not isinstance(args, transformers.TrainingArguments):
+        raise ValueError(
+            f"args={type(args).__name__} is invalid: expected transformers.TrainingArguments"
+        )
+    optimizer_kwargs = dict(optimizer_kwargs or {})
+
+    def objective(trial: Trial) -> dict[str, float | None]:
+        from transformers import Trainer, TrainerCallback, set_seed
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        class Report(TrainerCallback):  # type: ignore[misc]
+            def on_evaluate(self, _args: Any, state: Any, _control: Any, **kw: Any) -> None:
+                metrics = kw.get("metrics") or {}
+                if "eval_loss" in metrics:
+                    trial.report(metrics["eval_loss"], state.global_step)
+
+        set_seed(trial.seed)
+        model = model_init().to(trial.device)
+        overrides: dict[str, Any] = {
+            "learning_rate": trial.lr,
+            "weight_decay": trial.weight_decay,
+            "seed": trial.seed,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": trial.device.type == "cpu",
+            "bf16": trial.precision == "bf16" or args.bf16,
+        }
+        if trial.epochs is not None:
+            overrides["num_train_epochs"] = trial.epochs
+        if trial.batch_size is not None:
+            overrides["per_device_train_batch_size"] = trial.batch_size
+        with tempfile.TemporaryDirectory(prefix="adamwkit-trainer-") as out:
+            run_args = dataclasses.replace(args, output_dir=out, **overrides)
+            trainer = Trainer(
+                model=model,
+                args=run_args,
+                train_dataset=Subset(train_dataset, trial.train_idx.tolist()),
+                eval_dataset=Subset(train_dataset, trial.val_idx.tolist()),
+                data_collator=data_collator,
+                compute_metrics=compute_metrics,
+                callbacks=[*callbacks, Report()],
+                optimizers=(trial.optimizer(model, **optimizer_kwargs), None),
+                **trainer_kwargs,
+            )
+            for printer in (PrinterCallback, ProgressCallback):  # tune shows its own bars
+                trainer.remove_callback(printer)
+            trainer.train()
+            last = trainer.state.log_history
+            evaluated = [
+                e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step
+            ]
+            metrics = evaluated[-1] if evaluated else trainer.evaluate()
+        return {"loss": float(metrics["eval_loss"]),
+                **({metric: metrics.get(metric)} if metric else {})}  # fmt: skip
+
+    objective.__qualname__ = objective.__name__ = "trainer_objective"
+    return objective
