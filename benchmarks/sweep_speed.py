@@ -64,18 +64,18 @@ def members(task: Task, epochs: int, folds: int = 5, seed: int = 0) -> list[Memb
     ]
 
 
-def run_case(name: str, epochs: int | None) -> tuple[int, float, float]:
+def run_case(name: str, epochs: int | None, device: str) -> tuple[int, float, float]:
     task = CASES[name]()
     n_epochs = epochs or task.epochs
     ms = members(task, n_epochs)
-    fit(task, 0.0, epochs=1)  # warm up the thread pool and the allocator
+    fit(task, 0.0, epochs=1, device=device)  # warm up the thread pool and the allocator
     start = time.perf_counter()
     for m in ms:
         fit(task, m.weight_decay, train_idx=m.train_idx, val_idx=m.val_idx, lr=m.lr,
-            seed=m.seed, epochs=n_epochs)  # fmt: skip
+            seed=m.seed, epochs=n_epochs, device=device)  # fmt: skip
     sequential = time.perf_counter() - start
     start = time.perf_counter()
-    fit_population(task, ms, epochs=n_epochs, batch_size=task.batch_size)
+    fit_population(task, ms, epochs=n_epochs, batch_size=task.batch_size, device=device)
     stacked = time.perf_counter() - start
     return len(ms), sequential, stacked
 
@@ -84,12 +84,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="digits", help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--epochs", type=int, help="override every case's epochs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
     print(f"{'case':<14} {'runs':>5} {'epochs':>6} {'sequential s':>13} {'stacked s':>10} "
           f"{'ratio':>6}")  # fmt: skip
     for name in args.cases.split(","):
-        n, seq, stacked = run_case(name, args.epochs)
+        n, seq, stacked = run_case(name, args.epochs, args.device)
         epochs = args.epochs or CASES[name]().epochs
         print(f"{name:<14} {n:>5} {epochs:>6} {seq:>13.1f} {stacked:>10.1f} {seq / stacked:>6.2f}")
 

@@ -17,9 +17,10 @@ stacking would untie tied weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,9 +137,31 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
 Batched = Callable[..., Tensor]
 
 
+@contextlib.contextmanager
+def batchable_kernels() -> Iterator[None]:
+    """Attention as plain matrix products while members are stacked.
+
+    The fused attention kernels (flash and memory-efficient ``scaled_dot_product_attention``,
+    and ``nn.TransformerEncoderLayer``'s inference fast path) have no ``vmap`` batching
+    rule: ``torch.func`` runs them member by member (on the CPU), or their backward fails
+    on a stacked layout (seen on CUDA: "LSE is not correctly aligned"). The math backend
+    is built from batchable operations, so the whole stack runs as one call.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def _vmapped(task: Task, base: nn.Module) -> tuple[Batched, Batched]:
     """``(loss(params, buffers, x, y), outputs(params, buffers, x))`` over stacked members,
-    through ``vmap`` of ``functional_call`` on ``base`` (randomness drawn per member)."""
+    through ``vmap`` of ``functional_call`` on ``base`` (randomness drawn per member), with
+    :func:`batchable_kernels`."""
     from torch.func import functional_call, vmap
 
     def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -147,7 +170,18 @@ def _vmapped(task: Task, base: nn.Module) -> tuple[Batched, Batched]:
     def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(base, (p, b), (x,))
 
-    return vmap(loss_of, randomness="different"), vmap(outputs_of, randomness="different")
+    batched_loss = vmap(loss_of, randomness="different")
+    batched_outputs = vmap(outputs_of, randomness="different")
+
+    def stacked_loss(*args: Tensor) -> Tensor:
+        with batchable_kernels():
+            return batched_loss(*args)
+
+    def stacked_outputs(*args: Tensor) -> Tensor:
+        with batchable_kernels():
+            return batched_outputs(*args)
+
+    return stacked_loss, stacked_outputs
 
 
 # Parameter-free modules that act on each element alone, so one call on the stacked
