@@ -59,6 +59,7 @@ _FLAGS = {
     "heartbeat_interval": "--heartbeat-interval",
     "max_memory": "--max-memory",
     "workers": "--workers",
+    "threads": "--threads",
     "vectorize": "--vectorize",
     "examples": "--examples",
     "test_fraction": "--test-fraction",
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_number,
         default=1,
-        help="processes that will share the study: each claims 1/N of it at a time",
+        help="worker processes to start on this machine (each with its share of the cores, "
+        "and GPU i mod count on a machine with several)",
     )
     p.add_argument(
         "--device",
@@ -246,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fp32", "bf16"),
         default="fp32",
         help="bf16: the forward pass under bfloat16 autocast (weights stay float32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_number,
+        help="torch threads per worker (default: a share of the cores other programs leave free)",
     )
     p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -570,6 +577,7 @@ def _cmd_tune(a: argparse.Namespace) -> int:
         vectorize=a.vectorize,
         max_memory=a.max_memory,
         workers=_whole("workers", a.workers, 1),
+        threads=None if a.threads is None else _whole("threads", a.threads, 1),
     )
     if a.json:
         _print_json(result.summary)

@@ -492,8 +492,9 @@ def stacking_speed(
     """Seconds per step of one member trained alone and of ``members`` stacked, and the
     operators ``torch.func`` ran member by member (no batching rule).
 
-    Each path takes two untimed steps (first-step set-up), then timed steps until
-    ``min_seconds`` have passed (at least 3, at most 20), on the same batch. Raises
+    Each path takes untimed steps (first-step set-up), then timed steps until
+    ``min_seconds`` have passed (at least 2, at most 20), on the same batch; a stacked first
+    step slower than twice the members' sequential time ends the measurement. Raises
     :class:`StackingFailed` with the error when the stacked model fails; an error of the
     single run (the user's code) propagates.
     """
@@ -524,9 +525,12 @@ def stacking_speed(
                 schedule=schedule, warmup_steps=warmup_steps, device=device,
                 precision=precision, data=data,
             )  # fmt: skip
-            stacked = _seconds_per_step(engine, index, device, min_seconds)
-            engine.set_training(False)
-            engine.validate()
+            # Slower than one at a time even with its set-up counted in: no need for more.
+            give_up = 2.0 * len(members) * single
+            stacked = _seconds_per_step(engine, index, device, min_seconds, give_up)
+            if stacked <= give_up:
+                engine.set_training(False)
+                engine.validate()
         except Exception as err:
             raise StackingFailed(f"{type(err).__name__}: {err}".splitlines()[0]) from err
     slow = []
@@ -538,8 +542,16 @@ def stacking_speed(
 
 
 def _seconds_per_step(
-    engine: Any, index: Tensor, device: torch.device, min_seconds: float
+    engine: Any,
+    index: Tensor,
+    device: torch.device,
+    min_seconds: float,
+    give_up: float = math.inf,
 ) -> float:
+    """Seconds per training step of ``engine`` on ``index``: a first untimed step (one-time
+    set-up), a second for cheap steps, then timed steps until ``min_seconds`` (at least 2,
+    at most 20). A first step slower than ``give_up`` ends it there (its time is returned):
+    the answer is clear without more."""
     import time
 
     def sync() -> None:
@@ -547,15 +559,20 @@ def _seconds_per_step(
             torch.cuda.synchronize(device)
 
     engine.set_training(True)
-    for _ in range(2):
-        engine.train_step(index)
+    start = time.perf_counter()
+    engine.train_step(index)
     sync()
+    first = time.perf_counter() - start
+    if first > give_up:
+        return first
+    if first < min_seconds:
+        engine.train_step(index)
+        sync()
     start, steps = time.perf_counter(), 0
-    while steps < 3 or (time.perf_counter() - start < min_seconds and steps < 20):
+    while steps < 2 or (time.perf_counter() - start < min_seconds and steps < 20):
         engine.train_step(index)
         steps += 1
-        if steps >= 3:
-            sync()
+        sync()
     return (time.perf_counter() - start) / steps
 
 

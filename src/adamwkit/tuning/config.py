@@ -79,6 +79,7 @@ class TuneConfig:
     max_memory: float | None = None
     workers: int = 1
     device: str = "auto"
+    threads: int | None = None
     busy_cores: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -265,6 +265,7 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
     trials = check_whole("trials", kw["trials"], 1)
     heartbeat = check_whole("heartbeat_interval", kw["heartbeat_interval"], 1)
     n_workers = check_whole("workers", kw["workers"], 1)
+    threads = None if kw["threads"] is None else check_whole("threads", kw["threads"], 1)
     seed = check_whole("seed", kw["seed"])
     device = resolve_device(kw["device"])
     precision = check_precision(kw["precision"], device)
@@ -364,6 +365,7 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         vectorize=vectorize,
         max_memory=kw["max_memory"],
         workers=n_workers,
+        threads=threads,
         device=str(kw["device"] or "auto"),
     )
     return Plan(config, splits, sug)
@@ -420,6 +422,7 @@ def tune(
     vectorize: str = "auto",
     max_memory: float | None = None,
     workers: int = 1,
+    threads: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
 ) -> TuneResult:
@@ -451,8 +454,9 @@ def tune(
     The study lives in ``storage`` (default: a journal file in ``out/<study>/``); rerunning
     the same call resumes it without rerunning finished folds, and processes or machines
     sharing a database URL share the work. ``workers`` starts that many worker processes on
-    this machine, each with its share of the CPU cores (and on a machine with several GPUs,
-    worker i on GPU i mod count). ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) and
+    this machine, each with its share of the CPU cores that other programs leave free, as
+    torch threads (``threads`` fixes the number instead), and on a machine with several
+    GPUs, worker i on GPU i mod count. ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) and
     ``precision`` (``fp32``, ``bf16``) say where and how runs train.
 
     ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains a Task's claimed candidates and
@@ -471,13 +475,15 @@ def tune(
         grid_max=grid_max, points=points, sampler=sampler, trials=trials, lr_grid=lr_grid,
         search_lr=search_lr, storage=storage, study=study, out=out, seed=seed, prune=prune,
         heartbeat_interval=heartbeat_interval, test=test, progress=progress,
-        vectorize=vectorize, max_memory=max_memory, workers=workers, device=device,
-        precision=precision,
+        vectorize=vectorize, max_memory=max_memory, workers=workers, threads=threads,
+        device=device, precision=precision,
     )  # fmt: skip
     config = plan.config
     why, max_members = _stacking_limits(prep, config)
     config = dataclasses.replace(
-        config, extra={"refusal": why, "max_members": max_members}, busy_cores=busy_cores()
+        config,
+        extra={"refusal": why, "max_members": max_members},
+        busy_cores=busy_cores() if config.threads is None else 0.0,
     )
     if why and config.vectorize == "on":
         raise ValueError(f"vectorize='on' is invalid for task={prep.name!r}: {why}")
@@ -572,7 +578,7 @@ class _Worker:
         self.spec = config.spec
         self.slot = Slot(config.run_dir)
         self.device = device_for(config.device, self.slot.index)
-        self.threads = ThreadShare(config.run_dir, config.busy_cores, bar.say)
+        self.threads = ThreadShare(config.run_dir, config.busy_cores, bar.say, config.threads)
         self.max_members = int(config.extra.get("max_members", DEFAULT_MEMBERS))
         self.decision: Decision | None = None
         if config.extra.get("refusal"):

@@ -105,20 +105,36 @@ def busy_cores(seconds: float = 0.25) -> float:
 class ThreadShare:
     """Keeps torch's intra-op threads at this worker's share of the free cores."""
 
-    def __init__(self, run_dir: Path, busy: float, say: Callable[[str], None]) -> None:
-        self.run_dir, self.busy, self.say = run_dir, busy, say
+    def __init__(
+        self,
+        run_dir: Path,
+        busy: float,
+        say: Callable[[str], None],
+        fixed: int | None = None,
+    ) -> None:
+        self.run_dir, self.busy, self.say, self.fixed = run_dir, busy, say, fixed
         self.before = torch.get_num_threads()
         self.current = 0
 
     def update(self) -> None:
+        """Set this worker's threads (``fixed``, or its share) and say when they change."""
+        if self.fixed is not None:
+            if self.current != self.fixed:
+                torch.set_num_threads(self.fixed)
+                self.say(f"{self.fixed} torch thread{'s' if self.fixed > 1 else ''} for this "
+                         "worker (--threads)")  # fmt: skip
+                self.current = self.fixed
+            return
         workers = max(1, live_slots(self.run_dir))
         share = cpu_share(workers, self.busy)
         if share != self.current:
             torch.set_num_threads(share)
+            cores = os.cpu_count() or 1
             busy = f", {self.busy:.1f} busy with other programs" if self.busy >= 0.5 else ""
             self.say(
                 f"{share} torch thread{'s' if share > 1 else ''} for this worker "
-                f"({workers} worker{'s' if workers > 1 else ''} on this machine{busy})"
+                f"({workers} worker{'s' if workers > 1 else ''} on this machine's {cores} "
+                f"cores{busy})"
             )
             self.current = share
 
