@@ -77,7 +77,7 @@ def test_data_moves_to_the_device_once():
     task = tune_tasks.tiny()
     data = DeviceData(task, torch.device("cuda"))
     resident = data.tensors[0].data_ptr()
-    x, y = data.batch(torch.tensor([[0, 1], [2, 3]]))
+    x, _y = data.batch(torch.tensor([[0, 1], [2, 3]]))
     assert x.device.type == "cuda" and x.shape == (2, 2, 8)
     assert torch.equal(x.cpu(), task.data[0][torch.tensor([[0, 1], [2, 3]])])
     assert data.tensors[0].data_ptr() == resident
