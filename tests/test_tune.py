@@ -24,6 +24,7 @@ import tune_tasks
 from adamwkit import ObjectiveFailed, Task, fit, tune
 from adamwkit._io import atomic_write
 from adamwkit.cli import main
+from adamwkit.train import evaluate
 from adamwkit.tuning.cv import Candidate, default_grid, summarize
 
 TESTS = Path(__file__).parent
@@ -444,3 +445,19 @@ def test_a_failing_population_fails_every_claimed_trial_with_the_traceback(tmp_p
     assert "RuntimeError: loss failed" in proc.stderr and "_failing_loss" in proc.stderr
     states = {c.state for c in _journal_trials(tmp_path / "tiny", "tiny")}
     assert states == {optuna.trial.TrialState.FAIL}
+
+
+@pytest.mark.parametrize(("vectorize", "rel"), [("off", 1e-12), ("on", 1e-5)])
+def test_refits_equal_a_hand_written_refit_on_the_test_split(tmp_path, vectorize, rel):
+    """Oracle: scikit-learn's train_test_split, fit on the whole pool and evaluate on the
+    test split (the refits train stacked with 'on')."""
+    task = tune_tasks.tiny()
+    result = tune(task, folds=2, grid=[0.0, 0.5], out=tmp_path, seed=7, progress=False,
+                  vectorize=vectorize)  # fmt: skip
+    y = task.labels.numpy()
+    pool, test = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=7)
+    for label, entry in result.summary["test"].items():
+        model = fit(task, entry["weight_decay"], train_idx=pool, seed=7).model
+        loss, metric = evaluate(model, task, test)
+        assert entry["loss"] == pytest.approx(loss, rel=rel), label
+        assert entry["metric"] == pytest.approx(metric, rel=rel), label

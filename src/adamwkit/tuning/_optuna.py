@@ -6,7 +6,8 @@ Optuna has no public API for these: failing a stale trial of another worker (the
 write, and the heartbeat that ``study.optimize`` records for the trials it runs (``tune``
 claims trials with ``study.ask`` and runs them itself, so it records its own). The range of
 Optuna versions these were checked against is pinned in ``pyproject.toml``
-(``optuna>=4.4,<5.1``); a new Optuna release is checked here first.
+(``optuna>=5.0,<5.1``: 4.4 lacks ``RetryHeartbeatStaleTrialCallback``); a new Optuna
+release is checked here first.
 """
 
 from __future__ import annotations

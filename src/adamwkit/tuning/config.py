@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,12 @@ class StudySpec:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """How this process runs the study ``spec``: storage, run folder, device, workers."""
+    """How this process runs the study ``spec``: storage, run folder, device, workers.
+
+    ``busy_cores`` (measured when the command starts), ``stack_refusal`` (why a task's
+    model cannot be stacked, known before any run) and ``max_members`` (members trained
+    together within ``max_memory``) are filled in by ``tune`` before the workers start.
+    """
 
     spec: StudySpec
     enqueue: tuple[dict[str, float], ...]
@@ -81,7 +86,8 @@ class TuneConfig:
     device: str = "auto"
     threads: int | None = None
     busy_cores: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    stack_refusal: str | None = None
+    max_members: int = 128
 
     @property
     def total_runs(self) -> int:

@@ -482,7 +482,8 @@ def tune(
     why, max_members = _stacking_limits(prep, config)
     config = dataclasses.replace(
         config,
-        extra={"refusal": why, "max_members": max_members},
+        stack_refusal=why,
+        max_members=max_members,
         busy_cores=busy_cores() if config.threads is None else 0.0,
     )
     if why and config.vectorize == "on":
@@ -579,10 +580,10 @@ class _Worker:
         self.slot = Slot(config.run_dir)
         self.device = device_for(config.device, self.slot.index)
         self.threads = ThreadShare(config.run_dir, config.busy_cores, bar.say, config.threads)
-        self.max_members = int(config.extra.get("max_members", DEFAULT_MEMBERS))
+        self.max_members = config.max_members
         self.decision: Decision | None = None
-        if config.extra.get("refusal"):
-            self.decision = Decision("off", config.extra["refusal"])
+        if config.stack_refusal:
+            self.decision = Decision("off", config.stack_refusal)
         self.runner = Runner(
             prep.objective,
             decay_scale=self.spec.decay_scale,
@@ -629,7 +630,7 @@ class _Worker:
     def _batch(self) -> int:
         if self.decision is not None and self.decision.mode == "off":
             return 1
-        if self.config.extra.get("refusal"):
+        if self.config.stack_refusal:
             return 1
         k = self.spec.folds
         ended = sum(
@@ -771,7 +772,7 @@ def _summarize(
     to_torch = convert_weight_decay(1.0, spec.decay_scale, "torch", lr_peak=lr)
     factor = None if bs is None else bs / (lr * n_train) / to_torch  # tau_epoch = factor / wd
     if decision is None:
-        decision = Decision("off", config.extra.get("refusal") or "no run trained here")
+        decision = Decision("off", config.stack_refusal or "no run trained here")
     failed = [c for c in summ.candidates if c.state == "failed"]
     return {
         "task": prep.name,
