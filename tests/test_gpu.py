@@ -13,7 +13,7 @@ import objectives
 import tune_tasks
 from adamwkit import Trial, fit, tune
 from adamwkit.train import Member, fit_population
-from adamwkit.train.loop import DeviceData
+from adamwkit.train.loop import DeviceData, RunSettings
 from adamwkit.train.population import StackedEngine
 from adamwkit.tuning.cv import holdout_split, make_folds
 
@@ -54,9 +54,8 @@ def test_population_on_cuda_matches_the_cpu():
 def test_population_state_lives_where_the_fused_kernel_wants_it():
     task = tune_tasks.tiny()
     members = _members(task)[:2]
-    engine = StackedEngine(task, members, epochs=1, batch_size=16, decay_scale="lr",
-                           schedule="cosine", warmup_steps=0, device=torch.device("cuda"),
-                           precision="fp32")  # fmt: skip
+    settings = RunSettings(1, 16, "lr", "cosine", 0, torch.device("cuda"))
+    engine = StackedEngine(task, members, settings)
     assert all(s.device.type == "cuda" and s.dtype == torch.float32 for s in engine.steps)
     assert engine.data.tensors[0].device.type == "cuda"  # the data moved once
     engine.train_step(torch.stack([m.train_idx[:16] for m in members]))

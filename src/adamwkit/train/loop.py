@@ -34,6 +34,7 @@ __all__ = [
     "DeviceData",
     "Engine",
     "History",
+    "RunSettings",
     "TrainingDiverged",
     "check_index",
     "flush_denormals",
@@ -106,6 +107,23 @@ class DeviceData:
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs])
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every member of a run shares: its length, batches, schedule and device."""
+
+    epochs: int
+    batch_size: int
+    decay_scale: str
+    schedule: str
+    warmup_steps: int
+    device: torch.device
+    precision: str = "fp32"
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps of a run over ``n_train`` examples."""
+        return self.epochs * math.ceil(n_train / self.batch_size)
 
 
 class Engine(Protocol):

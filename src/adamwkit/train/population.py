@@ -34,7 +34,7 @@ from ..functional import adamw_step
 from ..groups import param_groups
 from ..schedules import SCHEDULES, make_schedule
 from ..tasks import Task, cross_entropy
-from .loop import DeviceData, check_index, run_epochs
+from .loop import DeviceData, RunSettings, check_index, run_epochs
 
 __all__ = [
     "Member",
@@ -342,19 +342,14 @@ class StackedEngine:
         self,
         task: Task,
         members: Sequence[Member],
-        *,
-        epochs: int,
-        batch_size: int,
-        decay_scale: str,
-        schedule: str,
-        warmup_steps: int,
-        device: torch.device,
-        precision: str,
+        settings: RunSettings,
         data: DeviceData | None = None,
     ) -> None:
         from torch.func import stack_module_state
 
-        self.task, self.members, self.device, self.precision = task, members, device, precision
+        device, decay_scale = settings.device, settings.decay_scale
+        self.task, self.members, self.device = task, members, device
+        self.precision = settings.precision
         models = []
         for m in members:
             torch.manual_seed(m.seed)
@@ -406,9 +401,8 @@ class StackedEngine:
         self.steps = [
             torch.zeros((), dtype=torch.float32, device=params[n].device) for n in self.trainable
         ]
-        n_train = int(members[0].train_idx.numel())
-        total = epochs * math.ceil(n_train / batch_size)
-        self.shape = make_schedule(schedule, total, min(warmup_steps, total - 1))
+        total = settings.total_steps(int(members[0].train_idx.numel()))
+        self.shape = make_schedule(settings.schedule, total, min(settings.warmup_steps, total - 1))
         self.step_count = 0
         self.data = data if data is not None else DeviceData(task, device)
         val = torch.stack([m.val_idx for m in members])
@@ -479,14 +473,7 @@ class StackingFailed(Exception):
 def stacking_speed(
     task: Task,
     members: Sequence[Member],
-    *,
-    epochs: int,
-    batch_size: int,
-    decay_scale: str,
-    schedule: str,
-    warmup_steps: int,
-    device: torch.device,
-    precision: str,
+    settings: RunSettings,
     min_seconds: float = 0.3,
 ) -> tuple[float, float, list[str]]:
     """Seconds per step of one member trained alone and of ``members`` stacked, and the
@@ -503,15 +490,12 @@ def stacking_speed(
 
     from .single import single_engine
 
+    device, batch_size = settings.device, settings.batch_size
     data = DeviceData(task, device)
-    n_train = int(members[0].train_idx.numel())
-    total = epochs * math.ceil(n_train / batch_size)
     first = members[0]
-    alone = single_engine(
-        task, first.weight_decay, lr=first.lr, seed=first.seed, total_steps=total,
-        decay_scale=decay_scale, schedule=schedule, warmup_steps=warmup_steps, device=device,
-        precision=precision, data=data,
-    )  # fmt: skip
+    n_train = int(first.train_idx.numel())
+    alone = single_engine(task, first.weight_decay, lr=first.lr, seed=first.seed,
+                          n_train=n_train, settings=settings, data=data)  # fmt: skip
     single = _seconds_per_step(
         alone, first.train_idx[:batch_size].reshape(1, -1), device, min_seconds
     )
@@ -520,11 +504,7 @@ def stacking_speed(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            engine = StackedEngine(
-                task, members, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale,
-                schedule=schedule, warmup_steps=warmup_steps, device=device,
-                precision=precision, data=data,
-            )  # fmt: skip
+            engine = StackedEngine(task, members, settings, data)
             # Slower than one at a time even with its set-up counted in: no need for more.
             give_up = 2.0 * len(members) * single
             stacked = _seconds_per_step(engine, index, device, min_seconds, give_up)
@@ -629,9 +609,8 @@ def fit_population(
         for m in members
     ]  # fmt: skip
     engine = StackedEngine(
-        task, members, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale,
-        schedule=sched, warmup_steps=warm, device=where, precision=precision,
-    )  # fmt: skip
+        task, members, RunSettings(epochs, batch_size, decay_scale, sched, warm, where, precision)
+    )
     histories = run_epochs(
         engine,
         [m.train_idx for m in members],

@@ -27,7 +27,7 @@ from ..adamw import AdamW
 from ..groups import param_groups
 from ..schedules import SCHEDULES, make_schedule
 from ..tasks import Task
-from .loop import DeviceData, TrainingDiverged, check_index, run_epochs
+from .loop import DeviceData, RunSettings, TrainingDiverged, check_index, run_epochs
 
 __all__ = ["FitResult", "evaluate", "fit"]
 
@@ -159,30 +159,26 @@ def single_engine(
     *,
     lr: float,
     seed: int,
-    total_steps: int,
-    decay_scale: str,
-    schedule: str,
-    warmup_steps: int,
-    device: torch.device,
-    precision: str,
+    n_train: int,
+    settings: RunSettings,
     data: DeviceData | None = None,
     val: Tensor | None = None,
 ) -> _SingleEngine:
-    """The engine :func:`fit` trains with: a seeded ``task.model()`` on ``device``, its
-    :class:`AdamW` over :func:`param_groups`, and the schedule as a ``LambdaLR``."""
+    """The engine :func:`fit` trains with: a seeded ``task.model()`` on the device, its
+    :class:`AdamW` over :func:`param_groups`, and the schedule as a ``LambdaLR`` over a run
+    of ``n_train`` examples."""
     torch.manual_seed(seed)
-    model = task.model().to(device)
+    model = task.model().to(settings.device)
     model.train()
     opt = AdamW(
         param_groups(model, weight_decay=weight_decay, **task.param_groups),
         lr=lr,
-        decay_scale=decay_scale,
+        decay_scale=settings.decay_scale,
     )
-    lr_sched = make_schedule(schedule, total_steps, min(warmup_steps, total_steps - 1)).scheduler(
-        opt
-    )
-    data = data if data is not None else DeviceData(task, device)
-    return _SingleEngine(task, model, opt, lr_sched, data, val, precision)
+    total = settings.total_steps(n_train)
+    shape = make_schedule(settings.schedule, total, min(settings.warmup_steps, total - 1))
+    data = data if data is not None else DeviceData(task, settings.device)
+    return _SingleEngine(task, model, opt, shape.scheduler(opt), data, val, settings.precision)
 
 
 def fit(
@@ -242,11 +238,9 @@ def fit(
     train = torch.arange(n) if train is None else train
     val = check_index("val_idx", val_idx, n)
 
-    engine = single_engine(
-        task, wd, lr=lr_, seed=seed, total_steps=n_epochs * math.ceil(train.numel() / bs),
-        decay_scale=scale, schedule=sched_name, warmup_steps=warm, device=where,
-        precision=precision, val=val,
-    )  # fmt: skip
+    settings = RunSettings(n_epochs, bs, scale, sched_name, warm, where, precision)
+    engine = single_engine(task, wd, lr=lr_, seed=seed, n_train=train.numel(), settings=settings,
+                           val=val)  # fmt: skip
     model = engine.model
 
     result = FitResult(model, wd, lr_, scale, 0, 0)

@@ -280,14 +280,14 @@ class TaskObjective:
     def measure(self, trials: Sequence[Trial]) -> tuple[float, float, list[str]]:
         """Seconds per step of one trial alone and of ``trials`` stacked, and the operators
         run member by member (:func:`adamwkit.train.population.stacking_speed`)."""
+        from ..train.loop import RunSettings
         from ..train.population import stacking_speed
 
         first = trials[0]
-        return stacking_speed(
-            self.task, self.members(trials), epochs=self.epochs, batch_size=self.batch_size,
-            decay_scale=first.decay_scale, schedule=self.task.schedule,
-            warmup_steps=self.task.warmup_steps, device=first.device, precision=first.precision,
-        )  # fmt: skip
+        settings = RunSettings(self.epochs, self.batch_size, first.decay_scale,
+                               self.task.schedule, self.task.warmup_steps, first.device,
+                               first.precision)  # fmt: skip
+        return stacking_speed(self.task, self.members(trials), settings)
 
     def population(
         self,

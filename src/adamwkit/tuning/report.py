@@ -81,7 +81,15 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     title = "flat: weight decay hardly matters here" if summary["flat"] else "CV loss"
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
     ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3, which="both")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    """The figure, with a light grid, as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
+        ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -136,12 +144,7 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     ax.set_ylabel("validation loss, mean over folds")
     ax.set_title(f"{summary['task']}: learning curves", fontsize=10)
     ax.legend(fontsize=7, loc="best", ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def render_html(summary: dict[str, Any], png: bytes, curves: bytes | None = None) -> str:
