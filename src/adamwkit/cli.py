@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "tune",
         help="cross-validate weight decay on a task (default: digits) and write a report",
-        description="k-fold cross-validated weight decay search in an Optuna study: a journal "
+        description="k-fold cross-validated weight decay search, for a task or your own "
+        "training loop written as an objective, in an Optuna study: a journal "
         "file in the run folder by default, or a database (--storage) shared by many workers "
         "running the same command. Rerunning resumes the study.",
     )
@@ -228,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vectorize",
         choices=("auto", "on", "off"),
         default="auto",
-        help="train candidates x folds together as one stacked model (auto: when possible)",
+        help="train candidates x folds together as one stacked model (auto: when a few "
+        "measured steps say it is faster)",
     )
     p.add_argument("--max-memory", type=_number, help="GiB cap on members trained together")
     p.add_argument(
