@@ -74,9 +74,9 @@ class Trial:
     epochs: int | None = None
     batch_size: int | None = None
     data: Any = None
-    curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    _on_report: Callable[[int, float], None] | None = field(default=None, repr=False)
-    _progress: Callable[[int, int], Any] | None = field(default=None, repr=False)
+    curve: list[tuple[int, float]] = field(default_factory=list, init=False, repr=False)
+    _on_report: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
+    _progress: Callable[[int, int], Any] | None = field(default=None, init=False, repr=False)
 
     @property
     def is_refit(self) -> bool:
