@@ -461,3 +461,18 @@ def test_refits_equal_a_hand_written_refit_on_the_test_split(tmp_path, vectorize
         loss, metric = evaluate(model, task, test)
         assert entry["loss"] == pytest.approx(loss, rel=rel), label
         assert entry["metric"] == pytest.approx(metric, rel=rel), label
+
+
+def test_auto_measures_on_folds_of_unequal_sizes(tmp_path):
+    """96 examples in 5 folds: validation splits of 19 and 20. Regression: the measurement
+    stacked them together, failed, and blamed vmap."""
+    result = tune(tune_tasks.tiny(), folds=5, grid=[0.0, 0.1], out=tmp_path, test=False,
+                  progress=False)  # fmt: skip
+    stacking = result.summary["stacking"]
+    assert "fails" not in stacking["reason"] and stacking["ratio"] > 0
+
+
+def test_a_sampler_starts_inside_the_range_given(tmp_path):
+    result = tune(tune_tasks.tiny(), folds=2, sampler="tpe", trials=2, grid_min=1e-4,
+                  grid_max=1e-3, out=tmp_path, test=False, progress=False)  # fmt: skip
+    assert all(1e-4 <= c["weight_decay"] <= 1e-3 for c in result.summary["candidates"])

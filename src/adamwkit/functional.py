@@ -391,6 +391,14 @@ def _member_view(vec: Tensor, like: Tensor) -> Tensor:
     return vec.to(device=like.device, dtype=dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
+def _to_device(vec: Tensor, device: torch.device) -> Tensor:
+    """A small CPU vector on ``device``; to a GPU through pinned memory, so the copy does not
+    make the host wait for the GPU."""
+    if device.type != "cuda":
+        return vec.to(device)
+    return vec.pin_memory().to(device, non_blocking=True)
+
+
 def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw):
     """PyTorch's fused kernel: once per member for large tensors (decay folded in), and
     one decay pass plus one call for all members of the small ones."""
@@ -432,8 +440,14 @@ def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, ste
     if small:
         if any(wd_list):
             factor = 1.0 - lrs * wds
+            on_device: dict[tuple[torch.device, torch.dtype], Tensor] = {}
             for i in small:
-                params[i].mul_(_member_view(factor, params[i]))
+                p = params[i]
+                dtype = p.dtype if p.dtype == torch.float64 else torch.float32
+                key = (p.device, dtype)
+                if key not in on_device:  # one asynchronous copy per device, not per tensor
+                    on_device[key] = _to_device(factor.to(dtype), p.device)
+                p.mul_(on_device[key].view((-1,) + (1,) * (p.dim() - 1)))
         torch._fused_adamw_(
             [params[i] for i in small],
             [grads[i] for i in small],

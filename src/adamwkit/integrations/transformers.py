@@ -8,6 +8,11 @@ Every evaluation the ``args`` ask for (``eval_strategy``) is reported to the tri
 draws the learning curve in tune's report.
 
 Needs ``transformers`` and ``accelerate``: ``pip install 'adamwkit[transformers]'``.
+
+The ``Trainer`` picks its own device: the CPU when ``trial.device`` is the CPU, else every
+GPU it can see (``nn.DataParallel`` when there are several, which multiplies the effective
+batch size). On a machine with several GPUs, start one tune command per GPU with
+``CUDA_VISIBLE_DEVICES`` set, rather than ``--workers``.
 """
 
 from __future__ import annotations

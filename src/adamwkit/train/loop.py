@@ -164,6 +164,7 @@ def run_epochs(
     describe: Callable[[int], str],
     progress: Callable[[int, int], Any] | None = None,
     after_epoch: Callable[[int, list[History]], bool] | None = None,
+    index_device: torch.device | None = None,
 ) -> list[History]:
     """Train every member for ``epochs`` epochs; return their histories.
 
@@ -171,8 +172,10 @@ def run_epochs(
     ``describe(i)`` names its settings in a divergence message. ``after_epoch(epoch,
     histories)`` may return True to stop early. A member whose training loss became
     non-finite keeps NaN train losses from that epoch on; training stops once every member
-    has diverged.
+    has diverged. The batch orders move to ``index_device`` once per epoch (default:
+    ``device``; the CPU for a ``Dataset``, which is read on the host).
     """
+    index_device = device if index_device is None else index_device
     k = len(train_sets)
     n_train = int(train_sets[0].numel())
     steps_per_epoch = math.ceil(n_train / batch_size)
@@ -192,7 +195,7 @@ def run_epochs(
                     t[torch.randperm(n_train, generator=g)]
                     for t, g in zip(train_sets, gens, strict=True)
                 ]
-            ).to(device)
+            ).to(index_device)
             per_step = torch.empty(steps_per_epoch, k, dtype=torch.float64, device=device)
             engine.set_training(True)
             for s in range(steps_per_epoch):

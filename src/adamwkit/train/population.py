@@ -618,6 +618,7 @@ def fit_population(
         epochs=epochs,
         batch_size=batch_size,
         device=where,
+        index_device=where if engine.data.tensors is not None else torch.device("cpu"),
         validate=True,
         describe=lambda i: f"weight_decay={members[i].weight_decay:g}, lr={members[i].lr:g}",
         progress=progress,

@@ -270,6 +270,7 @@ def fit(
             epochs=n_epochs,
             batch_size=bs,
             device=where,
+            index_device=where if engine.data.tensors is not None else torch.device("cpu"),
             validate=val is not None,
             describe=lambda _i: f"weight_decay={wd:g}, lr={lr_:g}",
             progress=callback,

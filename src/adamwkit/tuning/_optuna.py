@@ -28,6 +28,7 @@ __all__ = [
     "frozen_trial",
     "heartbeat_enabled",
     "is_retry_of_failed",
+    "record_heartbeat",
 ]
 
 
@@ -80,6 +81,16 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail(study)
+
+
+def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record one heartbeat of ``trial`` now (databases; nothing for a journal file).
+
+    Called as soon as a trial is claimed: Optuna finds stale trials only among those with a
+    heartbeat, so a worker that died before its first one would leave a trial running for
+    good."""
+    if heartbeat_enabled(study):
+        _storage(study).record_heartbeat(_trial_id(trial))
 
 
 class Heartbeat:

@@ -49,6 +49,10 @@ class StudySpec:
 
     def mismatch(self, stored: dict[str, Any]) -> str | None:
         """Why a study stored with ``stored`` is not this one, or ``None``."""
+        if stored and "source" not in stored:
+            return (
+                "was made by an earlier version of adamwkit, whose studies this one cannot resume"
+            )
         for key, value in self.attrs().items():
             if stored.get(key) != value:
                 return f"was made with {key}={stored.get(key)!r}, not {value!r}"

@@ -198,6 +198,7 @@ class Decision:
     reason: str = ""
     ratio: float | None = None
     members: int | None = None
+    keep: bool = True  # a property of the model and the device, stored in the study
 
     def describe(self) -> str:
         if self.mode == "on":
@@ -207,7 +208,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "reason": self.reason, "ratio": self.ratio,
-                "members": self.members}  # fmt: skip
+                "members": self.members, "keep": self.keep}  # fmt: skip
 
 
 def refusal(objective: Objective, vectorize: str, prune: bool) -> str | None:
@@ -222,14 +223,20 @@ def refusal(objective: Objective, vectorize: str, prune: bool) -> str | None:
 
 
 def measure(objective: TaskObjective, trials: Sequence[Trial]) -> Decision:
-    """Time a few steps of one run and of ``trials`` stacked; stack when that is faster."""
+    """Time a few steps of one run and of ``trials`` stacked (equal split sizes); stack
+    when that is faster."""
     from ..train.population import StackingFailed
 
     m = len(trials)
     try:
         single, stacked, slow = objective.measure(trials)
     except StackingFailed as err:
+        if isinstance(err.__cause__, torch.cuda.OutOfMemoryError):
+            why = f"{m} stacked members do not fit in the GPU's memory; lower --max-memory"
+            return Decision("off", why, keep=False)
         return Decision("off", f"the model fails under torch.func.vmap ({err})")
+    except Exception as err:  # the run alone failed: the runs themselves will show it
+        return Decision("off", f"measuring failed ({type(err).__name__})", keep=False)
     ratio = m * single / stacked
     if ratio >= 1.0:
         return Decision("on", ratio=ratio, members=m)

@@ -12,14 +12,16 @@ The steps, each in its own module:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import logging
 import math
 import pickle
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -349,7 +351,9 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
             trials=trials,
             lr_range=(lr_ / 10, lr_ * 10) if search_lr else None,
         )
-        start = sug.value if sug is not None else float(np.exp(np.mean(np.log(positive))))
+        lo_, hi_ = min(positive), max(positive)
+        inside = sug is not None and lo_ <= sug.value <= hi_
+        start = sug.value if inside else float(np.exp(np.mean(np.log(positive))))
         enqueue = ({"weight_decay": float(f"{start:.6g}"), **({"lr": lr_} if search_lr else {})},)
 
     config = TuneConfig(
@@ -487,7 +491,8 @@ def tune(
         busy_cores=busy_cores() if config.threads is None else 0.0,
     )
     if why and config.vectorize == "on":
-        raise ValueError(f"vectorize='on' is invalid for task={prep.name!r}: {why}")
+        what = "task" if prep.task is not None else "objective"
+        raise ValueError(f"vectorize='on' is invalid for {what}={prep.name!r}: {why}")
     if config.workers > 1:
         _check_picklable(source)
     logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -521,7 +526,8 @@ def tune(
             work.close()
     if summary["best_weight_decay"] is None and work.runner.errors:
         raise ObjectiveFailed(
-            f"no candidate finished: every run of {prep.name!r} failed; the first error was"
+            f"no candidate finished: runs of {prep.name!r} raised errors (see the report for "
+            "each candidate's reason); the first error was"
         ) from work.runner.errors[0]
     summary["verdict"] = verdict_text(summary)
     paths = report.write_reports(config.run_dir, summary)
@@ -569,6 +575,19 @@ def _worker_process(source: Source, config: TuneConfig) -> None:
             work.close()
 
 
+@contextlib.contextmanager
+def _measure_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock of this machine's workers on the stacking measurement."""
+    path = run_dir / "workers" / "measure.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class _Worker:
     """One worker: claims candidates, runs their missing folds, records them."""
 
@@ -613,25 +632,35 @@ class _Worker:
             self.decision = Decision("on", members=min(len(jobs), self.max_members))
             return self.decision
         key = f"adamwkit_vectorize_{self.device.type}"
-        stored = self.st.user_attrs.get(key)
-        if stored:
-            self.decision = Decision(**stored)
-            return self.decision
         assert isinstance(self.prep.objective, TaskObjective)
-        sample = jobs[: self.max_members]
+        # The members of one population share their split sizes: measure the largest group.
+        groups: dict[tuple[int, int], list[Job]] = {}
+        for j in jobs:
+            groups.setdefault((j.train_idx.numel(), j.val_idx.numel()), []).append(j)
+        sample = max(groups.values(), key=len)[: self.max_members]
         if len(sample) < 2:
             return Decision("off", "one run to train")  # not stored: decide on a larger batch
-        self.bar.run(f"measuring {len(sample)} runs stacked against one at a time", None)
-        self.decision = measure(self.prep.objective, [self.runner.trial(j) for j in sample])
-        self.st.set_user_attr(key, self.decision.to_dict())
-        self.bar.say(f"vectorize: {self.decision.describe()}")
-        return self.decision
+        # One worker of this machine measures at a time; the others then read its answer.
+        with _measure_lock(self.config.run_dir):
+            stored = self.st.user_attrs.get(key)
+            if stored:
+                self.decision = Decision(**stored)
+                return self.decision
+            self.bar.run(f"measuring {len(sample)} runs stacked against one at a time", None)
+            decision = measure(self.prep.objective, [self.runner.trial(j) for j in sample])
+            if decision.keep:
+                self.st.set_user_attr(key, decision.to_dict())
+        self.decision = decision
+        self.bar.say(f"vectorize: {decision.describe()}")
+        return decision
 
     def _batch(self) -> int:
         if self.decision is not None and self.decision.mode == "off":
             return 1
         if self.config.stack_refusal:
             return 1
+        if self.spec.sampler != "grid" and (self.decision is None or self.decision.mode != "on"):
+            return 1  # a sampler proposes better one candidate at a time, knowing the results
         k = self.spec.folds
         ended = sum(
             c.state in ("complete", "pruned")
@@ -668,21 +697,29 @@ class _Worker:
             claim: study_mod.Claim = job.key
             if claim.ended:
                 return True
-            if not out.ok:
-                claim.fail(out.reason, error=out.error is not None)
-                self.bar.update(self.count_done())
+            try:
+                if not out.ok:
+                    claim.fail(out.reason, error=out.error is not None)
+                    self.bar.update(self.count_done())
+                    return True
+                assert job.fold is not None
+                pruned = claim.report(job.fold, out.loss, out.metric, out.curve)
+                if pruned:
+                    claim.prune()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Declared stale while this worker was busy (a late heartbeat): another
+                # worker retries the candidate with its recorded folds; the rest of this
+                # batch is still recorded.
+                claim.ended = True
                 return True
-            assert job.fold is not None
-            pruned = claim.report(job.fold, out.loss, out.metric, out.curve)
             self.bar.update(self.count_done())
-            if pruned:
-                claim.prune()
             return pruned
 
         strategy.run(jobs, on_done)
         for c in claims:
             if not c.ended:
-                c.finish()
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    c.finish()
         self.bar.update(self.count_done())
 
     def run(self) -> None:

@@ -439,6 +439,7 @@ def _next_trial(study: optuna.Study, spec: StudySpec, worker: str) -> optuna.Tri
         trial.set_user_attr("spurious", True)
         study.tell(trial, state=TrialState.FAIL)
         return _next_trial(study, spec, worker)
+    _optuna.record_heartbeat(study, trial)  # before the owner: a death in between is an orphan
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("host", _HOST)
     return trial

@@ -129,7 +129,9 @@ class ThreadShare:
         share = cpu_share(workers, self.busy)
         if share != self.current:
             torch.set_num_threads(share)
-            cores = os.cpu_count() or 1
+            cores = (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            )
             busy = f", {self.busy:.1f} busy with other programs" if self.busy >= 0.5 else ""
             self.say(
                 f"{share} torch thread{'s' if share > 1 else ''} for this worker "
