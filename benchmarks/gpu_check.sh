@@ -12,5 +12,5 @@ export PYTHONPATH=/tmp/site:src:tests
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, optuna; print('torch', torch.__version__, torch.cuda.get_device_name(), 'optuna', optuna.__version__)"
 timeout 240 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
-timeout 330 python3 benchmarks/tune_speed.py --device cuda --cases digits,charlm --epochs 20,2 \
+[ "${SKIP_BENCH:-}" ] || timeout 330 python3 benchmarks/tune_speed.py --device cuda --cases digits,charlm --epochs 20,2 \
     2>&1 | tee "$OUT/tune_speed_cuda.log"

@@ -131,3 +131,36 @@ def test_stacked_attention_on_cuda_matches_one_at_a_time():
         alone = fit(task, m.weight_decay, train_idx=m.train_idx, val_idx=m.val_idx, lr=m.lr,
                     seed=m.seed, epochs=2, batch_size=8, device="cuda")  # fmt: skip
         assert r.val_losses == pytest.approx(alone.val_losses, rel=1e-4)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_training_step_does_not_wait_for_the_gpu(stacked):
+    """No host synchronisation inside a step (torch's sync debug mode warns on each)."""
+    import warnings
+
+    from adamwkit.train.single import single_engine
+
+    task = tune_tasks.tiny()
+    members = _members(task)[:3]
+    settings = RunSettings(2, 16, "schedule", "cosine", 0, torch.device("cuda"))
+    if stacked:
+        engine = StackedEngine(task, members, settings)
+        index = torch.stack([m.train_idx[:16] for m in members]).cuda()
+    else:
+        m = members[0]
+        engine = single_engine(task, 0.1, lr=1e-2, seed=0, n_train=len(m.train_idx),
+                               settings=settings)  # fmt: skip
+        index = m.train_idx[:16].reshape(1, -1).cuda()
+    engine.set_training(True)
+    for _ in range(2):
+        engine.train_step(index)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                engine.train_step(index)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not [w for w in caught if "synchroniz" in str(w.message)]
