@@ -125,9 +125,47 @@ class RunSettings:
         """Optimizer steps of a run over ``n_train`` examples."""
         return self.epochs * math.ceil(n_train / self.batch_size)
 
+    @classmethod
+    def resolve(
+        cls,
+        task: Task,
+        *,
+        epochs: int | None,
+        batch_size: int | None,
+        decay_scale: str | None,
+        schedule: str | None,
+        warmup_steps: int | None,
+        device: str | torch.device,
+        precision: str,
+    ) -> RunSettings:
+        """The settings given, the task's where ``None``, each validated (one ``ValueError``
+        line naming the argument and the accepted range)."""
+        from .._checks import check_choice, check_whole
+        from .._device import check_precision, resolve_device
+        from ..schedules import SCHEDULES
+
+        where = resolve_device(device)
+        return cls(
+            epochs=check_whole("epochs", task.epochs if epochs is None else epochs, 1),
+            batch_size=check_whole(
+                "batch_size", task.batch_size if batch_size is None else batch_size, 1
+            ),
+            decay_scale=check_choice(
+                "decay_scale", decay_scale or task.decay_scale, ("lr", "schedule")
+            ),
+            schedule=check_choice("schedule", schedule or task.schedule, SCHEDULES),
+            warmup_steps=check_whole(
+                "warmup_steps", task.warmup_steps if warmup_steps is None else warmup_steps
+            ),
+            device=where,
+            precision=check_precision(precision, where),
+        )
+
 
 class Engine(Protocol):
     """One step of every member, and their validation."""
+
+    data: DeviceData
 
     def train_step(self, index: Tensor) -> Tensor:
         """Train on the examples at ``index`` (members x batch); return each member's
@@ -156,15 +194,12 @@ def run_epochs(
     engine: Engine,
     train_sets: Sequence[Tensor],
     seeds: Sequence[int],
+    settings: RunSettings,
     *,
-    epochs: int,
-    batch_size: int,
-    device: torch.device,
     validate: bool,
     describe: Callable[[int], str],
     progress: Callable[[int, int], Any] | None = None,
     after_epoch: Callable[[int, list[History]], bool] | None = None,
-    index_device: torch.device | None = None,
 ) -> list[History]:
     """Train every member for ``epochs`` epochs; return their histories.
 
@@ -172,10 +207,11 @@ def run_epochs(
     ``describe(i)`` names its settings in a divergence message. ``after_epoch(epoch,
     histories)`` may return True to stop early. A member whose training loss became
     non-finite keeps NaN train losses from that epoch on; training stops once every member
-    has diverged. The batch orders move to ``index_device`` once per epoch (default:
-    ``device``; the CPU for a ``Dataset``, which is read on the host).
+    has diverged. The batch orders move to the device once per epoch (they stay on the CPU
+    for a ``Dataset``, which is read on the host).
     """
-    index_device = device if index_device is None else index_device
+    epochs, batch_size, device = settings.epochs, settings.batch_size, settings.device
+    index_device = device if engine.data.tensors is not None else torch.device("cpu")
     k = len(train_sets)
     n_train = int(train_sets[0].numel())
     steps_per_epoch = math.ceil(n_train / batch_size)

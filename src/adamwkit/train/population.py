@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_range, check_whole
-from .._device import autocast, check_precision, resolve_device
+from .._checks import check_range
+from .._device import autocast
 from ..functional import adamw_step
 from ..groups import param_groups
-from ..schedules import SCHEDULES, make_schedule
+from ..schedules import make_schedule
 from ..tasks import Task, cross_entropy
 from .loop import DeviceData, RunSettings, check_index, run_epochs
 
@@ -40,10 +40,12 @@ __all__ = [
     "Member",
     "MemberResult",
     "StackedEngine",
+    "StackingFailed",
     "fit_population",
     "member_bytes",
     "population_loss",
     "stacked_forward",
+    "stacking_speed",
     "vectorize_refusal",
 ]
 
@@ -556,22 +558,29 @@ def _seconds_per_step(
     return (time.perf_counter() - start) / steps
 
 
-def check_members(task: Task, members: Sequence[Member]) -> None:
-    """Each member's values and indices valid, and one training and one validation size."""
+def check_members(task: Task, members: Sequence[Member]) -> list[Member]:
+    """The members with their indices as 1-D long CPU tensors, each value and index
+    checked, and one training and one validation size among them; else a ``ValueError``."""
     if not members:
         raise ValueError("members is empty: expected at least one member")
     n = len(task)
+    checked = []
     for i, m in enumerate(members):
-        check_range(f"members[{i}].weight_decay", m.weight_decay, 0.0)
-        check_range(f"members[{i}].lr", m.lr, 0.0, low_open=True)
-        check_index(f"members[{i}].train_idx", m.train_idx, n)
-        check_index(f"members[{i}].val_idx", m.val_idx, n)
-    sizes = {int(m.train_idx.numel()) for m in members}
+        train = check_index(f"members[{i}].train_idx", m.train_idx, n)
+        val = check_index(f"members[{i}].val_idx", m.val_idx, n)
+        assert train is not None and val is not None
+        checked.append(Member(
+            check_range(f"members[{i}].weight_decay", m.weight_decay, 0.0),
+            check_range(f"members[{i}].lr", m.lr, 0.0, low_open=True),
+            train, val, m.seed,
+        ))  # fmt: skip
+    sizes = {int(m.train_idx.numel()) for m in checked}
     if len(sizes) != 1:
         raise ValueError(f"members have training sets of sizes {sorted(sizes)}: expected one")
-    val_sizes = {int(m.val_idx.numel()) for m in members}
+    val_sizes = {int(m.val_idx.numel()) for m in checked}
     if len(val_sizes) != 1:
         raise ValueError(f"members have validation sets of sizes {sorted(val_sizes)}: expected one")
+    return checked
 
 
 def fit_population(
@@ -580,7 +589,7 @@ def fit_population(
     *,
     epochs: int,
     batch_size: int,
-    decay_scale: str = "lr",
+    decay_scale: str | None = "lr",
     schedule: str | None = None,
     warmup_steps: int | None = None,
     device: str | torch.device = "cpu",
@@ -595,30 +604,17 @@ def fit_population(
     invalid settings or members, and for a model that cannot be vectorized (see
     :func:`vectorize_refusal`).
     """
-    epochs = check_whole("epochs", epochs, 1)
-    batch_size = check_whole("batch_size", batch_size, 1)
-    check_choice("decay_scale", decay_scale, ("lr", "schedule"))
-    sched = check_choice("schedule", schedule or task.schedule, SCHEDULES)
-    warm = check_whole("warmup_steps", task.warmup_steps if warmup_steps is None else warmup_steps)
-    where = resolve_device(device)
-    check_precision(precision, where)
-    check_members(task, members)
-    members = [
-        Member(m.weight_decay, m.lr, check_index("train_idx", m.train_idx, len(task)),
-               check_index("val_idx", m.val_idx, len(task)), m.seed)  # type: ignore[arg-type]
-        for m in members
-    ]  # fmt: skip
-    engine = StackedEngine(
-        task, members, RunSettings(epochs, batch_size, decay_scale, sched, warm, where, precision)
-    )
+    settings = RunSettings.resolve(
+        task, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale, schedule=schedule,
+        warmup_steps=warmup_steps, device=device, precision=precision,
+    )  # fmt: skip
+    members = check_members(task, members)
+    engine = StackedEngine(task, members, settings)
     histories = run_epochs(
         engine,
         [m.train_idx for m in members],
         [m.seed for m in members],
-        epochs=epochs,
-        batch_size=batch_size,
-        device=where,
-        index_device=where if engine.data.tensors is not None else torch.device("cpu"),
+        settings,
         validate=True,
         describe=lambda i: f"weight_decay={members[i].weight_decay:g}, lr={members[i].lr:g}",
         progress=progress,

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_range, check_whole
-from .._device import autocast, check_precision, resolve_device
+from .._checks import check_range
+from .._device import autocast, check_precision
 from ..adamw import AdamW
 from ..groups import param_groups
-from ..schedules import SCHEDULES, make_schedule
+from ..schedules import make_schedule
 from ..tasks import Task
 from .loop import DeviceData, RunSettings, TrainingDiverged, check_index, run_epochs
 
@@ -221,13 +221,10 @@ def fit(
     """
     wd = check_range("weight_decay", weight_decay, 0.0)
     lr_ = check_range("lr", task.lr if lr is None else lr, 0.0, low_open=True)
-    n_epochs = check_whole("epochs", task.epochs if epochs is None else epochs, 1)
-    bs = check_whole("batch_size", task.batch_size if batch_size is None else batch_size, 1)
-    scale = check_choice("decay_scale", decay_scale or task.decay_scale, ("lr", "schedule"))
-    sched_name = check_choice("schedule", schedule or task.schedule, SCHEDULES)
-    warm = check_whole("warmup_steps", task.warmup_steps if warmup_steps is None else warmup_steps)
-    where = resolve_device(device)
-    check_precision(precision, where)
+    settings = RunSettings.resolve(
+        task, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale, schedule=schedule,
+        warmup_steps=warmup_steps, device=device, precision=precision,
+    )  # fmt: skip
     if patience is not None:
         check_range("patience", patience, 1)
         if val_idx is None:
@@ -238,12 +235,11 @@ def fit(
     train = torch.arange(n) if train is None else train
     val = check_index("val_idx", val_idx, n)
 
-    settings = RunSettings(n_epochs, bs, scale, sched_name, warm, where, precision)
     engine = single_engine(task, wd, lr=lr_, seed=seed, n_train=train.numel(), settings=settings,
                            val=val)  # fmt: skip
     model = engine.model
 
-    result = FitResult(model, wd, lr_, scale, 0, 0)
+    result = FitResult(model, wd, lr_, settings.decay_scale, 0, 0)
     best: dict[str, Any] = {"loss": math.inf, "state": None, "since": 0}
 
     def after_epoch(epoch: int, histories: list[Any]) -> bool:
@@ -260,6 +256,7 @@ def fit(
         result.stopped_early = best["since"] >= patience
         return result.stopped_early
 
+    n_epochs = settings.epochs
     callback = progress if callable(progress) else (_Bar(task.name, n_epochs) if progress else None)
     start = time.perf_counter()
     try:
@@ -267,10 +264,7 @@ def fit(
             engine,
             [train],
             [seed],
-            epochs=n_epochs,
-            batch_size=bs,
-            device=where,
-            index_device=where if engine.data.tensors is not None else torch.device("cpu"),
+            settings,
             validate=val is not None,
             describe=lambda _i: f"weight_decay={wd:g}, lr={lr_:g}",
             progress=callback,

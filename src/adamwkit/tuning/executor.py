@@ -33,7 +33,7 @@ from torch import Tensor
 from ..train import TrainingDiverged
 from .objective import Objective, Outcome, TaskObjective, Trial, outcome_of
 
-__all__ = ["Job", "Runner", "Sequential", "Stacked", "Strategy", "choose"]
+__all__ = ["Job", "Runner", "Sequential", "Stacked", "Strategy", "by_split_size", "choose"]
 
 # Members trained together when no memory cap is given.
 DEFAULT_MEMBERS = 128
@@ -126,6 +126,15 @@ class Runner:
 OnDone = Callable[[Job, Outcome], bool]
 
 
+def by_split_size(jobs: Sequence[Job]) -> list[list[Job]]:
+    """The jobs grouped by (training, validation) size: the members of one population must
+    share both."""
+    groups: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((int(job.train_idx.numel()), int(job.val_idx.numel())), []).append(job)
+    return list(groups.values())
+
+
 class Strategy:
     """Runs jobs; see :class:`Sequential` and :class:`Stacked`."""
 
@@ -162,12 +171,8 @@ class Stacked(Strategy):
         self.runner, self.objective, self.max_members = runner, runner.objective, max_members
 
     def run(self, jobs: Sequence[Job], on_done: OnDone) -> None:
-        by_size: dict[tuple[int, int], list[Job]] = {}
-        for job in jobs:
-            size = (int(job.train_idx.numel()), int(job.val_idx.numel()))
-            by_size.setdefault(size, []).append(job)
         bar = self.runner.bar
-        for group in by_size.values():
+        for group in by_split_size(jobs):
             for start in range(0, len(group), self.max_members):
                 chunk = group[start : start + self.max_members]
                 trials = [self.runner.trial(j) for j in chunk]

@@ -125,6 +125,7 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     positive = [c["weight_decay"] for c, _, _ in lines if c["weight_decay"] > 0]
     lo, hi = (min(positive), max(positive)) if positive else (1.0, 1.0)
     cmap = plt.get_cmap("viridis")
+    lrs = {c["lr"] for c, _, _ in lines}
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for c, steps, values in sorted(lines, key=lambda x: x[0]["weight_decay"]):
         wd = c["weight_decay"]
@@ -134,7 +135,6 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
             pos = 0.5 if hi == lo else (np.log(wd) - np.log(lo)) / (np.log(hi) - np.log(lo))
             color, style = cmap(0.9 * pos), "-"
         best = wd == summary.get("best_weight_decay") and c["lr"] == summary.get("best_lr")
-        lrs = {x["lr"] for x, _, _ in lines}
         label = f"wd {wd:.3g}" + (f", lr {c['lr']:.3g}" if len(lrs) > 1 else "")
         ax.plot(steps, values, style, color=color, lw=2.2 if best else 1.1,
                 label=label + (" (best)" if best else ""))  # fmt: skip

@@ -39,7 +39,16 @@ from ..train import flush_denormals
 from . import cv, report
 from . import study as study_mod
 from .config import StudySpec, TuneConfig
-from .executor import DEFAULT_MEMBERS, Decision, Job, Runner, choose, measure, refusal
+from .executor import (
+    DEFAULT_MEMBERS,
+    Decision,
+    Job,
+    Runner,
+    by_split_size,
+    choose,
+    measure,
+    refusal,
+)
 from .objective import Objective, ObjectiveFailed, TaskObjective, Trial, resolve_source
 from .progress import Progress
 from .workers import Slot, ThreadShare, busy_cores, start_processes, stop_processes
@@ -511,7 +520,7 @@ def tune(
         work.run()
         for p in procs:
             while p.is_alive():
-                bar.update(work.count_done())
+                work.show_done()
                 p.join(0.5)
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
@@ -618,6 +627,11 @@ class _Worker:
         self.threads.restore()
         self.slot.close()
 
+    def show_done(self) -> None:
+        """Move the CV bar to the runs every worker has finished (read only when shown)."""
+        if self.bar.enabled:
+            self.bar.update(self.count_done())
+
     def count_done(self) -> int:
         k = self.spec.folds
         done = 0
@@ -634,10 +648,7 @@ class _Worker:
         key = f"adamwkit_vectorize_{self.device.type}"
         assert isinstance(self.prep.objective, TaskObjective)
         # The members of one population share their split sizes: measure the largest group.
-        groups: dict[tuple[int, int], list[Job]] = {}
-        for j in jobs:
-            groups.setdefault((j.train_idx.numel(), j.val_idx.numel()), []).append(j)
-        sample = max(groups.values(), key=len)[: self.max_members]
+        sample = max(by_split_size(jobs), key=len)[: self.max_members]
         if len(sample) < 2:
             return Decision("off", "one run to train")  # not stored: decide on a larger batch
         # One worker of this machine measures at a time; the others then read its answer.
@@ -700,7 +711,7 @@ class _Worker:
             try:
                 if not out.ok:
                     claim.fail(out.reason, error=out.error is not None)
-                    self.bar.update(self.count_done())
+                    self.show_done()
                     return True
                 assert job.fold is not None
                 pruned = claim.report(job.fold, out.loss, out.metric, out.curve)
@@ -712,7 +723,7 @@ class _Worker:
                 # batch is still recorded.
                 claim.ended = True
                 return True
-            self.bar.update(self.count_done())
+            self.show_done()
             return pruned
 
         strategy.run(jobs, on_done)
@@ -720,15 +731,15 @@ class _Worker:
             if not c.ended:
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                     c.finish()
-        self.bar.update(self.count_done())
+        self.show_done()
 
     def run(self) -> None:
-        self.bar.update(self.count_done())
+        self.show_done()
         study_mod.work(
             self.st,
             self.spec,
             self.run_claims,
-            lambda: self.bar.update(self.count_done()),
+            self.show_done,
             self.config.run_dir,
             batch=self._batch,
         )
