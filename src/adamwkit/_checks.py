@@ -1,7 +1,12 @@
 """Input validation shared by every public entry point.
 
-Each check raises ``ValueError`` with one line that names the argument, the value
-it got and the range it accepts, so the message is the documentation.
+Each check raises :class:`ArgumentError` (a ``ValueError``) with one line that names the
+argument, the value it got and the range it accepts, so the message is the documentation.
+
+Messages name *arguments* as the Python API spells them (``batch_size``, ``lr``); the
+command line maps those names to its flags (``--batch-size``) in one place,
+``adamwkit.cli``. An ``ArgumentError`` lists the arguments its message names, so the CLI
+knows which words to map; a plain ``ValueError`` gets only ``name=value`` mapped.
 """
 
 from __future__ import annotations
@@ -10,12 +15,26 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ._constants import LR_MAX, LR_MIN
+
+__all__ = ["ArgumentError", "check_choice", "check_lr", "check_range", "check_whole"]
+
+
+class ArgumentError(ValueError):
+    """A bad argument: ``names`` are the arguments the message speaks of."""
+
+    def __init__(self, message: str, *names: str) -> None:
+        super().__init__(message)
+        self.names: tuple[str, ...] = names
+
 
 def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ArgumentError(f"{name}={value!r} is invalid: expected a real number", name)
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is invalid: expected a real number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ArgumentError(f"{name}={value!r} is invalid: expected a real number", name) from None
 
 
 def check_range(
@@ -39,24 +58,52 @@ def check_range(
     if not ok:
         left = "(" if low_open else "["
         right = ")" if high_open or math.isinf(high) else "]"
-        hi = "inf" if math.isinf(high) else f"{high:g}"
-        raise ValueError(
-            f"{name}={value!r} is invalid: expected a finite number in {left}{low:g}, {hi}{right}"
+        raise ArgumentError(
+            f"{name}={value!r} is invalid: expected a finite number in "
+            f"{left}{_bound(low)}, {_bound(high)}{right}",
+            name,
         )
     return x
 
 
-def check_whole(name: str, value: Any, low: int = 0) -> int:
-    """Return ``int(value)`` if it is a whole number >= ``low``, else raise."""
-    x = check_range(name, value, low)
+def _bound(x: float) -> str:
+    """A range's end as people write it: ``4294967295``, ``1e-12``, ``inf``."""
+    if math.isinf(x):
+        return "inf"
+    if x == int(x) and abs(x) < 1e16:
+        return str(int(x))
+    return f"{x:g}"
+
+
+def check_whole(name: str, value: Any, low: int = 0, high: float = math.inf) -> int:
+    """Return ``int(value)`` if it is a whole number in ``[low, high]``, else raise."""
+    x = check_range(name, value, low, high)
     if x != int(x):
-        raise ValueError(f"{name}={value!r} is invalid: expected a whole number >= {low}")
+        top = "" if math.isinf(high) else f" and <= {_bound(high)}"
+        raise ArgumentError(
+            f"{name}={value!r} is invalid: expected a whole number >= {low}{top}", name
+        )
     return int(x)
+
+
+def check_lr(name: str, value: Any) -> float:
+    """A peak learning rate: a finite number in [:data:`LR_MIN`, :data:`LR_MAX`]."""
+    x = _as_float(name, value)
+    if not (math.isfinite(x) and LR_MIN <= x <= LR_MAX):
+        raise ArgumentError(
+            f"{name}={value!r} is invalid: expected a learning rate in [{LR_MIN:g}, {LR_MAX:g}]",
+            name,
+        )
+    return x
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     """Return ``value`` if it is one of ``choices``, else raise naming them all."""
-    if value not in choices:
+    try:
+        ok = value in choices
+    except TypeError:  # an unhashable value against a set-like
+        ok = False
+    if not ok:
         listed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name}={value!r} is invalid: expected one of {listed}")
+        raise ArgumentError(f"{name}={value!r} is invalid: expected one of {listed}", name)
     return value

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 
 import torch
 
+from ._constants import PRECISIONS
+
 __all__ = ["DEVICES", "PRECISIONS", "autocast", "cpu_share", "device_for", "resolve_device"]
 
 DEVICES = "auto, cpu, cuda or cuda:<index>"
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
+class WriteFailed(OSError):
+    """A file of adamwkit's could not be written (a full disk, a read-only file system):
+    ``filename`` names it. The command line reports it in one line."""
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with non-finite floats replaced by ``None``, so ``json.dumps`` writes valid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -25,7 +30,10 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise WriteFailed(err.errno, err.strerror or str(err), str(target)) from err
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -35,6 +43,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteFailed(err.errno, err.strerror or str(err), str(target)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

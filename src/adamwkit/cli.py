@@ -11,10 +11,13 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from ._checks import ArgumentError
+from ._constants import CONVENTION_NAMES, DECAY_SCALES, PRECISIONS, SAMPLERS, VECTORIZE
 
 DESCRIPTION = """\
 AdamW done right, and the weight decay to use with it.
@@ -57,6 +60,7 @@ _FLAGS = {
     "storage": "--storage",
     "seed": "--seed",
     "heartbeat_interval": "--heartbeat-interval",
+    "storage_retry": "--storage-retry",
     "max_memory": "--max-memory",
     "workers": "--workers",
     "threads": "--threads",
@@ -65,6 +69,14 @@ _FLAGS = {
     "test_fraction": "--test-fraction",
     "device": "--device",
     "precision": "--precision",
+    "out": "--out",
+    "decay_scale": "--decay-scale",
+    "sampler": "--sampler",
+    "schedule": "--schedule",
+    "search_lr": "--search-lr",
+    "from_convention": "--from",
+    "to_convention": "--to",
+    "objective": "TASK",
 }
 
 
@@ -83,21 +95,52 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
 
 
-def _flagify(message: str) -> str:
-    """Rename library arguments (``batch_size=``, ``lr is needed``) to their flags
-    (``--batch-size=``, ``--lr is needed``)."""
-    names = "|".join(_FLAGS)
-    message = re.sub(r"(?<![\w-])(" + names + r")=", lambda m: _FLAGS[m.group(1)] + "=", message)
-    return re.sub(
-        r"(?<![\w-])(" + names + r")(?= is (?:needed|invalid|empty))",
+def _flagify(message: str, names: Sequence[str] = ()) -> str:
+    """Rename the library's argument names to their flags: ``batch_size=`` becomes
+    ``--batch-size=`` wherever it appears, ``lr is needed`` becomes ``--lr is needed``, and
+    every whole-word mention of ``names`` (the arguments an
+    :class:`~adamwkit._checks.ArgumentError` speaks of) becomes its flag."""
+    known = "|".join(sorted(_FLAGS, key=len, reverse=True))
+    message = re.sub(r"(?<![\w-])(" + known + r")=", lambda m: _FLAGS[m.group(1)] + "=", message)
+    message = re.sub(
+        r"(?<![\w-])(" + known + r")(?= is (?:needed|invalid|empty|unreachable))",
         lambda m: _FLAGS[m.group(1)],
         message,
     )
+    mapped = [n for n in names if n in _FLAGS]
+    if mapped:
+        listed = "|".join(sorted(mapped, key=len, reverse=True))
+        message = re.sub(
+            r"(?<![\w'\"=-])(" + listed + r")(?![\w'\"=-])",
+            lambda m: _FLAGS[m.group(1)],
+            message,
+        )
+    return message
+
+
+_NEGATIVE = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--lr -1e-3`` as ``--lr=-1e-3``: argparse would read ``-1e-3`` as a flag and say
+    "expected one argument", where the range check has something useful to say."""
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if _NEGATIVE.match(token) and prev.startswith("--") and "=" not in prev:
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _number(text: str) -> float:
-    """A float that also reads ``1,281,167`` and ``300e9``."""
-    return float(text.replace(",", "").replace("_", ""))
+    """A number that also reads ``1,281,167`` and ``300e9``; whole numbers come back as
+    ``int`` (so that messages show ``--seed=4294967296``, not ``4294967296.0``)."""
+    x = float(text.replace(",", "").replace("_", ""))
+    if x.is_integer() and abs(x) < 2**63 and not x == 0.0 and "." not in text:
+        return int(x)
+    return x
 
 
 _number.__name__ = "number"
@@ -125,7 +168,7 @@ def _add_setup(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params", type=_number, help="model parameters (P), for tokens per parameter")
     g.add_argument(
         "--decay-scale",
-        choices=("lr", "schedule"),
+        choices=DECAY_SCALES,
         default="lr",
         help="convention of the weight decay: 'lr' (PyTorch) or 'schedule' (the paper)",
     )
@@ -205,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_number, help="epochs per training (default: the task's)")
     p.add_argument("--lr", type=_number, help="peak learning rate (default: the task's)")
     p.add_argument("--batch-size", type=_number, help="batch size (default: the task's)")
-    p.add_argument("--decay-scale", choices=("lr", "schedule"), help="convention (default: task's)")
+    p.add_argument("--decay-scale", choices=DECAY_SCALES, help="convention (default: task's)")
     p.add_argument(
         "--test-fraction",
         type=_number,
@@ -215,19 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min", dest="grid_min", type=_number, help="smallest non-zero candidate")
     p.add_argument("--max", dest="grid_max", type=_number, help="largest candidate")
     p.add_argument("--points", type=_number, help="log-spaced candidates from --min to --max")
-    p.add_argument("--sampler", choices=("grid", "tpe", "gp"), default="grid")
+    p.add_argument("--sampler", choices=SAMPLERS, default="grid")
     p.add_argument("--trials", type=_number, default=12, help="candidates a tpe/gp search tries")
     p.add_argument("--lr-grid", help="joint search: learning rates, comma-separated")
     p.add_argument("--search-lr", action="store_true", help="tpe/gp: search lr in [lr/10, 10 lr]")
-    p.add_argument("--storage", help="database URL shared by workers (default: a journal file)")
+    p.add_argument(
+        "--storage",
+        help="database URL shared by workers (default: $ADAMWKIT_STORAGE, else a journal file); "
+        "leave the password out and set PGPASSWORD or ~/.pgpass, so that ps does not show it",
+    )
     p.add_argument("--study", help="study name (default: the task's name); names the run folder")
     p.add_argument("--out", default="adamwkit-runs", help="folder of run folders")
     p.add_argument("--seed", type=_number, default=0)
     p.add_argument("--prune", action="store_true", help="stop hopeless candidates (Wilcoxon)")
     p.add_argument("--heartbeat-interval", type=_number, default=10, help="seconds (databases)")
     p.add_argument(
+        "--storage-retry",
+        type=_number,
+        default=120,
+        help="seconds to retry a database through an outage before stopping (default 120)",
+    )
+    p.add_argument(
         "--vectorize",
-        choices=("auto", "on", "off"),
+        choices=VECTORIZE,
         default="auto",
         help="train candidates x folds together as one stacked model (auto: when a few "
         "measured steps say it is faster)",
@@ -247,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="bf16: the forward pass under bfloat16 autocast (weights stay float32)",
     )
@@ -267,9 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
         "independent (the paper, Composer), timm-corrected.",
     )
     p.add_argument("--weight-decay", type=_number, required=True)
-    conventions = ("torch", "independent", "timm-corrected")
-    p.add_argument("--from", dest="from_", choices=conventions, required=True)
-    p.add_argument("--to", choices=conventions, required=True)
+    names = ", ".join(CONVENTION_NAMES)
+    for flag, dest in (("--from", "from_"), ("--to", "to")):
+        p.add_argument(
+            flag,
+            dest=dest,
+            choices=CONVENTION_NAMES,
+            required=True,
+            metavar=flag[2:].upper(),
+            help=f"a convention: {names}",
+        )
     p.add_argument("--lr", type=_number, help="peak learning rate (needed for independent)")
     p.add_argument(
         "--schedule",
@@ -458,7 +518,7 @@ def _cmd_explain(a: argparse.Namespace) -> int:
 
     model = _load_model(a.model) if a.model else None
     if a.schedule is None and a.warmup_steps:
-        raise ValueError("warmup_steps needs a schedule: add --schedule")
+        raise ArgumentError("warmup_steps needs a schedule", "warmup_steps", "schedule")
     ex = explain(
         a.weight_decay,
         schedule=a.schedule,
@@ -482,31 +542,39 @@ def _whole(name: str, value: float, low: int = 0) -> int:
 def _cmd_convert(a: argparse.Namespace) -> int:
     from .schedules import make_schedule
     from .suggest import _fmt
-    from .timescale import CONVENTIONS, convert_weight_decay
+    from .timescale import CONVENTIONS, canonical_convention, convert_weight_decay
 
     schedule = None
     if a.schedule is None and (a.steps is not None or a.warmup_steps):
-        raise ValueError("--steps and --warmup-steps describe a schedule: add --schedule")
+        raise ArgumentError(
+            "steps and warmup_steps describe a schedule: give schedule too",
+            "steps",
+            "warmup_steps",
+            "schedule",
+        )
     if a.schedule is not None:
         if a.steps is None:
-            raise ValueError("schedule needs the run's length: give --steps with --schedule")
+            raise ArgumentError(
+                "schedule needs the run's length: give steps too", "schedule", "steps"
+            )
         schedule = make_schedule(
             a.schedule, _whole("steps", a.steps, 1), _whole("warmup_steps", a.warmup_steps)
         )
-    value = convert_weight_decay(a.weight_decay, a.from_, a.to, lr_peak=a.lr, schedule=schedule)
+    src, dst = canonical_convention(a.from_), canonical_convention(a.to)
+    value = convert_weight_decay(a.weight_decay, src, dst, lr_peak=a.lr, schedule=schedule)
     every = {}
     for name in CONVENTIONS:
-        if "independent" in (name, a.from_) and name != a.from_ and a.lr is None:
+        if "independent" in (name, src) and name != src and a.lr is None:
             continue
         every[name] = convert_weight_decay(
-            a.weight_decay, a.from_, name, lr_peak=a.lr, schedule=schedule
+            a.weight_decay, src, name, lr_peak=a.lr, schedule=schedule
         )
     if a.json:
         _print_json(
             {
                 "weight_decay": a.weight_decay,
-                "from": a.from_,
-                "to": a.to,
+                "from": src,
+                "to": dst,
                 "value": value,
                 "lr_peak": a.lr,
                 "schedule": schedule.describe() if schedule else None,
@@ -516,12 +584,12 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         return 0
     console = _console()
     console.print(
-        f"[bold green]{_fmt(a.weight_decay)} ({a.from_}) = {_fmt(value)} ({a.to})[/bold green]"
+        f"[bold green]{_fmt(a.weight_decay)} ({src}) = {_fmt(value)} ({dst})[/bold green]"
         + (f" at lr_peak {_fmt(a.lr)}" if a.lr is not None else "")
     )
     for name, v in every.items():
         console.print(f"  {name:15s} {_fmt(v):>10s}   {CONVENTIONS[name]}")
-    if "timm-corrected" in (a.from_, a.to) and a.from_ != a.to:
+    if "timm-corrected" in (src, dst) and src != dst:
         how = (
             f"in total decay over the schedule ({schedule.describe()})"
             if schedule
@@ -545,47 +613,82 @@ def _floats(name: str, text: str | None) -> list[float] | None:
 def _cmd_tune(a: argparse.Namespace) -> int:
     try:
         from .tuning import tune
+        from .tuning.journal import JournalDamaged
+        from .tuning.storage import StorageUnavailable
     except ImportError as err:
         raise ValueError(
             f"tune needs Optuna, scikit-learn and matplotlib ({err}): pip install 'adamwkit[tune]'"
         ) from err
-    result = tune(
-        a.objective,
-        examples=None if a.examples is None else _whole("examples", a.examples, 2),
-        test_fraction=a.test_fraction,
-        device=a.device,
-        precision=a.precision,
-        folds=_whole("folds", a.folds, 2),
-        epochs=None if a.epochs is None else _whole("epochs", a.epochs, 1),
-        lr=a.lr,
-        batch_size=None if a.batch_size is None else _whole("batch_size", a.batch_size, 1),
-        decay_scale=a.decay_scale,
-        grid=_floats("grid", a.grid),
-        grid_min=a.grid_min,
-        grid_max=a.grid_max,
-        points=None if a.points is None else _whole("points", a.points, 1),
-        sampler=a.sampler,
-        trials=_whole("trials", a.trials, 1),
-        lr_grid=_floats("lr_grid", a.lr_grid),
-        search_lr=a.search_lr,
-        storage=a.storage,
-        study=a.study,
-        out=a.out,
-        seed=_whole("seed", a.seed),
-        prune=a.prune,
-        heartbeat_interval=_whole("heartbeat_interval", a.heartbeat_interval, 1),
-        test=not a.no_test,
-        progress=not a.quiet,
-        vectorize=a.vectorize,
-        max_memory=a.max_memory,
-        workers=_whole("workers", a.workers, 1),
-        threads=None if a.threads is None else _whole("threads", a.threads, 1),
-    )
+    from ._io import WriteFailed
+
+    try:
+        result = _run_tune(a, tune)
+    except WriteFailed as err:
+        raise RunFailed(
+            f"cannot write {err.filename}: {err.strerror}; free space (or fix the cause) and "
+            "run the same command again to resume"
+        ) from None
+    except (StorageUnavailable, JournalDamaged) as err:
+        raise RunFailed(str(err)) from None
+    if result.best_weight_decay is None:
+        if a.json:
+            _print_json(result.summary)
+        raise RunFailed(_no_result(result.summary, result.paths["report"]))
     if a.json:
         _print_json(result.summary)
         return 0
     _show_tune(result)
     return 0
+
+
+def _no_result(summary: dict[str, Any], report: Any) -> str:
+    """Why no candidate finished every fold, in one line."""
+    states: dict[str, int] = {}
+    for c in summary["candidates"]:
+        states[c["state"]] = states.get(c["state"], 0) + 1
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    reasons = sorted({c["reason"] for c in summary["candidates"] if c.get("reason")})
+    why = f" (first reason: {reasons[0]})" if reasons else ""
+    return (
+        f"no candidate finished every fold: {counts or 'no candidates'}{why}; nothing to "
+        f"recommend (report: {report})"
+    )
+
+
+def _run_tune(a: argparse.Namespace, tune: Any) -> Any:
+    return tune(
+        a.objective,
+        examples=a.examples,
+        test_fraction=a.test_fraction,
+        device=a.device,
+        precision=a.precision,
+        folds=a.folds,
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        decay_scale=a.decay_scale,
+        grid=_floats("grid", a.grid),
+        grid_min=a.grid_min,
+        grid_max=a.grid_max,
+        points=a.points,
+        sampler=a.sampler,
+        trials=a.trials,
+        lr_grid=_floats("lr_grid", a.lr_grid),
+        search_lr=a.search_lr,
+        storage=a.storage,
+        study=a.study,
+        out=a.out,
+        seed=a.seed,
+        prune=a.prune,
+        heartbeat_interval=a.heartbeat_interval,
+        test=not a.no_test,
+        progress=not a.quiet,
+        vectorize=a.vectorize,
+        max_memory=a.max_memory,
+        workers=a.workers,
+        threads=a.threads,
+        storage_retry=a.storage_retry,
+    )
 
 
 def _show_tune(result: Any) -> None:
@@ -618,6 +721,8 @@ def _show_tune(result: Any) -> None:
     style = "bold yellow" if s["flat"] else "bold green"
     console.print(f"[{style}]{escape(s['verdict'])}[/{style}]")
     console.print(f"[dim]vectorize: {escape(s['vectorize'])}[/dim]")
+    for note in s.get("notes", ()):
+        console.print(f"[dim]note: {escape(_flagify(note))}[/dim]")
     console.print(f"Report: {result.paths['report']}  (summary: {result.paths['summary']})")
 
 
@@ -629,11 +734,32 @@ _COMMANDS = {
 }
 
 
+class RunFailed(Exception):
+    """A run that could not finish for a reason outside the user's code (a full disk, a
+    database down for longer than the retry bound, no candidate finished): one line, exit 1."""
+
+
+def _command(scope: dict[str, Any]) -> str | None:
+    args = scope.get("args")
+    return getattr(args, "command", None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adamwkit`` console script; returns the exit code."""
     parser = build_parser()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(parser, argv)
+
+
+def _show_warning(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    """A warning as one line: ``adamwkit: warning: ...``."""
+    print(f"adamwkit: warning: {message}", file=sys.stderr)
+
+
+def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
         if args.command is None:
             parser.print_help()
             return 0
@@ -641,9 +767,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"{err.prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        command = f"adamwkit {args.command}" if "args" in locals() else "adamwkit"
+        what = "run the same command again to resume" if _command(locals()) == "tune" else ""
+        print(f"{command}: interrupted" + (f"; {what}" if what else ""), file=sys.stderr)
+        return 130
+    except RunFailed as err:
+        print(f"adamwkit {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:
         command = f"adamwkit {args.command}" if "args" in locals() else "adamwkit"
-        print(f"{command}: error: {_flagify(str(err))}", file=sys.stderr)
+        names = getattr(err, "names", ())
+        text = " ".join(str(err).split())  # one line
+        print(f"{command}: error: {_flagify(text, names)}", file=sys.stderr)
         return 2
 
 

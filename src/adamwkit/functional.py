@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.optim.adam import adam as _torch_adam
 
 from ._checks import check_choice, check_range
+from ._constants import DECAY_SCALES
 
 __all__ = [
     "DECAY_SCALES",
@@ -47,7 +48,6 @@ __all__ = [
 
 DecayScale = Literal["lr", "schedule"]
 Impl = Literal["auto", "fused", "foreach", "forloop"]
-DECAY_SCALES: tuple[str, ...] = ("lr", "schedule")
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "forloop")
 
 # The fused kernel of CPU and CUDA devices handles these dtypes with PyTorch's math.

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._checks import check_choice, check_range
+from ._checks import ArgumentError, check_choice, check_lr, check_range
+from ._constants import DECAY_SCALES
 from .schedules import Schedule, make_schedule
 from .timescale import (
     convert_weight_decay,
@@ -61,7 +62,6 @@ __all__ = [
     "training_setup",
 ]
 
-DECAY_SCALES = ("lr", "schedule")
 LH_LAMBDA_NORM = 0.05
 TORCH_DEFAULT = 0.01
 # Where Power Lines fit and checked its law: GPT-2-like models of 111M to 3.3B parameters;
@@ -193,7 +193,7 @@ def training_setup(
     has ``tokens / batch_size`` steps), with ``params`` for pre-training; ``epochs`` (default
     1) then says over how many passes those tokens were seen.
     """
-    lr_ = check_range("lr", lr, 0.0, low_open=True)
+    lr_ = check_lr("lr", lr)
     b = check_range("batch_size", batch_size, 0.0, low_open=True)
     n, d = _positive("dataset_size", dataset_size), _positive("tokens", tokens)
     t = _positive("epochs", epochs)
@@ -202,19 +202,22 @@ def training_setup(
     check_choice("decay_scale", decay_scale, DECAY_SCALES)
     b1 = check_range("beta1", beta1, 0.0, 1.0, high_open=True)
     if n is not None and d is not None:
-        raise ValueError(
+        raise ArgumentError(
             f"dataset_size={dataset_size!r} and tokens={tokens!r} are exclusive: give "
-            "dataset_size (examples, --dataset-size) or tokens (--tokens), not both"
+            "dataset_size (examples) or tokens, not both",
+            "dataset_size",
+            "tokens",
         )
     if t is not None and s is not None:
-        raise ValueError(
-            f"epochs={epochs!r} and steps={steps!r} are exclusive: give epochs (--epochs) "
-            "or steps (--steps), not both"
+        raise ArgumentError(
+            f"epochs={epochs!r} and steps={steps!r} are exclusive: give epochs or steps, not both",
+            "epochs",
+            "steps",
         )
     if d is not None and s is not None:
-        raise ValueError(
-            f"tokens={tokens!r} and steps={steps!r} are exclusive: tokens counts the whole "
-            "run, which has tokens / batch_size steps (--tokens sets --steps)"
+        raise ArgumentError(
+            f"tokens={tokens!r} and steps={steps!r} are exclusive: the tokens of a whole run "
+            "set its steps (tokens / batch_size)"
         )
     unit = "tokens" if d is not None else "examples"
     if d is not None:
@@ -316,7 +319,7 @@ def _rule_value(
     s: TrainingSetup, name: str, wd: float, note: str = "", warnings: tuple[str, ...] = ()
 ) -> RuleValue:
     if not math.isfinite(wd):
-        return _skipped(name, "the weight decay overflows: check --lr and the sizes")
+        return _skipped(name, "the weight decay overflows: check lr and the sizes")
     tau_e = None if s.dataset_size is None else tau_epoch(s.lr, wd, s.batch_size, s.dataset_size)
     return RuleValue(
         name=name,
@@ -336,7 +339,7 @@ def _skipped(name: str, needs: str) -> RuleValue:
     return RuleValue(name, None, None, SOURCES[name], FORMULAS[name], note=f"skipped: {needs}")
 
 
-_NEEDS_EPOCHS = "needs dataset_size with epochs or steps (--dataset-size with --epochs or --steps)"
+_NEEDS_EPOCHS = "needs dataset_size with epochs or steps"
 
 
 def _wang_aitchison(s: TrainingSetup) -> RuleValue:
@@ -353,7 +356,7 @@ def _wang_aitchison(s: TrainingSetup) -> RuleValue:
     if s.regime == "single-pass":
         warnings += (
             "single-pass training is the edge of the rule's window; Power Lines (needs "
-            "tokens and params: --tokens, --params) is fitted to this regime",
+            "tokens and params) is fitted to this regime",
         )
     wd = weight_decay_from_tau_epoch(target, s.lr, s.batch_size, s.dataset_size)
     return _rule_value(s, "wang-aitchison", wd, note, warnings)
@@ -362,9 +365,9 @@ def _wang_aitchison(s: TrainingSetup) -> RuleValue:
 def _power_lines(s: TrainingSetup) -> RuleValue:
     tpp = s.tokens_per_param
     if tpp is None or s.tokens is None:
-        missing = "tokens and params (--tokens, --params)"
+        missing = "tokens and params"
         if s.unit == "tokens":
-            missing = "params (--params)"
+            missing = "params"
         return _skipped("power-lines", f"needs {missing}")
     tau = power_lines_tau(tpp)
     warnings: list[str] = []
@@ -433,14 +436,26 @@ def _choose(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, str]:
         if s.regime == "single-pass":
             why = (
                 f"single-pass training ({_fmt(s.epochs)} epochs over "
-                f"{_count(s.dataset_size or 0)} {unit}) with no params (--params) for Power "
+                f"{_count(s.dataset_size or 0)} {unit}) with no params for Power "
                 f"Lines: Wang & Aitchison's window ends at the run's length; adamwkit {wa.note}."
             )
         return "wang-aitchison", why
-    raise ValueError(
+    overflowed = [v.name for v in (pl, wa) if "overflows" in v.note]
+    if overflowed:
+        raise ArgumentError(
+            f"no rule gives a finite weight decay for lr={s.lr!r}, batch_size={s.batch_size!r} "
+            f"and {_count(s.dataset_size or s.tokens or 0)} {s.unit}: the values overflow "
+            "(check lr and the sizes)",
+            "lr",
+        )
+    raise ArgumentError(
         "no rule can run on this setup: give dataset_size with epochs or steps "
-        "(--dataset-size with --epochs or --steps) for the timescale and normalized rules, "
-        "or tokens with params (--tokens with --params) for Power Lines"
+        "for the timescale and normalized rules, or tokens with params for Power Lines",
+        "dataset_size",
+        "epochs",
+        "steps",
+        "tokens",
+        "params",
     )
 
 
@@ -454,7 +469,7 @@ def angular_update(lr: float, weight_decay: float, beta1: float = 0.9) -> float:
     (``weight_decay`` in PyTorch's convention). Source: Kosson et al., "Rotational
     Equilibrium" (arXiv:2305.17212). Worked number: lr 6e-4, wd 0.1, beta1 0.9 -> 2.5e-3.
     """
-    lr_ = check_range("lr", lr, 0.0, low_open=True)
+    lr_ = check_lr("lr", lr)
     wd = check_range("weight_decay", weight_decay, 0.0)
     b1 = check_range("beta1", beta1, 0.0, 1.0, high_open=True)
     return math.sqrt(2.0 * lr_ * wd * (1.0 - b1) / (1.0 + b1))
@@ -467,7 +482,7 @@ def equilibrium_norm(lr: float, weight_decay: float, numel: int = 1) -> float:
     ``inf`` without decay). With ``numel=1`` this is the root-mean-square weight.
     Source: Kosson et al. (arXiv:2305.17212).
     """
-    lr_ = check_range("lr", lr, 0.0, low_open=True)
+    lr_ = check_lr("lr", lr)
     wd = check_range("weight_decay", weight_decay, 0.0)
     c = check_range("numel", numel, 0.0, low_open=True)
     return math.inf if wd == 0 else math.sqrt(lr_ * c / (2.0 * wd))
@@ -743,7 +758,7 @@ def _verdict(
             "window [1 epoch, total epochs] where Wang & Aitchison found the optimum"
         )
     if tau_r is None:
-        return "unknown", "give epochs or steps (--epochs, --steps) to judge the timescale"
+        return "unknown", "give epochs or steps to judge the timescale"
     tpp = s.tokens_per_param
     if tpp is not None:
         opt = power_lines_tau(tpp)
@@ -786,11 +801,11 @@ def _convention_hint(s: TrainingSetup, wd_torch: float, code: str, given: float)
     if code == "barely-acts" and s.decay_scale == "lr":
         alt = convert_weight_decay(given, "independent", "torch", lr_peak=s.lr)
         other = "does not multiply decay by the learning rate (the AdamW paper, Composer)"
-        flag = "--decay-scale schedule"
+        flag = "decay_scale='schedule'"
     elif code == "dominates" and s.decay_scale == "schedule":
         alt = given  # read in PyTorch's convention, the value is used as it is
         other = "multiplies decay by the learning rate (PyTorch, optax, Keras)"
-        flag = "--decay-scale lr"
+        flag = "decay_scale='lr'"
     else:
         return None
     alt_tau = tau_epoch(s.lr, alt, s.batch_size, s.dataset_size)
@@ -855,7 +870,7 @@ def explain(
         sug = None
         notes.append(str(err))
     if sched is None and s.total_steps is not None:
-        notes.append("lr taken as constant; pass a schedule (--schedule) to refine the decay")
+        notes.append("lr taken as constant; pass a schedule to refine the decay")
     return Explanation(
         setup=s,
         weight_decay=wd,
@@ -881,9 +896,11 @@ def _resolve_schedule(
     if schedule is None or isinstance(schedule, Schedule):
         return schedule
     if s.total_steps is None:
-        raise ValueError(
+        raise ArgumentError(
             f"schedule={schedule!r} needs the run's length: give epochs or steps with the "
-            "dataset size (--epochs or --steps)"
+            "dataset size",
+            "epochs",
+            "steps",
         )
     return make_schedule(schedule, max(1, round(s.total_steps)), warmup_steps)
 

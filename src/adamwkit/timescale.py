@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_choice, check_range
+from ._checks import ArgumentError, check_choice, check_lr, check_range
+from ._constants import CONVENTION_ALIASES, CONVENTION_NAMES
 
 __all__ = [
     "CONVENTIONS",
@@ -51,21 +52,6 @@ CONVENTIONS: dict[str, str] = {
     "timm-corrected": "w *= 1 - wd * lr_t**2 / lr_peak  (timm corrected_weight_decay)",
 }
 
-_ALIASES = {
-    "torch": "torch",
-    "pytorch": "torch",
-    "lr": "torch",
-    "optax": "torch",
-    "keras": "torch",
-    "independent": "independent",
-    "schedule": "independent",
-    "paper": "independent",
-    "composer": "independent",
-    "wortsman": "independent",
-    "timm-corrected": "timm-corrected",
-    "timm_corrected": "timm-corrected",
-}
-
 
 def canonical_convention(name: str) -> str:
     """The canonical name of a decay convention: ``"torch"``, ``"independent"`` or
@@ -76,8 +62,8 @@ def canonical_convention(name: str) -> str:
     (``decay_scale="lr"`` and ``"schedule"`` of :class:`adamwkit.AdamW`).
     """
     key = name.strip().lower() if isinstance(name, str) else name
-    check_choice("convention", key, tuple(_ALIASES))
-    return _ALIASES[key]
+    check_choice("convention", key, CONVENTION_NAMES)
+    return CONVENTION_ALIASES[key]
 
 
 def _positive(name: str, value: Any) -> float:
@@ -100,7 +86,7 @@ def tau_iter(lr: float, weight_decay: float) -> float:
     ``weight_decay`` in PyTorch's convention; 0 gives ``inf`` (nothing is forgotten).
     Source: Wang & Aitchison 2025 (arXiv:2405.13698), eq. for the EMA timescale.
     """
-    lr, wd = _positive("lr", lr), _decay(weight_decay)
+    lr, wd = check_lr("lr", lr), _decay(weight_decay)
     return math.inf if wd == 0 else 1.0 / (lr * wd)
 
 
@@ -127,7 +113,7 @@ def tau_run(lr: float, weight_decay: float, total_steps: float) -> float:
 
 def weight_decay_from_tau_iter(tau_iter: float, lr: float) -> float:
     r"""Inverse of :func:`tau_iter`: :math:`\lambda = 1/(\eta\,\tau_{\mathrm{iter}})`."""
-    t, lr = _tau("tau_iter", tau_iter), _positive("lr", lr)
+    t, lr = _tau("tau_iter", tau_iter), check_lr("lr", lr)
     return 0.0 if math.isinf(t) else 1.0 / (lr * t)
 
 
@@ -191,11 +177,12 @@ def convert_weight_decay(
     src, dst = canonical_convention(from_convention), canonical_convention(to_convention)
     if "independent" in (src, dst) and src != dst:
         if lr_peak is None:
-            raise ValueError(
-                "lr_peak=None is invalid: converting to or from the 'independent' "
-                "convention needs the peak learning rate (--lr)"
+            raise ArgumentError(
+                "lr_peak is needed: converting to or from the 'independent' convention "
+                "needs the peak learning rate",
+                "lr_peak",
             )
-        peak = _positive("lr_peak", lr_peak)
+        peak = check_lr("lr_peak", lr_peak)
     else:
         peak = 1.0
     ratio = _timm_ratio(schedule) if "timm-corrected" in (src, dst) and src != dst else 1.0

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._checks import check_choice, check_range, check_whole
+from .._constants import DECAY_SCALES
 
 __all__ = ["BUILTIN_TASKS", "Task", "get_task"]
 
@@ -82,7 +83,7 @@ class Task:
             check_whole(name, value, 0 if name == "warmup_steps" else 1)
         check_range("lr", self.lr, 0.0, low_open=True)
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("decay_scale", self.decay_scale, ("lr", "schedule"))
+        check_choice("decay_scale", self.decay_scale, DECAY_SCALES)
         check_range("test_fraction", self.test_fraction, 0.0, 1.0, high_open=True)
 
     def __len__(self) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .._constants import DECAY_SCALES
 from ..tasks import Task
 
 __all__ = [
@@ -150,9 +151,7 @@ class RunSettings:
             batch_size=check_whole(
                 "batch_size", task.batch_size if batch_size is None else batch_size, 1
             ),
-            decay_scale=check_choice(
-                "decay_scale", decay_scale or task.decay_scale, ("lr", "schedule")
-            ),
+            decay_scale=check_choice("decay_scale", decay_scale or task.decay_scale, DECAY_SCALES),
             schedule=check_choice("schedule", schedule or task.schedule, SCHEDULES),
             warmup_steps=check_whole(
                 "warmup_steps", task.warmup_steps if warmup_steps is None else warmup_steps

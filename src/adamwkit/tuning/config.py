@@ -80,6 +80,7 @@ class TuneConfig:
     study: str
     run_dir: Path
     storage: str | None = None
+    storage_retry: float = 120.0
     prune: bool = False
     heartbeat_interval: int = 10
     test: bool = True

@@ -20,6 +20,7 @@ import logging
 import math
 import pickle
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ import numpy as np
 import optuna
 import torch
 
-from .._checks import check_choice, check_range, check_whole
+from .._checks import ArgumentError, check_choice, check_lr, check_range, check_whole
+from .._constants import DECAY_SCALES, MAX_CANDIDATES, SAMPLERS, SEED_MAX, VECTORIZE
 from .._device import check_precision, device_for, resolve_device
 from ..suggest import TORCH_DEFAULT, Suggestion, suggest
 from ..tasks import Task
@@ -55,7 +57,9 @@ from .workers import Slot, ThreadShare, busy_cores, start_processes, stop_proces
 
 __all__ = ["SAMPLERS", "TuneResult", "tune"]
 
-SAMPLERS = ("grid", "tpe", "gp")
+MAX_MEMORY_GIB = 2.0**20  # 1 PiB
+MAX_HEARTBEAT_S = 3600
+MAX_WORKERS = 1024
 
 
 @dataclass
@@ -171,9 +175,10 @@ def _examples(examples: int | None, data: Any) -> int:
             raise ValueError(f"examples={examples!r} is invalid: data has {n} examples")
         return n
     if examples is None:
-        raise ValueError(
+        raise ArgumentError(
             "examples is needed with an objective: how many examples the folds split "
-            "(--examples N), or pass data=..."
+            "(or pass data=...)",
+            "examples",
         )
     return check_whole("examples", examples, 2)
 
@@ -217,6 +222,35 @@ def _values(name: str, values: Sequence[float], low: float, low_open: bool = Fal
     return sorted(set(out))
 
 
+def _listing(values: Sequence[float], most: int = 6) -> str:
+    """``[0, 0.001, 0.01, ...]``: a list of numbers, shortened for a message."""
+    shown = ", ".join(f"{v:g}" for v in values[:most])
+    return f"[{shown}{', ...' if len(values) > most else ''}]"
+
+
+def _check_out(out: Any, run_dir: Path) -> None:
+    """Refuse an ``out`` where the run folder cannot be made or written, before any work."""
+    text = str(out)
+    if not text.strip():
+        raise ArgumentError("out='' is invalid: expected a folder path", "out")
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                where = "is" if parent == Path(out) else f"lies under {str(parent)!r}, which is"
+                raise ArgumentError(
+                    f"out={text!r} is invalid: it {where} a file, not a folder", "out"
+                )
+            break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ArgumentError(
+            f"out={text!r} is not writable: {err.strerror or err} (at {str(run_dir)!r})", "out"
+        ) from None
+
+
 def _study_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
         raise ValueError(
@@ -240,6 +274,7 @@ class Plan:
     config: TuneConfig
     splits: cv.Splits
     suggestion: Suggestion | None
+    notes: tuple[str, ...] = ()
 
 
 def configure(prep: Prepared, **kw: Any) -> Plan:
@@ -250,10 +285,8 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         assert isinstance(prep.objective, TaskObjective)
         n_epochs: int | None = prep.objective.epochs
         bs: int | None = prep.objective.batch_size
-        lr_ = check_range("lr", task.lr if kw["lr"] is None else kw["lr"], 0.0, low_open=True)
-        scale = check_choice(
-            "decay_scale", kw["decay_scale"] or task.decay_scale, ("lr", "schedule")
-        )
+        lr_ = check_lr("lr", task.lr if kw["lr"] is None else kw["lr"])
+        scale = check_choice("decay_scale", kw["decay_scale"] or task.decay_scale, DECAY_SCALES)
         fraction = task.test_fraction if kw["test_fraction"] is None else kw["test_fraction"]
         schedule: str | None = task.schedule
     else:
@@ -264,23 +297,26 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
                 "lr is needed with an objective: the peak learning rate your loop trains "
                 "with (trial.lr); the weight decay's meaning depends on it"
             )
-        lr_ = check_range("lr", kw["lr"], 0.0, low_open=True)
-        scale = check_choice("decay_scale", kw["decay_scale"] or "lr", ("lr", "schedule"))
+        lr_ = check_lr("lr", kw["lr"])
+        scale = check_choice("decay_scale", kw["decay_scale"] or "lr", DECAY_SCALES)
         fraction = 0.2 if kw["test_fraction"] is None else kw["test_fraction"]
         schedule = None
     fraction = check_range("test_fraction", fraction, 0.0, 1.0, high_open=True)
     sampler = check_choice("sampler", kw["sampler"], SAMPLERS)
-    vectorize = check_choice("vectorize", kw["vectorize"], ("auto", "on", "off"))
-    if kw["max_memory"] is not None:
-        check_range("max_memory", kw["max_memory"], 0.0, low_open=True)
-    trials = check_whole("trials", kw["trials"], 1)
-    heartbeat = check_whole("heartbeat_interval", kw["heartbeat_interval"], 1)
-    n_workers = check_whole("workers", kw["workers"], 1)
-    threads = None if kw["threads"] is None else check_whole("threads", kw["threads"], 1)
-    seed = check_whole("seed", kw["seed"])
+    vectorize = check_choice("vectorize", kw["vectorize"], VECTORIZE)
+    max_memory = kw["max_memory"]
+    if max_memory is not None:
+        max_memory = check_range("max_memory", max_memory, 0.0, MAX_MEMORY_GIB, low_open=True)
+    trials = check_whole("trials", kw["trials"], 1, MAX_CANDIDATES)
+    heartbeat = check_whole("heartbeat_interval", kw["heartbeat_interval"], 1, MAX_HEARTBEAT_S)
+    n_workers = check_whole("workers", kw["workers"], 1, MAX_WORKERS)
+    threads = None if kw["threads"] is None else check_whole("threads", kw["threads"], 1, 4096)
+    seed = check_whole("seed", kw["seed"], 0, SEED_MAX)
+    storage = study_mod.check_storage(kw["storage"])
+    storage_retry = check_range("storage_retry", kw["storage_retry"], 0.0, 7 * 24 * 3600.0)
     device = resolve_device(kw["device"])
     precision = check_precision(kw["precision"], device)
-    name = _study_name(kw["study"] or _default_study_name(prep.name))
+    name = _study_name(_default_study_name(prep.name) if kw["study"] is None else kw["study"])
 
     splits = cv.Splits.make(prep.n, prep.labels, fraction, k, seed)
     n_train = splits.n_train
@@ -297,32 +333,80 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         default = cv.default_grid(lr=lr_, batch_size=bs, n_train=n_train, epochs=n_epochs,
                                   decay_scale=scale, anchor=sug.value)  # fmt: skip
     grid, grid_min, grid_max, points = kw["grid"], kw["grid_min"], kw["grid_max"], kw["points"]
+    notes: list[str] = []
+    ranged = [n for n, v in (("grid_min", grid_min), ("grid_max", grid_max), ("points", points))
+              if v is not None]  # fmt: skip
+    if grid is not None and ranged:
+        raise ArgumentError(
+            f"grid and {' and '.join(ranged)} are exclusive: give the candidates (grid) or "
+            "a log range (grid_min, grid_max, points), not both",
+            "grid",
+            "grid_min",
+            "grid_max",
+            "points",
+        )
     if grid is not None:
         candidates = _values("grid", grid, 0.0)
-    elif grid_min is not None or grid_max is not None or points is not None:
+        if len(candidates) < len(list(grid)):
+            notes.append(
+                f"grid has {len(list(grid)) - len(candidates)} repeated value(s), "
+                f"tried once: {_listing(candidates)}"
+            )
+    elif ranged:
         if grid_min is None or grid_max is None:
-            raise ValueError("grid_min and grid_max go together (--min, --max)")
+            raise ArgumentError("grid_min and grid_max go together", "grid_min", "grid_max")
         lo = check_range("grid_min", grid_min, 0.0, low_open=True)
         hi = check_range("grid_max", grid_max, lo)
-        n_points = check_whole("points", 8 if points is None else points, 1)
-        candidates = [0.0, *(float(f"{v:.6g}") for v in np.geomspace(lo, hi, n_points))]
+        n_points = check_whole("points", 8 if points is None else points, 1, MAX_CANDIDATES - 1)
+        spaced = [float(f"{v:.6g}") for v in np.geomspace(lo, hi, n_points)]
+        candidates = [0.0, *sorted(set(spaced))]
+        if len(candidates) - 1 < n_points:
+            notes.append(
+                f"points={n_points} between grid_min={lo:g} and grid_max={hi:g} repeat at 6 "
+                f"significant digits: {len(candidates) - 1} distinct values are tried"
+            )
     elif default is not None:
         candidates = default
     else:
-        raise ValueError(
+        raise ArgumentError(
             "grid is needed with an objective given no batch_size and epochs: the default "
             "grid spans tau_epoch = batch_size / (lr * weight_decay * N) from 1/4 epoch to "
-            "4x epochs; pass batch_size and epochs, or grid (--grid, or --min/--max)"
+            "4x epochs; pass batch_size and epochs, or grid (or grid_min and grid_max)",
+            "grid",
+            "grid_min",
+            "grid_max",
+            "batch_size",
+            "epochs",
         )
     lr_grid, search_lr = kw["lr_grid"], kw["search_lr"]
     if lr_grid is not None and sampler != "grid":
-        raise ValueError(
-            f"lr_grid={list(lr_grid)!r} goes with sampler='grid'; with {sampler!r} pass "
-            "search_lr (--search-lr)"
+        raise ArgumentError(
+            f"lr_grid={list(lr_grid)!r} goes with sampler='grid'; with {sampler!r} pass search_lr",
+            "search_lr",
         )
     if search_lr and sampler == "grid":
-        raise ValueError("search_lr needs sampler 'tpe' or 'gp'; with a grid pass lr_grid")
-    lrs = None if lr_grid is None else _values("lr_grid", lr_grid, 0.0, low_open=True)
+        raise ArgumentError(
+            "search_lr needs sampler 'tpe' or 'gp'; with a grid pass lr_grid",
+            "search_lr",
+            "sampler",
+            "lr_grid",
+        )
+    lrs = None
+    if lr_grid is not None:
+        lrs = _values("lr_grid", lr_grid, 0.0, low_open=True)
+        for value in lrs:
+            check_lr("lr_grid", value)
+        if len(lrs) < len(list(lr_grid)):
+            notes.append(f"lr_grid has repeated values, tried once: {_listing(lrs)}")
+    n_candidates = len(candidates) * len(lrs or [lr_])
+    if sampler == "grid" and n_candidates > MAX_CANDIDATES:
+        raise ArgumentError(
+            f"grid={_listing(candidates)} is invalid: {n_candidates} candidates"
+            + (f" ({len(candidates)} weight decays x {len(lrs)} learning rates)" if lrs else "")
+            + f", more than the {MAX_CANDIDATES} a study takes; use fewer, or sampler 'tpe'",
+            "grid",
+            *(("lr_grid",) if lrs else ()),
+        )
 
     common = {
         "source": prep.name if task is None else task.name,
@@ -370,18 +454,20 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         enqueue=enqueue,
         study=name,
         run_dir=Path(kw["out"]) / name,
-        storage=kw["storage"],
+        storage=storage,
+        storage_retry=storage_retry,
         prune=bool(kw["prune"]),
         heartbeat_interval=heartbeat,
         test=bool(kw["test"]),
         progress=bool(kw["progress"]),
         vectorize=vectorize,
-        max_memory=kw["max_memory"],
+        max_memory=max_memory,
         workers=n_workers,
         threads=threads,
         device=str(kw["device"] or "auto"),
     )
-    return Plan(config, splits, sug)
+    _check_out(kw["out"], config.run_dir)
+    return Plan(config, splits, sug, tuple(notes))
 
 
 P = ParamSpec("P")
@@ -430,6 +516,7 @@ def tune(
     seed: int = 0,
     prune: bool = False,
     heartbeat_interval: int = 10,
+    storage_retry: float = 120.0,
     test: bool = True,
     progress: bool = True,
     vectorize: str = "auto",
@@ -464,13 +551,17 @@ def tune(
     the study goes on; the first traceback of each error is printed. If no candidate
     finishes and runs raised, :class:`ObjectiveFailed` is raised from the first error.
 
-    The study lives in ``storage`` (default: a journal file in ``out/<study>/``); rerunning
-    the same call resumes it without rerunning finished folds, and processes or machines
-    sharing a database URL share the work. ``workers`` starts that many worker processes on
-    this machine, each with its share of the CPU cores that other programs leave free, as
-    torch threads (``threads`` fixes the number instead), and on a machine with several
-    GPUs, worker i on GPU i mod count. ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) and
-    ``precision`` (``fp32``, ``bf16``) say where and how runs train.
+    The study lives in ``storage`` (default: ``$ADAMWKIT_STORAGE``, else a journal file in
+    ``out/<study>/``); rerunning the same call resumes it without rerunning finished folds,
+    and processes or machines sharing a database URL share the work. A database is retried
+    through an outage for up to ``storage_retry`` seconds before
+    :class:`~adamwkit.tuning.storage.StorageUnavailable`; a journal record torn by a crash
+    or a full disk is backed up and dropped (those folds train again). ``workers`` starts
+    that many worker processes on this machine, each with its share of the CPU cores that
+    other programs leave free, as torch threads (``threads`` fixes the number instead),
+    and on a machine with several GPUs, worker i on GPU i mod count. ``device`` (``auto``,
+    ``cpu``, ``cuda``, ``cuda:i``) and ``precision`` (``fp32``, ``bf16``) say where and how
+    runs train.
 
     ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains a Task's claimed candidates and
     folds together as one stacked model (:func:`adamwkit.train.fit_population`); ``"auto"``
@@ -487,7 +578,8 @@ def tune(
         decay_scale=decay_scale, test_fraction=test_fraction, grid=grid, grid_min=grid_min,
         grid_max=grid_max, points=points, sampler=sampler, trials=trials, lr_grid=lr_grid,
         search_lr=search_lr, storage=storage, study=study, out=out, seed=seed, prune=prune,
-        heartbeat_interval=heartbeat_interval, test=test, progress=progress,
+        heartbeat_interval=heartbeat_interval, storage_retry=storage_retry, test=test,
+        progress=progress,
         vectorize=vectorize, max_memory=max_memory, workers=workers, threads=threads,
         device=device, precision=precision,
     )  # fmt: skip
@@ -505,7 +597,9 @@ def tune(
     if config.workers > 1:
         _check_picklable(source)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    store = study_mod.open_storage(config.storage, config.run_dir, config.heartbeat_interval)
+    store = study_mod.open_storage(
+        config.storage, config.run_dir, config.heartbeat_interval, config.storage_retry
+    )
     st = study_mod.open_study(store, config.study, config.spec, config.enqueue, config.prune)
     retried = study_mod.retry_errors(st, config.spec)
 
@@ -514,6 +608,8 @@ def tune(
     procs: list[Any] = []
     try:
         work = _Worker(prep, config, plan.splits, st, bar)  # slot 0: this process
+        for note in plan.notes:
+            bar.say(f"note: {note}")
         if retried:
             bar.say(f"retrying {retried} candidate(s) whose runs raised an error last time")
         procs = start_processes(config.workers - 1, _worker_process, (source, config))
@@ -539,6 +635,7 @@ def tune(
             "each candidate's reason); the first error was"
         ) from work.runner.errors[0]
     summary["verdict"] = verdict_text(summary)
+    summary["notes"] = list(plan.notes)
     paths = report.write_reports(config.run_dir, summary)
     return TuneResult(summary, config.run_dir, paths)
 
@@ -569,13 +666,23 @@ def _check_picklable(source: Source) -> None:
 
 
 def _worker_process(source: Source, config: TuneConfig) -> None:
-    """A worker started by ``workers=N``: the same study, quietly."""
+    """A worker started by ``workers=N``: the same study, quietly (Ctrl-C, which reaches
+    every process of the terminal, ends it without a traceback; the parent says so)."""
+    try:
+        _work_in_process(source, config)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _work_in_process(source: Source, config: TuneConfig) -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
     with flush_denormals():
         prep = prepare(source)
         spec = config.spec
         splits = cv.Splits.make(prep.n, prep.labels, spec.test_fraction, spec.folds, spec.seed)
-        store = study_mod.open_storage(config.storage, config.run_dir, config.heartbeat_interval)
+        store = study_mod.open_storage(
+            config.storage, config.run_dir, config.heartbeat_interval, config.storage_retry
+        )
         st = study_mod.open_study(store, config.study, spec, config.enqueue, config.prune)
         work = _Worker(prep, config, splits, st, Progress(False, 0, ""))
         try:

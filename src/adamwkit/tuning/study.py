@@ -32,19 +32,35 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from .._checks import ArgumentError
+from .._io import WriteFailed
 from . import _optuna
 from .config import StudySpec
 from .cv import Candidate
+from .journal import JournalDamaged, JournalRepaired, repair_journal
+from .storage import STORAGE_RETRY_S, RetryingStorage, _JournalFile
 
-__all__ = ["Claim", "open_storage", "open_study", "redact", "trial_candidates", "work"]
+__all__ = [
+    "STORAGE_ENV",
+    "Claim",
+    "check_storage",
+    "open_storage",
+    "open_study",
+    "redact",
+    "scrub",
+    "trial_candidates",
+    "work",
+]
 
 JOURNAL_NAME = "study.journal"
+STORAGE_ENV = "ADAMWKIT_STORAGE"
+
 CONNECT_TIMEOUT_S = 5
 READY_TIMEOUT_S = 60.0
 POLL_S = 1.0
@@ -55,38 +71,150 @@ ORPHAN_GRACE_S = 60.0
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
+    """The URL with its password (in the user part or a ``password=`` query) as ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        port = parts.port
+    except ValueError:  # a malformed port: hide everything between '://' and the last '@'
+        head, sep, tail = url.partition("://")
+        return f"{head}{sep}***@{tail.rpartition('@')[2]}" if "@" in tail else url
+    netloc = parts.netloc
+    if password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="*"
+        )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_SECRET_KEYS = {"password", "sslpassword", "passwd", "pwd"}
+
+
+def _secrets(url: str) -> list[str]:
+    """The password(s) a URL holds, as written and decoded (to scrub from messages)."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_KEYS and v]
+    except ValueError:
+        tail = url.partition("://")[2]
+        user = tail.rpartition("@")[0]
+        if ":" in user:
+            found.append(user.split(":", 1)[1])
+    return sorted({f for f in found if f}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str | None) -> str:
+    """``text`` with every password of ``url`` replaced by ``***``."""
+    if url:
+        for secret in _secrets(url):
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_storage(url: str | None) -> str | None:
+    """The storage URL to use: ``url``, else ``$ADAMWKIT_STORAGE``, else ``None`` (a journal
+    file). A URL is checked for its form (scheme, host, port) before anything connects.
+
+    Keep passwords off the command line (``ps`` shows it): put the URL in
+    ``ADAMWKIT_STORAGE``, or leave the password out of the URL and let PostgreSQL's client
+    library read ``PGPASSWORD`` or ``~/.pgpass``.
+    """
+    if url is None:
+        url = os.environ.get(STORAGE_ENV) or None
+        if url is None:
+            return None
+    if not isinstance(url, str) or not url.strip():
+        raise ArgumentError(f"storage={url!r} is invalid: expected a database URL", "storage")
     parts = urlsplit(url)
-    if parts.password is None:
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in ("postgresql", "mysql", "sqlite"):
+        raise ArgumentError(
+            f"storage={redact(url)!r} is invalid: expected a database URL such as "
+            "'postgresql://user@host:5432/dbname' (or no storage for a journal file)",
+            "storage",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ArgumentError(
+            f"storage={redact(url)!r} is invalid: its port is not a number in 1..65535",
+            "storage",
+        ) from None
+    if port == 0:
+        raise ArgumentError(
+            f"storage={redact(url)!r} is invalid: its port is not a number in 1..65535",
+            "storage",
+        )
+    return url
+
+
+def _engine_url(url: str) -> Any:
+    """SQLAlchemy's URL for ``url``, built from its parts so that a password holding '@',
+    ':' or '/' (as typed) or a ``password=`` query arrives intact; PostgreSQL through
+    psycopg 3 (the postgres extra), whatever SQLAlchemy's default driver is."""
+    from sqlalchemy.engine import URL
+
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme == "postgresql":
+        scheme = "postgresql+psycopg"
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    password = parts.password
+    if password is None and "password" in query:
+        password = query.pop("password")
+    if scheme.startswith("sqlite"):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return URL.create(
+        scheme,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(password) if password is not None else None,
+        host=parts.hostname,
+        port=parts.port,
+        database=unquote(parts.path[1:]) if len(parts.path) > 1 else None,
+        query=query,
+    )
 
 
-def open_storage(url: str | None, run_dir: Path, heartbeat_interval: int) -> Any:
+def open_storage(
+    url: str | None, run_dir: Path, heartbeat_interval: int, retry_s: float = STORAGE_RETRY_S
+) -> Any:
     """The study's storage: a journal file in ``run_dir``, or a database at ``url``.
 
-    A database that cannot be reached fails within seconds with its host and the cause.
+    A torn last record of the journal (a crash or a full disk during an append) is backed
+    up and dropped, with a warning. A database that cannot be reached fails within seconds
+    with its host and the cause; once open, its calls are retried through an outage for
+    up to ``retry_s`` seconds (:class:`RetryingStorage`).
     """
     if url is None:
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages.journal import JournalFileOpenLock
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = str(run_dir / JOURNAL_NAME)
-        return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        path = run_dir / JOURNAL_NAME
+        try:
+            repaired = repair_journal(path)
+        except JournalDamaged:
+            raise
+        except OSError as err:  # the backup could not be written
+            raise WriteFailed(err.errno, os.strerror(err.errno or 0), str(path)) from err
+        if repaired is not None:
+            warnings.warn(repaired.message, JournalRepaired, stacklevel=2)
+        lock = JournalFileOpenLock(str(path))
+        return JournalStorage(_JournalFile(str(path), lock_obj=lock))
+    url = check_storage(url)
+    assert url is not None
     parts = urlsplit(url)
-    if not parts.scheme or parts.scheme.split("+")[0] not in ("postgresql", "mysql", "sqlite"):
-        raise ValueError(
-            f"storage={redact(url)!r} is invalid: expected a database URL such as "
-            "'postgresql://user:password@host:5432/dbname' (or no --storage for a journal file)"
-        )
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    engine_url = url
-    if parts.scheme == "postgresql":
-        # psycopg 3 (the postgres extra), whatever SQLAlchemy's default driver is.
-        engine_url = "postgresql+psycopg" + url[len("postgresql") :]
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parts.scheme.startswith("postgresql"):
@@ -96,8 +224,10 @@ def open_storage(url: str | None, run_dir: Path, heartbeat_interval: int) -> Any
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for attempt in range(4):
             try:
-                return RDBStorage(
-                    engine_url,
+                return RetryingStorage(
+                    _engine_url(url),
+                    shown=redact(url),
+                    retry_s=retry_s,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=3 * heartbeat_interval,
@@ -112,8 +242,15 @@ def open_storage(url: str | None, run_dir: Path, heartbeat_interval: int) -> Any
                 time.sleep(0.2 * (attempt + 1))  # two workers created the tables at once
     host = parts.hostname or "localhost"
     where = f"{host}:{parts.port}" if parts.port else host
-    cause = str(getattr(last, "orig", None) or last).strip().splitlines()[0]
-    raise ValueError(f"storage={redact(url)!r} is unreachable at {where}: {cause}") from last
+    cause = scrub(_first_line(getattr(last, "orig", None) or last), url)
+    raise ArgumentError(
+        f"storage={redact(url)!r} is unreachable at {where}: {cause}", "storage"
+    ) from None
+
+
+def _first_line(err: object) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _is_schema_race(err: Exception) -> bool:
