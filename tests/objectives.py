@@ -61,3 +61,10 @@ def nan_at_large_decay(trial: Any) -> float:
         if trial.weight_decay >= 1
         else abs(trial.weight_decay - 0.3) + 0.1 * (trial.fold or 0)
     )
+
+
+def quadratic(trial: Any) -> float:
+    """A loss smallest at weight decay 0.3, slightly different per fold: instant and never
+    non-finite, for the fault tests."""
+    _instrument(trial)
+    return abs(trial.weight_decay - 0.3) + 0.1 * (trial.fold or 0)

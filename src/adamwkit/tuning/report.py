@@ -80,7 +80,8 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
         top.set_xlabel("tau_epoch (epochs)")
     title = "flat: weight decay hardly matters here" if summary["flat"] else "CV loss"
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
     return _png(fig)
 
 
@@ -143,7 +144,8 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     ax.set_xlabel("step reported (trial.report); epochs for built-in tasks")
     ax.set_ylabel("validation loss, mean over folds")
     ax.set_title(f"{summary['task']}: learning curves", fontsize=10)
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best", ncol=2)
     return _png(fig)
 
 

@@ -367,15 +367,30 @@ class WorkerLock:
         path.unlink(missing_ok=True)
         return False
 
+    def others_alive(self) -> bool:
+        """Whether any other worker of this run folder holds its lock."""
+        for path in self.dir.glob("*.lock"):
+            name = path.stem
+            if len(name) == 32 and name != self.id and self.owner_alive(name):
+                return True
+        return False
+
     def close(self) -> None:
         self._file.close()
         (self.dir / f"{self.id}.lock").unlink(missing_ok=True)
 
 
+def _params(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's candidate: its params, or, for a trial whose worker stopped before setting
+    them, the params it was enqueued with."""
+    return dict(t.params) if "weight_decay" in t.params else dict(_optuna.fixed_params(t) or {})
+
+
 def _retry(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
     """Fail a stale RUNNING trial and enqueue its candidate again (once, across workers)."""
-    if _optuna.fail_running_trial(study, t, reason):
-        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+    params = _params(t)
+    if _optuna.fail_running_trial(study, t, reason) and "weight_decay" in params:
+        study.enqueue_trial(params, user_attrs={"retry_of": t.number})
 
 
 def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
@@ -388,7 +403,10 @@ def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
         worker = t.user_attrs.get("worker")
         if worker is None:
             started = t.datetime_start.timestamp() if t.datetime_start else now
-            if now - started > ORPHAN_GRACE_S:
+            # With a journal file every worker holds a lock in the run folder: when none
+            # but this one is alive, the trial's worker is gone.
+            alone = not beating and lock is not None and not lock.others_alive()
+            if alone or now - started > ORPHAN_GRACE_S:
                 _retry(study, t, "its worker stopped before recording itself")
         elif not beating and lock is not None and not lock.owner_alive(worker):
             _retry(study, t, f"its worker ({t.user_attrs.get('host', '?')}) stopped")
@@ -406,9 +424,14 @@ def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
     for t in study.get_trials(deepcopy=False):
         if _is_spurious(t) or "weight_decay" not in t.params:
             fixed = _optuna.fixed_params(t)
-            if t.state == TrialState.WAITING and fixed is not None:
+            live = (TrialState.WAITING, TrialState.RUNNING)
+            if not _is_spurious(t) and t.state in live and fixed is not None:
+                # Waiting, or claimed by a worker that has not set its params yet.
                 key = (float(fixed["weight_decay"]), float(fixed.get("lr", default_lr)))
-                by_key.setdefault(key, Candidate(*key, state="waiting"))
+                state = "waiting" if t.state == TrialState.WAITING else "running"
+                c = by_key.setdefault(key, Candidate(*key, state=state))
+                if state == "running" and c.state == "waiting":
+                    c.state = "running"
             continue
         key = (float(t.params["weight_decay"]), float(t.params.get("lr", default_lr)))
         c = by_key.setdefault(key, Candidate(*key, state="failed"))

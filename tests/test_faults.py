@@ -1,0 +1,184 @@
+"""tune under faults: a torn or damaged journal, a full disk, Ctrl-C, a run with no result.
+
+Each fault is real where the machine allows it: the journal is torn the way a crash leaves
+it (cut inside a record), the disk fills through the kernel's file-size limit
+(``RLIMIT_FSIZE``), and Ctrl-C is a SIGINT sent to the running command. The objective logs
+every call (``ADAMWKIT_TEST_CALL_LOG``), so a rerun can be held to training exactly the
+folds that were lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+TESTS = Path(__file__).parent
+GRID = (0.0, 0.1, 0.3, 1.0)
+FOLDS = 3
+STUDY = "faults"
+
+
+def command(out: Path, *extra: str, objective: str = "quadratic") -> list[str]:
+    return [sys.executable, "-m", "adamwkit.cli", "tune", f"objectives:{objective}",
+            "--examples", "60", "--lr", "1e-3", "--grid", ",".join(map(str, GRID)),
+            "--folds", str(FOLDS), "--study", STUDY, "--out", str(out), "--quiet",
+            "--no-test", "--json", *extra]  # fmt: skip
+
+
+def run(cmd: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=TESTS, env=env, capture_output=True, text=True,
+                          timeout=300, **kw)  # fmt: skip
+
+
+def calls(log: Path) -> list[tuple[float, int]]:
+    if not log.exists():
+        return []
+    return [(float(w), int(f)) for _, w, f in (ln.split() for ln in log.read_text().splitlines())]
+
+
+def recorded(journal: Path) -> set[tuple[float, int]]:
+    """(weight decay, fold) pairs the journal holds, read by Optuna itself."""
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    return {
+        (float(t.params["weight_decay"]), int(step))
+        for t in study.get_trials(deepcopy=False)
+        if "weight_decay" in t.params
+        for step in t.intermediate_values
+    }
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {**os.environ, "ADAMWKIT_TEST_CALL_LOG": str(tmp_path / "calls.log")}
+
+
+def everything() -> set[tuple[float, int]]:
+    return {(w, f) for w in GRID for f in range(FOLDS)}
+
+
+def test_a_torn_last_record_is_backed_up_dropped_and_its_fold_retrained(tmp_path, env):
+    log = tmp_path / "calls.log"
+    first = run(command(tmp_path), env)
+    assert first.returncode == 0, first.stderr
+    journal = tmp_path / STUDY / "study.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    # Cut inside the record of a fold's result in the middle of the run, as a crash (or a
+    # full disk) during that append leaves the file: every later record never happened.
+    reports = [i for i, ln in enumerate(lines) if b'"intermediate_values"' in ln
+               or b'"step"' in ln]  # fmt: skip
+    cut = reports[len(reports) // 2]
+    whole = b"".join(lines[:cut])
+    torn = whole + lines[cut][: len(lines[cut]) // 2]
+    journal.write_bytes(torn)
+    (tmp_path / "whole.journal").write_bytes(whole)
+    kept = recorded(tmp_path / "whole.journal")
+    assert kept and kept != everything()
+
+    log.unlink()
+    second = run(command(tmp_path), env)
+    assert second.returncode == 0, second.stderr
+    assert "Traceback" not in second.stderr
+    warning = [ln for ln in second.stderr.splitlines() if "torn" in ln]
+    assert len(warning) == 1 and "study.journal" in warning[0], second.stderr
+    backups = list((tmp_path / STUDY).glob("study.journal.damaged-*"))
+    assert len(backups) == 1 and backups[0].read_bytes() == torn
+    # Exactly the folds the torn and later records held train again, each once.
+    assert sorted(calls(log)) == sorted(everything() - kept)
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert all(c["state"] == "complete" for c in summary["candidates"])
+    assert recorded(journal) == everything()
+
+
+def test_damage_inside_the_journal_is_one_line_naming_file_and_line(tmp_path, env):
+    first = run(command(tmp_path), env)
+    assert first.returncode == 0, first.stderr
+    journal = tmp_path / STUDY / "study.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4][:10] + b"\n"
+    journal.write_bytes(b"".join(lines))
+    before = journal.read_bytes()
+    second = run(command(tmp_path), env)
+    assert second.returncode == 1
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1, second.stderr
+    assert str(journal) in err[0] and "line 5 of" in err[0]
+    assert journal.read_bytes() == before  # nothing is changed by guessing
+
+
+def _file_limit(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_a_rerun_finishes(tmp_path, env):
+    log = tmp_path / "calls.log"
+    # The journal outgrows this limit halfway through the study.
+    full = run(command(tmp_path), env, preexec_fn=_file_limit(6000))
+    assert full.returncode == 1, (full.returncode, full.stderr)
+    assert "Traceback" not in full.stderr
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1, full.stderr
+    assert "cannot write" in lines[0] and "study.journal" in lines[0]
+    assert "run the same command again" in lines[0]
+    done = calls(log)
+    assert 0 < len(done) < len(everything())
+
+    log.unlink()
+    again = run(command(tmp_path), env)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert all(c["state"] == "complete" for c in summary["candidates"])
+    assert recorded(tmp_path / STUDY / "study.journal") == everything()
+    # The rerun trains only what the full disk kept from being recorded.
+    assert len(calls(log)) <= len(everything()) - len(done) + 1
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, env):
+    log = tmp_path / "calls.log"
+    env = {**env, "ADAMWKIT_TEST_SLEEP": "0.2"}
+    proc = subprocess.Popen(command(tmp_path), cwd=TESTS, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(calls(log)) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "adamwkit tune: interrupted; run the same command again to resume"
+    ]
+    first = calls(log)
+
+    log.unlink()
+    again = run(command(tmp_path), {**env, "ADAMWKIT_TEST_SLEEP": "0"})
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert all(c["state"] == "complete" for c in summary["candidates"])
+    # Folds finished before the interrupt are not trained again (the one interrupted is).
+    assert len(first) + len(calls(log)) <= len(everything()) + 1
+
+
+def test_a_run_where_no_candidate_finishes_exits_1_with_the_reason(tmp_path, env):
+    cmd = command(tmp_path, objective="nan_at_large_decay")
+    cmd[cmd.index("--grid") + 1] = "1,2"
+    result = run(cmd, env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "no candidate finished every fold: 2 failed" in lines[0]
+    assert "non-finite" in lines[0] or "nan" in lines[0].lower()
