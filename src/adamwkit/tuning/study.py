@@ -158,7 +158,7 @@ def check_storage(url: str | None) -> str | None:
     return url
 
 
-def _engine_url(url: str) -> Any:
+def _engine_url(url: str) -> str:
     """SQLAlchemy's URL for ``url``, built from its parts so that a password holding '@',
     ':' or '/' (as typed) or a ``password=`` query arrives intact; PostgreSQL through
     psycopg 3 (the postgres extra), whatever SQLAlchemy's default driver is."""
@@ -174,7 +174,7 @@ def _engine_url(url: str) -> Any:
         password = query.pop("password")
     if scheme.startswith("sqlite"):
         return url
-    return URL.create(
+    engine = URL.create(
         scheme,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(password) if password is not None else None,
@@ -183,6 +183,8 @@ def _engine_url(url: str) -> Any:
         database=unquote(parts.path[1:]) if len(parts.path) > 1 else None,
         query=query,
     )
+    # Optuna takes a string: SQLAlchemy writes the password percent-encoded.
+    return engine.render_as_string(hide_password=False)
 
 
 def open_storage(
