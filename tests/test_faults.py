@@ -157,7 +157,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, env):
     while len(calls(log)) < 4 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == [
         "adamwkit tune: interrupted; run the same command again to resume"

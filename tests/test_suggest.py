@@ -129,7 +129,7 @@ def test_power_lines_warns_outside_its_fit():
 
 
 def test_no_rule_can_run_says_which_flags_would():
-    with pytest.raises(ValueError, match=r"give dataset_size with epochs or steps.*tokens with params"):
+    with pytest.raises(ValueError, match=r"dataset_size with epochs or steps.*tokens with params"):
         suggest(lr=1e-3, batch_size=32, dataset_size=1000)
 
 
