@@ -291,3 +291,81 @@ def test_unknown_task(tmp_path, capsys, no_training):
 
 def test_at_least_100_malformed_invocations():
     assert len(CASES) + len(TUNE_CASES) >= 100
+
+
+# The Python API refuses what the CLI refuses: each tune case above, as keyword arguments.
+_KWARG = {"--min": "grid_min", "--max": "grid_max", "--lr-grid": "lr_grid",
+          "--search-lr": "search_lr"}  # fmt: skip
+
+
+def _as_kwargs(extra: list[str]) -> dict:
+    kw: dict = {}
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        name = _KWARG.get(flag, flag[2:].replace("-", "_"))
+        if flag == "--search-lr":
+            kw[name] = True
+            i += 1
+            continue
+        text = extra[i + 1]
+        if name in ("grid", "lr_grid"):
+            try:
+                value = cli._floats(name, text)
+            except ValueError:
+                value = text
+        elif name in ("storage", "study", "out", "device", "precision", "sampler",
+                      "vectorize", "decay_scale"):  # fmt: skip
+            value = text
+        else:
+            try:
+                value = cli._number(text)
+            except ValueError:
+                value = text
+        kw[name] = value
+        i += 2
+    return kw
+
+
+@pytest.mark.parametrize("extra,needle", TUNE_CASES, ids=[" ".join(a)[:60] for a, _ in TUNE_CASES])
+def test_the_api_refuses_what_the_cli_refuses(extra, needle, tmp_path, no_training):
+    from adamwkit import tune
+
+    kw = {"out": tmp_path / "runs", "progress": False, **_as_kwargs(extra)}
+    name = _KWARG.get(needle, needle[2:].replace("-", "_"))
+    with pytest.raises(ValueError) as err:
+        tune("digits", **kw)
+    assert name in str(err.value) or name in getattr(err.value, "names", ())
+
+
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (
+            lambda: __import__("adamwkit").suggest(
+                lr=1e308, batch_size=32, dataset_size=1000, epochs=10
+            ),
+            "lr",
+        ),
+        (
+            lambda: __import__("adamwkit").suggest(
+                lr=1e-320, batch_size=32, dataset_size=1000, epochs=10
+            ),
+            "lr",
+        ),
+        (
+            lambda: __import__("adamwkit").explain(float("nan"), lr=1e-3, batch_size=32),
+            "weight_decay",
+        ),
+        (
+            lambda: __import__("adamwkit").convert_weight_decay(
+                0.1, "torch", "independent", lr_peak=1e308
+            ),
+            "lr_peak",
+        ),
+        (lambda: __import__("adamwkit").convert_weight_decay(0.1, "torch", "nope"), "convention"),
+    ],
+)
+def test_the_library_functions_refuse_out_of_range_values(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()

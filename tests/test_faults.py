@@ -182,3 +182,30 @@ def test_a_run_where_no_candidate_finishes_exits_1_with_the_reason(tmp_path, env
     assert len(lines) == 1, result.stderr
     assert "no candidate finished every fold: 2 failed" in lines[0]
     assert "non-finite" in lines[0] or "nan" in lines[0].lower()
+
+
+def test_a_creator_stopped_while_enqueueing_is_finished_by_the_next_run(
+    tmp_path, env, monkeypatch
+):
+    import objectives
+
+    from adamwkit import tune
+
+    kw = {"examples": 60, "lr": 1e-3, "grid": GRID, "folds": FOLDS, "study": STUDY,
+          "out": tmp_path, "progress": False, "test": False}  # fmt: skip
+    real = optuna.Study.enqueue_trial
+    count = {"n": 0}
+
+    def stop_on_third(self, *args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        tune(objectives.quadratic, **kw)
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", real)
+    result = tune(objectives.quadratic, **kw)  # waits a few seconds, then enqueues the rest
+    assert [c["weight_decay"] for c in result.summary["candidates"]] == list(GRID)
+    assert all(c["state"] == "complete" for c in result.summary["candidates"])

@@ -237,7 +237,7 @@ def measure(objective: TaskObjective, trials: Sequence[Trial]) -> Decision:
         single, stacked, slow = objective.measure(trials)
     except StackingFailed as err:
         if isinstance(err.__cause__, torch.cuda.OutOfMemoryError):
-            why = f"{m} stacked members do not fit in the GPU's memory; lower --max-memory"
+            why = f"{m} stacked members do not fit in the GPU's memory; lower max_memory"
             return Decision("off", why, keep=False)
         return Decision("off", f"the model fails under torch.func.vmap ({err})")
     except Exception as err:  # the run alone failed: the runs themselves will show it

@@ -62,7 +62,7 @@ JOURNAL_NAME = "study.journal"
 STORAGE_ENV = "ADAMWKIT_STORAGE"
 
 CONNECT_TIMEOUT_S = 5
-READY_TIMEOUT_S = 60.0
+CREATOR_STALL_S = 5.0
 POLL_S = 1.0
 _HOST = socket.gethostname()
 # A trial with no owner recorded (its worker died between claiming it and saying so) is
@@ -308,7 +308,7 @@ def open_study(
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
-        _wait_ready(study, spec)
+        _wait_ready(study, spec, enqueue)
         return study
     study.set_user_attr("adamwkit_settings", spec.attrs())
     for params in enqueue:
@@ -317,21 +317,33 @@ def open_study(
     return study
 
 
-def _wait_ready(study: optuna.Study, spec: StudySpec) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def _wait_ready(
+    study: optuna.Study, spec: StudySpec, enqueue: tuple[dict[str, float], ...]
+) -> None:
+    """Wait for the study's creator to enqueue the candidates. A creator that stopped
+    midway (Ctrl-C, a full disk) leaves the count of trials still: after
+    :data:`CREATOR_STALL_S` without a new trial, this worker finishes the job."""
+    seen, still_since = -1, time.monotonic()
     while not study.user_attrs.get("adamwkit_ready"):
-        if time.monotonic() > deadline:
-            raise ValueError(
-                f"study={study.study_name!r} exists but was never made ready (its creator "
-                "stopped while enqueueing): pass a new --study name"
-            )
+        n = len(study.get_trials(deepcopy=False))
+        if n != seen:
+            seen, still_since = n, time.monotonic()
+        elif time.monotonic() - still_since > CREATOR_STALL_S:
+            if "adamwkit_settings" not in study.user_attrs:
+                study.set_user_attr("adamwkit_settings", spec.attrs())
+            break
         time.sleep(0.2)
     why = spec.mismatch(study.user_attrs.get("adamwkit_settings", {}))
     if why:
-        raise ValueError(
+        raise ArgumentError(
             f"study={study.study_name!r} {why}: rerun with the same settings to resume it, or "
-            "pass a new --study"
+            "pass a new study name",
+            "study",
         )
+    if not study.user_attrs.get("adamwkit_ready"):
+        for params in enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("adamwkit_ready", True)
 
 
 # ---------------------------------------------------------------------------- claiming

@@ -122,7 +122,7 @@ class ThreadShare:
             if self.current != self.fixed:
                 torch.set_num_threads(self.fixed)
                 self.say(f"{self.fixed} torch thread{'s' if self.fixed > 1 else ''} for this "
-                         "worker (--threads)")  # fmt: skip
+                         "worker (threads)")  # fmt: skip
                 self.current = self.fixed
             return
         workers = max(1, live_slots(self.run_dir))
