@@ -94,9 +94,7 @@ def postgres() -> Iterator[Postgres]:
         import psycopg
 
         with psycopg.connect(server.url, autocommit=True) as conn:
-            conn.execute(
-                f"CREATE ROLE {SECRET_ROLE} LOGIN SUPERUSER PASSWORD '{SECRET_PASSWORD}'"
-            )
+            conn.execute(f"CREATE ROLE {SECRET_ROLE} LOGIN SUPERUSER PASSWORD '{SECRET_PASSWORD}'")
         yield server
     finally:
         server.stop()
