@@ -118,19 +118,19 @@ def test_convert(capsys):
     [
         (
             ["suggest", *VIT_S[:-2], "--epochs", "0"],
-            "--epochs=0.0 is invalid: expected a finite number in (0, inf)",
+            "--epochs=0 is invalid: expected a finite number in (0, inf)",
         ),
         (
             ["suggest", "--lr", "-1", *VIT_S[2:]],
             "--lr=-1 is invalid: expected a learning rate in [1e-12, 1000]",
         ),
         (["suggest", "--lr", "nan", *VIT_S[2:]], "--lr=nan is invalid"),
-        (["suggest", *VIT_S[:2], "--batch-size", "0", *VIT_S[4:]], "--batch-size=0.0 is invalid"),
+        (["suggest", *VIT_S[:2], "--batch-size", "0", *VIT_S[4:]], "--batch-size=0 is invalid"),
         (
             ["suggest", *VIT_S[:4], "--dataset-size", "-5", *VIT_S[6:]],
             "--dataset-size=-5 is invalid",
         ),
-        (["suggest", *VIT_S, "--params", "0"], "--params=0.0 is invalid"),
+        (["suggest", *VIT_S, "--params", "0"], "--params=0 is invalid"),
         (
             ["suggest", *VIT_S, "--steps", "10"],
             "exclusive: give --epochs or --steps",

@@ -184,11 +184,8 @@ def test_a_run_where_no_candidate_finishes_exits_1_with_the_reason(tmp_path, env
     assert "non-finite" in lines[0] or "nan" in lines[0].lower()
 
 
-def test_a_creator_stopped_while_enqueueing_is_finished_by_the_next_run(
-    tmp_path, env, monkeypatch
-):
+def test_a_creator_stopped_while_enqueueing_is_finished_by_the_next_run(tmp_path, env, monkeypatch):
     import objectives
-
     from adamwkit import tune
 
     kw = {"examples": 60, "lr": 1e-3, "grid": GRID, "folds": FOLDS, "study": STUDY,
@@ -209,3 +206,15 @@ def test_a_creator_stopped_while_enqueueing_is_finished_by_the_next_run(
     result = tune(objectives.quadratic, **kw)  # waits a few seconds, then enqueues the rest
     assert [c["weight_decay"] for c in result.summary["candidates"]] == list(GRID)
     assert all(c["state"] == "complete" for c in result.summary["candidates"])
+
+
+def test_repeated_candidates_are_tried_once_and_the_run_says_so(tmp_path, env, monkeypatch):
+    import objectives
+    from adamwkit import tune
+
+    monkeypatch.setenv("ADAMWKIT_TEST_CALL_LOG", str(tmp_path / "calls.log"))
+    result = tune(objectives.quadratic, examples=60, lr=1e-3, grid=[0.1, 0, 0.1, 1e-1, 0.3],
+                  folds=2, out=tmp_path, progress=False, test=False)  # fmt: skip
+    assert [c["weight_decay"] for c in result.summary["candidates"]] == [0.0, 0.1, 0.3]
+    assert result.summary["notes"] == ["grid has 2 repeated value(s), tried once: [0, 0.1, 0.3]"]
+    assert len(calls(tmp_path / "calls.log")) == 3 * 2

@@ -204,12 +204,12 @@ def test_what_an_objective_may_return(value, loss, metric, reason):
         (["objectives:plain", "--lr", "1e-3", "--grid", "0"], "--examples is needed with an"),
         (["objectives:plain", "--examples", "500", "--grid", "0"], "--lr is needed"),
         (["objectives:plain", "--examples", "500", "--lr", "1e-3"], "--grid is needed with an"),
-        (["objectives:plain", "--examples", "1", "--lr", "1e-3"], "--examples=1.0 is invalid"),
+        (["objectives:plain", "--examples", "1", "--lr", "1e-3"], "--examples=1 is invalid"),
         (["digits", "--examples", "10"], "examples is invalid with task='digits'"),
         (["objectives:plain", "--examples", "500", "--lr", "1e-3", "--grid", "0",
           "--vectorize", "on"], "vectorize='on' is invalid"),
         (["digits", "--device", "tpu"], "--device='tpu' is invalid: expected auto, cpu, cuda"),
-        (["digits", "--test-fraction", "1"], "--test-fraction=1.0 is invalid"),
+        (["digits", "--test-fraction", "1"], "--test-fraction=1 is invalid"),
     ],
 )  # fmt: skip
 def test_bad_objective_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, argv, message):

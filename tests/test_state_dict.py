@@ -64,23 +64,26 @@ def test_decay_scale_is_saved_and_restored():
     w.grad = torch.ones(3)
     src.step()
     dst = adamwkit.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3)
-    dst.load_state_dict(src.state_dict())
+    with pytest.warns(UserWarning, match="saved with decay_scale='schedule'"):
+        dst.load_state_dict(src.state_dict())
     group = dst.param_groups[0]
     assert group["decay_scale"] == "schedule"
     assert adamwkit.AdamW.lr_peak(group) == 1e-2
 
 
-def test_torch_state_dict_keeps_receiver_decay_meaning():
-    """torch's groups say nothing of decay_scale: the receiving optimizer's settings stay."""
+def test_torch_state_dict_is_read_in_torch_convention():
+    """torch's groups say nothing of decay_scale: their weight decay is PyTorch's ("lr"),
+    whatever the receiver's scale; the receiver's lr_peak stays."""
     src = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3)
     dst = adamwkit.AdamW(
         [{"params": [torch.nn.Parameter(torch.ones(3))], "lr_peak": 2e-2}],
         lr=1e-2,
         decay_scale="schedule",
     )
-    dst.load_state_dict(src.state_dict())
+    with pytest.warns(UserWarning, match="saved by torch.optim.AdamW"):
+        dst.load_state_dict(src.state_dict())
     group = dst.param_groups[0]
-    assert group["decay_scale"] == "schedule"
+    assert group["decay_scale"] == "lr"
     assert group["lr"] == 1e-3 and adamwkit.AdamW.lr_peak(group) == 2e-2
 
 

@@ -8,6 +8,7 @@ out (so state_dicts load into either class), and dispatches to
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,8 @@ from .functional import (
 __all__ = ["AdamW"]
 
 # Keys this class adds to each param group (with nonfinite_skips). A state_dict saved by
-# torch.optim.AdamW has none of them; loading one keeps the receiving optimizer's values.
+# torch.optim.AdamW has none of them; loading one keeps the receiving optimizer's lr_peak
+# and lr_init, and reads the group's decay_scale as PyTorch's, "lr" (see load_state_dict).
 _KEPT_ON_LOAD = ("decay_scale", "lr_peak", "lr_init")
 
 
@@ -56,8 +58,6 @@ class AdamW(Optimizer):
             (the multiplier ``lr_t / lr_peak`` is at most 1 by definition): with
             ``CyclicLR``, whose ``initial_lr`` is its lowest lr, set ``lr_peak``.
 
-            To continue a ``"schedule"`` run with ``torch.optim.AdamW``, load
-            :meth:`torch_state_dict`, whose weight decay is converted to PyTorch's convention.
         skip_nonfinite: when True and any gradient of the step holds a NaN or an infinity,
             the step changes no parameter and no state; each group's ``nonfinite_skips``
             counter (also :attr:`nonfinite_skips`) records it.
@@ -66,6 +66,19 @@ class AdamW(Optimizer):
     CUDA (both decay scales use it: ``"schedule"`` is ``"lr"`` with
     ``weight_decay / lr_peak``), else whatever ``torch.optim.AdamW`` picks; ``fused`` and
     ``foreach`` choose a path explicitly, as in PyTorch.
+
+    State dicts: a saved group's ``weight_decay`` keeps the convention it was saved in.
+    A group saved by ``torch.optim.AdamW`` (no ``decay_scale`` key) is loaded with
+    ``decay_scale="lr"``, and one saved by this class with its saved ``decay_scale`` (and
+    ``lr_peak``), whatever the receiving optimizer's; a ``UserWarning`` names each group
+    whose convention differs from the receiver's. Keeping the saved convention, rather than
+    converting ``weight_decay`` into the receiver's, continues the run exactly: a
+    conversion would divide by ``lr_peak`` again at every step, and ``lr_peak`` after a
+    load comes from the receiver (its ``lr_init``, a scheduler's ``initial_lr`` set after
+    the load), not from the saved run. ``torch.optim.AdamW`` keeps this class's extra group
+    keys but ignores them and reads ``weight_decay`` as ``"lr"``: to continue a
+    ``"schedule"`` run with it, load :meth:`torch_state_dict`, whose weight decay is
+    converted to PyTorch's convention.
 
     Sources: Loshchilov & Hutter, ICLR 2019 (arXiv:1711.05101); ``torch.optim.AdamW``.
     """
@@ -128,10 +141,10 @@ class AdamW(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        defaults = getattr(self, "defaults", {})
         for group in self.param_groups:
-            # A state_dict from torch.optim.AdamW has none of the keys this class adds.
-            group.setdefault("decay_scale", defaults.get("decay_scale", "lr"))
+            # A state_dict from torch.optim.AdamW has none of the keys this class adds; its
+            # weight_decay is in PyTorch's convention, "lr" (load_state_dict says so).
+            group.setdefault("decay_scale", "lr")
             group.setdefault("lr_peak", None)
             group.setdefault("lr_init", float(group.get("initial_lr", group["lr"])))
             group.setdefault("nonfinite_skips", 0)
@@ -144,17 +157,24 @@ class AdamW(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict of this class or of ``torch.optim.AdamW``.
 
-        Groups saved by ``torch.optim.AdamW`` carry no ``decay_scale``, ``lr_peak`` or
-        ``lr_init``; each group keeps the receiving optimizer's values for those.
+        Each group keeps the decay convention it was saved in, so the run continues as it
+        would have: a group saved by ``torch.optim.AdamW`` (no ``decay_scale`` key) gets
+        ``decay_scale="lr"``, one saved by this class its saved ``decay_scale``. Where that
+        differs from the receiving group's, a ``UserWarning`` says so. Groups without
+        ``lr_peak`` or ``lr_init`` keep the receiving optimizer's values for those.
         """
         current = [{k: g[k] for k in _KEPT_ON_LOAD} for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for group, saved, mine in zip(
-            self.param_groups, state_dict["param_groups"], current, strict=True
+        for index, (group, saved, mine) in enumerate(
+            zip(self.param_groups, state_dict["param_groups"], current, strict=True)
         ):
-            for key, value in mine.items():
+            for key in ("lr_peak", "lr_init"):
                 if key not in saved:
-                    group[key] = value
+                    group[key] = mine[key]
+            from_torch = "decay_scale" not in saved
+            group["decay_scale"] = "lr" if from_torch else saved["decay_scale"]
+            if group["decay_scale"] != mine["decay_scale"]:
+                warnings.warn(_convention_message(index, group, mine, from_torch), stacklevel=2)
 
     def torch_state_dict(self) -> dict[str, Any]:
         """The state_dict with every group in PyTorch's convention, for ``torch.optim.AdamW``.
@@ -310,6 +330,25 @@ class AdamW(Optimizer):
                     has_complex=has_complex,
                 )
         return loss
+
+
+def _convention_message(
+    index: int, group: dict[str, Any], mine: dict[str, Any], from_torch: bool
+) -> str:
+    """The one-line warning for a loaded group whose decay convention is not the receiver's."""
+    scale = group["decay_scale"]
+    if from_torch:
+        origin = "was saved by torch.optim.AdamW (no decay_scale key: PyTorch's convention)"
+    else:
+        origin = f"was saved with decay_scale={scale!r}"
+    values = f"weight_decay={group['weight_decay']:g}"
+    if scale == "schedule":
+        values += f", lr_peak={AdamW.lr_peak(group):g}"
+    return (
+        f"AdamW.load_state_dict: param_groups[{index}] {origin}; it keeps {values} with "
+        f"decay_scale={scale!r} instead of this optimizer's decay_scale="
+        f"{mine['decay_scale']!r}, so the run continues exactly as saved"
+    )
 
 
 def _scalar_dtype() -> torch.dtype:

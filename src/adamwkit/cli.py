@@ -138,7 +138,7 @@ def _number(text: str) -> float:
     """A number that also reads ``1,281,167`` and ``300e9``; whole numbers come back as
     ``int`` (so that messages show ``--seed=4294967296``, not ``4294967296.0``)."""
     x = float(text.replace(",", "").replace("_", ""))
-    if x.is_integer() and abs(x) < 2**63 and not x == 0.0 and "." not in text:
+    if x.is_integer() and abs(x) < 2**63 and "." not in text:
         return int(x)
     return x
 
