@@ -739,11 +739,6 @@ class RunFailed(Exception):
     database down for longer than the retry bound, no candidate finished): one line, exit 1."""
 
 
-def _command(scope: dict[str, Any]) -> str | None:
-    args = scope.get("args")
-    return getattr(args, "command", None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adamwkit`` console script; returns the exit code."""
     parser = build_parser()
@@ -758,28 +753,28 @@ def _show_warning(message: Any, category: Any, *_: Any, **__: Any) -> None:
 
 
 def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    name = "adamwkit"
     try:
         args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
         if args.command is None:
             parser.print_help()
             return 0
+        name = f"adamwkit {args.command}"
         return _COMMANDS[args.command](args)
     except UsageError as err:
         print(f"{err.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        command = f"adamwkit {args.command}" if "args" in locals() else "adamwkit"
-        what = "run the same command again to resume" if _command(locals()) == "tune" else ""
-        print(f"{command}: interrupted" + (f"; {what}" if what else ""), file=sys.stderr)
+        resume = "; run the same command again to resume" if name == "adamwkit tune" else ""
+        print(f"{name}: interrupted{resume}", file=sys.stderr)
         return 130
     except RunFailed as err:
-        print(f"adamwkit {args.command}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:
-        command = f"adamwkit {args.command}" if "args" in locals() else "adamwkit"
         names = getattr(err, "names", ())
         text = " ".join(str(err).split())  # one line
-        print(f"{command}: error: {_flagify(text, names)}", file=sys.stderr)
+        print(f"{name}: error: {_flagify(text, names)}", file=sys.stderr)
         return 2
 
 
