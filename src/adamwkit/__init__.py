@@ -9,6 +9,7 @@ Public API (everything else is internal):
   weight decay search in an Optuna study, with a report, for a Task or any training loop
   written as an objective of one :class:`Trial`.
 - :func:`suggest`, :func:`explain`: a weight decay from the timescale rules, with no training.
+- :class:`Monitor`: weight norms and rotation against their equilibrium, in any training loop.
 - :mod:`adamwkit.timescale`: tau_iter / tau_epoch / tau_run and conversions between conventions.
 - :mod:`adamwkit.schedules`: warmup + cosine / linear / WSD / constant, as PyTorch schedulers.
 - :mod:`adamwkit.reference`: NumPy reference of Loshchilov & Hutter's Algorithm 2.
@@ -17,6 +18,7 @@ Public API (everything else is internal):
 from .adamw import AdamW
 from .functional import adamw_step, effective_weight_decay
 from .groups import DecayPlan, ParamGroups, PlanEntry, param_groups
+from .monitor import Monitor, MonitorLog, Verdict, load_log
 from .suggest import Explanation, Suggestion, explain, suggest
 from .tasks import Task
 from .timescale import convert_weight_decay
@@ -40,12 +42,15 @@ __all__ = [
     "DecayPlan",
     "Explanation",
     "FitResult",
+    "Monitor",
+    "MonitorLog",
     "ObjectiveFailed",
     "ParamGroups",
     "PlanEntry",
     "Suggestion",
     "Task",
     "Trial",
+    "Verdict",
     "TuneResult",
     "__version__",
     "adamw_step",
@@ -53,6 +58,7 @@ __all__ = [
     "effective_weight_decay",
     "explain",
     "fit",
+    "load_log",
     "param_groups",
     "suggest",
     "tune",
