@@ -95,9 +95,7 @@ class MonitorLog:
     @property
     def angle(self) -> np.ndarray:
         """Angle between the weights before and after each recorded step, in radians."""
-        return _angle(
-            self._field("norm_before"), self._field("update_norm"), self._field("dot")
-        )
+        return _angle(self._field("norm_before"), self._field("update_norm"), self._field("dot"))
 
     @property
     def pred_norm(self) -> np.ndarray:
@@ -196,8 +194,13 @@ class MonitorLog:
             "optimizer": self.optimizer,
             "fields": list(_FIELDS),
             "tensors": [
-                {"name": t.name, "numel": t.numel, "shape": list(t.shape), "layer": t.layer,
-                 "embedding": t.embedding}  # fmt: skip
+                {
+                    "name": t.name,
+                    "numel": t.numel,
+                    "shape": list(t.shape),
+                    "layer": t.layer,
+                    "embedding": t.embedding,
+                }
                 for t in self.tensors
             ],
             "embeddings": self.embeddings,
@@ -332,8 +335,7 @@ class Monitor:
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(
-                f"optimizer={type(optimizer).__name__} is invalid: expected a "
-                "torch.optim.Optimizer"
+                f"optimizer={type(optimizer).__name__} is invalid: expected a torch.optim.Optimizer"
             )
         self.every = check_whole("every", every, 1)
         self.optimizer = optimizer
@@ -620,8 +622,7 @@ def _layer_verdicts(
                 Verdict(
                     layer,
                     "equilibrium",
-                    f"reached equilibrium at step ~{at:,.0f} (about {taus:.2g} tau_iter), "
-                    f"{where}",
+                    f"reached equilibrium at step ~{at:,.0f} (about {taus:.2g} tau_iter), {where}",
                 )
             )
     rise = _late_rise(grad, lr)
