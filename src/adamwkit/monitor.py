@@ -164,14 +164,20 @@ class MonitorLog:
                 values[:, j, k] = np.sqrt((v[:, :, k] ** 2).sum(axis=1))
             values[:, j, _FIELDS.index("dot")] = v[:, :, _FIELDS.index("dot")].sum(axis=1)
             numel = sum(self.tensors[i].numel for i in idx)
-            # The layer's decay: the one that gives the summed squared prediction.
+            # The layer's decay: the one whose prediction for the decayed tensors' elements
+            # is their summed squared prediction (undecayed biases and gains add nothing).
             lr[:, j] = self.lr[:, idx].max(axis=1)
+            finite = np.isfinite(pred[:, idx])
+            c = np.array([self.tensors[i].numel for i in idx], dtype=np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
-                p2 = (pred[:, idx] ** 2).sum(axis=1)
-                decay[:, j] = np.where(np.isfinite(p2), lr[:, j] ** 2 * numel / (2.0 * p2), 0.0)
+                p2 = np.where(finite, pred[:, idx] ** 2, 0.0).sum(axis=1)
+                c_decayed = (finite * c).sum(axis=1)
+                decay[:, j] = np.where(p2 > 0, lr[:, j] ** 2 * c_decayed / (2.0 * p2), 0.0)
             decay[np.all(np.isnan(self.decay[:, idx]), axis=1), j] = np.nan  # not decoupled
             beta1[:, j] = self.beta1[:, idx].mean(axis=1)
-            tensors.append(TensorInfo(layer, numel, (numel,), layer))
+            # The layer's element count for its prediction: the decayed elements.
+            counted = int(c_decayed.max()) if len(c_decayed) and c_decayed.max() > 0 else numel
+            tensors.append(TensorInfo(layer, counted, (numel,), layer))
         return MonitorLog(tensors, self.every, self.optimizer, self.steps, values, decay, lr,
                           beta1, self.embeddings)  # fmt: skip
 

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_range
+from .._checks import check_range, check_whole
 from .._device import autocast, check_precision
 from ..adamw import AdamW
 from ..groups import param_groups
+from ..monitor import Monitor, MonitorLog
 from ..schedules import make_schedule
 from ..tasks import Task
 from .loop import DeviceData, RunSettings, TrainingDiverged, check_index, run_epochs
@@ -48,6 +49,7 @@ class FitResult:
     best_epoch: int | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    monitor: MonitorLog | None = None
 
     @property
     def val_loss(self) -> float | None:
@@ -198,6 +200,7 @@ def fit(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: bool | Callable[[int, int], Any] = False,
+    monitor: int | None = None,
 ) -> FitResult:
     """Train a fresh ``task.model()`` with AdamW and ``weight_decay``; return the losses.
 
@@ -208,7 +211,8 @@ def fit(
     for that many epochs and restores the best epoch's weights. ``device`` is ``"cpu"``,
     ``"cuda"``, ``"cuda:i"`` or ``"auto"``; ``precision="bf16"`` runs the forward pass under
     bfloat16 autocast. ``progress`` shows a bar, or is called as ``progress(epoch, epochs)``
-    after each epoch.
+    after each epoch. ``monitor=k`` records the weight norms and rotation every ``k`` steps
+    against their equilibrium (:class:`adamwkit.Monitor`) into ``result.monitor``.
 
     Raises :class:`TrainingDiverged` when the training loss becomes NaN or infinite.
 
@@ -238,6 +242,9 @@ def fit(
     engine = single_engine(task, wd, lr=lr_, seed=seed, n_train=train.numel(), settings=settings,
                            val=val)  # fmt: skip
     model = engine.model
+    watch = None
+    if monitor is not None:
+        watch = Monitor(engine.opt, every=check_whole("monitor", monitor, 1), model=model)
 
     result = FitResult(model, wd, lr_, settings.decay_scale, 0, 0)
     best: dict[str, Any] = {"loss": math.inf, "state": None, "since": 0}
@@ -273,6 +280,9 @@ def fit(
     finally:
         if isinstance(callback, _Bar):
             callback.close()
+        if watch is not None:
+            watch.close()
+            result.monitor = watch.log()
     if history.diverged:
         raise TrainingDiverged(history.diverged)
     if best["state"] is not None:

@@ -103,6 +103,8 @@ class Runner:
         except Exception as err:
             out = self.failed(err, job.label)
         out.curve = list(trial.curve)
+        trial.close_monitor()
+        out.monitor = trial.monitor_log
         out.seconds = time.perf_counter() - start
         return out
 

@@ -77,6 +77,8 @@ class Trial:
     curve: list[tuple[int, float]] = field(default_factory=list, init=False, repr=False)
     _on_report: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
     _progress: Callable[[int, int], Any] | None = field(default=None, init=False, repr=False)
+    monitor_log: Any = field(default=None, init=False, repr=False)
+    _monitor: Any = field(default=None, init=False, repr=False)
 
     @property
     def is_refit(self) -> bool:
@@ -137,6 +139,26 @@ class Trial:
         )
         return AdamW(groups, lr=self.lr, decay_scale=self.decay_scale, **adamw_kwargs)
 
+    def monitor(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None, every: int = 10
+    ) -> Any:
+        """Record this refit's weight norms and rotation against their equilibrium
+        (:class:`adamwkit.Monitor`) for tune's report; returns the Monitor, or ``None`` in a
+        cross-validation run (``trial.is_refit`` is False), which is not recorded."""
+        if not self.is_refit:
+            return None
+        from ..monitor import Monitor
+
+        self._monitor = Monitor(optimizer, every=every, model=model)
+        return self._monitor
+
+    def close_monitor(self) -> None:
+        """Detach the refit's monitor and keep its log in :attr:`monitor_log`."""
+        if self._monitor is not None:
+            self._monitor.close()
+            self.monitor_log = self._monitor.log()
+            self._monitor = None
+
     def autocast(self) -> Any:
         """A context for the forward pass in the trial's precision (``torch.autocast`` to
         bfloat16 for ``"bf16"``, nothing for ``"fp32"``)."""
@@ -153,6 +175,7 @@ class Outcome:
     reason: str = ""
     error: BaseException | None = None
     seconds: float = 0.0
+    monitor: Any = None
 
     @property
     def ok(self) -> bool:
@@ -257,10 +280,18 @@ class TaskObjective:
             device=trial.device,
             precision=trial.precision,
             progress=trial._progress or False,
+            monitor=self.monitor_every(trial) if trial.is_refit else None,
         )
+        trial.monitor_log = result.monitor
         for epoch, loss in enumerate(result.val_losses, start=1):
             trial.report(loss, epoch)
         return {"loss": result.val_loss, self.task.metric_name: result.val_metric}
+
+    def monitor_every(self, trial: Trial) -> int:
+        """Record about 200 points of a refit: every steps / 200 steps."""
+        n = len(trial.train_idx)
+        steps = self.epochs * -(-n // self.batch_size)
+        return max(1, steps // 200)
 
     def probe(self) -> tuple[str | None, int]:
         """Why this task's model cannot be stacked (batch norm, tied weights) or ``None``,

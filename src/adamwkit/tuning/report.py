@@ -149,7 +149,75 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def render_html(summary: dict[str, Any], png: bytes, curves: bytes | None = None) -> str:
+MONITORED = ("best", "one_se", "zero")
+_LABEL_COLORS = {"best": "tab:blue", "one_se": "tab:orange", "zero": "black"}
+
+
+def plot_monitor(run_dir: Path, summary: dict[str, Any], layers: int = 4) -> bytes | None:
+    """For the refits of best, one-SE and zero: each of the largest decayed layers' weight
+    norm against its equilibrium norm (dashed), and its angular update per step against
+    the prediction (Kosson et al.), as PNG; ``None`` when no refit was monitored."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..monitor import load_log
+
+    logs = {}
+    for label in MONITORED:
+        name = (summary.get("test") or {}).get(label, {}).get("monitor")
+        if name and (run_dir / name).exists():
+            logs[label] = load_log(run_dir / name).layers()
+    if not logs:
+        return None
+    ref = logs.get("best") or next(iter(logs.values()))
+    decayed = [j for j in range(len(ref.tensors)) if np.any(ref.decay[:, j] > 0)]
+    chosen = sorted(decayed or range(len(ref.tensors)), key=lambda j: -ref.tensors[j].numel)
+    names = [ref.tensors[j].name for j in chosen[:layers]]
+    fig, axes = plt.subplots(len(names), 2, figsize=(9, 2.4 * len(names)), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for label, log in logs.items():
+        index = {t.name: j for j, t in enumerate(log.tensors)}
+        wd = summary["test"][label]["weight_decay"]
+        color = _LABEL_COLORS[label]
+        for row, layer in enumerate(names):
+            j = index.get(layer)
+            if j is None:
+                continue
+            steps = log.steps
+            norm_ax, angle_ax = axes[row]
+            norm_ax.plot(steps, log.values[:, j, 1], color=color, lw=1.2,
+                         label=f"{label} (wd {wd:.3g})")  # fmt: skip
+            pred = log.pred_norm[:, j]
+            if np.any(np.isfinite(pred)):
+                norm_ax.plot(steps, pred, "--", color=color, lw=0.9)
+            angle_ax.plot(steps, log.angle[:, j], color=color, lw=0.8, alpha=0.8)
+            if np.any(log.decay[:, j] > 0):
+                angle_ax.plot(steps, log.pred_angle[:, j], "--", color=color, lw=0.9)
+            norm_ax.set_ylabel(layer, fontsize=8)
+    for row in range(len(names)):
+        for col in range(2):
+            ax = axes[row][col]
+            ax.set_yscale("log")
+            ax.tick_params(labelsize=7)
+            if row == len(names) - 1:
+                ax.set_xlabel("step", fontsize=8)
+    axes[0][0].set_title("weight norm (dashed: equilibrium norm)", fontsize=9)
+    axes[0][1].set_title("angular update, rad/step (dashed: prediction)", fontsize=9)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_html(
+    summary: dict[str, Any],
+    png: bytes,
+    curves: bytes | None = None,
+    monitor: bytes | None = None,
+) -> str:
     """A self-contained page: the recommendation, the plot (embedded), the table, the settings."""
     e = html.escape
     rows = []
@@ -183,6 +251,20 @@ def render_html(summary: dict[str, Any], png: bytes, curves: bytes | None = None
             '<h2>Learning curves</h2><img alt="validation loss against step" '
             f'src="data:image/png;base64,{data}">'
         )
+    monitor_html = ""
+    if monitor is not None:
+        data = base64.b64encode(monitor).decode("ascii")
+        items = "".join(
+            f"<li><b>{e(label)}</b>, {e(v['layer'])}: {e(v['text'])}</li>"
+            for label in MONITORED
+            for v in (summary.get("test") or {}).get(label, {}).get("verdicts", [])
+            if v["code"] != "no-decay"
+        )
+        monitor_html = (
+            "<h2>Weight norms and rotation in the refits</h2>"
+            '<img alt="weight norms and angular updates against their equilibrium" '
+            f'src="data:image/png;base64,{data}"><ul>{items}</ul>'
+        )
     how = e(
         f"device {summary.get('device', '?')}, precision {summary.get('precision', 'fp32')}, "
         f"vectorize {summary.get('vectorize', '?')}"
@@ -208,14 +290,16 @@ th {{ background: #f3f3f3; }}
 <h2>Held-out test split</h2>
 <table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
 <th>{e(summary["metric_name"])}</th></tr>{test_rows}</table>
+{monitor_html}
 <h2>Settings</h2><p>{how}</p><pre>{settings}</pre>
 </body></html>
 """
 
 
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
-    """Write summary.json, cv_curve.png, learning_curves.png (when runs reported curves)
-    and report.html into ``run_dir``, each atomically."""
+    """Write summary.json, cv_curve.png, learning_curves.png (when runs reported curves),
+    monitor.png (when the refits were monitored) and report.html into ``run_dir``, each
+    atomically."""
     png = plot_cv_curve(summary)
     curves = plot_learning_curves(summary)
     paths = {
@@ -224,5 +308,10 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     }
     if curves is not None:
         paths["curves"] = atomic_write(run_dir / "learning_curves.png", curves)
-    paths["report"] = atomic_write(run_dir / "report.html", render_html(summary, png, curves))
+    monitor = plot_monitor(run_dir, summary)
+    if monitor is not None:
+        paths["monitor"] = atomic_write(run_dir / "monitor.png", monitor)
+    paths["report"] = atomic_write(
+        run_dir / "report.html", render_html(summary, png, curves, monitor)
+    )
     return paths

@@ -46,6 +46,7 @@ from .executor import (
     Decision,
     Job,
     Runner,
+    Sequential,
     by_split_size,
     choose,
     measure,
@@ -873,7 +874,9 @@ class _Worker:
             self.threads.update()
             self.bar.phase("refits on the training pool, scored on the test split", len(todo))
             jobs = [self._job(wd, lr, None, label, f"refit {label}") for label, wd in todo.items()]
-            strategy = choose(self.runner, self._decide(jobs), self.max_members)
+            # One at a time: each refit records its weight norms and rotation (Monitor),
+            # which a stacked population does not.
+            strategy: Any = Sequential(self.runner)
             finished = 0
 
             def on_done(job: Job, out: Any) -> bool:
@@ -882,6 +885,14 @@ class _Worker:
                                          "curve": [list(p) for p in out.curve]}  # fmt: skip
                 if not out.ok:
                     entry["reason"] = out.reason
+                if out.monitor is not None:
+                    name = f"monitor-{job.key}.jsonl"
+                    out.monitor.save(self.config.run_dir / name)
+                    entry["monitor"] = name
+                    entry["verdicts"] = [
+                        {"layer": v.layer, "code": v.code, "text": v.text}
+                        for v in out.monitor.verdicts()
+                    ]
                 cache[f"{job.weight_decay!r}@{lr!r}"] = entry
                 self.st.set_user_attr("adamwkit_test", cache)
                 finished += 1
