@@ -224,3 +224,54 @@ def test_close_detaches():
     w.grad = torch.ones(2)
     opt.step()
     assert mon.history() == []
+
+
+# ---------------------------------------------------------------------------- where it shows
+
+
+def test_fit_records_into_its_result():
+    from adamwkit.tasks import get_task
+
+    task = get_task("digits")
+    result = adamwkit.fit(task, 0.5, epochs=2, batch_size=32, monitor=3, train_idx=range(192))
+    log = result.monitor
+    assert log is not None and log.optimizer == "AdamW"
+    assert result.steps == 12 and list(log.steps) == [1, 3, 6, 9, 12]
+    last = {r["name"]: r for r in log.history() if r["step"] == 12}
+    for name, p in result.model.named_parameters():
+        assert last[name]["norm"] == pytest.approx(p.detach().norm().item(), rel=1e-5)
+
+
+def test_explain_run_prints_the_verdicts(tmp_path, capsys):
+    from adamwkit.cli import main
+
+    make = lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-3)  # noqa: E731
+    _, mon = scale_invariant_run(make, 1.0, 200, every=10)
+    path = mon.save(tmp_path / "monitor.jsonl")
+    assert main(["explain", "--run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "never reaches equilibrium" in " ".join(out.split())
+    assert main(["explain", "--run", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["steps"] == 200 and data["verdicts"][0]["code"] == "too-short"
+    assert data["layers"][0]["pred_norm"] == pytest.approx(math.sqrt(1e-3 * 4096 / 2e-3), rel=1e-6)
+    for argv, needle in (
+        (["explain", "--run", str(path), "--lr", "1e-3"], "--run reads a saved monitor log"),
+        (["explain", "--run", str(tmp_path / "none.jsonl")], "--run="),
+        (["explain", "--lr", "1e-3"], "required: --weight-decay, --batch-size"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_tune_report_draws_the_refits_norms(tmp_path):
+    from adamwkit import tune
+
+    result = tune("digits", epochs=3, grid=[0.0, 1.0], folds=2, out=tmp_path, progress=False)
+    assert result.paths["monitor"].read_bytes().startswith(b"\x89PNG")
+    html = result.paths["report"].read_text()
+    assert "Weight norms and rotation in the refits" in html
+    best = result.summary["test"]["best"]
+    log = load_log(result.run_dir / best["monitor"])
+    assert len(log.steps) > 10 and best["verdicts"]

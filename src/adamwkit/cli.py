@@ -77,6 +77,7 @@ _FLAGS = {
     "from_convention": "--from",
     "to_convention": "--to",
     "objective": "TASK",
+    "run": "--run",
 }
 
 
@@ -146,13 +147,13 @@ def _number(text: str) -> float:
 _number.__name__ = "number"
 
 
-def _add_setup(p: argparse.ArgumentParser) -> None:
+def _add_setup(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("training setup")
-    g.add_argument("--lr", type=_number, required=True, help="peak learning rate")
+    g.add_argument("--lr", type=_number, required=required, help="peak learning rate")
     g.add_argument(
         "--batch-size",
         type=_number,
-        required=True,
+        required=required,
         help="examples per step (tokens per step with --tokens)",
     )
     g.add_argument("--dataset-size", type=_number, help="training examples (N)")
@@ -211,11 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "explain",
-        help="read an existing weight decay: timescales, equilibrium, verdict",
-        description="Timescales, Kosson et al.'s equilibrium and a verdict for a weight decay.",
+        help="read an existing weight decay, or a monitored run: timescales, equilibrium, verdict",
+        description="Timescales, Kosson et al.'s equilibrium and a verdict for a weight decay; "
+        "or, with --run, the verdicts of a run recorded by adamwkit's Monitor.",
     )
-    p.add_argument("--weight-decay", type=_number, required=True, help="the weight decay to read")
-    _add_setup(p)
+    p.add_argument("--weight-decay", type=_number, help="the weight decay to read (required)")
+    p.add_argument(
+        "--run",
+        metavar="PATH",
+        help="a monitor log (monitor.jsonl from Monitor.save, fit(monitor=...), the "
+        "Trainer or Lightning callback, or tune's monitor-*.jsonl): print its verdicts",
+    )
+    _add_setup(p, required=False)
     p.add_argument("--schedule", choices=SCHEDULES, help="lr schedule (default: constant lr)")
     p.add_argument("--warmup-steps", type=_number, default=0, help="warmup steps of --schedule")
     p.add_argument(
@@ -516,6 +524,16 @@ def _load_model(spec: str) -> Any:
 def _cmd_explain(a: argparse.Namespace) -> int:
     from .suggest import explain
 
+    if a.run is not None:
+        return _explain_run(a)
+    missing = [f for f, v in (("--weight-decay", a.weight_decay), ("--lr", a.lr),
+                              ("--batch-size", a.batch_size)) if v is None]  # fmt: skip
+    if missing:
+        raise UsageError(
+            "adamwkit explain",
+            f"the following arguments are required: {', '.join(missing)} (or --run PATH) "
+            "(see adamwkit explain --help)",
+        )
     model = _load_model(a.model) if a.model else None
     if a.schedule is None and a.warmup_steps:
         raise ArgumentError("warmup_steps needs a schedule", "warmup_steps", "schedule")
@@ -530,6 +548,72 @@ def _cmd_explain(a: argparse.Namespace) -> int:
         _print_json(ex.to_dict())
     else:
         _show_explanation(ex)
+    return 0
+
+
+def _explain_run(a: argparse.Namespace) -> int:
+    """The verdicts of a monitored run, with each layer's last numbers."""
+    import numpy as np
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .monitor import load_log
+    from .suggest import _fmt
+
+    setup = (("--weight-decay", a.weight_decay), ("--lr", a.lr),
+             ("--batch-size", a.batch_size), ("--model", a.model))  # fmt: skip
+    given = [flag for flag, value in setup if value is not None]
+    if given:
+        raise ArgumentError(
+            f"run reads a saved monitor log, which holds its settings: give it without {given[0]}",
+            "run",
+        )
+    log = load_log(a.run)
+    layers = log.layers()
+    verdicts = log.verdicts()
+    tail = max(1, len(layers.steps) // 10)
+    rows = []
+    for j, t in enumerate(layers.tensors):
+        rows.append(
+            {
+                "layer": t.name,
+                "norm": float(layers.values[-1, j, 1]) if len(layers.steps) else None,
+                "pred_norm": float(layers.pred_norm[-1, j]) if len(layers.steps) else None,
+                "angle": float(np.mean(layers.angle[-tail:, j])) if len(layers.steps) else None,
+                "pred_angle": float(layers.pred_angle[-1, j]) if len(layers.steps) else None,
+            }
+        )
+    if a.json:
+        _print_json(
+            {
+                "run": a.run,
+                "steps": int(log.steps[-1]) if len(log.steps) else 0,
+                "every": log.every,
+                "optimizer": log.optimizer,
+                "layers": rows,
+                "verdicts": [{"layer": v.layer, "code": v.code, "text": v.text} for v in verdicts],
+            }
+        )
+        return 0
+    console = _console()
+    last = int(log.steps[-1]) if len(log.steps) else 0
+    console.print(
+        f"[dim]{escape(a.run)}: {log.optimizer}, {last:,} steps, recorded every {log.every}[/dim]"
+    )
+    table = Table(title="Each layer at the end of the run (Kosson et al.'s equilibrium)")
+    for col in ("layer", "norm", "equilibrium norm", "angle rad/step", "predicted angle"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        cells = [_fmt(r[k]) if r[k] is not None else "-" for k in ("norm", "pred_norm", "angle",
+                                                                   "pred_angle")]  # fmt: skip
+        table.add_row(escape(r["layer"]), *cells)
+    console.print(table)
+    for v in verdicts:
+        if v.code != "no-decay":
+            console.print(f"[bold]{escape(v.layer)}[/bold]: {escape(v.text)}")
+    quiet = [v.layer for v in verdicts if v.code == "no-decay"]
+    if quiet:
+        console.print(f"[dim]not decayed: {escape(', '.join(quiet))}[/dim]")
     return 0
 
 
