@@ -323,12 +323,19 @@ class Monitor:
     ``model`` (or ``names``, a mapping from parameter to name) names the tensors and their
     layers and finds the embedding tables; without either, tensors are named
     ``group<g>.param<i>``. Attaching costs nothing on the steps that are not recorded; on a
-    recorded step the parameters are copied once before the step and a few multi-tensor
-    norms are taken after it. :meth:`close` detaches it.
+    recorded step the parameters are copied before the step (into buffers kept for the next
+    recorded step: the monitor holds one copy of the parameters) and a few multi-tensor
+    norms and a dot product per tensor are taken after it. :meth:`close` detaches it and
+    frees the buffers.
 
     The prediction uses each group's ``lr``, ``weight_decay`` and ``decay_scale`` at that
     step and ``betas[0]``; an optimizer whose decay is not decoupled (``Adam``, ``SGD``)
     gets no prediction.
+
+    ``start_step`` numbers the steps from a resumed run's count. A training loop whose
+    gradients are computed inside ``optimizer.step(closure)`` (Lightning, LBFGS) passes
+    ``before_hook=False`` and calls :meth:`before_step` itself once the gradients exist;
+    :meth:`cancel_step` drops a step that did not happen (a gradient scaler skipped it).
     """
 
     def __init__(
@@ -338,6 +345,8 @@ class Monitor:
         *,
         model: nn.Module | None = None,
         names: Mapping[Tensor, str] | None = None,
+        start_step: int = 0,
+        before_hook: bool = True,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(
@@ -355,7 +364,7 @@ class Monitor:
             by_id.update({id(p): n for p, n in names.items()})
         self._names = by_id
         self._embedding_ids = embeddings
-        self.step = 0
+        self.step = check_whole("start_step", start_step, 0)
         self._tensors: list[TensorInfo] = []
         self._index: dict[int, int] = {}
         self._pending: tuple[Any, ...] | None = None
@@ -363,7 +372,8 @@ class Monitor:
         self._records = []
         self._rows_seen: dict[int, Tensor] = {}
         self._rows_start: dict[int, Tensor] = {}
-        self._pre = optimizer.register_step_pre_hook(self._before)
+        self._buffers: dict[int, Tensor] = {}
+        self._pre = optimizer.register_step_pre_hook(self._before) if before_hook else None
         self._post = optimizer.register_step_post_hook(self._after)
 
     # -- hooks
@@ -385,6 +395,11 @@ class Monitor:
         return self._index[key]
 
     def _before(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.before_step()
+
+    def before_step(self) -> None:
+        """Count a step about to run and, on a recorded step, copy the parameters and take
+        the gradients' norms (the step pre-hook calls this)."""
         self.step += 1
         if not self._recorded(self.step):
             return
@@ -404,22 +419,46 @@ class Monitor:
             return
         with torch.no_grad():
             grads = [p.grad for p in params]
-            before = [p.detach().clone() for p in params]
+            before = self._snapshot(params, slots)
             grad_norms = _norms(grads)
             for p, slot in zip(params, slots, strict=True):
                 if self._tensors[slot].embedding:
                     self._track_rows(p, slot)
         self._pending = (params, slots, before, grad_norms, decay, lr, beta1)
 
+    def _snapshot(self, params: list[Tensor], slots: list[int]) -> list[Tensor]:
+        """The parameters' values before the step, copied into buffers kept from one
+        recorded step to the next (allocating them each time costs more than the copy)."""
+        buffers = []
+        for p, slot in zip(params, slots, strict=True):
+            buf = self._buffers.get(slot)
+            if (
+                buf is None
+                or buf.shape != p.shape
+                or buf.dtype != p.dtype
+                or buf.device != p.device
+            ):
+                buf = self._buffers[slot] = torch.empty_like(
+                    p, memory_format=torch.contiguous_format
+                )
+            buffers.append(buf)
+        torch._foreach_copy_(buffers, [p.detach() for p in params])
+        return buffers
+
     def _track_rows(self, p: Tensor, slot: int) -> None:
         assert p.grad is not None
         grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
-        touched = grad.detach().reshape(p.shape[0], -1).abs().amax(dim=1) > 0
+        rows = grad.detach().reshape(p.shape[0], -1)
+        touched = torch.linalg.vector_norm(rows, ord=math.inf, dim=1) > 0
         if slot not in self._rows_seen:
             self._rows_seen[slot] = touched
             self._rows_start[slot] = p.detach().reshape(p.shape[0], -1).norm(dim=1)
         else:
             self._rows_seen[slot] |= touched
+
+    def cancel_step(self) -> None:
+        """Drop the half-taken record of a step that did not update the weights."""
+        self._pending = None
 
     def _after(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._pending is None:
@@ -428,14 +467,25 @@ class Monitor:
         self._pending = None
         with torch.no_grad():
             after = [p.detach() for p in params]
-            delta = torch._foreach_sub(after, before)
-            dots = [(d.reshape(-1).double() @ b.reshape(-1).double()).float()
-                    for d, b in zip(delta, before, strict=True)]  # fmt: skip
+            norms_after = _norms(after)
+            # In place, no allocation: the buffers become -delta = before - after.
+            torch._foreach_sub_(before, after)
+            norms_delta = _norms(before)
+            # <delta, before> = <delta, after> - |delta|^2, from -delta and after: a dot of
+            # the small update with the weights, exact to float32 rounding of that product.
+            minus = [torch.vdot(m.reshape(-1), a.reshape(-1)).float()
+                     for m, a in zip(before, after, strict=True)]  # fmt: skip
+            dots = [-x - n * n for x, n in zip(minus, norms_delta, strict=True)]
+            # |before|^2 = |after|^2 - 2 <delta, after> + |delta|^2: no pass over the weights.
+            norms_before = [
+                (a * a + 2 * x + n * n).clamp_min(0).sqrt()
+                for a, x, n in zip(norms_after, minus, norms_delta, strict=True)
+            ]
             block = torch.stack(
                 [
-                    torch.stack(_norms(before)),
-                    torch.stack(_norms(after)),
-                    torch.stack(_norms(delta)),
+                    torch.stack(norms_before),
+                    torch.stack(norms_after),
+                    torch.stack(norms_delta),
                     torch.stack(dots).to(grad_norms[0].device),
                     torch.stack(grad_norms),
                 ],
@@ -445,19 +495,32 @@ class Monitor:
 
     # -- results
 
-    def log(self) -> MonitorLog:
-        """Everything recorded so far (reads the device once)."""
+    @property
+    def recorded(self) -> int:
+        """How many steps have been recorded."""
+        return len(self._records)
+
+    def latest(self, by: str = "tensor") -> list[dict[str, Any]]:
+        """The rows of the last recorded step only (one small read from the device), as in
+        :meth:`history`; ``[]`` before the first record."""
+        return self.log(last=True).history(by) if self._records else []
+
+    def log(self, last: bool = False) -> MonitorLog:
+        """Everything recorded so far (reads the device once); ``last``: the last record
+        only, without the embedding summary."""
+        records = self._records[-1:] if last else self._records
         n = len(self._tensors)
-        r = len(self._records)
+        r = len(records)
         values = np.full((r, n, len(_FIELDS)), np.nan)
         decay, lr, beta1 = (np.full((r, n), np.nan) for _ in range(3))
         steps = np.zeros(r, dtype=np.int64)
-        for k, (step, block, slots, d, a, b) in enumerate(self._records):
+        for k, (step, block, slots, d, a, b) in enumerate(records):
             steps[k] = step
             values[k, slots, :] = block.detach().double().cpu().numpy()
             decay[k, slots], lr[k, slots], beta1[k, slots] = d, a, b
+        embeddings = {} if last else self._embedding_summary()
         return MonitorLog(list(self._tensors), self.every, type(self.optimizer).__name__,
-                          steps, values, decay, lr, beta1, self._embedding_summary())  # fmt: skip
+                          steps, values, decay, lr, beta1, embeddings)  # fmt: skip
 
     def history(self, by: str = "tensor") -> list[dict[str, Any]]:
         """The records as dicts (see :meth:`MonitorLog.history`)."""
@@ -495,8 +558,10 @@ class Monitor:
 
     def close(self) -> None:
         """Detach from the optimizer."""
-        self._pre.remove()
+        if self._pre is not None:
+            self._pre.remove()
         self._post.remove()
+        self._buffers.clear()
 
 
 def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:

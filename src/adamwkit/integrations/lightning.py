@@ -23,8 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..tuning.objective import Trial
+from ._monitor import MonitorCore as _MonitorCore
+from ._monitor import torch_optimizer as _torch_optimizer
 
-__all__ = ["lightning_objective"]
+__all__ = ["MonitorCallback", "lightning_objective"]  # noqa: F822 (MonitorCallback: __getattr__)
 
 
 def _require() -> Any:
@@ -161,3 +163,105 @@ def lightning_objective(
 
     objective.__qualname__ = objective.__name__ = "lightning_objective"
     return objective
+
+
+class _LightningMonitor(_MonitorCore):
+    """Records weight norms and rotation against their AdamW equilibrium during a Lightning
+    run (a :class:`~adamwkit.Monitor` on the module's optimizer).
+
+    Args:
+        every: record every ``every`` optimizer steps (and the first).
+        path: where the log goes at the end of training (default
+            ``<trainer.default_root_dir>/monitor.jsonl``; read it with
+            :func:`adamwkit.monitor.load_log` or ``adamwkit explain --run PATH``).
+        log_layers: after each recorded step, send its per-layer numbers to the trainer's
+            loggers (``logger.log_metrics``, at the recorded step): ``monitor/<layer>/norm``,
+            ``monitor/<layer>/norm_ratio`` (norm over the equilibrium norm, for layers that
+            have one) and ``monitor/<layer>/angle`` in radians.
+
+    After training, ``log`` holds the :class:`~adamwkit.MonitorLog`, ``verdicts`` its
+    :class:`~adamwkit.Verdict` list and ``saved`` the file written (on global rank 0).
+
+    It watches ``trainer.optimizers[0]`` (the torch optimizer inside, if wrapped), found
+    when training starts or, failing that, at the first batches; never found, a
+    ``UserWarning`` says so at the end and nothing is saved. Lightning runs the forward and
+    backward passes inside ``optimizer.step(closure)``, after the optimizer's step
+    pre-hooks: the pre-step half of the record is taken in ``on_before_optimizer_step``
+    instead, once the gradients exist (before gradient clipping). Steps are numbered as
+    ``trainer.global_step`` numbers them (a step the gradient scaler skips counts, but is
+    not recorded).
+
+    Example::
+
+        from adamwkit.integrations.lightning import MonitorCallback
+
+        monitor = MonitorCallback(every=10)
+        trainer = lightning.Trainer(max_steps=10_000, callbacks=[monitor])
+        trainer.fit(module, train_loader)
+        for v in monitor.verdicts:
+            print(v.layer, v.text)
+    """
+
+    def _find(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None:
+            return
+        optimizers = getattr(trainer, "optimizers", None) or [None]
+        # The step pre-hook would see the previous step's gradients (or none): the closure
+        # that computes them runs inside step(). on_before_optimizer_step takes its place.
+        self._attach(optimizers[0], pl_module, trainer.global_step, before_hook=False)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start()
+        self._find(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._find(trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self._find(trainer, pl_module)
+        mon = self.monitor
+        if mon is not None and _torch_optimizer(optimizer) is mon.optimizer:
+            mon.step = trainer.global_step  # the steps done: before_step counts this one
+            mon.before_step()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        mon = self.monitor
+        if mon is None:
+            return
+        # A step the gradient scaler skipped ran no post-hook: drop its pending half.
+        mon.cancel_step()
+        metrics = self._latest()
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=self._latest_step)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._finish(trainer.default_root_dir, trainer.is_global_zero,
+                     "trainer.optimizers[0]")  # fmt: skip
+
+
+def _monitor_callback() -> type:
+    try:
+        lightning = _require()
+    except ImportError as err:
+        raise ImportError(
+            f"MonitorCallback needs Lightning ({err.__cause__ or err}): "
+            "pip install 'adamwkit[lightning]'"
+        ) from err
+    cls = type("MonitorCallback", (_LightningMonitor, lightning.Callback),
+               {"__module__": __name__, "__doc__": _LightningMonitor.__doc__})  # fmt: skip
+    cls.__qualname__ = "MonitorCallback"
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # MonitorCallback subclasses lightning's Callback: built when first asked for, so that
+    # importing this module needs no Lightning.
+    if name == "MonitorCallback":
+        cls = globals()[name] = _monitor_callback()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

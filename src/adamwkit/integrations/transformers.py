@@ -18,6 +18,7 @@ batch size). On a machine with several GPUs, start one tune command per GPU with
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,8 +27,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..tuning.objective import Trial
+from ._monitor import MonitorCore as _MonitorCore
 
-__all__ = ["trainer_objective"]
+__all__ = ["MonitorCallback", "trainer_objective"]  # noqa: F822 (MonitorCallback: __getattr__)
 
 
 def _require() -> Any:
@@ -135,3 +137,126 @@ def trainer_objective(
 
     objective.__qualname__ = objective.__name__ = "trainer_objective"
     return objective
+
+
+# ---------------------------------------------------------------------------- MonitorCallback
+
+
+class _TrainerMonitor(_MonitorCore):
+    """Records weight norms and rotation against their AdamW equilibrium during a Hugging
+    Face ``Trainer`` run (a :class:`~adamwkit.Monitor` on the Trainer's optimizer).
+
+    Args:
+        every: record every ``every`` optimizer steps (and the first).
+        path: where the log goes at the end of training (default
+            ``<args.output_dir>/monitor.jsonl``; read it with :func:`adamwkit.monitor.load_log`
+            or ``adamwkit explain --run PATH``).
+        log_layers: at each log event with a new record, add the last record's per-layer
+            numbers to the Trainer's logs (``monitor/<layer>/norm``,
+            ``monitor/<layer>/norm_ratio`` (norm over the equilibrium norm, for layers that
+            have one), ``monitor/<layer>/angle`` in radians): they go to
+            ``trainer.state.log_history`` and to every ``report_to`` logger.
+
+    After training, ``log`` holds the :class:`~adamwkit.MonitorLog`, ``verdicts`` its
+    :class:`~adamwkit.Verdict` list and ``saved`` the file written (on the main process).
+
+    The hooks go on the torch optimizer that runs the update: the Trainer's optimizer, or
+    the one accelerate's ``AcceleratedOptimizer`` wraps. It is looked for at the start of
+    training and, if created later, at each step; never found, a ``UserWarning`` says so
+    at the end and nothing is saved. So that the loggers of ``report_to`` (called before
+    the callbacks given to the Trainer) see its numbers, the callback moves itself first
+    in the Trainer's list of callbacks when training starts.
+
+    Example::
+
+        from adamwkit.integrations.transformers import MonitorCallback
+
+        trainer = Trainer(..., callbacks=[MonitorCallback(every=10)])
+
+        monitor = MonitorCallback(every=10)  # keep a reference to read the results
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[monitor])
+        trainer.train()
+        for v in monitor.verdicts:
+            print(v.layer, v.text)
+    """
+
+    def _find(self, state: Any, kwargs: dict[str, Any]) -> None:
+        if self.monitor is None:
+            self._attach(kwargs.get("optimizer"), kwargs.get("model"), state.global_step)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start()
+        self._go_first()
+        self._find(state, kwargs)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._find(state, kwargs)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._find(state, kwargs)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if logs is None:
+            return
+        metrics = self._latest()
+        if not metrics:
+            return
+        # Trainer.log appends a copy of the logs to log_history before this event.
+        history = state.log_history
+        if (
+            history
+            and history[-1].get("step") == state.global_step
+            and logs.keys() <= history[-1].keys()
+        ):
+            history[-1].update(metrics)
+        logs.update(metrics)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._finish(args.output_dir, state.is_world_process_zero,
+                     "the Trainer's optimizer in the callbacks' optimizer argument")  # fmt: skip
+
+    def _go_first(self) -> None:
+        """Move this callback to the front of the Trainer's callback list, so that the
+        loggers (put before the user's callbacks) get the keys it adds in ``on_log``.
+        Callbacks are not given the Trainer: the list is found on the CallbackHandler that
+        called this event. Moving an item backward in a list being iterated neither skips
+        nor repeats any item of the iteration."""
+        from transformers.trainer_callback import CallbackHandler
+
+        frame = inspect.currentframe()
+        try:
+            for _ in range(4):
+                frame = frame.f_back if frame is not None else None
+                if frame is None:
+                    return
+                handler = frame.f_locals.get("self")
+                if isinstance(handler, CallbackHandler):
+                    callbacks = handler.callbacks
+                    if any(c is self for c in callbacks) and callbacks[0] is not self:
+                        callbacks.remove(self)
+                        callbacks.insert(0, self)
+                    return
+        finally:
+            del frame
+
+
+def _monitor_callback() -> type:
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            f"MonitorCallback needs transformers ({err}): pip install 'adamwkit[transformers]'"
+        ) from err
+    cls = type("MonitorCallback", (_TrainerMonitor, transformers.TrainerCallback),
+               {"__module__": __name__, "__doc__": _TrainerMonitor.__doc__})  # fmt: skip
+    cls.__qualname__ = "MonitorCallback"
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # MonitorCallback subclasses transformers.TrainerCallback: built when first asked for,
+    # so that importing this module needs no transformers.
+    if name == "MonitorCallback":
+        cls = globals()[name] = _monitor_callback()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
