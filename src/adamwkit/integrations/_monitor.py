@@ -16,7 +16,7 @@ import torch
 from .._checks import check_whole
 from ..monitor import Monitor, MonitorLog, Verdict
 
-__all__ = ["MonitorCore", "torch_optimizer"]
+__all__ = ["MonitorCore", "callback_class", "torch_optimizer"]
 
 
 def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
@@ -122,3 +122,11 @@ class MonitorCore:
                 self.path if self.path is not None else Path(default_dir or ".") / "monitor.jsonl"
             )
             self.saved = self.log.save(path)
+
+
+def callback_class(core: type, base: type, module: str) -> type:
+    """``MonitorCallback``: ``core`` (the events) on the framework's callback ``base``,
+    built when first asked for so that importing the integration needs no framework."""
+    cls = type("MonitorCallback", (core, base), {"__module__": module, "__doc__": core.__doc__})
+    cls.__qualname__ = "MonitorCallback"
+    return cls

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..tuning.objective import Trial
 from ._monitor import MonitorCore as _MonitorCore
+from ._monitor import callback_class
 from ._monitor import torch_optimizer as _torch_optimizer
 
 __all__ = ["MonitorCallback", "lightning_objective"]  # noqa: F822 (MonitorCallback: __getattr__)
@@ -252,10 +253,7 @@ def _monitor_callback() -> type:
             f"MonitorCallback needs Lightning ({err.__cause__ or err}): "
             "pip install 'adamwkit[lightning]'"
         ) from err
-    cls = type("MonitorCallback", (_LightningMonitor, lightning.Callback),
-               {"__module__": __name__, "__doc__": _LightningMonitor.__doc__})  # fmt: skip
-    cls.__qualname__ = "MonitorCallback"
-    return cls
+    return callback_class(_LightningMonitor, lightning.Callback, __name__)
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..tuning.objective import Trial
 from ._monitor import MonitorCore as _MonitorCore
+from ._monitor import callback_class
 
 __all__ = ["MonitorCallback", "trainer_objective"]  # noqa: F822 (MonitorCallback: __getattr__)
 
@@ -247,10 +248,7 @@ def _monitor_callback() -> type:
         raise ImportError(
             f"MonitorCallback needs transformers ({err}): pip install 'adamwkit[transformers]'"
         ) from err
-    cls = type("MonitorCallback", (_TrainerMonitor, transformers.TrainerCallback),
-               {"__module__": __name__, "__doc__": _TrainerMonitor.__doc__})  # fmt: skip
-    cls.__qualname__ = "MonitorCallback"
-    return cls
+    return callback_class(_TrainerMonitor, transformers.TrainerCallback, __name__)
 
 
 def __getattr__(name: str) -> Any:
