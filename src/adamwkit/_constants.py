@@ -12,6 +12,8 @@ __all__ = [
     "LR_MAX",
     "LR_MIN",
     "MAX_CANDIDATES",
+    "MAX_EXTEND",
+    "MAX_REPEATS",
     "PRECISIONS",
     "SAMPLERS",
     "SEED_MAX",
@@ -60,3 +62,8 @@ SEED_MAX = 2**32 - 1
 
 #: The most candidates (weight decays x learning rates) one study may enqueue.
 MAX_CANDIDATES = 1000
+
+#: The most times ``tune`` redraws the k folds (repeated CV), and the most rounds it extends
+#: a grid whose best candidate sits at its edge.
+MAX_REPEATS = 20
+MAX_EXTEND = 8

@@ -50,6 +50,8 @@ _FLAGS = {
     "warmup_steps": "--warmup-steps",
     "model": "--model",
     "folds": "--folds",
+    "repeats": "--repeats",
+    "extend": "--extend",
     "grid": "--grid",
     "grid_min": "--min",
     "grid_max": "--max",
@@ -253,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples", type=_number, help="with an objective: how many examples the folds split"
     )
     p.add_argument("--folds", type=_number, default=5, help="k of k-fold CV (default 5)")
+    p.add_argument(
+        "--repeats", type=_number, default=1, help="draw the k folds this many times (small data)"
+    )
     p.add_argument("--epochs", type=_number, help="epochs per training (default: the task's)")
     p.add_argument("--lr", type=_number, help="peak learning rate (default: the task's)")
     p.add_argument("--batch-size", type=_number, help="batch size (default: the task's)")
@@ -279,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="adamwkit-runs", help="folder of run folders")
     p.add_argument("--seed", type=_number, default=0)
     p.add_argument("--prune", action="store_true", help="stop hopeless candidates (Wilcoxon)")
+    p.add_argument(
+        "--no-prune-chance",
+        dest="prune_chance",
+        action="store_false",
+        help="train stacked runs still at their untrained loss at 1/4 or 1/2 of the epochs to "
+        "the end (default: stop them)",
+    )
+    p.add_argument(
+        "--extend",
+        type=_number,
+        default=2,
+        help="rounds of two candidates added past the grid's edge when the best sits on it "
+        "(default 2; 0: never)",
+    )
     p.add_argument("--heartbeat-interval", type=_number, default=10, help="seconds (databases)")
     p.add_argument(
         "--storage-retry",
@@ -747,6 +766,9 @@ def _run_tune(a: argparse.Namespace, tune: Any) -> Any:
         device=a.device,
         precision=a.precision,
         folds=a.folds,
+        repeats=a.repeats,
+        extend=a.extend,
+        prune_chance=a.prune_chance,
         epochs=a.epochs,
         lr=a.lr,
         batch_size=a.batch_size,

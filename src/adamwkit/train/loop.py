@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -177,6 +177,10 @@ class Engine(Protocol):
 
     def set_training(self, mode: bool) -> None: ...
 
+    def keep(self, rows: Tensor) -> None:
+        """Go on with the members at positions ``rows`` only (a stacked engine)."""
+        ...
+
 
 @dataclass
 class History:
@@ -198,16 +202,17 @@ def run_epochs(
     validate: bool,
     describe: Callable[[int], str],
     progress: Callable[[int, int], Any] | None = None,
-    after_epoch: Callable[[int, list[History]], bool] | None = None,
+    after_epoch: Callable[[int, list[History]], bool | Collection[int]] | None = None,
 ) -> list[History]:
     """Train every member for ``epochs`` epochs; return their histories.
 
     ``train_sets[i]`` holds member ``i``'s training indices (all the same size),
     ``describe(i)`` names its settings in a divergence message. ``after_epoch(epoch,
-    histories)`` may return True to stop early. A member whose training loss became
-    non-finite keeps NaN train losses from that epoch on; training stops once every member
-    has diverged. The batch orders move to the device once per epoch (they stay on the CPU
-    for a ``Dataset``, which is read on the host).
+    histories)`` may return True to stop early, or the indices of members to stop (the
+    engine then drops them with ``engine.keep(rows)``; their histories end there). A member
+    whose training loss became non-finite keeps NaN train losses from that epoch on;
+    training stops once every member has diverged. The batch orders move to the device
+    once per epoch (they stay on the CPU for a ``Dataset``, which is read on the host).
     """
     epochs, batch_size, device = settings.epochs, settings.batch_size, settings.device
     index_device = device if engine.data.tensors is not None else torch.device("cpu")
@@ -217,6 +222,7 @@ def run_epochs(
     gens = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
     histories = [History() for _ in range(k)]
     alive = [True] * k
+    active = list(range(k))  # the members still trained, in the engine's order
     sizes = torch.tensor(
         [min(batch_size, n_train - s * batch_size) for s in range(steps_per_epoch)],
         dtype=torch.float64,
@@ -226,12 +232,9 @@ def run_epochs(
     with flush_denormals():
         for epoch in range(epochs):
             orders = torch.stack(
-                [
-                    t[torch.randperm(n_train, generator=g)]
-                    for t, g in zip(train_sets, gens, strict=True)
-                ]
+                [train_sets[i][torch.randperm(n_train, generator=gens[i])] for i in active]
             ).to(index_device)
-            per_step = torch.empty(steps_per_epoch, k, dtype=torch.float64, device=device)
+            per_step = torch.empty(steps_per_epoch, len(active), dtype=torch.float64, device=device)
             engine.set_training(True)
             for s in range(steps_per_epoch):
                 index = orders[:, s * batch_size : (s + 1) * batch_size]
@@ -240,30 +243,41 @@ def run_epochs(
             finite = torch.isfinite(per_step)
             sums = (per_step * sizes[:, None]).sum(0)
             if not bool(finite.all()):
-                for i in range(k):
-                    bad = torch.nonzero(~finite[:, i]).flatten()
+                for j, i in enumerate(active):
+                    bad = torch.nonzero(~finite[:, j]).flatten()
                     if bad.numel() and alive[i]:
                         at = int(bad[0])
                         alive[i] = False
                         histories[i].diverged = (
-                            f"the training loss became {float(per_step[at, i])} at epoch "
+                            f"the training loss became {float(per_step[at, j])} at epoch "
                             f"{epoch + 1}, step {step - steps_per_epoch + at + 1} ({describe(i)})"
                         )
             totals = (sums / n_train).tolist()
-            for i, h in enumerate(histories):
-                h.train_losses.append(totals[i] if alive[i] else math.nan)
-                h.steps = step
-            if not any(alive):
+            for j, i in enumerate(active):
+                histories[i].train_losses.append(totals[j] if alive[i] else math.nan)
+                histories[i].steps = step
+            if not any(alive[i] for i in active):
                 break
             if validate:
                 engine.set_training(False)
                 losses, metrics = engine.validate()
-                for i, h in enumerate(histories):
-                    h.val_losses.append(losses[i])
+                for j, i in enumerate(active):
+                    histories[i].val_losses.append(losses[j])
                     if metrics is not None:
-                        h.val_metrics.append(metrics[i])
+                        histories[i].val_metrics.append(metrics[j])
             if progress is not None:
                 progress(epoch + 1, epochs)
-            if after_epoch is not None and after_epoch(epoch, histories):
+            if after_epoch is None:
+                continue
+            verdict = after_epoch(epoch, histories)
+            if verdict is True:
                 break
+            if verdict is not False and verdict:
+                stop = set(verdict)
+                rows = [j for j, i in enumerate(active) if i not in stop]
+                if not rows:
+                    break
+                if len(rows) < len(active):
+                    engine.keep(torch.tensor(rows, dtype=torch.long, device=device))
+                    active = [active[j] for j in rows]
     return histories

@@ -69,7 +69,8 @@ class MemberResult:
     ``state`` maps the names of ``task.model().state_dict()`` to this member's final
     tensors: views into the population's stacked tensors (``model.load_state_dict(state)``
     copies them; clone one to keep it without the rest). A diverged member's train loss is
-    NaN from the epoch it diverged in.
+    NaN from the epoch it diverged in. ``pruned`` says why a member was stopped early
+    (``fit_population(prune_chance=True)``); its ``state`` is then empty.
     """
 
     train_losses: list[float] = field(default_factory=list)
@@ -77,6 +78,7 @@ class MemberResult:
     val_metrics: list[float] = field(default_factory=list)
     diverged: str = ""
     state: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    pruned: str = ""
 
     @property
     def val_loss(self) -> float | None:
@@ -308,6 +310,15 @@ def _dense(t: Tensor) -> Tensor:
     return t.permute(0, *order)
 
 
+def _rows(t: Tensor, rows: Tensor) -> Tensor:
+    """The members ``rows`` of ``t`` (dim 0), in ``t``'s memory layout."""
+    if t.dim() < 3 or t.is_contiguous() or not _dense_layout(t):
+        return t.index_select(0, rows)
+    order = [0, *sorted(range(1, t.dim()), key=lambda d: -t.stride(d))]
+    sub = t.permute(*order).index_select(0, rows)
+    return sub.permute(*[order.index(d) for d in range(t.dim())])
+
+
 def _like(g: Tensor, p: Tensor) -> Tensor:
     """``g`` in ``p``'s layout (a copy only when the layouts differ)."""
     if g.stride() == p.stride():
@@ -453,6 +464,25 @@ class StackedEngine:
         return values
 
     @torch.no_grad()
+    def keep(self, rows: Tensor) -> None:
+        """Train only the members at positions ``rows`` from now on (the others stop): their
+        weights, moments and settings are sliced out of the stack, in the same layout."""
+        rows = rows.to(self.device)
+        cpu_rows = rows.cpu()
+        for store in (self.params, self.buffers):
+            for n, t in store.items():
+                store[n] = _rows(t.detach(), rows).requires_grad_(t.requires_grad)
+        self.exp_avgs = [_rows(t, rows) for t in self.exp_avgs]
+        self.exp_avg_sqs = [_rows(t, rows) for t in self.exp_avg_sqs]
+        self.lrs = self.lrs[cpu_rows]
+        self.decay_of = {m: d[cpu_rows] for m, d in self.decay_of.items()}
+        if self.peaks is not None:
+            self.peaks = self.peaks[cpu_rows]
+        self.val_x, self.val_y = self.val_x[rows], self.val_y[rows]
+        self.alive = self.alive[rows]
+        self.members = [self.members[int(i)] for i in cpu_rows]
+
+    @torch.no_grad()
     def validate(self) -> tuple[list[float], list[float] | None]:
         with autocast(self.device, self.precision):
             out = self.batched_outputs(
@@ -595,6 +625,7 @@ def fit_population(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: Callable[[int, int], Any] | None = None,
+    prune_chance: bool = False,
 ) -> list[MemberResult]:
     """Train every member at once; return each member's per-epoch losses and final weights.
 
@@ -603,6 +634,12 @@ def fit_population(
     ``device`` and ``precision`` are as in :func:`adamwkit.fit`. Raises ``ValueError`` for
     invalid settings or members, and for a model that cannot be vectorized (see
     :func:`vectorize_refusal`).
+
+    ``prune_chance`` stops, at a quarter and at half of the epochs, the members still at
+    the validation loss they started from while the best member with the same seed (the
+    same fold) has learned (:func:`adamwkit.tuning.cv.chance_level`); they leave the stack,
+    so the rest trains faster. A stopped member's ``pruned`` says why, its losses end at
+    that epoch and its ``state`` is empty.
     """
     settings = RunSettings.resolve(
         task, epochs=epochs, batch_size=batch_size, decay_scale=decay_scale, schedule=schedule,
@@ -610,6 +647,12 @@ def fit_population(
     )  # fmt: skip
     members = check_members(task, members)
     engine = StackedEngine(task, members, settings)
+    pruned = [""] * len(members)
+    after_epoch = None
+    if prune_chance and len(members) > 1:
+        engine.set_training(False)
+        initial, _ = engine.validate()
+        after_epoch = _chance_pruner(members, initial, settings.epochs, pruned)
     histories = run_epochs(
         engine,
         [m.train_idx for m in members],
@@ -618,8 +661,45 @@ def fit_population(
         validate=True,
         describe=lambda i: f"weight_decay={members[i].weight_decay:g}, lr={members[i].lr:g}",
         progress=progress,
+        after_epoch=after_epoch,
     )
+    kept = iter(engine.states())
     results = []
-    for h, state in zip(histories, engine.states(), strict=True):
-        results.append(MemberResult(h.train_losses, h.val_losses, h.val_metrics, h.diverged, state))
+    for h, why in zip(histories, pruned, strict=True):
+        state = {} if why else next(kept)
+        results.append(
+            MemberResult(h.train_losses, h.val_losses, h.val_metrics, h.diverged, state, why)
+        )
     return results
+
+
+def _chance_pruner(
+    members: Sequence[Member], initial: list[float], epochs: int, pruned: list[str]
+) -> Callable[[int, list[Any]], list[int]]:
+    """``after_epoch`` for :func:`run_epochs`: at 1/4 and 1/2 of the epochs, the members at
+    chance level (their reasons written into ``pruned``)."""
+    from ..tuning.cv import chance_level
+
+    checks = {max(1, round(epochs * q)) - 1 for q in (0.25, 0.5)} - {epochs - 1}
+
+    def after_epoch(epoch: int, histories: list[Any]) -> list[int]:
+        if epoch not in checks:
+            return []
+        live = [i for i in range(len(members)) if not pruned[i] and not histories[i].diverged]
+        current = [histories[i].val_losses[-1] for i in live]
+        at = chance_level([initial[i] for i in live], current, [members[i].seed for i in live])
+        stop = []
+        for i, flag, value in zip(live, at, current, strict=True):
+            if flag:
+                best = min(
+                    histories[j].val_losses[-1] for j in live if members[j].seed == members[i].seed
+                )
+                pruned[i] = (
+                    f"at chance level after {epoch + 1} of {epochs} epochs: validation loss "
+                    f"{value:.4g}, {initial[i]:.4g} untrained, while the best run on its fold "
+                    f"reached {best:.4g}"
+                )
+                stop.append(i)
+        return stop
+
+    return after_epoch

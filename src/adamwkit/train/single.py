@@ -136,6 +136,9 @@ class _SingleEngine:
         self.task, self.model, self.opt, self.scheduler = task, model, opt, scheduler
         self.data, self.val, self.precision = data, val, precision
 
+    def keep(self, rows: Tensor) -> None:
+        raise NotImplementedError("one model: there are no members to drop")
+
     def set_training(self, mode: bool) -> None:
         self.model.train(mode)
 

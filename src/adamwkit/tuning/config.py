@@ -41,6 +41,8 @@ class StudySpec:
     trials: int | None = None
     lr_range: tuple[float, float] | None = None
     precision: str = "fp32"
+    repeats: int = 1
+    prune_chance: bool = True
 
     def attrs(self) -> dict[str, Any]:
         """The spec as stored in the study (JSON values: tuples become lists)."""
@@ -53,10 +55,18 @@ class StudySpec:
             return (
                 "was made by an earlier version of adamwkit, whose studies this one cannot resume"
             )
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key, value in self.attrs().items():
+            if key not in stored and value == defaults.get(key):
+                continue  # a setting added later, at its default: the same study
             if stored.get(key) != value:
                 return f"was made with {key}={stored.get(key)!r}, not {value!r}"
         return None
+
+    @property
+    def runs(self) -> int:
+        """Runs per candidate: the folds, times the repeats of the CV."""
+        return self.folds * self.repeats
 
     @property
     def n_candidates(self) -> int:
@@ -90,11 +100,12 @@ class TuneConfig:
     workers: int = 1
     device: str = "auto"
     threads: int | None = None
+    extend: int = 2
     busy_cores: float = 0.0
     stack_refusal: str | None = None
     max_members: int = 128
 
     @property
     def total_runs(self) -> int:
-        """Candidates x folds."""
-        return self.spec.n_candidates * self.spec.folds
+        """Candidates x folds x repeats."""
+        return self.spec.n_candidates * self.spec.runs

@@ -10,9 +10,14 @@ r"""Folds, candidates and the statistics of a cross-validated weight decay searc
   window is [1, T] epochs).
 - A candidate's score is its mean held-out loss over the folds with the standard error
   :math:`s/\sqrt{k}`. Differences to the best are *paired*: the mean and standard error of
-  the per-fold differences on the same folds and seeds. The one-standard-error rule picks
-  the largest weight decay whose mean is within one standard error of the best (Breiman
-  et al., *Classification and Regression Trees*, 1984).
+  the per-fold differences on the same folds and seeds. The one-standard-error rule
+  (Breiman et al., *Classification and Regression Trees*, 1984) picks the largest weight
+  decay whose paired difference to the best is within one paired standard error: the
+  unpaired errors mostly measure how hard each fold is, which every candidate shares.
+- Repeated CV (``repeats`` > 1) draws the k folds again with another shuffle; its standard
+  errors use Nadeau & Bengio's correction for the overlap between runs.
+- CV trains on :math:`(1 - f_{test})(k-1)/k` of the examples; the refit on the whole pool
+  trains on :math:`1 - f_{test}`. tau_epoch is computed with the examples a fold trains on.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ __all__ = [
     "CVSummary",
     "Candidate",
     "Splits",
+    "chance_level",
     "default_grid",
+    "extension",
     "holdout_split",
     "make_folds",
+    "standard_error",
     "summarize",
 ]
 
@@ -91,10 +99,22 @@ class Splits:
 
     @classmethod
     def make(
-        cls, n: int, labels: np.ndarray | None, test_fraction: float, folds: int, seed: int
+        cls,
+        n: int,
+        labels: np.ndarray | None,
+        test_fraction: float,
+        folds: int,
+        seed: int,
+        repeats: int = 1,
     ) -> Splits:
+        """The test split, then ``repeats`` draws of ``folds`` folds over the rest: run
+        ``j * folds + i`` is fold ``i`` of draw ``j`` (draw ``j`` shuffles with
+        ``seed + 7919 * j``; draw 0 is plain k-fold CV)."""
         pool, test = holdout_split(n, labels, test_fraction, seed)
-        return cls(pool, test, make_folds(pool, labels, folds, seed))
+        runs = []
+        for j in range(repeats):
+            runs += make_folds(pool, labels, folds, (seed + 7919 * j) % 2**32)
+        return cls(pool, test, runs)
 
     @property
     def n_train(self) -> int:
@@ -170,55 +190,163 @@ class Candidate:
 
 @dataclass
 class CVSummary:
-    """The verdict of a search: best, one-SE choice, and whether the curve is flat."""
+    """The verdict of a search.
+
+    - ``best``: the complete candidate with the lowest mean loss.
+    - ``one_se``: the largest weight decay (at the best's lr) whose paired difference to
+      the best is within one paired standard error of that difference.
+    - ``flat``: weight decay barely matters: zero decay and some positive weight decay are
+      both within two paired standard errors of the best (when zero was tried and
+      finished); without zero, no candidate is worse than the best by more than two paired
+      standard errors and none was pruned. One borderline candidate elsewhere on the curve
+      does not change it.
+    - ``hurts_from``: the smallest weight decay above the best that is worse than the best
+      by more than two paired standard errors (``None``: none is).
+    - ``edge``: ``"high"`` when the best is the largest positive weight decay tried at its
+      lr, ``"low"`` when it is the smallest, else ``None``: the optimum may lie outside.
+    - ``repeats``: how many times the k folds were redrawn (repeated CV).
+    """
 
     candidates: list[Candidate]
     best: Candidate | None
     one_se: Candidate | None
     flat: bool
     folds: int
+    repeats: int = 1
+    zero: Candidate | None = None
+    hurts_from: float | None = None
+    edge: str | None = None
+
+    @property
+    def runs(self) -> int:
+        """Runs per candidate: folds x repeats."""
+        return self.folds * self.repeats
 
 
-def _sem(x: np.ndarray) -> float:
-    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+def standard_error(x: np.ndarray, folds: int, repeats: int = 1) -> float:
+    r"""Standard error of the mean of ``x``, per-run values of k-fold CV repeated r times.
+
+    With one repetition it is :math:`s/\sqrt{k}`. Repeated CV reuses the same examples, so
+    its runs are correlated and :math:`s/\sqrt{kr}` would be too small; the corrected
+    resampled variance of Nadeau & Bengio (Machine Learning 52, 2003), with
+    :math:`n_{test}/n_{train} = 1/(k-1)`, gives :math:`s\sqrt{1/(kr) + 1/(k-1)}`.
+    """
+    if len(x) < 2:
+        return math.nan
+    s = float(x.std(ddof=1))
+    if repeats <= 1:
+        return s / math.sqrt(len(x))
+    return s * math.sqrt(1.0 / len(x) + 1.0 / (folds - 1))
 
 
-def summarize(candidates: Sequence[Candidate], folds: int) -> CVSummary:
-    """Means, standard errors, paired differences to the best, the one-SE choice, flatness.
+def _finite(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else 0.0
 
-    Only candidates with every fold (``state == "complete"``) compete; pruned ones keep the
-    mean of the folds they ran. The curve is *flat* when no complete candidate is worse than
-    the best by more than two paired standard errors and none was pruned (a pruned candidate
-    was significantly worse).
+
+def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> CVSummary:
+    """Means, standard errors, paired differences to the best, the one-SE choice, flatness,
+    and whether the best sits at the grid's edge (see :class:`CVSummary`).
+
+    Only candidates with every run (``state == "complete"``) compete; pruned ones keep the
+    mean of the runs they made. Differences are paired: candidates share folds, initial
+    weights and batch orders, so the per-fold differences remove the folds' difficulty,
+    which dominates the unpaired standard errors.
     """
     cands = list(candidates)
+    runs = folds * repeats
     for c in cands:
         if c.fold_losses:
             x = c.losses()
-            c.mean, c.sem = float(x.mean()), _sem(x)
-    complete = [c for c in cands if c.state == "complete" and len(c.fold_losses) == folds]
+            c.mean, c.sem = float(x.mean()), standard_error(x, folds, repeats)
+    complete = [c for c in cands if c.state == "complete" and len(c.fold_losses) == runs]
     if not complete:
-        return CVSummary(cands, None, None, False, folds)
+        return CVSummary(cands, None, None, False, folds, repeats)
     best = min(complete, key=lambda c: (c.mean, -c.weight_decay))
     for c in cands:
         common = sorted(set(c.fold_losses) & set(best.fold_losses))
         if not common:
             continue
         d = np.array([c.fold_losses[f] - best.fold_losses[f] for f in common])
-        c.paired_diff, c.paired_sem = float(d.mean()), _sem(d)
-    assert best.mean is not None
-    threshold = best.mean + (best.sem if best.sem is not None and math.isfinite(best.sem) else 0)
+        c.paired_diff, c.paired_sem = float(d.mean()), standard_error(d, folds, repeats)
     same_lr = [c for c in complete if c.lr == best.lr]
     one_se = max(
-        (c for c in same_lr if c.mean is not None and c.mean <= threshold),
+        (c for c in same_lr if _finite(c.paired_diff) <= _finite(c.paired_sem)),
         key=lambda c: c.weight_decay,
     )
-    pruned = any(c.state == "pruned" for c in cands)
-    flat = not pruned and all(
-        c is best
-        or c.paired_diff is None
-        or c.paired_diff
-        <= 2.0 * (c.paired_sem if c.paired_sem and math.isfinite(c.paired_sem) else 0.0)
-        for c in complete
+
+    def worse(c: Candidate) -> bool:
+        return c is not best and _finite(c.paired_diff) > 2.0 * _finite(c.paired_sem)
+
+    zero = next((c for c in same_lr if c.weight_decay == 0.0), None)
+    if zero is not None:
+        flat = not worse(zero) and any(c.weight_decay > 0 and not worse(c) for c in same_lr)
+    else:
+        pruned = any(c.state == "pruned" for c in cands)
+        flat = not pruned and len(complete) > 1 and not any(worse(c) for c in complete)
+    above = sorted(
+        (c for c in cands if c.lr == best.lr and c.weight_decay > best.weight_decay),
+        key=lambda c: c.weight_decay,
     )
-    return CVSummary(cands, best, one_se, flat and len(complete) > 1, folds)
+    hurts_from = next(
+        (c.weight_decay for c in above if c.state == "pruned" or (c in complete and worse(c))),
+        None,
+    )
+    positive = sorted({c.weight_decay for c in cands if c.lr == best.lr and c.weight_decay > 0})
+    edge = None
+    if best.weight_decay > 0 and len(positive) > 1:
+        if best.weight_decay == positive[-1]:
+            edge = "high"
+        elif best.weight_decay == positive[0]:
+            edge = "low"
+    return CVSummary(cands, best, one_se, flat, folds, repeats, zero, hurts_from, edge)
+
+
+def extension(summary: CVSummary, points: int = 2) -> list[float]:
+    """Weight decays that continue the grid past the edge the best sits on (``[]`` if none).
+
+    They continue the spacing of the grid's two outermost positive values on that side
+    (2x when there is only one), ``points`` of them, rounded to 6 significant digits.
+    """
+    best = summary.best
+    if best is None or summary.edge is None:
+        return []
+    positive = sorted(
+        {c.weight_decay for c in summary.candidates if c.lr == best.lr and c.weight_decay > 0}
+    )
+    if summary.edge == "high":
+        ratio = positive[-1] / positive[-2] if len(positive) > 1 else 2.0
+        values = [positive[-1] * ratio ** (i + 1) for i in range(points)]
+    else:
+        ratio = positive[1] / positive[0] if len(positive) > 1 else 2.0
+        values = [positive[0] / ratio ** (i + 1) for i in range(points)]
+    return sorted(float(f"{v:.6g}") for v in values)
+
+
+def chance_level(
+    initial: Sequence[float], current: Sequence[float], groups: Sequence[int] | None = None,
+    *, tolerance: float = 0.01, progress: float = 0.2,
+) -> list[bool]:  # fmt: skip
+    """Which runs are still at the loss they started from while their peers learned.
+
+    Run ``i`` is at chance level when its validation loss has not fallen below
+    ``(1 - tolerance) * initial[i]`` (its untrained loss: uniform class scores, or the
+    target's variance for a regression) while the best run of its group (same fold:
+    ``groups[i]``) has fallen by more than ``progress`` of its own untrained loss. A
+    weight decay that holds the weights near zero for half the run cannot compete with one
+    that learned; training it to the end only costs time.
+    """
+    n = len(initial)
+    if len(current) != n or (groups is not None and len(groups) != n):
+        raise ValueError("initial, current and groups must have one entry per run")
+    keys = list(groups) if groups is not None else [0] * n
+    learned: dict[int, bool] = {}
+    for i in range(n):
+        gain = 1.0 - current[i] / initial[i] if initial[i] > 0 else 0.0
+        if math.isfinite(gain) and gain > progress:
+            learned[keys[i]] = True
+    return [
+        bool(learned.get(keys[i]))
+        and math.isfinite(initial[i])
+        and not current[i] < (1.0 - tolerance) * initial[i]
+        for i in range(n)
+    ]

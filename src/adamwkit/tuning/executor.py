@@ -65,6 +65,7 @@ class Runner:
     batch_size: int | None = None
     data: Any = None
     bar: Any = None
+    prune_chance: bool = False
     errors: list[BaseException] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
 
@@ -185,7 +186,9 @@ class Stacked(Strategy):
                         # measured already: the choice to stack counted the slow operators
                         warnings.filterwarnings("ignore", message=".*performance drop.*")
                         outcomes = self.objective.population(
-                            trials, progress=bar.epoch if bar is not None else None
+                            trials,
+                            progress=bar.epoch if bar is not None else None,
+                            prune_chance=self.runner.prune_chance,
                         )
                 except Exception as err:
                     failed = self.runner.failed(err, f"{len(chunk)} runs trained together")

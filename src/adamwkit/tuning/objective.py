@@ -176,6 +176,7 @@ class Outcome:
     error: BaseException | None = None
     seconds: float = 0.0
     monitor: Any = None
+    pruned: str = ""  # why the run was stopped early; ``loss`` is then its last one
 
     @property
     def ok(self) -> bool:
@@ -324,8 +325,10 @@ class TaskObjective:
         self,
         trials: Sequence[Trial],
         progress: Callable[[int, int], Any] | None = None,
+        prune_chance: bool = False,
     ) -> list[Outcome]:
-        """Train ``trials`` as one stacked model; one :class:`Outcome` per trial."""
+        """Train ``trials`` as one stacked model; one :class:`Outcome` per trial
+        (``prune_chance``: see :func:`adamwkit.train.fit_population`)."""
         from ..train import fit_population
 
         first = trials[0]
@@ -340,6 +343,7 @@ class TaskObjective:
             device=first.device,
             precision=first.precision,
             progress=progress,
+            prune_chance=prune_chance,
         )
         seconds = (time.perf_counter() - start) / len(trials)
         out = []
@@ -349,6 +353,6 @@ class TaskObjective:
                 out.append(Outcome(reason=r.diverged, curve=curve, seconds=seconds))
                 continue
             o = outcome_of({"loss": r.val_loss, "metric": r.val_metric})
-            o.curve, o.seconds = curve, seconds
+            o.curve, o.seconds, o.pruned = curve, seconds, r.pruned
             out.append(o)
         return out

@@ -78,7 +78,7 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     if factor:
         top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
         top.set_xlabel("tau_epoch (epochs)")
-    title = "flat: weight decay hardly matters here" if summary["flat"] else "CV loss"
+    title = "weight decay barely matters here" if summary["flat"] else "CV loss"
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")

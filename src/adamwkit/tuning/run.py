@@ -32,7 +32,15 @@ import optuna
 import torch
 
 from .._checks import ArgumentError, check_choice, check_lr, check_range, check_whole
-from .._constants import DECAY_SCALES, MAX_CANDIDATES, SAMPLERS, SEED_MAX, VECTORIZE
+from .._constants import (
+    DECAY_SCALES,
+    MAX_CANDIDATES,
+    MAX_EXTEND,
+    MAX_REPEATS,
+    SAMPLERS,
+    SEED_MAX,
+    VECTORIZE,
+)
 from .._device import check_precision, device_for, resolve_device
 from ..suggest import TORCH_DEFAULT, Suggestion, suggest
 from ..tasks import Task
@@ -282,6 +290,8 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
     """Validate every setting of :func:`tune` into a :class:`Plan` (one line per error)."""
     task = prep.task
     k = check_whole("folds", kw["folds"], 2)
+    repeats = check_whole("repeats", kw["repeats"], 1, MAX_REPEATS)
+    extend = check_whole("extend", kw["extend"], 0, MAX_EXTEND)
     if task is not None:
         assert isinstance(prep.objective, TaskObjective)
         n_epochs: int | None = prep.objective.epochs
@@ -319,7 +329,7 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
     precision = check_precision(kw["precision"], device)
     name = _study_name(_default_study_name(prep.name) if kw["study"] is None else kw["study"])
 
-    splits = cv.Splits.make(prep.n, prep.labels, fraction, k, seed)
+    splits = cv.Splits.make(prep.n, prep.labels, fraction, k, seed, repeats)
     n_train = splits.n_train
     if bs is not None and bs > n_train:
         raise ValueError(
@@ -424,6 +434,8 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         "grid": tuple(candidates),
         "lr_grid": None if lrs is None else tuple(lrs),
         "precision": precision,
+        "repeats": repeats,
+        "prune_chance": bool(kw["prune_chance"]),
     }
     if sampler == "grid":
         spec = StudySpec(**common)
@@ -466,6 +478,7 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         workers=n_workers,
         threads=threads,
         device=str(kw["device"] or "auto"),
+        extend=extend if sampler == "grid" else 0,
     )
     _check_out(kw["out"], config.run_dir)
     return Plan(config, splits, sug, tuple(notes))
@@ -498,6 +511,7 @@ def tune(
     data: Any = None,
     labels: Any = None,
     folds: int = 5,
+    repeats: int = 1,
     epochs: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
@@ -516,6 +530,8 @@ def tune(
     out: str | Path = "adamwkit-runs",
     seed: int = 0,
     prune: bool = False,
+    prune_chance: bool = True,
+    extend: int = 2,
     heartbeat_interval: int = 10,
     storage_retry: float = 120.0,
     test: bool = True,
@@ -548,6 +564,16 @@ def tune(
     before the folds are made, scores refits at the end. Values are in the convention of
     ``decay_scale``.
 
+    ``repeats`` redraws the folds that many times (repeated CV, for small data; standard
+    errors corrected for the overlap). Candidates are compared *paired*, on the same folds,
+    initial weights and batch orders: the one-SE choice is the largest weight decay within
+    one paired standard error of the best, and "weight decay barely matters" when zero
+    decay is within two. When the best is the largest (or smallest) positive candidate, up
+    to ``extend`` rounds add two candidates past that edge at the grid's spacing, trained
+    on the same folds. ``prune_chance`` stops, inside a stacked population, the runs still
+    at their untrained loss at a quarter or half of the epochs while their fold's best has
+    learned (they are reported as pruned).
+
     An exception or a non-finite loss from a run fails that candidate with the reason and
     the study goes on; the first traceback of each error is printed. If no candidate
     finishes and runs raised, :class:`ObjectiveFailed` is raised from the first error.
@@ -575,7 +601,8 @@ def tune(
     source = Source(objective, examples, data, labels, epochs, batch_size)
     prep = prepare(source)
     plan = configure(
-        prep, folds=folds, epochs=epochs, lr=lr, batch_size=batch_size,
+        prep, folds=folds, repeats=repeats, extend=extend, prune_chance=prune_chance,
+        epochs=epochs, lr=lr, batch_size=batch_size,
         decay_scale=decay_scale, test_fraction=test_fraction, grid=grid, grid_min=grid_min,
         grid_max=grid_max, points=points, sampler=sampler, trials=trials, lr_grid=lr_grid,
         search_lr=search_lr, storage=storage, study=study, out=out, seed=seed, prune=prune,
@@ -604,7 +631,10 @@ def tune(
     st = study_mod.open_study(store, config.study, config.spec, config.enqueue, config.prune)
     retried = study_mod.retry_errors(st, config.spec)
 
-    bar = Progress(config.progress, config.total_runs, f"{prep.name}: {config.spec.folds}-fold CV")
+    spec = config.spec
+    repeated = f" x {spec.repeats}" if spec.repeats > 1 else ""
+    title = f"{prep.name}: {spec.folds}-fold CV{repeated}"
+    bar = Progress(config.progress, config.total_runs, title)
     work: _Worker | None = None
     procs: list[Any] = []
     try:
@@ -622,7 +652,8 @@ def tune(
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
             bar.say(f"{len(bad)} worker process(es) ended with exit codes {bad}")
-        summary = _summarize(prep, plan, st, work.decision)
+        studies, notes = _extend(work, store, plan, [st])
+        summary = _summarize(prep, plan, studies, work.decision)
         if config.test and len(plan.splits.test) and summary["best_weight_decay"] is not None:
             summary["test"] = work.refits(summary)
     finally:
@@ -636,9 +667,62 @@ def tune(
             "each candidate's reason); the first error was"
         ) from work.runner.errors[0]
     summary["verdict"] = verdict_text(summary)
-    summary["notes"] = list(plan.notes)
+    summary["notes"] = [*plan.notes, *notes]
     paths = report.write_reports(config.run_dir, summary)
     return TuneResult(summary, config.run_dir, paths)
+
+
+def _candidates(spec: StudySpec, studies: Sequence[optuna.Study]) -> list[cv.Candidate]:
+    """The candidates of the study and of its extensions, as one list."""
+    out: list[cv.Candidate] = []
+    for st in studies:
+        out += study_mod.trial_candidates(st, spec)
+    return sorted(out, key=lambda c: (c.lr, c.weight_decay))
+
+
+def _extend(
+    work: _Worker, store: Any, plan: Plan, studies: list[optuna.Study]
+) -> tuple[list[optuna.Study], list[str]]:
+    """While the best candidate is the largest (or smallest) positive weight decay, add two
+    past that edge, at the grid's spacing, and train them on the same folds, seeds and lr
+    (``config.extend`` rounds at most). Each round is a study of its own, named
+    ``<study>.extend<i>``: a rerun finds the same edge and resumes it."""
+    config, spec = plan.config, plan.config.spec
+    notes: list[str] = []
+    summ = None
+    for i in range(1, config.extend + 1):
+        summ = cv.summarize(_candidates(spec, studies), spec.folds, spec.repeats)
+        new = cv.extension(summ)
+        if not new or summ.best is None:
+            return studies, notes
+        side = "largest" if summ.edge == "high" else "smallest"
+        note = (
+            f"the best weight decay {summ.best.weight_decay:.4g} is the {side} candidate, so "
+            f"the optimum may lie past it: trying {_listing(new)} on the same folds"
+        )
+        work.bar.say(f"note: {note}")
+        notes.append(note)
+        lr = summ.best.lr
+        ext = dataclasses.replace(spec, grid=tuple(new), lr_grid=(lr,) if spec.lr_grid else None)
+        enqueue = tuple({"weight_decay": w, **({"lr": lr} if spec.lr_grid else {})} for w in new)
+        name = f"{config.study}.extend{i}"
+        st = study_mod.open_study(store, name, ext, enqueue, config.prune)
+        work.bar.phase(f"{work.prep.name}: past the grid's edge ({i})", len(new) * spec.runs)
+        work.switch(st, ext)
+        try:
+            work.run()
+        finally:
+            work.switch(studies[0], spec)
+        studies.append(st)
+    summ = cv.summarize(_candidates(spec, studies), spec.folds, spec.repeats)
+    if config.extend and summ.edge is not None and summ.best is not None:
+        note = (
+            f"the best weight decay {summ.best.weight_decay:.4g} is still at the grid's edge "
+            f"after {config.extend} extension(s): widen the grid (grid_min, grid_max)"
+        )
+        work.bar.say(f"note: {note}")
+        notes.append(note)
+    return studies, notes
 
 
 def _stacking_limits(prep: Prepared, config: TuneConfig) -> tuple[str | None, int]:
@@ -680,7 +764,9 @@ def _work_in_process(source: Source, config: TuneConfig) -> None:
     with flush_denormals():
         prep = prepare(source)
         spec = config.spec
-        splits = cv.Splits.make(prep.n, prep.labels, spec.test_fraction, spec.folds, spec.seed)
+        splits = cv.Splits.make(
+            prep.n, prep.labels, spec.test_fraction, spec.folds, spec.seed, spec.repeats
+        )
         store = study_mod.open_storage(
             config.storage, config.run_dir, config.heartbeat_interval, config.storage_retry
         )
@@ -729,11 +815,16 @@ class _Worker:
             batch_size=self.spec.batch_size,
             data=prep.data,
             bar=bar,
+            prune_chance=self.spec.prune_chance,
         )
 
     def close(self) -> None:
         self.threads.restore()
         self.slot.close()
+
+    def switch(self, st: optuna.Study, spec: StudySpec) -> None:
+        """Work on another study from now on (an extension of the grid)."""
+        self.st, self.spec = st, spec
 
     def show_done(self) -> None:
         """Move the CV bar to the runs every worker has finished (read only when shown)."""
@@ -741,7 +832,7 @@ class _Worker:
             self.bar.update(self.count_done())
 
     def count_done(self) -> int:
-        k = self.spec.folds
+        k = self.spec.runs
         done = 0
         for c in study_mod.trial_candidates(self.st, self.spec):
             done += k if c.state in ("failed", "pruned") else len(c.fold_losses)
@@ -780,13 +871,18 @@ class _Worker:
             return 1
         if self.spec.sampler != "grid" and (self.decision is None or self.decision.mode != "on"):
             return 1  # a sampler proposes better one candidate at a time, knowing the results
-        k = self.spec.folds
+        k = self.spec.runs
         ended = sum(
             c.state in ("complete", "pruned")
             for c in study_mod.trial_candidates(self.st, self.spec)
         )
         share = math.ceil(max(self.spec.n_candidates - ended, 1) / self.config.workers)
         return max(1, min(self.max_members // k, share))
+
+    def _label(self, wd: float, run: int) -> str:
+        k, r = self.spec.folds, self.spec.repeats
+        where = f"fold {run % k + 1}/{k}" + (f", repeat {run // k + 1}/{r}" if r > 1 else "")
+        return f"wd {wd:.3g} {where}"
 
     def _job(self, wd: float, lr: float, fold: int | None, key: Any, label: str) -> Job:
         if fold is None:
@@ -798,15 +894,8 @@ class _Worker:
 
     def run_claims(self, claims: list[study_mod.Claim]) -> None:
         self.threads.update()
-        k = self.spec.folds
         jobs = [
-            self._job(
-                c.weight_decay,
-                c.lr(self.spec.lr),
-                f,
-                c,
-                f"wd {c.weight_decay:.3g} fold {f + 1}/{k}",
-            )
+            self._job(c.weight_decay, c.lr(self.spec.lr), f, c, self._label(c.weight_decay, f))
             for c in claims
             for f in c.todo
         ]
@@ -823,8 +912,10 @@ class _Worker:
                     return True
                 assert job.fold is not None
                 pruned = claim.report(job.fold, out.loss, out.metric, out.curve)
+                if out.pruned:
+                    pruned = True
                 if pruned:
-                    claim.prune()
+                    claim.prune(out.pruned)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Declared stale while this worker was busy (a late heartbeat): another
                 # worker retries the candidate with its recorded folds; the rest of this
@@ -919,11 +1010,11 @@ def _both(value: float | None, lr: float, scale: str) -> dict[str, float | None]
 
 
 def _summarize(
-    prep: Prepared, plan: Plan, st: optuna.Study, decision: Decision | None
+    prep: Prepared, plan: Plan, studies: Sequence[optuna.Study], decision: Decision | None
 ) -> dict[str, Any]:
     config, spec, sug = plan.config, plan.config.spec, plan.suggestion
     n_train = plan.splits.n_train
-    cands = study_mod.trial_candidates(st, spec)
+    cands = _candidates(spec, studies)
     bs = spec.batch_size
     for c in cands:
         wd_t = convert_weight_decay(c.weight_decay, spec.decay_scale, "torch", lr_peak=c.lr)
@@ -931,8 +1022,9 @@ def _summarize(
             c.tau_epoch = None
         else:
             c.tau_epoch = tau_epoch(c.lr, wd_t, bs, n_train) if wd_t > 0 else math.inf
-    summ = cv.summarize(cands, spec.folds)
+    summ = cv.summarize(cands, spec.folds, spec.repeats)
     best, one_se = summ.best, summ.one_se
+    zero = summ.zero
     lr = spec.lr
     best_lr = best.lr if best else lr
     to_torch = convert_weight_decay(1.0, spec.decay_scale, "torch", lr_peak=lr)
@@ -967,6 +1059,13 @@ def _summarize(
         "best_mean": best.mean if best else None,
         "best_sem": best.sem if best else None,
         "flat": summ.flat,
+        "zero_paired_diff": zero.paired_diff if zero is not None and zero is not best else None,
+        "zero_paired_sem": zero.paired_sem if zero is not None and zero is not best else None,
+        "hurts_from": summ.hurts_from,
+        "edge": summ.edge,
+        "repeats": summ.repeats,
+        "extended": sorted(c.weight_decay for c in cands if c.weight_decay not in set(spec.grid)),
+        "pruned": sum(c.state == "pruned" for c in cands),
         "failed": len(failed),
         "candidates": [c.to_dict() for c in summ.candidates],
         "tau_epoch_factor": factor,
@@ -991,9 +1090,22 @@ def verdict_text(s: dict[str, Any]) -> str:
     )
     lines = []
     if s["flat"]:
+        if s.get("zero_paired_diff") is not None:
+            z = f"{s['zero_paired_diff']:.3g} +- {s['zero_paired_sem'] or 0:.2g}"
+            why = f"zero decay is within two paired standard errors of the best ({z})"
+        elif s.get("best_weight_decay") == 0:
+            why = "zero decay is the best candidate"
+        else:
+            why = "no candidate is worse than the best by more than two paired standard errors"
+        hurts = (
+            f"; from {s['hurts_from']:.4g} up it hurts" if s.get("hurts_from") is not None else ""
+        )
+        lines.append(f"Weight decay barely matters here: {why}{hurts}.")
+    if s.get("edge") is not None:
+        side = "largest" if s["edge"] == "high" else "smallest"
         lines.append(
-            "The curve is flat here: weight decay hardly matters for this task and budget "
-            "(no candidate is worse than the best by more than two paired standard errors)."
+            f"The best is the {side} positive candidate tried: the optimum may lie beyond "
+            "it (widen the grid)."
         )
     suggested = (
         f"; adamwkit suggest predicted {s['suggested_weight_decay']:.4g} (PyTorch {g['torch']:.4g})"

@@ -466,6 +466,8 @@ def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
             c.reason = ""
         if state == "failed" and c.state == "failed" and t.user_attrs.get("fail_reason"):
             c.reason = t.user_attrs["fail_reason"]
+        if state == "pruned" and c.state == "pruned" and t.user_attrs.get("prune_reason"):
+            c.reason = t.user_attrs["prune_reason"]
     return sorted(by_key.values(), key=lambda c: (c.lr, c.weight_decay))
 
 
@@ -542,7 +544,9 @@ class Claim:
         self.study.tell(self.trial, sum(values) / len(values))
         self.ended = True
 
-    def prune(self) -> None:
+    def prune(self, reason: str = "") -> None:
+        if reason:
+            self.trial.set_user_attr("prune_reason", reason)
         self.study.tell(self.trial, state=TrialState.PRUNED)
         self.ended = True
 
@@ -658,9 +662,7 @@ def work(
             if trials:
                 try:
                     with contextlib.ExitStack() as stack:
-                        claims = [
-                            stack.enter_context(claimed(study, t, spec.folds)) for t in trials
-                        ]
+                        claims = [stack.enter_context(claimed(study, t, spec.runs)) for t in trials]
                         run_claims(claims)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # declared stale while paused; another worker has retried it
