@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def calibrated_tau(epochs: float, n: float, b: float, lr: float) -> float:
+    """The calibrated tau_epoch by hand from the fitted constants (natural logs)."""
+    from adamwkit import _calibration as cal
+
+    f = {"log_T": math.log(epochs), "log_N": math.log(n), "log_B": math.log(b),
+         "log_lr": math.log(lr), "log_steps_per_epoch": math.log(n / b)}  # fmt: skip
+    x = cal.COEF["const"] + sum(c * f[k] for k, c in cal.COEF.items() if k != "const")
+    return math.exp(x + sum(f[k] for k in cal.FIXED))
+
+
 def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
@@ -27,9 +38,11 @@ def last_json(out: str) -> dict:
 def test_suggest_prints_the_value_the_rule_and_the_table(capsys):
     code, out, _ = run(capsys, "suggest", *VIT_S)
     assert code == 0
-    assert "Suggested weight decay: 0.256" in out
-    assert "Why wang-aitchison" in out
-    for rule in ("wang-aitchison", "power-lines", "loshchilov-hutter", "torch-default"):
+    wd = 256 / (1e-3 * calibrated_tau(100, 100_000, 256, 1e-3) * 100_000)
+    assert f"Suggested weight decay: {wd:.3g}" in out
+    assert "80% range" in out
+    assert "Why calibrated" in out
+    for rule in ("calibrated", "wang-aitchison", "power-lines", "loshchilov-hutter"):
         assert rule in out
 
 
@@ -37,16 +50,21 @@ def test_suggest_json_fields(capsys):
     code, out, _ = run(capsys, "suggest", *VIT_S, "--json")
     assert code == 0
     obj = last_json(out)
-    # tau_epoch = sqrt(100): wd = B / (lr * 10 * N), by hand.
-    assert obj["weight_decay"] == pytest.approx(256 / (1e-3 * 10 * 100_000))
+    tau = calibrated_tau(100, 100_000, 256, 1e-3)
+    assert obj["weight_decay"] == pytest.approx(256 / (1e-3 * tau * 100_000))
     assert obj["weight_decay_independent"] == pytest.approx(obj["weight_decay"] * 1e-3)
-    assert obj["tau_epoch"] == pytest.approx(10.0)
+    assert obj["tau_epoch"] == pytest.approx(tau)
     assert obj["tau_iter"] == pytest.approx(1 / (1e-3 * obj["weight_decay"]))
-    assert obj["rule"] == "wang-aitchison"
+    assert obj["rule"] == "calibrated"
+    assert obj["low"] < obj["weight_decay"] < obj["high"]
     names = [r["name"] for r in obj["rules"]]
-    assert names == ["wang-aitchison", "power-lines", "loshchilov-hutter", "torch-default"]
-    assert all({"name", "weight_decay", "source"} <= set(r) for r in obj["rules"])
-    assert obj["rules"][1]["weight_decay"] is None  # skipped: no tokens
+    assert names == [
+        "calibrated", "wang-aitchison", "power-lines", "loshchilov-hutter", "torch-default"
+    ]  # fmt: skip
+    assert all({"name", "weight_decay", "source", "fitted_on"} <= set(r) for r in obj["rules"])
+    # tau_epoch = sqrt(100): wd = B / (lr * 10 * N), by hand.
+    assert obj["rules"][1]["weight_decay"] == pytest.approx(256 / (1e-3 * 10 * 100_000))
+    assert obj["rules"][2]["weight_decay"] is None  # skipped: no tokens
 
 
 def test_suggest_tokens_for_pretraining(capsys):
@@ -221,4 +239,4 @@ def test_console_script_runs():
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert last_json(proc.stdout)["rule"] == "wang-aitchison"
+    assert last_json(proc.stdout)["rule"] == "calibrated"

@@ -214,7 +214,7 @@ def test_repeated_candidates_are_tried_once_and_the_run_says_so(tmp_path, env, m
 
     monkeypatch.setenv("ADAMWKIT_TEST_CALL_LOG", str(tmp_path / "calls.log"))
     result = tune(objectives.quadratic, examples=60, lr=1e-3, grid=[0.1, 0, 0.1, 1e-1, 0.3],
-                  folds=2, out=tmp_path, progress=False, test=False)  # fmt: skip
+                  folds=2, out=tmp_path, progress=False, test=False, extend=0)  # fmt: skip
     assert [c["weight_decay"] for c in result.summary["candidates"]] == [0.0, 0.1, 0.3]
     assert result.summary["notes"] == ["grid has 2 repeated value(s), tried once: [0, 0.1, 0.3]"]
     assert len(calls(tmp_path / "calls.log")) == 3 * 2

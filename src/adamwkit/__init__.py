@@ -16,10 +16,11 @@ Public API (everything else is internal):
 """
 
 from .adamw import AdamW
+from .explain import Explanation, explain
 from .functional import adamw_step, effective_weight_decay
 from .groups import DecayPlan, ParamGroups, PlanEntry, param_groups
 from .monitor import Monitor, MonitorLog, Verdict, load_log
-from .suggest import Explanation, Suggestion, explain, suggest
+from .suggest import Suggestion, suggest
 from .tasks import Task
 from .timescale import convert_weight_decay
 from .train import FitResult, fit

@@ -384,124 +384,16 @@ def _console() -> Any:
     return Console(highlight=False)
 
 
-def _rules_table(sug: Any) -> Any:
-    from rich.table import Table
-
-    from .suggest import _fmt
-
-    table = Table(title="Every rule, side by side (> the one used)", title_justify="left")
-    table.add_column("rule")
-    for col in ("weight_decay (torch)", "independent", "tau_epoch", "tau_run"):
-        table.add_column(col, justify="right")
-    for r in sug.rules:
-        name = f"[bold]> {r.name}[/bold]" if r.name == sug.rule else f"  {r.name}"
-        if not r.ran:
-            table.add_row(name, "[dim]skipped[/dim]", "", "", "")
-            continue
-        table.add_row(
-            name,
-            _fmt(r.weight_decay),
-            _fmt(r.weight_decay_independent),
-            _fmt(r.tau_epoch),
-            _fmt(r.tau_run),
-        )
-    return table
-
-
-def _rules_notes(console: Any, sug: Any) -> None:
-    from rich.markup import escape
-
-    for r in sug.rules:
-        note = f"{r.note}. " if r.note else ""
-        console.print(f"[dim]  {r.name}: {escape(note)}{escape(r.source)}[/dim]")
-    for r in sug.rules:
-        if r.name != sug.rule:
-            for w in r.warnings:
-                console.print(f"[yellow]warning ({r.name}):[/yellow] {escape(w)}")
-
-
-def _print_warnings(console: Any, warnings: Sequence[str], notes: Sequence[str]) -> None:
-    from rich.markup import escape
-
-    for w in warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
-    for n in notes:
-        console.print(f"[dim]note: {escape(n)}[/dim]")
-
-
 def _show_suggestion(sug: Any) -> None:
-    from rich.markup import escape
+    from .render import suggestion, to_rich
 
-    from .suggest import _fmt
-
-    console = _console()
-    console.print(f"[dim]{escape(sug.setup.describe())}[/dim]")
-    console.print(
-        f"[bold green]Suggested weight decay: {_fmt(sug.value)}[/bold green] "
-        f"with decay_scale={sug.decay_scale!r} (PyTorch convention {_fmt(sug.weight_decay)}, "
-        f"independent {_fmt(sug.weight_decay_independent)})"
-    )
-    console.print(f"[bold]Why {sug.rule}:[/bold] {escape(sug.reason)}")
-    console.print(
-        f"Timescales: tau_iter {_fmt(sug.tau_iter)} steps, tau_epoch {_fmt(sug.tau_epoch)} "
-        f"epochs, tau_run {_fmt(sug.tau_run)} of the run; angular update at equilibrium "
-        f"{_fmt(sug.angular_update)} rad/step."
-    )
-    console.print(_rules_table(sug))
-    _rules_notes(console, sug)
-    _print_warnings(console, sug.warnings, sug.notes)
-    console.print(
-        "Use it: AdamW(param_groups(model, weight_decay="
-        f"{_fmt(sug.value)}), lr={_fmt(sug.setup.lr)}, decay_scale={sug.decay_scale!r}); "
-        "verify it with adamwkit tune."
-    )
+    to_rich(suggestion(sug), _console())
 
 
 def _show_explanation(ex: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from .render import explanation, to_rich
 
-    from .suggest import _fmt
-
-    console = _console()
-    console.print(f"[dim]{escape(ex.setup.describe())}; {escape(ex.schedule)}[/dim]")
-    table = Table(show_header=False, box=None, padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    rem = ex.weights_remaining
-    for key, value in (
-        ("weight_decay (torch)", _fmt(ex.weight_decay)),
-        ("weight_decay (independent)", _fmt(ex.weight_decay_independent)),
-        ("tau_iter", f"{_fmt(ex.tau_iter)} steps"),
-        ("tau_epoch", f"{_fmt(ex.tau_epoch)} epochs"),
-        ("tau_run", f"{_fmt(ex.tau_run)} of the run"),
-        ("equilibrium RMS weight", _fmt(ex.equilibrium_rms)),
-        ("angular update", f"{_fmt(ex.angular_update)} rad/step"),
-        ("initial weights left", "-" if rem is None else f"{100 * rem:.3g}%"),
-    ):
-        table.add_row(key, value)
-    console.print(table)
-    console.print(f"[bold]Verdict:[/bold] {escape(ex.verdict)}")
-    if ex.suggestion is not None:
-        s = ex.suggestion
-        console.print(
-            f"adamwkit suggest would use {_fmt(s.value)} for decay_scale={s.decay_scale!r} "
-            f"({s.rule}, tau_epoch {_fmt(s.tau_epoch)})."
-        )
-    if ex.layers:
-        layers = Table(title="Decayed tensors against their equilibrium norm (Kosson et al.)")
-        for col in ("tensor", "elements", "weight_decay", "norm now", "equilibrium norm"):
-            layers.add_column(col, justify="left" if col == "tensor" else "right")
-        for layer in ex.layers:
-            layers.add_row(
-                layer.name,
-                f"{layer.numel:,}",
-                _fmt(layer.weight_decay),
-                _fmt(layer.norm),
-                _fmt(layer.equilibrium_norm),
-            )
-        console.print(layers)
-    _print_warnings(console, (), ex.notes)
+    to_rich(explanation(ex), _console())
 
 
 # ---------------------------------------------------------------------------- commands
@@ -541,7 +433,7 @@ def _load_model(spec: str) -> Any:
 
 
 def _cmd_explain(a: argparse.Namespace) -> int:
-    from .suggest import explain
+    from .explain import explain
 
     if a.run is not None:
         return _explain_run(a)
@@ -576,8 +468,8 @@ def _explain_run(a: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from ._format import fmt as _fmt
     from .monitor import load_log
-    from .suggest import _fmt
 
     setup = (("--weight-decay", a.weight_decay), ("--lr", a.lr),
              ("--batch-size", a.batch_size), ("--model", a.model))  # fmt: skip
@@ -643,8 +535,8 @@ def _whole(name: str, value: float, low: int = 0) -> int:
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
+    from ._format import fmt as _fmt
     from .schedules import make_schedule
-    from .suggest import _fmt
     from .timescale import CONVENTIONS, canonical_convention, convert_weight_decay
 
     schedule = None

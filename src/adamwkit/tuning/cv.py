@@ -5,9 +5,9 @@ r"""Folds, candidates and the statistics of a cross-validated weight decay searc
   ``random_state=seed``). Fold ``f`` trains with seed ``seed + f`` for every candidate, so
   candidates on the same fold share initial weights and batch order.
 - The default candidates are a log grid at 2x spacing through the value
-  :func:`adamwkit.suggest` gives, spanning :math:`\tau_{\mathrm{epoch}}` from 1/4 epoch to
-  4x the epochs trained, plus zero (Bergsma et al. sweep at 2x spacing; Wang & Aitchison's
-  window is [1, T] epochs).
+  :func:`adamwkit.suggest` gives, spanning its 80% range with a step to spare on each side
+  (or, for a rule with no range, :math:`\tau_{\mathrm{epoch}}` from 1/4 epoch to 4x the
+  epochs trained), plus zero (Bergsma et al. sweep at 2x spacing).
 - A candidate's score is its mean held-out loss over the folds with the standard error
   :math:`s/\sqrt{k}`. Differences to the best are *paired*: the mean and standard error of
   the per-fold differences on the same folds and seeds. The one-standard-error rule
@@ -130,15 +130,22 @@ def default_grid(
     epochs: float,
     decay_scale: str,
     anchor: float,
+    low: float | None = None,
+    high: float | None = None,
 ) -> list[float]:
-    """Zero, then weight decays at 2x spacing through ``anchor`` covering tau_epoch in [1/4, 4T].
+    """Zero, then weight decays at 2x spacing through ``anchor``.
 
-    ``anchor`` (the suggestion) and the result are in the convention of ``decay_scale``.
+    With the suggestion's 80% range (``low``, ``high``) the grid covers it with one 2x step
+    to spare on each side; without one it covers tau_epoch in [1/4, 4T]. ``anchor``,
+    ``low``, ``high`` and the result are in the convention of ``decay_scale``.
     """
     to_torch = convert_weight_decay(1.0, decay_scale, "torch", lr_peak=lr)
     anchor_torch = anchor * to_torch
-    hi = weight_decay_from_tau_epoch(0.25, lr, batch_size, n_train)
-    lo = weight_decay_from_tau_epoch(4.0 * epochs, lr, batch_size, n_train)
+    if low is not None and high is not None:
+        lo, hi = low * to_torch / 2.0, high * to_torch * 2.0
+    else:
+        hi = weight_decay_from_tau_epoch(0.25, lr, batch_size, n_train)
+        lo = weight_decay_from_tau_epoch(4.0 * epochs, lr, batch_size, n_train)
     k_lo = math.floor(math.log2(lo / anchor_torch) + 1e-9)
     k_hi = math.ceil(math.log2(hi / anchor_torch) - 1e-9)
     values = [anchor_torch * 2.0**k / to_torch for k in range(k_lo, k_hi + 1)]

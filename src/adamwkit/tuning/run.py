@@ -42,7 +42,8 @@ from .._constants import (
     VECTORIZE,
 )
 from .._device import check_precision, device_for, resolve_device
-from ..suggest import TORCH_DEFAULT, Suggestion, suggest
+from ..rules import TORCH_DEFAULT
+from ..suggest import Suggestion, suggest
 from ..tasks import Task
 from ..timescale import convert_weight_decay, tau_epoch
 from ..train import flush_denormals
@@ -342,7 +343,8 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         sug = suggest(lr=lr_, batch_size=bs, dataset_size=n_train, epochs=n_epochs,
                       decay_scale=scale)  # fmt: skip
         default = cv.default_grid(lr=lr_, batch_size=bs, n_train=n_train, epochs=n_epochs,
-                                  decay_scale=scale, anchor=sug.value)  # fmt: skip
+                                  decay_scale=scale, anchor=sug.value, low=sug.low_value,
+                                  high=sug.high_value)  # fmt: skip
     grid, grid_min, grid_max, points = kw["grid"], kw["grid_min"], kw["grid_max"], kw["points"]
     notes: list[str] = []
     ranged = [n for n, v in (("grid_min", grid_min), ("grid_max", grid_max), ("points", points))
@@ -556,8 +558,9 @@ def tune(
 
     The candidates are ``grid``, or a log grid of ``points`` from ``grid_min`` to
     ``grid_max`` plus zero, or by default a log grid at 2x spacing through
-    :func:`adamwkit.suggest`'s value that spans tau_epoch from 1/4 epoch to 4x ``epochs``,
-    plus zero. ``sampler="tpe"`` or ``"gp"`` instead searches ``trials`` candidates in the
+    :func:`adamwkit.suggest`'s value that spans its 80% range with a 2x step to spare on
+    each side (tau_epoch from 1/4 epoch to 4x ``epochs`` for a rule with no range), plus
+    zero. ``sampler="tpe"`` or ``"gp"`` instead searches ``trials`` candidates in the
     default grid's range; ``lr_grid`` (or ``search_lr`` with a sampler) makes the search
     joint in (lr, weight decay). Every candidate trains on k-1 folds and is scored on the
     held-out fold; a test split (``test_fraction``, default the task's or 0.2), held out

@@ -1,0 +1,512 @@
+"""Read the cached evidence studies, find each optimum, fit the calibrated rule, check it.
+
+    python benchmarks/evidence/analyze.py            # tables and plots into docs/
+    python benchmarks/evidence/analyze.py --write    # also rewrite src/adamwkit/_calibration.py
+
+Nothing is trained: the studies are the JSON files ``run.py`` cached. For each study:
+
+- the candidates' CV statistics come from :func:`adamwkit.tuning.cv.summarize` (paired
+  differences to the best on the same folds, seeds repeated as repeated CV);
+- the optimum tau_epoch* is the best candidate's, refined by the vertex of a parabola
+  through the mean losses of the best and its two neighbours on each side (in log tau),
+  kept within one grid step of the best;
+- a study is *flat* when weight decay barely matters (zero decay within two paired SEs of
+  the best), and *clear* otherwise; its one-SE band is the span of tau_epoch whose paired
+  difference to the best is within one paired SE.
+
+The calibrated rule is a least-squares fit of log tau_epoch* on the clear studies. Each
+candidate model is scored leave-one-family-out: fitted without a family, it predicts that
+family's studies, and the range is the 10% to 90% quantiles of the residuals of the other
+families' studies (an 80% band).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+RESULTS = HERE / "results"
+DOCS = ROOT / "docs"
+FIGURES = DOCS / "evidence"
+CALIBRATION = ROOT / "src" / "adamwkit" / "_calibration.py"
+sys.path.insert(0, str(HERE))
+
+
+@dataclass
+class Study:
+    family: str
+    id: str
+    config: dict
+    n_train: int
+    params: int
+    seeds: list[int]
+    taus: list[float]  # positive candidates, ascending
+    means: list[float]
+    diffs: list[float]  # paired difference to the best
+    sems: list[float]  # its paired standard error
+    zero_mean: float
+    best_tau: float
+    tau_star: float
+    flat: bool
+    band: tuple[float, float]
+    states: list[str] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> float:
+        return float(self.config["epochs"])
+
+    def features(self) -> dict[str, float]:
+        c = self.config
+        return {
+            "log_T": math.log(self.epochs),
+            "log_N": math.log(self.n_train),
+            "log_B": math.log(c["batch_size"]),
+            "log_lr": math.log(c["lr"]),
+            "log_P_per_N": math.log(self.params / self.n_train),
+            "log_steps_per_epoch": math.log(self.n_train / c["batch_size"]),
+        }
+
+
+def load_studies(results: Path = RESULTS) -> list[Study]:
+    """Every cached configuration, its seeds merged as repeats of the CV."""
+    from adamwkit.tuning.cv import Candidate, summarize
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(results.glob("*/*.json")):
+        d = json.loads(path.read_text())
+        groups.setdefault((d["family"], d["id"]), []).append(d)
+    studies = []
+    for (family, cid), runs in sorted(groups.items()):
+        runs.sort(key=lambda d: d["seed"])
+        folds = runs[0]["folds"]
+        by_wd: dict[float, Candidate] = {}
+        tau_of: dict[float, float | None] = {}
+        for j, d in enumerate(runs):
+            for c in d["candidates"]:
+                cand = by_wd.setdefault(c["weight_decay"], Candidate(c["weight_decay"], 1.0))
+                tau_of[c["weight_decay"]] = c["tau_epoch"]
+                for f, v in enumerate(c["fold_losses"]):
+                    if v is not None:
+                        cand.fold_losses[j * folds + f] = v
+                if c["state"] != "complete":
+                    cand.state = c["state"]
+        # a candidate missing in one seed's grid (an extension) is left out of the fit
+        runs_n = folds * len(runs)
+        cands = [c for c in by_wd.values() if len(c.fold_losses) == runs_n]
+        s = summarize(cands, folds, len(runs))
+        positive = sorted((c for c in cands if c.weight_decay > 0), key=lambda c: -c.weight_decay)
+        taus = [tau_of[c.weight_decay] for c in positive]  # ascending tau
+        means = [c.mean for c in positive]
+        diffs = [c.paired_diff for c in positive]
+        sems = [c.paired_sem if c.paired_sem is not None else 0.0 for c in positive]
+        zero = next(c for c in cands if c.weight_decay == 0)
+        best = s.best
+        assert best is not None
+        best_tau = math.inf if best.weight_decay == 0 else tau_of[best.weight_decay]
+        tau_star = _refine(taus, means, best_tau)
+        inside = [t for t, dd, se in zip(taus, diffs, sems, strict=True) if dd <= se]
+        if zero.paired_diff is not None and zero.paired_diff <= (zero.paired_sem or 0):
+            inside.append(math.inf)
+        band = (min(inside), max(inside))
+        first = runs[0]
+        seeds = [d["seed"] for d in runs]
+        states = [c.state for c in positive]
+        studies.append(
+            Study(family, cid, first["config"], first["n_train"], first["params"], seeds, taus,
+                  means, diffs, sems, zero.mean, best_tau, tau_star, s.flat, band, states)
+        )  # fmt: skip
+    return studies
+
+
+def _refine(taus: list[float], means: list[float], best_tau: float) -> float:
+    """The vertex of a parabola in log tau through the best and up to two neighbours on each
+    side, kept within one grid step of the best (the best itself when it is zero decay)."""
+    if math.isinf(best_tau):
+        return math.inf
+    i = taus.index(best_tau)
+    lo, hi = max(0, i - 2), min(len(taus), i + 3)
+    x = np.log2(taus[lo:hi])
+    y = np.array(means[lo:hi])
+    if len(x) < 3:
+        return best_tau
+    a, b, _ = np.polyfit(x, y, 2)
+    if a <= 0:
+        return best_tau
+    step = float(np.median(np.diff(np.log2(taus))))
+    v = float(np.clip(-b / (2 * a), math.log2(best_tau) - step, math.log2(best_tau) + step))
+    return 2.0**v
+
+
+# ---------------------------------------------------------------------------- models
+
+MODELS: dict[str, list[str]] = {
+    "c * T": ["log_T=1"],
+    "c * T^b": ["log_T"],
+    "c * T^b * N^d": ["log_T", "log_N"],
+    "c * T^b * (N/B)^d": ["log_T", "log_steps_per_epoch"],
+    "c * T^b * (N/B)^d * lr^e": ["log_T", "log_steps_per_epoch", "log_lr"],
+    "c * T^b * N^d * B^e * lr^f": ["log_T", "log_N", "log_B", "log_lr"],
+}
+
+# Published rules, as a prediction of log tau_epoch (not fitted here).
+PUBLISHED = {
+    "wang-aitchison: sqrt(T)": lambda f: 0.5 * f["log_T"],
+    "loshchilov-hutter: 20 sqrt(B T / N)": lambda f: math.log(20.0)
+    + 0.5 * (f["log_B"] + f["log_T"] - f["log_N"]),
+    "torch default 0.01": lambda f: f["log_B"] - f["log_lr"] - math.log(0.01) - f["log_N"],
+}
+
+
+@dataclass
+class Fit:
+    name: str
+    terms: list[str]
+    coef: dict[str, float]
+
+    @property
+    def fixed(self) -> list[str]:
+        return [t[:-2] for t in self.terms if t.endswith("=1")]
+
+    def predict_log(self, st: Study) -> float:
+        f = st.features()
+        if self.name in PUBLISHED:
+            return PUBLISHED[self.name](f)
+        out = self.coef["const"]
+        for t, c in self.coef.items():
+            if t != "const":
+                out += c * f[t]
+        for t in self.fixed:
+            out += f[t]
+        return out
+
+
+def fit(name: str, terms: list[str], studies: list[Study]) -> Fit:
+    if name in PUBLISHED:
+        return Fit(name, terms, {})
+    y = np.array([math.log(s.tau_star) for s in studies])
+    cols = [np.ones(len(studies))]
+    free = [t for t in terms if not t.endswith("=1")]
+    for t in terms:
+        if t.endswith("=1"):
+            y = y - np.array([s.features()[t[:-2]] for s in studies])
+    for t in free:
+        cols.append(np.array([s.features()[t] for s in studies]))
+    coef, *_ = np.linalg.lstsq(np.stack(cols, 1), y, rcond=None)
+    return Fit(name, terms, {"const": float(coef[0]), **dict(zip(free, map(float, coef[1:]),
+                                                                  strict=True))})  # fmt: skip
+
+
+def residuals(f: Fit, studies: list[Study]) -> np.ndarray:
+    return np.array([math.log(s.tau_star) - f.predict_log(s) for s in studies])
+
+
+@dataclass
+class Check:
+    """Leave-one-family-out: per study, the prediction made without its family."""
+
+    model: str
+    rows: list[dict]
+
+    def share(self, key: str, only_clear: bool = True) -> float:
+        rows = [r for r in self.rows if r["clear"] or not only_clear]
+        return sum(r[key] for r in rows) / max(1, len(rows))
+
+
+def leave_one_family_out(name: str, terms: list[str], clear: list[Study],
+                         everyone: list[Study], q: float = 0.1) -> Check:  # fmt: skip
+    rows = []
+    for fam in sorted({s.family for s in everyone}):
+        train = [s for s in clear if s.family != fam]
+        if len(train) < len(terms) + 3:  # too few studies left to fit: no prediction
+            rows += [_judge(s, math.nan, 0.0, 0.0) for s in everyone if s.family == fam]
+            continue
+        f = fit(name, terms, train)
+        r = residuals(f, train)
+        lo, hi = np.quantile(r, q), np.quantile(r, 1 - q)
+        for s in everyone:
+            if s.family != fam:
+                continue
+            rows.append(_judge(s, f.predict_log(s), lo, hi))
+    return Check(name, rows)
+
+
+def _judge(s: Study, log_pred: float, lo: float, hi: float) -> dict:
+    pred = math.exp(log_pred)  # nan when there was none
+    clear = not s.flat and math.isfinite(s.tau_star)
+    ratio = s.tau_star / pred if math.isfinite(s.tau_star) else math.inf
+    band_lo, band_hi = pred * math.exp(lo), pred * math.exp(hi)
+    return {
+        "family": s.family, "id": s.id, "clear": clear, "tau_star": s.tau_star,
+        "pred": pred, "ratio": ratio,
+        "within_2x": clear and 0.5 <= ratio <= 2.0,
+        "range_holds": clear and band_lo <= s.tau_star <= band_hi,
+        # a flat study is served by any value in its one-SE band
+        "in_band": s.band[0] <= pred * 2 and pred / 2 <= s.band[1],
+        "range": (band_lo, band_hi),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "zero decay"
+    return f"{x:.3g}"
+
+
+def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    names = []
+    families = sorted({s.family for s in studies})
+    colors = {f: plt.cm.tab10(i) for i, f in enumerate(families)}
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for s in studies:
+        if not math.isfinite(s.tau_star):
+            continue
+        pred = math.exp(final.predict_log(s))
+        ax.scatter(pred, s.tau_star, color=colors[s.family], marker="o" if not s.flat else "x",
+                   label=s.family)  # fmt: skip
+        ax.plot([pred, pred], [s.band[0], min(s.band[1], 1e5)], color=colors[s.family], lw=0.6,
+                alpha=0.5)  # fmt: skip
+    lim = np.array([0.3, 3e4])
+    ax.plot(lim, lim, "k-", lw=1, label="prediction = optimum")
+    ax.fill_between(lim, lim * math.exp(band[0]), lim * math.exp(band[1]), color="k", alpha=0.08,
+                    label="80% range")  # fmt: skip
+    ax.plot(lim, lim * 2, "k:", lw=0.8)
+    ax.plot(lim, lim / 2, "k:", lw=0.8, label="2x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("calibrated prediction of tau_epoch (epochs)")
+    ax.set_ylabel("CV optimum tau_epoch* (epochs); bar: one-SE band")
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    ax.legend(seen.values(), seen.keys(), fontsize=7)
+    ax.set_title("Calibrated rule against the CV optimum (x: flat studies)")
+    fig.tight_layout()
+    fig.savefig(FIGURES / "calibration.png", dpi=110)
+    plt.close(fig)
+    names.append("calibration.png")
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for s in studies:
+        if math.isfinite(s.tau_star):
+            ax.scatter(s.epochs, s.tau_star, color=colors[s.family],
+                       marker="o" if not s.flat else "x", label=s.family)  # fmt: skip
+    t = np.geomspace(10, 1000)
+    ax.plot(t, np.sqrt(t), "k--", lw=1, label="sqrt(T) (previous suggest)")
+    ax.plot(t, t, "k:", lw=1, label="T (the whole run)")
+    ax.plot(t, 16 / 300 * t, "k-.", lw=1, label="ImageNet recipes (16 of 300)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("epochs T")
+    ax.set_ylabel("CV optimum tau_epoch*")
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    ax.legend(seen.values(), seen.keys(), fontsize=7)
+    ax.set_title("Where the optimum sits against the run's length")
+    fig.tight_layout()
+    fig.savefig(FIGURES / "optimum_vs_epochs.png", dpi=110)
+    plt.close(fig)
+    names.append("optimum_vs_epochs.png")
+
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.5))
+    for ax, fam in zip(axes.flat, families, strict=False):
+        base = [s for s in studies if s.family == fam]
+        for s in base:
+            if s.id.startswith("n") and s in base[:6]:
+                pass
+        for s in base:
+            d = np.array(s.means) - min(min(s.means), s.zero_mean)
+            ax.plot(s.taus, d, lw=0.8, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title(fam, fontsize=9)
+        ax.set_xlabel("tau_epoch", fontsize=8)
+    axes.flat[0].set_ylabel("CV loss - best")
+    fig.suptitle("CV loss against tau_epoch, every configuration of each family")
+    fig.tight_layout()
+    fig.savefig(FIGURES / "curves.png", dpi=100)
+    plt.close(fig)
+    names.append("curves.png")
+    return names
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="rewrite src/adamwkit/_calibration.py")
+    args = p.parse_args()
+    studies = load_studies()
+    clear = [s for s in studies if not s.flat and math.isfinite(s.tau_star)]
+    print(f"{len(studies)} studies, {len(clear)} with a clear optimum, "
+          f"{len({s.family for s in studies})} families")  # fmt: skip
+    checks = {name: leave_one_family_out(name, terms, clear, studies)
+              for name, terms in MODELS.items()}  # fmt: skip
+    published = {name: leave_one_family_out(name, [], clear, studies) for name in PUBLISHED}
+    for name, c in {**published, **checks}.items():
+        print(f"{name:45s} within 2x {c.share('within_2x'):.0%}  range holds "
+              f"{c.share('range_holds'):.0%}  in band (all) {c.share('in_band', False):.0%}")
+    best_name = max(checks, key=lambda n: (checks[n].share("within_2x"),
+                                           checks[n].share("range_holds")))  # fmt: skip
+    final = fit(best_name, MODELS[best_name], clear)
+    r = residuals(final, clear)
+    band = (float(np.quantile(r, 0.1)), float(np.quantile(r, 0.9)))
+    print("chosen:", best_name, final.coef, "band x", [round(math.exp(b), 3) for b in band])
+    for s in studies:
+        print(f"{s.family:16s} {s.id:32s} tau* {_fmt(s.tau_star):>10s} band "
+              f"[{_fmt(s.band[0])}, {_fmt(s.band[1])}] {'flat' if s.flat else ''}")
+    plots(studies, final, band)
+    if args.write:
+        write_calibration(final, band, clear, checks[best_name])
+    write_docs(studies, clear, final, band, {**published, **checks}, best_name)
+
+
+def write_calibration(final: Fit, band: tuple[float, float], clear: list[Study],
+                      check: Check) -> None:  # fmt: skip
+    text = f'''"""The calibrated rule's constants (``benchmarks/evidence/analyze.py --write``).
+
+Do not edit by hand: rerun the analysis. ``tests/test_evidence.py`` refits them from the
+cached studies and checks they match.
+"""
+
+MODEL = {final.name!r}
+COEF = {json.dumps(final.coef, sort_keys=True)}
+FIXED = {final.fixed!r}  # terms whose coefficient is 1
+BAND = ({band[0]!r}, {band[1]!r})  # 10% and 90% quantiles of log(tau*) - log(prediction)
+STUDIES = {len(clear)}
+FAMILIES = {sorted({s.family for s in clear})!r}
+EPOCHS = ({min(s.epochs for s in clear)!r}, {max(s.epochs for s in clear)!r})
+EXAMPLES = ({float(min(s.n_train for s in clear))!r}, {float(max(s.n_train for s in clear))!r})
+LOFO_WITHIN_2X = {check.share("within_2x"):.4f}
+LOFO_RANGE_HOLDS = {check.share("range_holds"):.4f}
+'''
+    CALIBRATION.write_text(text)
+    print("wrote", CALIBRATION)
+
+
+
+KEEP = "<!-- everything below this line is kept when analyze.py rewrites the page -->"
+
+
+def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple[float, float],
+               checks: dict[str, Check], chosen: str) -> None:  # fmt: skip
+    from families import FAMILIES
+
+    path = DOCS / "evidence.md"
+    kept = ""
+    if path.exists() and KEEP in path.read_text():
+        kept = path.read_text().split(KEEP, 1)[1]
+    lofo = {r["id"] + r["family"]: r for r in checks[chosen].rows}
+    wa = {r["id"] + r["family"]: r for r in checks["wang-aitchison: sqrt(T)"].rows}
+    terms = " + ".join(f"{v:.3f} {k}" for k, v in final.coef.items() if k != "const")
+    fixed = "".join(f" + {t}" for t in final.fixed)
+    out = [
+        "# Evidence: where the optimal weight decay sits",
+        "",
+        "Generated by `python benchmarks/evidence/analyze.py` from the studies that",
+        "`python benchmarks/evidence/run.py` cached in `benchmarks/evidence/results/` (one JSON",
+        "file per configuration and seed; rerunning the analysis retrains nothing).",
+        "",
+        "**Protocol.** Each configuration is cross-validated by `adamwkit tune`: 5 folds, no",
+        "test split, torch AdamW (`decay_scale=\"lr\"`), cosine schedule to zero, zero decay plus",
+        "a log grid at 2^0.5 spacing in tau_epoch = B / (lr * wd * N) from 1/8 epoch to 8x the",
+        "epochs, extended by four steps when the best sits at an edge. N is the examples a",
+        "fold trains on. Candidates share folds, initial weights and batch orders, so their",
+        "differences are paired. The optimum tau_epoch* is the best candidate's, refined by a",
+        "parabola through its neighbours; a study is *flat* when zero decay is within two",
+        "paired standard errors of the best (weight decay barely matters there), and its",
+        "one-SE band spans the candidates within one paired SE of the best.",
+        "",
+        "## Task families",
+        "",
+        "| family | what | centre | configurations | clear | flat |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, fam in FAMILIES.items():
+        mine = [s for s in studies if s.family == name]
+        if not mine:
+            continue
+        centre = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in fam.base.items())  # fmt: skip
+        n_clear = sum(not s.flat for s in mine)
+        out.append(f"| {name} | {fam.description} | {centre} | {len(mine)} | {n_clear} | "
+                   f"{len(mine) - n_clear} |")  # fmt: skip
+    out += [
+        "",
+        "## The calibrated rule",
+        "",
+        f"Chosen by leave-one-family-out accuracy among the models below: **{chosen}**,",
+        f"fitted on the {len(clear)} studies with a clear optimum "
+        f"({len({s.family for s in clear})} families):",
+        "",
+        "```",
+        f"log tau_epoch* = {final.coef['const']:.3f} + {terms}{fixed}",
+        f"80% range: tau_epoch* / prediction in [{math.exp(band[0]):.3f}, "
+        f"{math.exp(band[1]):.3f}]",
+        "```",
+        "",
+        "(log_T: epochs; log_N: examples trained on; log_B: batch size; log_lr: peak lr;",
+        "log_steps_per_epoch: N/B; natural logs.) `adamwkit suggest` uses it for multi-epoch",
+        "training, with the range, and `tune`'s default grid spans the range.",
+        "",
+        "## Leave one family out",
+        "",
+        "Each model is fitted without one family and predicts that family's studies; the",
+        "range is the 10% to 90% quantiles of the residuals on the other families. *Within",
+        "2x* and *range holds* count the studies with a clear optimum; *usable* counts every",
+        "study whose prediction lands within 2x of its one-SE band (a flat study is served by",
+        "any value in its band).",
+        "",
+        "| model | within 2x | range holds | usable (all studies) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, c in checks.items():
+        mark = "**" if name == chosen else ""
+        out.append(f"| {mark}{name}{mark} | {c.share('within_2x'):.0%} | "
+                   f"{c.share('range_holds'):.0%} | {c.share('in_band', False):.0%} |")  # fmt: skip
+    out += [
+        "",
+        "![calibration](evidence/calibration.png)",
+        "",
+        "![optimum against epochs](evidence/optimum_vs_epochs.png)",
+        "",
+        "![curves](evidence/curves.png)",
+        "",
+        "## Every study",
+        "",
+        "tau values in epochs. *pred* is the calibrated prediction made without the study's",
+        "family; *ratio* is tau* / pred (within 2x: 0.5 to 2). *sqrt(T)* is the previous",
+        "`suggest` (Wang & Aitchison's window middle).",
+        "",
+        "| family | configuration | N | params | tau* | one-SE band | flat | pred | ratio | "
+        "sqrt(T) ratio |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for s in studies:
+        r, w = lofo[s.id + s.family], wa[s.id + s.family]
+        out.append(
+            f"| {s.family} | {s.id} | {s.n_train} | {s.params:,} | {_fmt(s.tau_star)} | "
+            f"{_fmt(s.band[0])} to {_fmt(s.band[1])} | {'flat' if s.flat else ''} | "
+            f"{r['pred']:.3g} | {r['ratio']:.2f} | {w['ratio']:.2f} |"
+        )
+    out += ["", KEEP]
+    path.write_text("\n".join(out) + (kept if kept else "\n"))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+r"""Read an existing weight decay: :func:`explain`.
+
+Its timescales, the equilibrium weight norm and angular update of Kosson et al.
+(:mod:`adamwkit.equilibrium`), how much of the initial weights decay alone leaves, a
+verdict in plain words, per-layer norms through :func:`adamwkit.param_groups`, and what
+:func:`adamwkit.suggest` would use instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._checks import ArgumentError, check_range
+from ._format import fmt as _fmt
+from .equilibrium import angular_update, equilibrium_norm
+from .rules import TrainingSetup, power_lines_tau, training_setup
+from .schedules import Schedule, make_schedule
+from .suggest import Suggestion, _suggest
+from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Explanation", "LayerEquilibrium", "explain"]
+
+
+@dataclass(frozen=True)
+class LayerEquilibrium:
+    """A decayed tensor's current norm next to the equilibrium norm Kosson et al. predict."""
+
+    name: str
+    numel: int
+    weight_decay: float
+    norm: float
+    equilibrium_norm: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`explain` returns: an existing weight decay read through the rules."""
+
+    setup: TrainingSetup
+    weight_decay: float
+    weight_decay_independent: float
+    tau_iter: float
+    tau_epoch: float | None
+    tau_run: float | None
+    angular_update: float
+    equilibrium_rms: float
+    weights_remaining: float | None
+    schedule: str
+    verdict: str
+    verdict_code: str
+    suggestion: Suggestion | None
+    layers: tuple[LayerEquilibrium, ...] = field(default=())
+    notes: tuple[str, ...] = ()
+
+    @property
+    def decay_scale(self) -> str:
+        return self.setup.decay_scale
+
+    def to_dict(self) -> dict[str, Any]:
+        sug = self.suggestion
+        return {
+            "weight_decay": self.weight_decay,
+            "weight_decay_independent": self.weight_decay_independent,
+            "decay_scale": self.decay_scale,
+            "tau_iter": self.tau_iter,
+            "tau_epoch": self.tau_epoch,
+            "tau_run": self.tau_run,
+            "angular_update": self.angular_update,
+            "equilibrium_rms": self.equilibrium_rms,
+            "weights_remaining": self.weights_remaining,
+            "schedule": self.schedule,
+            "verdict": self.verdict,
+            "verdict_code": self.verdict_code,
+            "rule": sug.rule if sug else None,
+            "suggested_weight_decay": sug.weight_decay if sug else None,
+            "suggested_weight_decay_independent": sug.weight_decay_independent if sug else None,
+            "rules": [r.to_dict() for r in sug.rules] if sug else [],
+            "layers": [layer.to_dict() for layer in self.layers],
+            "notes": list(self.notes),
+            "setup": self.setup.to_dict(),
+        }
+
+    def __str__(self) -> str:
+        from .render import explanation, plain
+
+        return plain(explanation(self))
+
+
+def _weights_remaining(s: TrainingSetup, wd: float, sched: Schedule | None) -> float | None:
+    """Fraction of the initial weights left by decay alone: prod_t (1 - lr * s_t * wd)."""
+    if s.total_steps is None:
+        return None
+    if s.lr * wd >= 1.0:
+        return 0.0  # a step at the peak zeroes or flips the weights
+    if sched is None:
+        log = s.total_steps * math.log1p(-s.lr * wd)
+    else:
+        import numpy as np
+
+        per_step = np.log1p(-s.lr * wd * sched.sample())
+        log = float(per_step.mean()) * sched.total_steps
+    return math.exp(log)
+
+
+def _verdict(
+    s: TrainingSetup, wd: float, tau_e: float | None, tau_r: float | None, remaining: float | None
+) -> tuple[str, str]:
+    if wd == 0:
+        return "no-decay", (
+            "no weight decay: the weights keep every update and the initialisation forever "
+            "(infinite timescale)"
+        )
+    if s.lr * wd >= 1.0:
+        return "dominates", (
+            f"lr * weight_decay is {_fmt(s.lr * wd)}: each step at the peak lr multiplies the "
+            f"weights by {_fmt(1 - s.lr * wd)}, zeroing or flipping them; the decay is far "
+            "too strong (is the value in the other convention?)"
+        )
+    left = ""
+    if remaining is not None:
+        left = f"; decay alone leaves {100 * remaining:.3g}% of the initial weights at the end"
+    if s.regime == "multi-epoch" and tau_e is not None and s.epochs is not None:
+        if tau_e > s.epochs:
+            return "barely-acts", (
+                f"tau_epoch is {_fmt(tau_e)} epochs but you train {_fmt(s.epochs)}: the decay "
+                f"barely acts (the run ends before the weights forget their start{left})"
+            )
+        if tau_e < 1.0:
+            return "dominates", (
+                f"tau_epoch is {_fmt(tau_e)} epochs, under one epoch: the decay dominates (the "
+                "weights forget what they learnt earlier in the same epoch, so they average "
+                "over only part of the data)"
+            )
+        return "in-window", (
+            f"tau_epoch is {_fmt(tau_e)} epochs of the {_fmt(s.epochs)} trained: inside the "
+            "window [1 epoch, total epochs] where Wang & Aitchison found the optimum"
+        )
+    if tau_r is None:
+        return "unknown", "give epochs or steps to judge the timescale"
+    tpp = s.tokens_per_param
+    if tpp is not None:
+        opt = power_lines_tau(tpp)
+        ratio = tau_r / opt
+        if ratio > 3.0:
+            return "weaker-than-optimal", (
+                f"tau_run is {_fmt(tau_r)} of the run, {_fmt(ratio)}x Power Lines' optimum "
+                f"{_fmt(opt)} at {_fmt(tpp)} tokens per parameter: the decay is weaker than "
+                "the fitted optimum"
+            )
+        if ratio < 1.0 / 3.0:
+            return "stronger-than-optimal", (
+                f"tau_run is {_fmt(tau_r)} of the run, {_fmt(1 / ratio)}x shorter than Power "
+                f"Lines' optimum {_fmt(opt)} at {_fmt(tpp)} tokens per parameter: the decay is "
+                "stronger than the fitted optimum"
+            )
+        return "near-optimal", (
+            f"tau_run is {_fmt(tau_r)} of the run, within 3x of Power Lines' optimum "
+            f"{_fmt(opt)} at {_fmt(tpp)} tokens per parameter"
+        )
+    floor = power_lines_tau(1e4)
+    if tau_r < floor:
+        return "dominates", (
+            f"tau_run is {_fmt(tau_r)} of the run ({_fmt(tau_r * (s.total_steps or 0))} "
+            f"steps): shorter than Power Lines' optimum even at 10,000 tokens per parameter "
+            f"({_fmt(floor)}); the decay dominates"
+        )
+    if tau_r > 1.0:
+        return "barely-acts", (
+            f"tau_run is {_fmt(tau_r)} runs: longer than the whole run, so the decay barely "
+            f"acts{left}"
+        )
+    return "in-window", f"tau_run is {_fmt(tau_r)} of the run: the decay acts within the run"
+
+
+def _convention_hint(s: TrainingSetup, wd_torch: float, code: str, given: float) -> str | None:
+    """Say so when reading the value in the other convention lands it in the window."""
+    if s.dataset_size is None or s.epochs is None or s.regime != "multi-epoch":
+        return None
+    if code == "barely-acts" and s.decay_scale == "lr":
+        alt = convert_weight_decay(given, "independent", "torch", lr_peak=s.lr)
+        other = "does not multiply decay by the learning rate (the AdamW paper, Composer)"
+        flag = "decay_scale='schedule'"
+    elif code == "dominates" and s.decay_scale == "schedule":
+        alt = given  # read in PyTorch's convention, the value is used as it is
+        other = "multiplies decay by the learning rate (PyTorch, optax, Keras)"
+        flag = "decay_scale='lr'"
+    else:
+        return None
+    alt_tau = tau_epoch(s.lr, alt, s.batch_size, s.dataset_size)
+    if not 1.0 <= alt_tau <= s.epochs:
+        return None
+    return (
+        f"if {_fmt(given)} comes from a codebase that {other}, it means weight_decay "
+        f"{_fmt(alt)} in PyTorch's convention (tau_epoch {_fmt(alt_tau)}): pass {flag}"
+    )
+
+
+def explain(
+    weight_decay: float,
+    *,
+    lr: float,
+    batch_size: float,
+    dataset_size: float | None = None,
+    epochs: float | None = None,
+    steps: float | None = None,
+    tokens: float | None = None,
+    params: float | None = None,
+    decay_scale: str = "lr",
+    beta1: float = 0.9,
+    schedule: Schedule | str | None = None,
+    warmup_steps: int = 0,
+    model: nn.Module | None = None,
+) -> Explanation:
+    """Read an existing weight decay: its timescales, equilibrium and a verdict in plain words.
+
+    ``weight_decay`` is in the convention of ``decay_scale``. ``schedule`` (a
+    :class:`~adamwkit.schedules.Schedule` or a name with ``warmup_steps``) refines how much
+    of the initial weights decay leaves; without it the lr is taken as constant. With a
+    ``model``, every decayed tensor's norm is set beside its predicted equilibrium norm
+    ``sqrt(lr * numel / (2 * wd))`` (Kosson et al., arXiv:2305.17212), using
+    :func:`adamwkit.param_groups`' rule.
+    """
+    s = training_setup(
+        lr=lr,
+        batch_size=batch_size,
+        dataset_size=dataset_size,
+        epochs=epochs,
+        steps=steps,
+        tokens=tokens,
+        params=params,
+        decay_scale=decay_scale,
+        beta1=beta1,
+    )
+    given = check_range("weight_decay", weight_decay, 0.0)
+    wd = convert_weight_decay(given, s.decay_scale, "torch", lr_peak=s.lr)
+    sched = _resolve_schedule(schedule, s, warmup_steps)
+    tau_e = None if s.dataset_size is None else tau_epoch(s.lr, wd, s.batch_size, s.dataset_size)
+    tau_r = None if s.total_steps is None else tau_run(s.lr, wd, s.total_steps)
+    remaining = _weights_remaining(s, wd, sched)
+    code, verdict = _verdict(s, wd, tau_e, tau_r, remaining)
+    notes: list[str] = []
+    hint = _convention_hint(s, wd, code, given)
+    if hint:
+        notes.append(hint)
+    try:
+        sug: Suggestion | None = _suggest(s)
+    except ValueError as err:
+        sug = None
+        notes.append(str(err))
+    if sched is None and s.total_steps is not None:
+        notes.append("lr taken as constant; pass a schedule to refine the decay")
+    return Explanation(
+        setup=s,
+        weight_decay=wd,
+        weight_decay_independent=convert_weight_decay(wd, "torch", "independent", lr_peak=s.lr),
+        tau_iter=tau_iter(s.lr, wd),
+        tau_epoch=tau_e,
+        tau_run=tau_r,
+        angular_update=angular_update(s.lr, wd, s.beta1),
+        equilibrium_rms=equilibrium_norm(s.lr, wd),
+        weights_remaining=remaining,
+        schedule=sched.describe() if sched is not None else "constant lr (assumed)",
+        verdict=verdict,
+        verdict_code=code,
+        suggestion=sug,
+        layers=_layers(model, s, given, wd) if model is not None else (),
+        notes=tuple(notes),
+    )
+
+
+def _resolve_schedule(
+    schedule: Schedule | str | None, s: TrainingSetup, warmup_steps: int
+) -> Schedule | None:
+    if schedule is None or isinstance(schedule, Schedule):
+        return schedule
+    if s.total_steps is None:
+        raise ArgumentError(
+            f"schedule={schedule!r} needs the run's length: give epochs or steps with the "
+            "dataset size",
+            "epochs",
+            "steps",
+        )
+    return make_schedule(schedule, max(1, round(s.total_steps)), warmup_steps)
+
+
+def _layers(
+    model: nn.Module, s: TrainingSetup, given: float, wd_torch: float
+) -> tuple[LayerEquilibrium, ...]:
+    from .groups import param_groups
+
+    groups = param_groups(model, weight_decay=given if given > 0 else 1.0)
+    params = dict(model.named_parameters())
+    rows = []
+    for entry in groups.plan.decayed:
+        if given == 0:
+            continue
+        entry_wd = wd_torch * (entry.weight_decay or 0.0) / given
+        norm = float(params[entry.name].detach().float().norm()) if entry.name in params else 0.0
+        rows.append(
+            LayerEquilibrium(
+                name=entry.name,
+                numel=entry.numel,
+                weight_decay=entry_wd,
+                norm=norm,
+                equilibrium_norm=equilibrium_norm(s.lr, entry_wd, entry.numel),
+            )
+        )
+    return tuple(rows)
