@@ -116,10 +116,15 @@ def test_extension_keeps_a_finer_spacing():
     assert extension(s, points=3) == pytest.approx([2 * 2**0.5, 4.0, 4 * 2**0.5], rel=1e-5)
 
 
-def test_zero_best_is_not_an_edge():
-    cands = [cand(0.0, [0.0] * 5), cand(0.1, [0.01] * 5), cand(0.2, [0.02] * 5)]
+def test_zero_best_is_an_edge_only_when_the_smallest_decay_hurts():
+    near = cand(0.1, [0.002, -0.001, 0.0, 0.001, -0.001])
+    cands = [cand(0.0, [0.0] * 5), near, cand(0.2, [0.05] * 5)]
     s = summarize(cands, folds=5)
     assert s.best.weight_decay == 0.0 and s.edge is None and extension(s) == []
+    hurts = cand(0.1, [0.03, 0.02, 0.04, 0.03, 0.05])
+    s = summarize([cand(0.0, [0.0] * 5), hurts, cand(0.2, [0.05] * 5)], folds=5)
+    assert s.edge == "low"
+    assert extension(s) == pytest.approx([0.025, 0.05])  # the grid's 2x, continued down
 
 
 def test_repeated_cv_standard_error_is_nadeau_bengio():
@@ -170,3 +175,34 @@ def test_zero_best_and_every_decay_worse_is_not_flat():
     assert s.best is zero and not s.flat and s.hurts_from == 0.1
     same = cand(0.05, [0.002, -0.001, 0.0, 0.001, -0.001])
     assert summarize([zero, same, hurt], folds=5).flat
+
+
+def test_pure_noise_is_flat_despite_the_winners_curse():
+    """30 candidates equal but for fold noise: the best is just the luckiest, and zero sits
+    about two paired SEs above it. The allowance for picking the best of many keeps the
+    verdict flat on most such curves; the plain two-SE rule would not."""
+    rng = np.random.default_rng(7)
+    flat_new = flat_plain = 0
+    for _ in range(200):
+        wds = [0.0, *np.geomspace(1e-3, 10, 30)]
+        cands = [cand(w, list(rng.normal(0, 0.01, 5))) for w in wds]
+        s = summarize(cands, folds=5)
+        flat_new += s.flat
+        z = s.zero.paired_diff / s.zero.paired_sem if s.zero is not s.best else 0.0
+        flat_plain += z <= 2.0
+    assert flat_new / 200 >= 0.85
+    assert flat_plain / 200 <= 0.75
+
+
+def test_selection_allowance_grows_with_the_candidates():
+    from statistics import NormalDist
+
+    from adamwkit.tuning.cv import selection_allowance
+
+    # the expected maximum of m standard normals, by simulation, over sqrt(2)
+    rng = np.random.default_rng(0)
+    for m in (2, 10, 30):
+        sim = rng.standard_normal((20000, m)).max(axis=1).mean() / math.sqrt(2)
+        assert selection_allowance(m) == pytest.approx(sim, abs=0.03)
+    assert selection_allowance(1) == 0.0
+    assert NormalDist().inv_cdf(0.5) == 0.0

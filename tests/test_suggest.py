@@ -94,7 +94,8 @@ def test_deit_b_recipe_is_close_to_the_suggestion():
     # The recipe's 0.05 sits at tau_epoch 16.0; Wang & Aitchison's rule aims at sqrt(300).
     wa = rules(suggest(lr=1e-3, batch_size=1024, dataset_size=1_281_167, epochs=300))
     assert wa["wang-aitchison"].tau_epoch == pytest.approx(math.sqrt(300))
-    assert wa["wang-aitchison"].weight_decay == pytest.approx(0.05 * 16.0 / math.sqrt(300), rel=2e-3)
+    expected = 0.05 * 16.0 / math.sqrt(300)
+    assert wa["wang-aitchison"].weight_decay == pytest.approx(expected, rel=2e-3)
 
 
 def test_steps_and_epochs_agree():

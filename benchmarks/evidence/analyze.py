@@ -11,10 +11,11 @@ Nothing is trained: the studies are the JSON files ``run.py`` cached. For each s
   through the mean losses of the best and its two neighbours on each side (in log tau),
   kept within one grid step of the best;
 - a study is *flat* when weight decay barely matters (zero decay within two paired SEs of
-  the best), and *clear* otherwise; its one-SE band is the span of tau_epoch whose paired
-  difference to the best is within one paired SE.
+  the best, ``adamwkit.tuning.cv.summarize``'s verdict); its one-SE band is the span of
+  tau_epoch whose paired difference to the best is within one paired SE, and its optimum
+  is *located* when that band excludes zero decay and spans at most 8x.
 
-The calibrated rule is a least-squares fit of log tau_epoch* on the clear studies. Each
+The calibrated rule is a least-squares fit of log tau_epoch* on the located studies. Each
 candidate model is scored leave-one-family-out: fitted without a family, it predicts that
 family's studies, and the range is the 10% to 90% quantiles of the residuals of the other
 families' studies (an 80% band).
@@ -58,6 +59,13 @@ class Study:
     flat: bool
     band: tuple[float, float]
     states: list[str] = field(default_factory=list)
+
+    @property
+    def located(self) -> bool:
+        """The optimum's place is known: the one-SE band excludes zero decay and spans at
+        most 8x in tau_epoch (three octaves)."""
+        lo, hi = self.band
+        return math.isfinite(hi) and math.isfinite(self.tau_star) and hi / lo <= 8.0
 
     @property
     def epochs(self) -> float:
@@ -127,22 +135,10 @@ def load_studies(results: Path = RESULTS) -> list[Study]:
 
 
 def _refine(taus: list[float], means: list[float], best_tau: float) -> float:
-    """The vertex of a parabola in log tau through the best and up to two neighbours on each
-    side, kept within one grid step of the best (the best itself when it is zero decay)."""
-    if math.isinf(best_tau):
-        return math.inf
-    i = taus.index(best_tau)
-    lo, hi = max(0, i - 2), min(len(taus), i + 3)
-    x = np.log2(taus[lo:hi])
-    y = np.array(means[lo:hi])
-    if len(x) < 3:
-        return best_tau
-    a, b, _ = np.polyfit(x, y, 2)
-    if a <= 0:
-        return best_tau
-    step = float(np.median(np.diff(np.log2(taus))))
-    v = float(np.clip(-b / (2 * a), math.log2(best_tau) - step, math.log2(best_tau) + step))
-    return 2.0**v
+    """:func:`adamwkit.tuning.cv.refine_optimum`; zero decay (``inf``) as it is."""
+    from adamwkit.tuning.cv import refine_optimum
+
+    return math.inf if math.isinf(best_tau) else refine_optimum(taus, means, best_tau)
 
 
 # ---------------------------------------------------------------------------- models
@@ -159,8 +155,9 @@ MODELS: dict[str, list[str]] = {
 # Published rules, as a prediction of log tau_epoch (not fitted here).
 PUBLISHED = {
     "wang-aitchison: sqrt(T)": lambda f: 0.5 * f["log_T"],
-    "loshchilov-hutter: 20 sqrt(B T / N)": lambda f: math.log(20.0)
-    + 0.5 * (f["log_B"] + f["log_T"] - f["log_N"]),
+    "loshchilov-hutter: 20 sqrt(B T / N)": lambda f: (
+        math.log(20.0) + 0.5 * (f["log_B"] + f["log_T"] - f["log_N"])
+    ),
     "torch default 0.01": lambda f: f["log_B"] - f["log_lr"] - math.log(0.01) - f["log_N"],
 }
 
@@ -240,7 +237,7 @@ def leave_one_family_out(name: str, terms: list[str], clear: list[Study],
 
 def _judge(s: Study, log_pred: float, lo: float, hi: float) -> dict:
     pred = math.exp(log_pred)  # nan when there was none
-    clear = not s.flat and math.isfinite(s.tau_star)
+    clear = s.located
     ratio = s.tau_star / pred if math.isfinite(s.tau_star) else math.inf
     band_lo, band_hi = pred * math.exp(lo), pred * math.exp(hi)
     return {
@@ -351,15 +348,17 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="rewrite src/adamwkit/_calibration.py")
     args = p.parse_args()
     studies = load_studies()
-    clear = [s for s in studies if not s.flat and math.isfinite(s.tau_star)]
-    print(f"{len(studies)} studies, {len(clear)} with a clear optimum, "
+    clear = [s for s in studies if s.located]
+    print(f"{len(studies)} studies, {len(clear)} with a located optimum, "
           f"{len({s.family for s in studies})} families")  # fmt: skip
     checks = {name: leave_one_family_out(name, terms, clear, studies)
               for name, terms in MODELS.items()}  # fmt: skip
     published = {name: leave_one_family_out(name, [], clear, studies) for name in PUBLISHED}
     for name, c in {**published, **checks}.items():
-        print(f"{name:45s} within 2x {c.share('within_2x'):.0%}  range holds "
-              f"{c.share('range_holds'):.0%}  in band (all) {c.share('in_band', False):.0%}")
+        print(
+            f"{name:45s} within 2x {c.share('within_2x'):.0%}  range holds "
+            f"{c.share('range_holds'):.0%}  in band (all) {c.share('in_band', False):.0%}"
+        )
     best_name = max(checks, key=lambda n: (checks[n].share("within_2x"),
                                            checks[n].share("range_holds")))  # fmt: skip
     final = fit(best_name, MODELS[best_name], clear)
@@ -367,8 +366,11 @@ def main() -> None:
     band = (float(np.quantile(r, 0.1)), float(np.quantile(r, 0.9)))
     print("chosen:", best_name, final.coef, "band x", [round(math.exp(b), 3) for b in band])
     for s in studies:
-        print(f"{s.family:16s} {s.id:32s} tau* {_fmt(s.tau_star):>10s} band "
-              f"[{_fmt(s.band[0])}, {_fmt(s.band[1])}] {'flat' if s.flat else ''}")
+        print(
+            f"{s.family:16s} {s.id:32s} tau* {_fmt(s.tau_star):>10s} band "
+            f"[{_fmt(s.band[0])}, {_fmt(s.band[1])}] {'flat' if s.flat else ''} "
+            f"{'located' if s.located else ''}"
+        )
     plots(studies, final, band)
     if args.write:
         write_calibration(final, band, clear, checks[best_name])
@@ -383,12 +385,13 @@ Do not edit by hand: rerun the analysis. ``tests/test_evidence.py`` refits them 
 cached studies and checks they match.
 """
 
-MODEL = {final.name!r}
+MODEL = {json.dumps(final.name)}
 COEF = {json.dumps(final.coef, sort_keys=True)}
-FIXED = {final.fixed!r}  # terms whose coefficient is 1
-BAND = ({band[0]!r}, {band[1]!r})  # 10% and 90% quantiles of log(tau*) - log(prediction)
+FIXED = {json.dumps(final.fixed)}  # terms whose coefficient is 1
+# 10% and 90% quantiles of log(tau*) - log(prediction) over the studies fitted
+BAND = ({band[0]!r}, {band[1]!r})
 STUDIES = {len(clear)}
-FAMILIES = {sorted({s.family for s in clear})!r}
+FAMILIES = {json.dumps(sorted({s.family for s in clear}))}
 EPOCHS = ({min(s.epochs for s in clear)!r}, {max(s.epochs for s in clear)!r})
 EXAMPLES = ({float(min(s.n_train for s in clear))!r}, {float(max(s.n_train for s in clear))!r})
 LOFO_WITHIN_2X = {check.share("within_2x"):.4f}
@@ -396,7 +399,6 @@ LOFO_RANGE_HOLDS = {check.share("range_holds"):.4f}
 '''
     CALIBRATION.write_text(text)
     print("wrote", CALIBRATION)
-
 
 
 KEEP = "<!-- everything below this line is kept when analyze.py rewrites the page -->"
@@ -422,18 +424,20 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
         "file per configuration and seed; rerunning the analysis retrains nothing).",
         "",
         "**Protocol.** Each configuration is cross-validated by `adamwkit tune`: 5 folds, no",
-        "test split, torch AdamW (`decay_scale=\"lr\"`), cosine schedule to zero, zero decay plus",
+        'test split, torch AdamW (`decay_scale="lr"`), cosine schedule to zero, zero decay plus',
         "a log grid at 2^0.5 spacing in tau_epoch = B / (lr * wd * N) from 1/8 epoch to 8x the",
         "epochs, extended by four steps when the best sits at an edge. N is the examples a",
         "fold trains on. Candidates share folds, initial weights and batch orders, so their",
         "differences are paired. The optimum tau_epoch* is the best candidate's, refined by a",
         "parabola through its neighbours; a study is *flat* when zero decay is within two",
-        "paired standard errors of the best (weight decay barely matters there), and its",
-        "one-SE band spans the candidates within one paired SE of the best.",
+        "paired standard errors of the best, plus what picking the best of its contenders",
+        "gains by chance (weight decay barely matters there); its one-SE band spans the",
+        "candidates within one paired SE of the best, and its optimum is *located* when",
+        "that band excludes zero decay and spans at most 8x.",
         "",
         "## Task families",
         "",
-        "| family | what | centre | configurations | clear | flat |",
+        "| family | what | centre | configurations | located | flat |",
         "|---|---|---|---:|---:|---:|",
     ]
     for name, fam in FAMILIES.items():
@@ -442,21 +446,20 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
             continue
         centre = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in fam.base.items())  # fmt: skip
-        n_clear = sum(not s.flat for s in mine)
-        out.append(f"| {name} | {fam.description} | {centre} | {len(mine)} | {n_clear} | "
-                   f"{len(mine) - n_clear} |")  # fmt: skip
+        n_loc, n_flat = sum(s.located for s in mine), sum(s.flat for s in mine)
+        out.append(f"| {name} | {fam.description} | {centre} | {len(mine)} | {n_loc} | "
+                   f"{n_flat} |")  # fmt: skip
     out += [
         "",
         "## The calibrated rule",
         "",
         f"Chosen by leave-one-family-out accuracy among the models below: **{chosen}**,",
-        f"fitted on the {len(clear)} studies with a clear optimum "
+        f"fitted on the {len(clear)} studies with a located optimum "
         f"({len({s.family for s in clear})} families):",
         "",
         "```",
         f"log tau_epoch* = {final.coef['const']:.3f} + {terms}{fixed}",
-        f"80% range: tau_epoch* / prediction in [{math.exp(band[0]):.3f}, "
-        f"{math.exp(band[1]):.3f}]",
+        f"80% range: tau_epoch* / prediction in [{math.exp(band[0]):.3f}, {math.exp(band[1]):.3f}]",
         "```",
         "",
         "(log_T: epochs; log_N: examples trained on; log_B: batch size; log_lr: peak lr;",
@@ -467,7 +470,7 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
         "",
         "Each model is fitted without one family and predicts that family's studies; the",
         "range is the 10% to 90% quantiles of the residuals on the other families. *Within",
-        "2x* and *range holds* count the studies with a clear optimum; *usable* counts every",
+        "2x* and *range holds* count the studies with a located optimum; *usable* counts every",
         "study whose prediction lands within 2x of its one-SE band (a flat study is served by",
         "any value in its band).",
         "",

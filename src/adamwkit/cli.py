@@ -50,6 +50,7 @@ _FLAGS = {
     "warmup_steps": "--warmup-steps",
     "model": "--model",
     "folds": "--folds",
+    "fractions": "--fractions",
     "repeats": "--repeats",
     "extend": "--extend",
     "grid": "--grid",
@@ -290,6 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="train stacked runs still at their untrained loss at 1/4 or 1/2 of the epochs to "
         "the end (default: stop them)",
+    )
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="cross-validate on nested subsets (--fractions), fit tau_epoch* against the data "
+        "size and extrapolate to the full training pool, with an 80%% interval",
+    )
+    p.add_argument(
+        "--fractions", help="with --transfer: subset sizes, comma-separated (default 1/8,1/4,1/2)"
+    )
+    p.add_argument(
+        "--confirm",
+        action="store_true",
+        help="with --transfer: cross-validate a narrow grid over the interval at the full size",
     )
     p.add_argument(
         "--extend",
@@ -617,6 +632,8 @@ def _cmd_tune(a: argparse.Namespace) -> int:
     from ._io import WriteFailed
 
     try:
+        if a.transfer:
+            return _run_transfer(a)
         result = _run_tune(a, tune)
     except WriteFailed as err:
         raise RunFailed(
@@ -634,6 +651,70 @@ def _cmd_tune(a: argparse.Namespace) -> int:
         return 0
     _show_tune(result)
     return 0
+
+
+def _run_transfer(a: argparse.Namespace) -> int:
+    from .tuning.transfer import transfer
+
+    fractions = _floats("fractions", a.fractions) or (0.125, 0.25, 0.5)
+    from ._checks import ArgumentError
+
+    given = [n for n in ("grid", "grid_min", "grid_max", "points", "storage", "lr_grid")
+             if getattr(a, n) is not None]  # fmt: skip
+    if a.workers != 1:
+        given.append("workers")
+    if given:
+        raise ArgumentError(
+            f"{' and '.join(given)} cannot be used with transfer: every subset's candidates "
+            "span the suggestion's range for its size, in this process, with a journal file",
+            *given,
+        )
+    result = transfer(
+        a.objective,
+        fractions=fractions,
+        folds=a.folds,
+        confirm=a.confirm,
+        out=a.out,
+        study=a.study,
+        seed=a.seed,
+        progress=not a.quiet,
+        repeats=a.repeats,
+        extend=a.extend,
+        prune_chance=a.prune_chance,
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        decay_scale=a.decay_scale,
+        vectorize=a.vectorize,
+        max_memory=a.max_memory,
+        threads=a.threads,
+        device=a.device,
+        precision=a.precision,
+    )
+    if a.json:
+        _print_json({**result.to_dict(), "verdict": result.verdict()})
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title="Cross-validated subsets", title_justify="left")
+    for col in ("fraction", "N (fold)", "tau_epoch*", "one-SE band", "best weight_decay"):
+        table.add_column(col, justify="right")
+    for p in result.points:
+        table.add_row(f"{p.fraction:g}", f"{p.n_train:,}", _fmt_num(p.tau_star),
+                      f"{_fmt_num(p.band[0])} to {_fmt_num(p.band[1])}",
+                      f"{p.best_weight_decay:.4g}")  # fmt: skip
+    console.print(table)
+    console.print(f"[bold green]{escape(result.verdict())}[/bold green]")
+    console.print(f"Plot: {result.paths['plot']}  (summary: {result.paths['summary']})")
+    return 0
+
+
+def _fmt_num(x: float) -> str:
+    from ._format import fmt
+
+    return fmt(x)
 
 
 def _no_result(summary: dict[str, Any], report: Any) -> str:

@@ -39,6 +39,8 @@ __all__ = [
     "extension",
     "holdout_split",
     "make_folds",
+    "refine_optimum",
+    "selection_allowance",
     "standard_error",
     "summarize",
 ]
@@ -202,15 +204,19 @@ class CVSummary:
     - ``best``: the complete candidate with the lowest mean loss.
     - ``one_se``: the largest weight decay (at the best's lr) whose paired difference to
       the best is within one paired standard error of that difference.
-    - ``flat``: weight decay barely matters: zero decay and some positive weight decay are
-      both within two paired standard errors of the best (when zero was tried and
-      finished); without zero, no candidate is worse than the best by more than two paired
-      standard errors and none was pruned. One borderline candidate elsewhere on the curve
-      does not change it.
+    - ``flat``: weight decay barely matters: zero decay is within two paired standard
+      errors of the best, plus what the best of the m contenders (positive candidates
+      within two paired SEs of it) gains by chance (:func:`selection_allowance`), and some
+      positive weight decay is within two (when zero was tried and finished); without
+      zero, no candidate is worse than the best by more than two paired standard errors
+      and none was pruned. One borderline candidate elsewhere on the curve does not change
+      it.
     - ``hurts_from``: the smallest weight decay above the best that is worse than the best
       by more than two paired standard errors (``None``: none is).
     - ``edge``: ``"high"`` when the best is the largest positive weight decay tried at its
-      lr, ``"low"`` when it is the smallest, else ``None``: the optimum may lie outside.
+      lr, ``"low"`` when it is the smallest, or when zero is the best and the smallest
+      positive one is worse by more than two paired SEs; else ``None``: the optimum may
+      lie outside.
     - ``repeats``: how many times the k folds were redrawn (repeated CV).
     """
 
@@ -244,6 +250,22 @@ def standard_error(x: np.ndarray, folds: int, repeats: int = 1) -> float:
     if repeats <= 1:
         return s / math.sqrt(len(x))
     return s * math.sqrt(1.0 / len(x) + 1.0 / (folds - 1))
+
+
+def selection_allowance(m: int) -> float:
+    """How many paired standard errors the best of ``m`` equally good candidates beats
+    another by chance alone: the expected maximum of ``m`` standard normals (Blom's
+    approximation) over sqrt(2), the paired difference having twice a mean's variance.
+
+    Without it, zero decay on a curve that is pure noise would sit about two paired SEs
+    above the luckiest of thirty candidates, and half of the flat curves would be called
+    clear.
+    """
+    if m < 2:
+        return 0.0
+    from statistics import NormalDist
+
+    return max(0.0, NormalDist().inv_cdf((m - 0.375) / (m + 0.25)) / math.sqrt(2.0))
 
 
 def _finite(x: float | None) -> float:
@@ -286,7 +308,13 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
 
     zero = next((c for c in same_lr if c.weight_decay == 0.0), None)
     if zero is not None:
-        flat = not worse(zero) and any(c.weight_decay > 0 and not worse(c) for c in same_lr)
+        # the contenders: positive candidates the best could have beaten by chance
+        contenders = sum(1 for c in same_lr if c.weight_decay > 0 and not worse(c))
+        allowance = 2.0 + selection_allowance(contenders)
+        zero_close = zero is best or _finite(zero.paired_diff) <= allowance * _finite(
+            zero.paired_sem
+        )
+        flat = zero_close and any(c.weight_decay > 0 and not worse(c) for c in same_lr)
     else:
         pruned = any(c.state == "pruned" for c in cands)
         flat = not pruned and len(complete) > 1 and not any(worse(c) for c in complete)
@@ -304,6 +332,11 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
         if best.weight_decay == positive[-1]:
             edge = "high"
         elif best.weight_decay == positive[0]:
+            edge = "low"
+    elif best.weight_decay == 0 and positive:
+        # zero wins, but the smallest decay tried already hurts: a smaller one may win
+        smallest = next(c for c in same_lr if c.weight_decay == positive[0])
+        if worse(smallest):
             edge = "low"
     return CVSummary(cands, best, one_se, flat, folds, repeats, zero, hurts_from, edge)
 
@@ -357,3 +390,26 @@ def chance_level(
         and not current[i] < (1.0 - tolerance) * initial[i]
         for i in range(n)
     ]
+
+
+def refine_optimum(taus: Sequence[float], means: Sequence[float], best: float) -> float:
+    """The optimum between grid points: the vertex of a parabola in log tau through the best
+    candidate's mean loss and up to two neighbours on each side, kept within one grid step
+    of the best (``taus`` ascending, positive; ``best`` one of them).
+
+    The loss is smooth in log tau near its minimum, so the vertex locates the optimum
+    more finely than the grid's spacing; a parabola opening downward, or fewer than three
+    points, gives the best as it is.
+    """
+    i = list(taus).index(best)
+    lo, hi = max(0, i - 2), min(len(taus), i + 3)
+    if hi - lo < 3:
+        return best
+    x = np.log2(np.asarray(taus[lo:hi], dtype=float))
+    y = np.asarray(means[lo:hi], dtype=float)
+    a, b, _ = np.polyfit(x, y, 2)
+    if a <= 0:
+        return best
+    step = float(np.median(np.diff(np.log2(np.asarray(taus, dtype=float)))))
+    v = float(np.clip(-b / (2 * a), math.log2(best) - step, math.log2(best) + step))
+    return float(2.0**v)

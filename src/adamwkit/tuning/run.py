@@ -699,10 +699,16 @@ def _extend(
         if not new or summ.best is None:
             return studies, notes
         side = "largest" if summ.edge == "high" else "smallest"
-        note = (
-            f"the best weight decay {summ.best.weight_decay:.4g} is the {side} candidate, so "
-            f"the optimum may lie past it: trying {_listing(new)} on the same folds"
-        )
+        if summ.best.weight_decay == 0:
+            note = (
+                "zero decay is the best and the smallest decay tried already hurts, so the "
+                f"optimum may lie below it: trying {_listing(new)} on the same folds"
+            )
+        else:
+            note = (
+                f"the best weight decay {summ.best.weight_decay:.4g} is the {side} candidate, "
+                f"so the optimum may lie past it: trying {_listing(new)} on the same folds"
+            )
         work.bar.say(f"note: {note}")
         notes.append(note)
         lr = summ.best.lr
@@ -1104,7 +1110,12 @@ def verdict_text(s: dict[str, Any]) -> str:
             f"; from {s['hurts_from']:.4g} up it hurts" if s.get("hurts_from") is not None else ""
         )
         lines.append(f"Weight decay barely matters here: {why}{hurts}.")
-    if s.get("edge") is not None:
+    if s.get("edge") is not None and s["best_weight_decay"] == 0:
+        lines.append(
+            "Zero decay is the best, and the smallest decay tried already hurts: a smaller "
+            "one may still help (widen the grid downward)."
+        )
+    elif s.get("edge") is not None:
         side = "largest" if s["edge"] == "high" else "smallest"
         lines.append(
             f"The best is the {side} positive candidate tried: the optimum may lie beyond "

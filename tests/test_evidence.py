@@ -1,0 +1,105 @@
+"""The evidence analysis (benchmarks/evidence/analyze.py) and the constants it ships.
+
+- On crafted studies with a known optimum, the analysis finds it (parabola refinement),
+  tells a flat study from a clear one, and leave-one-family-out recovers a law the
+  studies were made from.
+- The shipped ``adamwkit._calibration`` equals a refit from the cached studies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVIDENCE = ROOT / "benchmarks" / "evidence"
+sys.path.insert(0, str(EVIDENCE))
+analyze = importlib.import_module("analyze")
+
+
+def _study(tmp: Path, family: str, cid: str, epochs: int, tau_opt: float, depth: float,
+           noise: float = 0.002, n: int = 400, curvature: float = 0.05) -> None:  # fmt: skip
+    """A cached study whose mean CV loss is a bowl in log2(tau) with its bottom at tau_opt;
+    ``depth``: how much worse zero decay is than the bottom."""
+    rng = np.random.default_rng(zlib.crc32(f"{family}/{cid}".encode()))
+    difficulty = rng.normal(0.0, 0.05, 5)  # shared by every candidate on a fold
+    cfg = {"n": n, "epochs": epochs, "width": 64, "batch_size": 32, "lr": 1e-3}
+    cands = [
+        {
+            "weight_decay": 0.0,
+            "tau_epoch": None,
+            "state": "complete",
+            "fold_losses": list(1.0 + depth + difficulty + rng.normal(0, noise, 5)),
+        }
+    ]
+    for k in range(-8, 26):
+        tau = 2.0 ** (k / 2)
+        loss = 1.0 + curvature * (math.log2(tau) - math.log2(tau_opt)) ** 2
+        loss = min(loss, 1.0 + depth)  # far from the optimum: as good as no decay at most
+        wd = 32 / (1e-3 * tau * n)
+        cands.append(
+            {
+                "weight_decay": float(f"{wd:.6g}"),
+                "tau_epoch": tau,
+                "state": "complete",
+                "fold_losses": list(loss + difficulty + rng.normal(0, noise, 5)),
+            }
+        )
+    out = {"family": family, "config": cfg, "id": cid, "seed": 0, "folds": 5, "n": n,
+           "n_train": n, "params": 9000, "candidates": cands}  # fmt: skip
+    (tmp / family).mkdir(parents=True, exist_ok=True)
+    (tmp / family / f"{cid}-s0.json").write_text(json.dumps(out))
+
+
+def test_the_optimum_is_found_between_grid_points(tmp_path):
+    _study(tmp_path, "a", "x", 100, tau_opt=2.0**3.25, depth=0.5)
+    (s,) = analyze.load_studies(tmp_path)
+    assert not s.flat
+    assert s.best_tau in (2.0**3, 2.0**3.5)
+    assert s.tau_star == pytest.approx(2.0**3.25, rel=0.05)
+    assert s.band[0] <= s.best_tau <= s.band[1]
+
+
+def test_a_flat_study_is_told_apart(tmp_path):
+    # a bowl far shallower than the folds' noise, and zero decay at its bottom
+    _study(tmp_path, "a", "x", 100, tau_opt=50.0, depth=0.0, noise=0.01, curvature=1e-5)
+    (s,) = analyze.load_studies(tmp_path)
+    assert s.flat
+    assert s.band[1] / s.band[0] > 1000  # the one-SE band spans most of the grid
+
+
+def test_leave_one_family_out_recovers_the_law(tmp_path):
+    # tau* = T / 4 in every family: "c * T" must predict each left-out family within 2x,
+    # while sqrt(T) misses the long runs.
+    for fam in ("a", "b", "c"):
+        for epochs in (50, 100, 200, 400):
+            _study(tmp_path, fam, f"e{epochs}", epochs, tau_opt=epochs / 4, depth=0.5)
+    studies = analyze.load_studies(tmp_path)
+    clear = [s for s in studies if not s.flat]
+    assert len(clear) == 12
+    law = analyze.leave_one_family_out("c * T", ["log_T=1"], clear, studies)
+    assert law.share("within_2x") == 1.0
+    final = analyze.fit("c * T", ["log_T=1"], clear)
+    assert math.exp(final.coef["const"]) == pytest.approx(0.25, rel=0.1)
+    wa = analyze.leave_one_family_out("wang-aitchison: sqrt(T)", [], clear, studies)
+    assert wa.share("within_2x") < 0.5
+
+
+def test_the_shipped_calibration_is_the_fit_of_the_cached_studies():
+    from adamwkit import _calibration as cal
+
+    studies = analyze.load_studies()
+    clear = [s for s in studies if not s.flat and math.isfinite(s.tau_star)]
+    assert cal.STUDIES == len(clear)
+    assert cal.FAMILIES == sorted({s.family for s in clear})
+    final = analyze.fit(cal.MODEL, analyze.MODELS[cal.MODEL], clear)
+    assert final.coef == pytest.approx(cal.COEF, rel=1e-9)
+    r = analyze.residuals(final, clear)
+    assert cal.BAND == pytest.approx((np.quantile(r, 0.1), np.quantile(r, 0.9)), rel=1e-9)
