@@ -206,3 +206,9 @@ def test_selection_allowance_grows_with_the_candidates():
         assert selection_allowance(m) == pytest.approx(sim, abs=0.03)
     assert selection_allowance(1) == 0.0
     assert NormalDist().inv_cdf(0.5) == 0.0
+
+
+def test_a_failed_smallest_candidate_is_no_edge():
+    failed = Candidate(0.05, 1e-3, {}, state="failed")
+    s = summarize([cand(0.0, [0.0] * 5), failed, cand(0.2, [0.05] * 5)], folds=5)
+    assert s.best.weight_decay == 0.0 and s.edge is None

@@ -47,7 +47,7 @@ def cli(setup: str, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "adamwkit.cli", "tune", f"objectives:{setup}", "--examples",
             str(n), "--lr", repr(lr), "--batch-size", str(bs), "--epochs", str(epochs),
             "--grid", ",".join(map(str, GRID)), "--folds", str(FOLDS), "--out", str(out),
-            "--quiet", "--no-test", "--json", *extra]  # fmt: skip
+            "--quiet", "--no-test", "--json", "--extend", "0", *extra]  # fmt: skip
 
 
 def check_first_run(summary: dict, run: Path, epochs: int) -> None:
@@ -94,7 +94,8 @@ def test_api_tunes_resumes_and_retries_a_failed_candidate(tmp_path, monkeypatch,
     monkeypatch.setenv("ADAMWKIT_TEST_FAIL_WD", "0.1")
     refits = setup == "plain"
     kw = {"examples": n, "lr": lr, "batch_size": bs, "epochs": epochs, "grid": GRID,
-          "folds": FOLDS, "out": tmp_path, "progress": False, "test": refits}  # fmt: skip
+          "folds": FOLDS, "out": tmp_path, "progress": False, "test": refits,
+          "extend": 0}  # fmt: skip
     objective = getattr(objectives, setup)
     first = tune(objective, **kw)
     check_first_run(first.summary, first.run_dir, epochs)

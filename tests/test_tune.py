@@ -127,7 +127,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 def test_a_diverging_candidate_fails_and_the_study_goes_on(tmp_path):
     result = tune(tune_tasks.tiny(), folds=2, grid=[0.0, 1e30], out=tmp_path, test=False,
-                  progress=False)  # fmt: skip
+                  progress=False, extend=0)  # fmt: skip
     states = {c["weight_decay"]: c for c in result.summary["candidates"]}
     assert states[0.0]["state"] == "complete"
     assert states[1e30]["state"] == "failed"
@@ -239,7 +239,7 @@ def test_unreachable_storage_fails_fast_naming_the_host(capsys, tmp_path):
 
 def test_joint_lr_grid(tmp_path):
     result = tune(tune_tasks.tiny(), folds=2, grid=[0.0, 0.1], lr_grid=[0.005, 0.02],
-                  out=tmp_path, test=False, progress=False)  # fmt: skip
+                  out=tmp_path, test=False, progress=False, extend=0)  # fmt: skip
     pairs = {(c["lr"], c["weight_decay"]) for c in result.summary["candidates"]}
     assert pairs == {(0.005, 0.0), (0.005, 0.1), (0.02, 0.0), (0.02, 0.1)}
     best = min(result.summary["candidates"], key=lambda c: c["mean"])
@@ -310,7 +310,7 @@ def test_a_model_that_fails_to_build_stops_with_its_traceback(tmp_path, monkeypa
 def test_wilcoxon_pruner_stops_a_hopeless_candidate(tmp_path):
     # wd 300 at lr 0.01 shrinks every weight 3% a step: far worse on every fold.
     result = tune(tune_tasks.tiny(), folds=5, grid=[0.0, 300.0], prune=True, out=tmp_path,
-                  test=False, progress=False)  # fmt: skip
+                  test=False, progress=False, extend=0)  # fmt: skip
     states = {c["weight_decay"]: c for c in result.summary["candidates"]}
     assert states[0.0]["state"] == "complete"
     assert states[300.0]["state"] == "pruned"

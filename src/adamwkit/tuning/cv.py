@@ -335,8 +335,8 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
             edge = "low"
     elif best.weight_decay == 0 and positive:
         # zero wins, but the smallest decay tried already hurts: a smaller one may win
-        smallest = next(c for c in same_lr if c.weight_decay == positive[0])
-        if worse(smallest):
+        smallest = next((c for c in same_lr if c.weight_decay == positive[0]), None)
+        if smallest is not None and worse(smallest):  # (a failed one says nothing)
             edge = "low"
     return CVSummary(cands, best, one_se, flat, folds, repeats, zero, hurts_from, edge)
 

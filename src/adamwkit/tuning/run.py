@@ -1056,6 +1056,7 @@ def _summarize(
         "one_se_weight_decay": one_se.weight_decay if one_se else None,
         "suggested_weight_decay": sug.value if sug else None,
         "suggested_rule": sug.rule if sug else None,
+        "suggested_range": [sug.low_value, sug.high_value] if sug and sug.low else None,
         "best_weight_decay_conventions": _both(
             best.weight_decay if best else None, best_lr, spec.decay_scale
         ),
@@ -1121,11 +1122,14 @@ def verdict_text(s: dict[str, Any]) -> str:
             f"The best is the {side} positive candidate tried: the optimum may lie beyond "
             "it (widen the grid)."
         )
-    suggested = (
-        f"; adamwkit suggest predicted {s['suggested_weight_decay']:.4g} (PyTorch {g['torch']:.4g})"
-        if s.get("suggested_weight_decay") is not None
-        else ""
-    )
+    suggested = ""
+    if s.get("suggested_weight_decay") is not None:
+        rng = s.get("suggested_range")
+        within = f", 80% range {rng[0]:.3g} to {rng[1]:.3g}" if rng else ""
+        suggested = (
+            f"; adamwkit suggest predicted {s['suggested_weight_decay']:.4g} (PyTorch "
+            f"{g['torch']:.4g}{within})"
+        )
     lines.append(
         f"Best weight decay {s['best_weight_decay']:.4g} (PyTorch convention {b['torch']:.4g}, "
         f"independent {b['independent']:.3g}); largest within one standard error "
