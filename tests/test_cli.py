@@ -28,7 +28,7 @@ def calibrated_tau(epochs: float, n: float, b: float, lr: float) -> float:
     f = {"log_T": math.log(epochs), "log_N": math.log(n), "log_B": math.log(b),
          "log_lr": math.log(lr), "log_steps_per_epoch": math.log(n / b)}  # fmt: skip
     x = cal.COEF["const"] + sum(c * f[k] for k, c in cal.COEF.items() if k != "const")
-    return math.exp(x + sum(f[k] for k in cal.FIXED))
+    return math.exp(x + sum(c * f[k] for k, c in cal.FIXED.items()))
 
 
 def last_json(out: str) -> dict:

@@ -82,13 +82,14 @@ def test_leave_one_family_out_recovers_the_law(tmp_path):
         for epochs in (50, 100, 200, 400):
             _study(tmp_path, fam, f"e{epochs}", epochs, tau_opt=epochs / 4, depth=0.5)
     studies = analyze.load_studies(tmp_path)
-    clear = [s for s in studies if not s.flat]
+    clear = [s for s in studies if s.located]
     assert len(clear) == 12
     law = analyze.leave_one_family_out("c * T", ["log_T=1"], clear, studies)
     assert law.share("within_2x") == 1.0
     final = analyze.fit("c * T", ["log_T=1"], clear)
     assert math.exp(final.coef["const"]) == pytest.approx(0.25, rel=0.1)
-    wa = analyze.leave_one_family_out("wang-aitchison: sqrt(T)", [], clear, studies)
+    wa = analyze.leave_one_family_out(analyze.SQRT_T, analyze.MODELS[analyze.SQRT_T], clear,
+                                      studies)  # fmt: skip
     assert wa.share("within_2x") < 0.5
 
 
@@ -96,10 +97,19 @@ def test_the_shipped_calibration_is_the_fit_of_the_cached_studies():
     from adamwkit import _calibration as cal
 
     studies = analyze.load_studies()
-    clear = [s for s in studies if not s.flat and math.isfinite(s.tau_star)]
+    clear = [s for s in studies if s.located]
     assert cal.STUDIES == len(clear)
     assert cal.FAMILIES == sorted({s.family for s in clear})
-    final = analyze.fit(cal.MODEL, analyze.MODELS[cal.MODEL], clear)
+    terms = analyze.MODELS[cal.MODEL]
+    final = analyze.fit(cal.MODEL, terms, clear)
     assert final.coef == pytest.approx(cal.COEF, rel=1e-9)
-    r = analyze.residuals(final, clear)
+    assert {k: v for k, v in final.fixed.items() if k != "const"} == cal.FIXED
+    r = analyze.unseen_residuals(terms, cal.MODEL, clear)
     assert cal.BAND == pytest.approx((np.quantile(r, 0.1), np.quantile(r, 0.9)), rel=1e-9)
+    # the model shipped is the one that predicted left-out families best
+    checks = {n: analyze.leave_one_family_out(n, t, clear, studies)
+              for n, t in analyze.MODELS.items()}  # fmt: skip
+    best = max(checks.values(), key=lambda c: round(c.share("within_2x"), 6))
+    assert checks[cal.MODEL].share("within_2x") == best.share("within_2x")
+    assert cal.LOFO_WITHIN_2X == pytest.approx(checks[cal.MODEL].share("within_2x"), abs=1e-4)
+    assert cal.LOFO_RANGE_HOLDS == pytest.approx(checks[cal.MODEL].share("range_holds"), abs=1e-4)

@@ -256,3 +256,32 @@ def test_explain_single_pass_can_be_dominated():
 def test_steps_must_be_at_least_one():
     with pytest.raises(ValueError, match=r"steps=0.5 is invalid"):
         suggest(lr=1e-3, batch_size=10, dataset_size=1000, steps=0.5)
+
+
+def test_the_calibrated_range_is_shown_and_brackets_the_value():
+    from adamwkit import _calibration as cal
+
+    sug = suggest(lr=1e-3, batch_size=32, dataset_size=400, epochs=300)
+    assert sug.rule == "calibrated"
+    # the range is the band of tau_epoch around the prediction, read back as weight decay
+    tau = sug.tau_epoch
+    lo_tau, hi_tau = tau * math.exp(cal.BAND[0]), tau * math.exp(cal.BAND[1])
+    assert sug.low == pytest.approx(32 / (1e-3 * hi_tau * 400))
+    assert sug.high == pytest.approx(32 / (1e-3 * lo_tau * 400))
+    assert sug.low < sug.weight_decay < sug.high
+    assert "80% range" in str(sug)
+    inside = explain(sug.low * 1.01, lr=1e-3, batch_size=32, dataset_size=400, epochs=300)
+    assert "is inside its 80% range" in str(inside)
+    outside = explain(sug.high * 3, lr=1e-3, batch_size=32, dataset_size=400, epochs=300)
+    assert "is outside its 80% range" in str(outside)
+    # in the paper's convention the range scales with lr like the value
+    sched = suggest(lr=1e-3, batch_size=32, dataset_size=400, epochs=300, decay_scale="schedule")
+    assert sched.low_value == pytest.approx(sug.low * 1e-3)
+
+
+def test_outside_the_evidence_the_calibrated_rule_warns():
+    sug = suggest(lr=1e-3, batch_size=32, dataset_size=400, epochs=5000)
+    assert any("an extrapolation" in w for w in sug.warnings)
+    single = suggest(lr=1e-3, batch_size=32, dataset_size=400, epochs=1)
+    assert single.rule == "wang-aitchison"
+    assert "not single-pass" in rules(single)["calibrated"].note

@@ -82,6 +82,8 @@ class Explanation:
             "rule": sug.rule if sug else None,
             "suggested_weight_decay": sug.weight_decay if sug else None,
             "suggested_weight_decay_independent": sug.weight_decay_independent if sug else None,
+            "suggested_low": sug.low if sug else None,
+            "suggested_high": sug.high if sug else None,
             "rules": [r.to_dict() for r in sug.rules] if sug else [],
             "layers": [layer.to_dict() for layer in self.layers],
             "notes": list(self.notes),

@@ -405,10 +405,11 @@ def _torch_default(s: TrainingSetup) -> RuleValue:
 def calibrated_tau_epoch(s: TrainingSetup) -> tuple[float, float, float] | None:
     r"""The calibrated optimum :math:`\tau_{\mathrm{epoch}}` and its 80% band, or ``None``.
 
-    A least-squares fit of :math:`\log\tau^*_{\mathrm{epoch}}` on the logs of the epochs
-    and the setup's sizes, over the CV optima of the evidence studies (5-fold CV, cosine
-    schedule, torch AdamW; ``docs/evidence.md``); the band is the 10% to 90% quantiles of
-    the fit's residuals. Needs ``dataset_size`` with ``epochs`` or ``steps``.
+    Of the models of :math:`\log\tau^*_{\mathrm{epoch}}` in the logs of the epochs and
+    the setup's sizes tried on the CV optima of the evidence studies (5-fold CV, cosine
+    schedule, torch AdamW; ``docs/evidence.md``), the one that predicted task families
+    left out of its fit best; the band is the 10% to 90% quantiles of its errors on those
+    left-out families. Needs ``dataset_size`` with ``epochs`` or ``steps``.
     """
     from . import _calibration as cal
 
@@ -425,8 +426,8 @@ def calibrated_tau_epoch(s: TrainingSetup) -> tuple[float, float, float] | None:
     for term, coef in cal.COEF.items():
         if term != "const":
             x += coef * features[term]
-    for term in cal.FIXED:
-        x += features[term]
+    for term, coef in cal.FIXED.items():
+        x += coef * features[term]
     lo, hi = cal.BAND
     return math.exp(x), math.exp(x + lo), math.exp(x + hi)
 
@@ -496,11 +497,13 @@ def choose_rule(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, st
 
         return "calibrated", (
             f"multi-epoch training ({_fmt(s.epochs)} epochs over {_count(s.dataset_size or 0)} "
-            f"{s.unit}): the optimum tau_epoch fitted on {c.STUDIES} cross-validated studies "
-            f"of {len(c.FAMILIES)} task families ({_fmt(c.EPOCHS[0])} to {_fmt(c.EPOCHS[1])} "
-            f"epochs; docs/evidence.md) is {cal.note}. Left out family by family, the fit was "
-            f"within 2x of the CV optimum on {c.LOFO_WITHIN_2X:.0%} of the studies and its "
-            f"range held it on {c.LOFO_RANGE_HOLDS:.0%}."
+            f"{s.unit}): of the models tried on {c.STUDIES} cross-validated studies of "
+            f"{len(c.FAMILIES)} task families ({_fmt(c.EPOCHS[0])} to {_fmt(c.EPOCHS[1])} "
+            f"epochs; docs/evidence.md), {c.MODEL} predicted families it had not seen best: "
+            f"{cal.note}. Left out family by family, it was within 2x of the CV optimum on "
+            f"{c.LOFO_WITHIN_2X:.0%} of the studies and its range held the optimum on "
+            f"{c.LOFO_RANGE_HOLDS:.0%}: the optimum depends on the task as much as on these "
+            "sizes, so verify it with adamwkit tune."
         )
     if wa.ran:
         unit = "tokens" if s.unit == "tokens" else "examples"

@@ -696,8 +696,8 @@ def _chance_pruner(
                 )
                 pruned[i] = (
                     f"at chance level after {epoch + 1} of {epochs} epochs: validation loss "
-                    f"{value:.4g}, {initial[i]:.4g} untrained, while the best run on its fold "
-                    f"reached {best:.4g}"
+                    f"{value:.4g}, no better than untrained ({initial[i]:.4g}), while the best "
+                    f"run on its fold reached {best:.4g}"
                 )
                 stop.append(i)
         return stop
