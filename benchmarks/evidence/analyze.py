@@ -137,11 +137,12 @@ def load_studies(results: Path = RESULTS) -> list[Study]:
             inside.append(math.inf)
         band = (min(inside), max(inside))
         first = runs[0]
+        zero_mean = zero.mean if zero is not None and zero.mean is not None else math.nan
         seeds = [d["seed"] for d in runs]
         states = [c.state for c in positive]
         studies.append(
             Study(family, cid, first["config"], first["n_train"], first["params"], seeds, taus,
-                  means, diffs, sems, zero.mean if zero else math.nan, best_tau, tau_star, s.flat, band, states)
+                  means, diffs, sems, zero_mean, best_tau, tau_star, s.flat, band, states)
         )  # fmt: skip
     return studies
 
@@ -483,7 +484,7 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
         "",
         "## Task families",
         "",
-        "| family | what | centre | configurations | optimum located | weight decay barely matters |",
+        "| family | what | centre | configurations | optimum located | decay barely matters |",
         "|---|---|---|---:|---:|---:|",
     ]
     for name, fam in FAMILIES.items():
