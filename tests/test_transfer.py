@@ -99,3 +99,17 @@ def test_bad_arguments(kwargs, match, tmp_path):
 def test_an_objective_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expected a Task"):
         tr.transfer(lambda trial: 0.0, out=tmp_path)  # type: ignore[arg-type]
+
+
+def test_the_cli_runs_a_transfer_and_prints_json(tmp_path, monkeypatch, capsys):
+    from adamwkit.cli import main
+
+    calls: list = []
+    monkeypatch.setattr("adamwkit.tuning.run.tune", fake_tune(calls))
+    code = main(["tune", "digits", "--transfer", "--fractions", "0.25,0.5", "--out",
+                 str(tmp_path), "--quiet", "--json"])  # fmt: skip
+    assert code == 0
+    obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p["n_train"] for p in obj["points"]] == [80, 160]
+    assert obj["tau_epoch"] == pytest.approx(law(400), rel=0.15)
+    assert "Extrapolated to 400 examples" in obj["verdict"]
