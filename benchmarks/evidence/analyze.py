@@ -349,7 +349,7 @@ def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[s
             ax.scatter(s.epochs, s.tau_star, color=colors[s.family],
                        marker="o" if not s.flat else "x", label=s.family)  # fmt: skip
     t = np.geomspace(10, 1000)
-    ax.plot(t, np.sqrt(t), "k--", lw=1, label="sqrt(T) (previous suggest)")
+    ax.plot(t, np.sqrt(t), "k--", lw=1, label="sqrt(T) (suggest's central value)")
     ax.plot(t, t, "k:", lw=1, label="T (the whole run)")
     ax.plot(t, 16 / 300 * t, "k-.", lw=1, label="ImageNet recipes (16 of 300)")
     ax.set_xscale("log")
@@ -557,8 +557,8 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
         "## Every study",
         "",
         "tau values in epochs. *pred* is the calibrated prediction made without the study's",
-        "family; *ratio* is tau* / pred (within 2x: 0.5 to 2). *sqrt(T)* is the previous",
-        "`suggest` (Wang & Aitchison's window middle).",
+        "family; *ratio* is tau* / pred (within 2x: 0.5 to 2); *sqrt(T) ratio* is tau* /",
+        "sqrt(T), Wang & Aitchison's window middle.",
         "",
         "| family | configuration | N | params | tau* | one-SE band | flat | pred | ratio | "
         "sqrt(T) ratio |",
