@@ -150,7 +150,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_a_rerun_finishes(tmp_path, 
 
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, env):
     log = tmp_path / "calls.log"
-    env = {**env, "ADAMWKIT_TEST_SLEEP": "0.2"}
+    env = {**env, "ADAMWKIT_TEST_SLEEP": "0.5"}  # 12 calls: 6 s, interrupted after 4
     proc = subprocess.Popen(command(tmp_path), cwd=TESTS, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
