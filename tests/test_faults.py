@@ -151,8 +151,14 @@ def test_a_full_disk_is_one_line_naming_the_file_and_a_rerun_finishes(tmp_path, 
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, env):
     log = tmp_path / "calls.log"
     env = {**env, "ADAMWKIT_TEST_SLEEP": "0.5"}  # 12 calls: 6 s, interrupted after 4
+    # A shell's background job starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default handling, as a terminal would.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(command(tmp_path), cwd=TESTS, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 120
     while len(calls(log)) < 4 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
