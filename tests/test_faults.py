@@ -151,6 +151,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_a_rerun_finishes(tmp_path, 
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, env):
     log = tmp_path / "calls.log"
     env = {**env, "ADAMWKIT_TEST_SLEEP": "0.5"}  # 12 calls: 6 s, interrupted after 4
+
     # A shell's background job starts with SIGINT ignored, and Python then never raises
     # KeyboardInterrupt: give the child the default handling, as a terminal would.
     def default_sigint() -> None:
