@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 
+from adamwkit.train.population import chance_level
 from adamwkit.tuning.cv import (
     Candidate,
     Splits,
-    chance_level,
     extension,
     standard_error,
     summarize,

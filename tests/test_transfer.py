@@ -40,7 +40,8 @@ def fake_tune(calls):
         for c in cands[1:]:
             c["paired_diff"] = c["mean"] - best["mean"]
         summary = {"candidates": cands, "best_weight_decay": best["weight_decay"],
-                   "n_train": n_train, "flat": False}  # fmt: skip
+                   "n_train": n_train, "flat": False, "lr": task.lr,
+                   "batch_size": task.batch_size, "decay_scale": task.decay_scale}  # fmt: skip
         return SimpleNamespace(summary=summary, best_weight_decay=best["weight_decay"],
                                one_se_weight_decay=best["weight_decay"], flat=False,
                                run_dir=out)  # fmt: skip

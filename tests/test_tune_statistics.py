@@ -66,7 +66,8 @@ def test_edge_left_after_the_last_round_is_said(tmp_path):
     s = result.summary
     assert s["extended"] == pytest.approx([4e-4, 8e-4])
     assert s["edge"] == "high" and s["best_weight_decay"] == 8e-4
-    assert any("still at the grid's edge after 1 extension" in n for n in s["notes"])
+    assert any("after 1 extension(s), the best weight decay 0.0008 is the largest" in n
+               for n in s["notes"])  # fmt: skip
     assert "optimum may lie beyond it" in s["verdict"]
     none = tune(bowl, grid=[0.0, 1e-4, 2e-4], extend=0, examples=40, lr=1e-3, folds=3,
                 test=False, progress=False, out=tmp_path / "none")  # fmt: skip

@@ -367,11 +367,7 @@ def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[s
 
     fig, axes = plt.subplots(2, 3, figsize=(11, 6.5))
     for ax, fam in zip(axes.flat, families, strict=False):
-        base = [s for s in studies if s.family == fam]
-        for s in base:
-            if s.id.startswith("n") and s in base[:6]:
-                pass
-        for s in base:
+        for s in (s for s in studies if s.family == fam):
             d = np.array(s.means) - min(min(s.means), s.zero_mean)
             ax.plot(s.taus, d, lw=0.8, alpha=0.7)
         ax.set_xscale("log")

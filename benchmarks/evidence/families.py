@@ -88,11 +88,15 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / (x.std(0) + 1e-12)
 
 
-def digits_mlp(n: int, epochs: int, width: int, batch_size: int, lr: float, seed: int = 0) -> Task:
+def _digits(n: int, seed: int) -> tuple:
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    x, y = _subset(x / 16.0, y, n, seed, True)
+    return _subset(x / 16.0, y, n, seed, True)
+
+
+def digits_mlp(n: int, epochs: int, width: int, batch_size: int, lr: float, seed: int = 0) -> Task:
+    x, y = _digits(n, seed)
     return _classification("digits-mlp", x, y, _mlp(64, width, 10), epochs, batch_size, lr,
                            f"MLP 64-{width}-{width}-10 on {len(y)} digits")  # fmt: skip
 
@@ -111,10 +115,7 @@ class _SmallCNN(nn.Module):
 
 
 def digits_cnn(n: int, epochs: int, width: int, batch_size: int, lr: float, seed: int = 0) -> Task:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x, y = _subset(x / 16.0, y, n, seed, True)
+    x, y = _digits(n, seed)
     return _classification("digits-cnn", x, y, lambda: _SmallCNN(width), epochs, batch_size,
                            lr, f"CNN (2 conv of {width} channels) on {len(y)} digits")  # fmt: skip
 

@@ -659,38 +659,19 @@ def _run_transfer(a: argparse.Namespace) -> int:
     fractions = _floats("fractions", a.fractions) or (0.125, 0.25, 0.5)
     from ._checks import ArgumentError
 
-    given = [n for n in ("grid", "grid_min", "grid_max", "points", "storage", "lr_grid")
+    given = [n for n in ("grid", "grid_min", "grid_max", "points", "storage", "lr_grid",
+                         "test_fraction", "examples")
              if getattr(a, n) is not None]  # fmt: skip
     if a.workers != 1:
         given.append("workers")
     if given:
         raise ArgumentError(
-            f"{' and '.join(given)} cannot be used with transfer: every subset's candidates "
-            "span the suggestion's range for its size, in this process, with a journal file",
+            f"{' and '.join(given)} cannot be used with transfer: it holds out the task's own "
+            "test split, takes each subset's candidates from the suggestion's range, and runs "
+            "in this process with a journal file",
             *given,
         )
-    result = transfer(
-        a.objective,
-        fractions=fractions,
-        folds=a.folds,
-        confirm=a.confirm,
-        out=a.out,
-        study=a.study,
-        seed=a.seed,
-        progress=not a.quiet,
-        repeats=a.repeats,
-        extend=a.extend,
-        prune_chance=a.prune_chance,
-        epochs=a.epochs,
-        lr=a.lr,
-        batch_size=a.batch_size,
-        decay_scale=a.decay_scale,
-        vectorize=a.vectorize,
-        max_memory=a.max_memory,
-        threads=a.threads,
-        device=a.device,
-        precision=a.precision,
-    )
+    result = transfer(a.objective, fractions=fractions, confirm=a.confirm, **_run_settings(a))
     if a.json:
         _print_json({**result.to_dict(), "verdict": result.verdict()})
         return 0
@@ -731,21 +712,35 @@ def _no_result(summary: dict[str, Any], report: Any) -> str:
     )
 
 
+def _run_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The flags every tune run takes, plain or one of a transfer's."""
+    return {
+        "folds": a.folds,
+        "repeats": a.repeats,
+        "extend": a.extend,
+        "prune_chance": a.prune_chance,
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "batch_size": a.batch_size,
+        "decay_scale": a.decay_scale,
+        "study": a.study,
+        "out": a.out,
+        "seed": a.seed,
+        "progress": not a.quiet,
+        "vectorize": a.vectorize,
+        "max_memory": a.max_memory,
+        "threads": a.threads,
+        "device": a.device,
+        "precision": a.precision,
+    }
+
+
 def _run_tune(a: argparse.Namespace, tune: Any) -> Any:
     return tune(
         a.objective,
+        **_run_settings(a),
         examples=a.examples,
         test_fraction=a.test_fraction,
-        device=a.device,
-        precision=a.precision,
-        folds=a.folds,
-        repeats=a.repeats,
-        extend=a.extend,
-        prune_chance=a.prune_chance,
-        epochs=a.epochs,
-        lr=a.lr,
-        batch_size=a.batch_size,
-        decay_scale=a.decay_scale,
         grid=_floats("grid", a.grid),
         grid_min=a.grid_min,
         grid_max=a.grid_max,
@@ -755,17 +750,10 @@ def _run_tune(a: argparse.Namespace, tune: Any) -> Any:
         lr_grid=_floats("lr_grid", a.lr_grid),
         search_lr=a.search_lr,
         storage=a.storage,
-        study=a.study,
-        out=a.out,
-        seed=a.seed,
         prune=a.prune,
         heartbeat_interval=a.heartbeat_interval,
         test=not a.no_test,
-        progress=not a.quiet,
-        vectorize=a.vectorize,
-        max_memory=a.max_memory,
         workers=a.workers,
-        threads=a.threads,
         storage_retry=a.storage_retry,
     )
 

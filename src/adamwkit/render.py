@@ -140,7 +140,7 @@ def explanation(ex: Explanation) -> list[Block]:
     s = ex.suggestion
     if s is not None:
         where = ""
-        if s.low is not None and s.high is not None and ex.tau_epoch is not None:
+        if s.low is not None and s.high is not None:
             lo, hi = s.low, s.high
             inside = lo <= ex.weight_decay <= hi
             where = (

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _calibration as _cal
 from ._checks import ArgumentError, check_choice, check_lr, check_range
 from ._constants import DECAY_SCALES
 from ._format import count as _count
@@ -411,8 +412,6 @@ def calibrated_tau_epoch(s: TrainingSetup) -> tuple[float, float, float] | None:
     left out of its fit best; the band is the 10% to 90% quantiles of its errors on those
     left-out families. Needs ``dataset_size`` with ``epochs`` or ``steps``.
     """
-    from . import _calibration as cal
-
     if s.dataset_size is None or s.epochs is None:
         return None
     features = {
@@ -422,35 +421,33 @@ def calibrated_tau_epoch(s: TrainingSetup) -> tuple[float, float, float] | None:
         "log_lr": math.log(s.lr),
         "log_steps_per_epoch": math.log(s.dataset_size / s.batch_size),
     }
-    x = cal.COEF.get("const", 0.0)
-    for term, coef in cal.COEF.items():
+    x = _cal.COEF.get("const", 0.0)
+    for term, coef in _cal.COEF.items():
         if term != "const":
             x += coef * features[term]
-    for term, coef in cal.FIXED.items():
+    for term, coef in _cal.FIXED.items():
         x += coef * features[term]
-    lo, hi = cal.BAND
+    lo, hi = _cal.BAND
     return math.exp(x), math.exp(x + lo), math.exp(x + hi)
 
 
 def _calibrated(s: TrainingSetup) -> RuleValue:
-    from . import _calibration as cal
-
     if s.dataset_size is None or s.epochs is None:
         return _skipped("calibrated", _NEEDS_EPOCHS)
     if s.unit == "tokens":
         return _skipped("calibrated", "fitted on examples, not on token streams")
     if s.regime != "multi-epoch":
         return _skipped(
-            "calibrated", f"fitted on multi-epoch runs ({_fmt(cal.EPOCHS[0])} to "
-            f"{_fmt(cal.EPOCHS[1])} epochs), not single-pass training"
+            "calibrated", f"fitted on multi-epoch runs ({_fmt(_cal.EPOCHS[0])} to "
+            f"{_fmt(_cal.EPOCHS[1])} epochs), not single-pass training"
         )  # fmt: skip
     found = calibrated_tau_epoch(s)
     assert found is not None
     tau, tau_lo, tau_hi = found
     warnings: list[str] = []
     for what, value, (lo, hi) in (
-        ("epochs", s.epochs, cal.EPOCHS),
-        ("examples", s.dataset_size, cal.EXAMPLES),
+        ("epochs", s.epochs, _cal.EPOCHS),
+        ("examples", s.dataset_size, _cal.EXAMPLES),
     ):
         if not lo / 2 <= value <= hi * 2:
             warnings.append(
@@ -493,8 +490,7 @@ def choose_rule(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, st
             f"LLMs of 111M to 3.3B parameters ({pl.note})."
         )
     if cal.ran:
-        from . import _calibration as c
-
+        c = _cal
         return "calibrated", (
             f"multi-epoch training ({_fmt(s.epochs)} epochs over {_count(s.dataset_size or 0)} "
             f"{s.unit}): of the models tried on {c.STUDIES} cross-validated studies of "

@@ -41,6 +41,7 @@ __all__ = [
     "MemberResult",
     "StackedEngine",
     "StackingFailed",
+    "chance_level",
     "fit_population",
     "member_bytes",
     "population_loss",
@@ -673,13 +674,41 @@ def fit_population(
     return results
 
 
+def chance_level(
+    initial: Sequence[float], current: Sequence[float], groups: Sequence[int] | None = None,
+    *, tolerance: float = 0.01, progress: float = 0.2,
+) -> list[bool]:  # fmt: skip
+    """Which runs are still at the loss they started from while their peers learned.
+
+    Run ``i`` is at chance level when its validation loss has not fallen below
+    ``(1 - tolerance) * initial[i]`` (its untrained loss: uniform class scores, or the
+    target's variance for a regression) while the best run of its group (same fold:
+    ``groups[i]``) has fallen by more than ``progress`` of its own untrained loss. A
+    weight decay that holds the weights near zero for half the run cannot compete with one
+    that learned; training it to the end only costs time.
+    """
+    n = len(initial)
+    if len(current) != n or (groups is not None and len(groups) != n):
+        raise ValueError("initial, current and groups must have one entry per run")
+    keys = list(groups) if groups is not None else [0] * n
+    learned: dict[int, bool] = {}
+    for i in range(n):
+        gain = 1.0 - current[i] / initial[i] if initial[i] > 0 else 0.0
+        if math.isfinite(gain) and gain > progress:
+            learned[keys[i]] = True
+    return [
+        bool(learned.get(keys[i]))
+        and math.isfinite(initial[i])
+        and not current[i] < (1.0 - tolerance) * initial[i]
+        for i in range(n)
+    ]
+
+
 def _chance_pruner(
     members: Sequence[Member], initial: list[float], epochs: int, pruned: list[str]
 ) -> Callable[[int, list[Any]], list[int]]:
     """``after_epoch`` for :func:`run_epochs`: at 1/4 and 1/2 of the epochs, the members at
     chance level (their reasons written into ``pruned``)."""
-    from ..tuning.cv import chance_level
-
     checks = {max(1, round(epochs * q)) - 1 for q in (0.25, 0.5)} - {epochs - 1}
 
     def after_epoch(epoch: int, histories: list[Any]) -> list[int]:

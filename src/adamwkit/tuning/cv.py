@@ -34,7 +34,6 @@ __all__ = [
     "CVSummary",
     "Candidate",
     "Splits",
-    "chance_level",
     "default_grid",
     "extension",
     "holdout_split",
@@ -360,36 +359,6 @@ def extension(summary: CVSummary, points: int = 2) -> list[float]:
         ratio = positive[1] / positive[0] if len(positive) > 1 else 2.0
         values = [positive[0] / ratio ** (i + 1) for i in range(points)]
     return sorted(float(f"{v:.6g}") for v in values)
-
-
-def chance_level(
-    initial: Sequence[float], current: Sequence[float], groups: Sequence[int] | None = None,
-    *, tolerance: float = 0.01, progress: float = 0.2,
-) -> list[bool]:  # fmt: skip
-    """Which runs are still at the loss they started from while their peers learned.
-
-    Run ``i`` is at chance level when its validation loss has not fallen below
-    ``(1 - tolerance) * initial[i]`` (its untrained loss: uniform class scores, or the
-    target's variance for a regression) while the best run of its group (same fold:
-    ``groups[i]``) has fallen by more than ``progress`` of its own untrained loss. A
-    weight decay that holds the weights near zero for half the run cannot compete with one
-    that learned; training it to the end only costs time.
-    """
-    n = len(initial)
-    if len(current) != n or (groups is not None and len(groups) != n):
-        raise ValueError("initial, current and groups must have one entry per run")
-    keys = list(groups) if groups is not None else [0] * n
-    learned: dict[int, bool] = {}
-    for i in range(n):
-        gain = 1.0 - current[i] / initial[i] if initial[i] > 0 else 0.0
-        if math.isfinite(gain) and gain > progress:
-            learned[keys[i]] = True
-    return [
-        bool(learned.get(keys[i]))
-        and math.isfinite(initial[i])
-        and not current[i] < (1.0 - tolerance) * initial[i]
-        for i in range(n)
-    ]
 
 
 def refine_optimum(taus: Sequence[float], means: Sequence[float], best: float) -> float:

@@ -692,23 +692,15 @@ def _extend(
     ``<study>.extend<i>``: a rerun finds the same edge and resumes it."""
     config, spec = plan.config, plan.config.spec
     notes: list[str] = []
-    summ = None
     for i in range(1, config.extend + 1):
         summ = cv.summarize(_candidates(spec, studies), spec.folds, spec.repeats)
         new = cv.extension(summ)
-        if not new or summ.best is None:
+        if not new or summ.best is None:  # (extension is empty without a best)
             return studies, notes
-        side = "largest" if summ.edge == "high" else "smallest"
-        if summ.best.weight_decay == 0:
-            note = (
-                "zero decay is the best and the smallest decay tried already hurts, so the "
-                f"optimum may lie below it: trying {_listing(new)} on the same folds"
-            )
-        else:
-            note = (
-                f"the best weight decay {summ.best.weight_decay:.4g} is the {side} candidate, "
-                f"so the optimum may lie past it: trying {_listing(new)} on the same folds"
-            )
+        note = (
+            f"{_edge(summ.best.weight_decay, summ.edge)}, so the optimum may lie past it: "
+            f"trying {_listing(new)} on the same folds"
+        )
         work.bar.say(f"note: {note}")
         notes.append(note)
         lr = summ.best.lr
@@ -726,12 +718,20 @@ def _extend(
     summ = cv.summarize(_candidates(spec, studies), spec.folds, spec.repeats)
     if config.extend and summ.edge is not None and summ.best is not None:
         note = (
-            f"the best weight decay {summ.best.weight_decay:.4g} is still at the grid's edge "
-            f"after {config.extend} extension(s): widen the grid (grid_min, grid_max)"
+            f"after {config.extend} extension(s), {_edge(summ.best.weight_decay, summ.edge)}: "
+            "widen the grid (grid_min, grid_max)"
         )
         work.bar.say(f"note: {note}")
         notes.append(note)
     return studies, notes
+
+
+def _edge(best: float, edge: str | None) -> str:
+    """Why the best candidate sits at the grid's edge, in words (``cv.CVSummary.edge``)."""
+    if best == 0:
+        return "zero decay is the best and the smallest decay tried already hurts"
+    side = "largest" if edge == "high" else "smallest"
+    return f"the best weight decay {best:.4g} is the {side} positive candidate"
 
 
 def _stacking_limits(prep: Prepared, config: TuneConfig) -> tuple[str | None, int]:
@@ -1056,7 +1056,9 @@ def _summarize(
         "one_se_weight_decay": one_se.weight_decay if one_se else None,
         "suggested_weight_decay": sug.value if sug else None,
         "suggested_rule": sug.rule if sug else None,
-        "suggested_range": [sug.low_value, sug.high_value] if sug and sug.low else None,
+        "suggested_range": [sug.low_value, sug.high_value]
+        if sug is not None and sug.low is not None
+        else None,
         "best_weight_decay_conventions": _both(
             best.weight_decay if best else None, best_lr, spec.decay_scale
         ),
@@ -1074,7 +1076,7 @@ def _summarize(
         "hurts_from": summ.hurts_from,
         "edge": summ.edge,
         "repeats": summ.repeats,
-        "extended": sorted(c.weight_decay for c in cands if c.weight_decay not in set(spec.grid)),
+        "extended": sorted({c.weight_decay for c in cands} - set(spec.grid)),
         "pruned": sum(c.state == "pruned" for c in cands),
         "failed": len(failed),
         "candidates": [c.to_dict() for c in summ.candidates],
@@ -1102,7 +1104,7 @@ def verdict_text(s: dict[str, Any]) -> str:
     if s["flat"]:
         if s.get("zero_paired_diff") is not None:
             z = f"{s['zero_paired_diff']:.3g} +- {s['zero_paired_sem'] or 0:.2g}"
-            why = f"zero decay is within two paired standard errors of the best ({z})"
+            why = f"zero decay is within noise of the best ({z} worse, paired)"
         elif s.get("best_weight_decay") == 0:
             why = "zero decay is the best candidate"
         else:
@@ -1111,17 +1113,9 @@ def verdict_text(s: dict[str, Any]) -> str:
             f"; from {s['hurts_from']:.4g} up it hurts" if s.get("hurts_from") is not None else ""
         )
         lines.append(f"Weight decay barely matters here: {why}{hurts}.")
-    if s.get("edge") is not None and s["best_weight_decay"] == 0:
-        lines.append(
-            "Zero decay is the best, and the smallest decay tried already hurts: a smaller "
-            "one may still help (widen the grid downward)."
-        )
-    elif s.get("edge") is not None:
-        side = "largest" if s["edge"] == "high" else "smallest"
-        lines.append(
-            f"The best is the {side} positive candidate tried: the optimum may lie beyond "
-            "it (widen the grid)."
-        )
+    if s.get("edge") is not None:
+        why = _edge(s["best_weight_decay"], s["edge"])
+        lines.append(f"{why[0].upper()}{why[1:]}: the optimum may lie beyond it (widen the grid).")
     suggested = ""
     if s.get("suggested_weight_decay") is not None:
         rng = s.get("suggested_range")

@@ -165,7 +165,7 @@ def _nested(pool: np.ndarray, labels: np.ndarray | None, sizes: list[int], seed:
     return [np.sort(order[:n]) for n in sizes]
 
 
-def _optimum(summary: dict[str, Any]) -> TransferPoint | None:
+def _optimum(summary: dict[str, Any], fraction: float) -> TransferPoint | None:
     cands = [c for c in summary["candidates"] if c["state"] == "complete" and c["mean"] is not None]
     positive = sorted((c for c in cands if c["weight_decay"] > 0), key=lambda c: -c["weight_decay"])
     best = summary["best_weight_decay"]
@@ -177,8 +177,8 @@ def _optimum(summary: dict[str, Any]) -> TransferPoint | None:
     tau = cv.refine_optimum(taus, means, tau_best)
     inside = [c["tau_epoch"] for c in positive
               if (c["paired_diff"] or 0.0) <= (c["paired_sem"] or 0.0)]  # fmt: skip
-    return TransferPoint(0.0, int(summary["n_train"]), tau, (min(inside), max(inside)), best,
-                         bool(summary["flat"]))  # fmt: skip
+    return TransferPoint(fraction, int(summary["n_train"]), tau, (min(inside), max(inside)),
+                         best, bool(summary["flat"]))  # fmt: skip
 
 
 def transfer(
@@ -201,7 +201,7 @@ def transfer(
     """
     from .run import tune
 
-    t = get_task(task) if isinstance(task, str) or isinstance(task, Task) else None
+    t = get_task(task) if isinstance(task, (str, Task)) else None
     if not isinstance(t, Task):
         raise ArgumentError(
             f"task={task!r} is invalid for transfer: expected a Task or a built-in task's "
@@ -230,13 +230,15 @@ def transfer(
     base = study or t.name
     subsets = _nested(pool, labels, sizes, seed)
     points: list[TransferPoint] = []
+    settings: dict[str, Any] = {}
     for f, idx in zip(fr, subsets, strict=True):
         sub = _subset(t, idx, f"{t.name}-{len(idx)}")
         res = tune(sub, folds=k, test=False, out=out, study=f"{base}.transfer-{len(idx)}",
                    seed=seed, progress=progress, **tune_kwargs)  # fmt: skip
-        point = _optimum(res.summary)
+        settings = res.summary  # lr, batch size and convention as tune resolved them
+        point = _optimum(res.summary, f)
         if point is not None:
-            points.append(dataclasses.replace(point, fraction=f))
+            points.append(point)
     if len(points) < 2:
         raise ValueError(
             f"transfer of {t.name!r}: only {len(points)} subset(s) had a positive optimum "
@@ -245,8 +247,8 @@ def transfer(
         )
     x = np.log([p.n_train for p in points])
     y = np.log([p.tau_star for p in points])
-    slope, intercept = np.polyfit(x, y, 1) if len(points) > 1 else (0.0, float(y[0]))
-    n_target = round(len(pool))  # the refit trains on the whole pool
+    slope, intercept = np.polyfit(x, y, 1)
+    n_target = len(pool)  # the refit trains on the whole pool
     x0 = math.log(n_target)
     pred = intercept + slope * x0
     n = len(points)
@@ -261,9 +263,7 @@ def transfer(
         width = max(width, half)
     width = max(width, math.log(2.0) / 2)  # never narrower than the grid's 2^0.5 step
     tau, lo, hi = math.exp(pred), math.exp(pred - width), math.exp(pred + width)
-    lr = t.lr if tune_kwargs.get("lr") is None else float(tune_kwargs["lr"])
-    bs = t.batch_size if tune_kwargs.get("batch_size") is None else tune_kwargs["batch_size"]
-    scale = tune_kwargs.get("decay_scale") or t.decay_scale
+    lr, bs, scale = settings["lr"], settings["batch_size"], settings["decay_scale"]
     wd = weight_decay_from_tau_epoch(tau, lr, bs, n_target)
     result = TransferResult(
         points, float(slope), float(intercept), n_target, tau, lo, hi, wd,
