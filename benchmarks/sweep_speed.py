@@ -2,8 +2,9 @@
 
 For each case, the wide grid (zero plus 2x spacing over tau_epoch in [1/4, 4T], tune's
 default when the suggestion has no range) times 5 folds is trained twice in the same
-process: sequentially with ``adamwkit.fit``, and as one population with ``fit_population``. The table prints the wall
-time of each and the ratio sequential / stacked (higher is better for stacking).
+process: sequentially with ``adamwkit.fit``, and as one population with
+``fit_population``. The table prints the wall time of each and the ratio sequential /
+stacked (higher is better for stacking).
 
     python benchmarks/sweep_speed.py                                   # the digits sweep
     python benchmarks/sweep_speed.py --cases digits-mlp512 --epochs 100  # a wide MLP
