@@ -113,3 +113,65 @@ def test_the_shipped_calibration_is_the_fit_of_the_cached_studies():
     assert checks[cal.MODEL].share("within_2x") == best.share("within_2x")
     assert cal.LOFO_WITHIN_2X == pytest.approx(checks[cal.MODEL].share("within_2x"), abs=1e-4)
     assert cal.LOFO_RANGE_HOLDS == pytest.approx(checks[cal.MODEL].share("range_holds"), abs=1e-4)
+
+
+def _probe(tmp: Path, family: str, cid: str, epochs: int, turn: int) -> None:
+    """A cached probe whose 5 validation curves are lowest at epoch ``turn``."""
+    t = np.arange(1, epochs + 1)
+    curve = 1.0 + 0.001 * (t - turn) ** 2 / epochs
+    (tmp / family).mkdir(parents=True, exist_ok=True)
+    out = {"family": family, "id": cid, "seed": 0, "val_losses": [list(curve + f) for f in
+           (0.0, 0.1, -0.1, 0.05, 0.2)], "train_losses": []}  # fmt: skip
+    (tmp / family / f"{cid}-s0.json").write_text(json.dumps(out))
+
+
+def test_the_probe_rule_recovers_a_law_in_the_turning_epoch(tmp_path):
+    # tau* = 2 * turn in every family, with turns unrelated to T: the probe rule predicts
+    # each left-out family within 2x; a probe that never turned falls back to the rule.
+    results, probes = tmp_path / "results", tmp_path / "probes"
+    families = (("a", (3, 4, 9, 20, 50)), ("b", (6, 8, 12, 30, 60)), ("c", (5, 7, 15, 40, 70)))
+    for fam, turns in families:
+        for turn in turns:
+            _study(results, fam, f"t{turn}", 200, tau_opt=2.0 * turn, depth=0.5)
+            _probe(probes, fam, f"t{turn}", 200, turn)
+    _study(results, "c", "late", 100, tau_opt=10.0, depth=0.5)
+    _probe(probes, "c", "late", 100, 95)  # lowest in the last 10%: did not turn
+    studies = analyze.load_studies(results, probes)
+    turns = {s.id: s.turn for s in studies if s.family == "a"}
+    assert turns == pytest.approx({"t3": 3, "t4": 4, "t9": 9, "t20": 20, "t50": 50})
+    fallback = analyze.leave_one_family_out(analyze.SQRT_T, analyze.MODELS[analyze.SQRT_T],
+                                            [s for s in studies if s.located], studies)  # fmt: skip
+    clear = [s for s in studies if s.located]
+    check = analyze.probe_check("c * turn", ["log_turn=1"], clear, studies, fallback)
+    rows = {r["id"]: r for r in check.rows}
+    assert rows["late"]["turned"] is False
+    assert rows["late"]["pred"] == pytest.approx(10.0)  # sqrt(100) from the fallback
+    turned = [r for r in check.rows if r["turned"]]
+    assert len(turned) == 15
+    assert all(r["within_2x"] for r in turned)
+    assert all(r["ratio"] == pytest.approx(1.0, rel=0.15) for r in turned)
+
+
+def test_the_shipped_probe_rule_is_the_fit_of_the_cached_probes():
+    from adamwkit import _calibration as cal
+
+    studies = analyze.load_studies()
+    clear = [s for s in studies if s.located]
+    on_turned = [s for s in clear if analyze.turned(s)]
+    assert cal.PROBE_TURNED == analyze.TURNED
+    assert cal.PROBE_STUDIES == len(on_turned)
+    terms = analyze.PROBE_MODELS[cal.PROBE_MODEL]
+    f = analyze.fit(cal.PROBE_MODEL, terms, on_turned)
+    coef = {**{k: v for k, v in f.fixed.items() if k != "const"}, **f.coef}
+    assert coef == pytest.approx(cal.PROBE_COEF, rel=1e-9)
+    r = analyze.unseen_residuals(terms, cal.PROBE_MODEL, on_turned)
+    assert cal.PROBE_BAND == pytest.approx((np.quantile(r, 0.1), np.quantile(r, 0.9)), rel=1e-9)
+    fallback = analyze.leave_one_family_out(cal.MODEL, analyze.MODELS[cal.MODEL], clear, studies)
+    checks = {n: analyze.probe_check(n, t, clear, studies, fallback)
+              for n, t in analyze.PROBE_MODELS.items()}  # fmt: skip
+    best = max(checks.values(), key=lambda c: round(c.share("within_2x"), 6))
+    assert checks[cal.PROBE_MODEL].share("within_2x") == best.share("within_2x")
+    assert cal.PROBE_LOFO_WITHIN_2X == pytest.approx(best.share("within_2x"), abs=1e-4)
+    assert cal.PROBE_LOFO_RANGE_HOLDS == pytest.approx(
+        checks[cal.PROBE_MODEL].share("range_holds"), abs=1e-4
+    )

@@ -36,6 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
+PROBES = HERE / "probes"
 DOCS = ROOT / "docs"
 FIGURES = DOCS / "evidence"
 CALIBRATION = ROOT / "src" / "adamwkit" / "_calibration.py"
@@ -60,6 +61,7 @@ class Study:
     flat: bool
     band: tuple[float, float]
     states: list[str] = field(default_factory=list)
+    turn: float = math.nan  # the zero-decay probe's turning epoch (probe.py), if cached
 
     @property
     def located(self) -> bool:
@@ -87,12 +89,15 @@ class Study:
             "log_lr": math.log(c["lr"]),
             "log_P_per_N": math.log(self.params / self.n_train),
             "log_steps_per_epoch": math.log(self.n_train / c["batch_size"]),
+            "log_turn": math.log(self.turn) if self.turn > 0 else math.nan,
         }
 
 
-def load_studies(results: Path = RESULTS) -> list[Study]:
-    """Every cached configuration, its seeds merged as repeats of the CV."""
+def load_studies(results: Path = RESULTS, probes: Path = PROBES) -> list[Study]:
+    """Every cached configuration, its seeds merged as repeats of the CV, with the turning
+    epoch of its zero-decay probe (the geometric mean over the seeds probed)."""
     from adamwkit.tuning.cv import Candidate, summarize
+    from adamwkit.tuning.probe import turning_epoch
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for path in sorted(results.glob("*/*.json")):
@@ -140,9 +145,16 @@ def load_studies(results: Path = RESULTS) -> list[Study]:
         zero_mean = zero.mean if zero is not None and zero.mean is not None else math.nan
         seeds = [d["seed"] for d in runs]
         states = [c.state for c in positive]
+        turns = []
+        for seed in seeds:
+            path = probes / family / f"{cid}-s{seed}.json"
+            if path.exists():
+                curves = np.array(json.loads(path.read_text())["val_losses"])
+                turns.append(turning_epoch(curves.mean(0).tolist()))
+        turn = math.exp(float(np.mean(np.log(turns)))) if turns else math.nan
         studies.append(
             Study(family, cid, first["config"], first["n_train"], first["params"], seeds, taus,
-                  means, diffs, sems, zero_mean, best_tau, tau_star, s.flat, band, states)
+                  means, diffs, sems, zero_mean, best_tau, tau_star, s.flat, band, states, turn)
         )  # fmt: skip
     return studies
 
@@ -174,6 +186,22 @@ MODELS: dict[str, list[str]] = {
 }
 
 SQRT_T = "sqrt(T), Wang & Aitchison's window middle"
+
+# Rules that read a probe: one run without weight decay, its turning epoch (probe.py).
+PROBE_MODELS: dict[str, list[str]] = {
+    "c * turn": ["log_turn=1"],
+    "c * turn^a": ["log_turn"],
+    "c * turn^a * T^b": ["log_turn", "log_T"],
+}
+#: A probe turned when its validation loss was lowest before this share of the epochs;
+#: a probe that did not turn (still improving at the end) falls back to the rule without
+#: training.
+TURNED = 0.9
+
+
+def turned(s: Study) -> bool:
+    return s.turn < TURNED * s.epochs  # False when there is no probe (nan)
+
 
 # Published rules, as a prediction of log tau_epoch (not fitted here).
 PUBLISHED = {
@@ -276,6 +304,21 @@ def leave_one_family_out(name: str, terms: list[str], clear: list[Study],
             if s.family != fam:
                 continue
             rows.append(_judge(s, f.predict_log(s), lo, hi))
+    return Check(name, rows)
+
+
+def probe_check(name: str, terms: list[str], clear: list[Study], everyone: list[Study],
+                fallback: Check) -> Check:  # fmt: skip
+    """Leave-one-family-out for a probe rule: studies whose probe turned are predicted
+    from their turning epoch (fitted on the other families' turned studies, with their
+    nested range); the rest take the rule without training's row from ``fallback``."""
+    inner = leave_one_family_out(name, terms, [s for s in clear if turned(s)],
+                                 [s for s in everyone if turned(s)])  # fmt: skip
+    mine = {(r["family"], r["id"]): r for r in inner.rows}
+    rows = []
+    for r in fallback.rows:
+        key = (r["family"], r["id"])
+        rows.append({**mine[key], "turned": True} if key in mine else {**r, "turned": False})
     return Check(name, rows)
 
 
@@ -383,6 +426,42 @@ def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[s
     return names
 
 
+def plot_probe(studies: list[Study], probe: ProbeRule) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({s.family for s in studies})
+    colors = {f: plt.cm.tab10(i) for i, f in enumerate(families)}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for s in studies:
+        if math.isnan(s.turn) or not math.isfinite(s.tau_star):
+            continue
+        ax.scatter(s.turn, s.tau_star, color=colors[s.family], label=s.family,
+                   marker="o" if turned(s) else "^", alpha=1.0 if s.located else 0.35)  # fmt: skip
+        ax.plot([s.turn, s.turn], [s.band[0], min(s.band[1], 1e5)], color=colors[s.family],
+                lw=0.6, alpha=0.5)  # fmt: skip
+    t = np.geomspace(1, 400)
+    c = probe.coef
+    pred = np.exp(c["const"] + c.get("log_turn", 0.0) * np.log(t))
+    if "log_T" not in c:
+        ax.plot(t, pred, "k-", lw=1, label=f"probe rule: {probe.fit.name}")
+        ax.fill_between(t, pred * math.exp(probe.band[0]), pred * math.exp(probe.band[1]),
+                        color="k", alpha=0.08, label="80% range")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("turning epoch of the run without decay (triangle: did not turn)")
+    ax.set_ylabel("CV optimum tau_epoch* (faint: not located); bar: one-SE band")
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    ax.legend(seen.values(), seen.keys(), fontsize=7)
+    ax.set_title("The optimum against where the run without decay turns")
+    fig.tight_layout()
+    fig.savefig(FIGURES / "probe.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--write", action="store_true", help="rewrite src/adamwkit/_calibration.py")
@@ -401,6 +480,21 @@ def main() -> None:
         )
     best_name = max(checks, key=lambda n: (round(checks[n].share("within_2x"), 6),
                                            checks[n].share("range_holds")))  # fmt: skip
+    probes = {name: probe_check(name, terms, clear, studies, checks[best_name])
+              for name, terms in PROBE_MODELS.items()}  # fmt: skip
+    for name, c in probes.items():
+        print(
+            f"probe {name:39s} within 2x {c.share('within_2x'):.0%}  range holds "
+            f"{c.share('range_holds'):.0%}  in band (all) {c.share('in_band', False):.0%}"
+        )
+    best_probe = max(probes, key=lambda n: (round(probes[n].share("within_2x"), 6),
+                                            probes[n].share("range_holds")))  # fmt: skip
+    on_turned = [s for s in clear if turned(s)]
+    probe_fit = fit(best_probe, PROBE_MODELS[best_probe], on_turned)
+    r = unseen_residuals(PROBE_MODELS[best_probe], best_probe, on_turned)
+    probe_band = (float(np.quantile(r, 0.1)), float(np.quantile(r, 0.9)))
+    print("probe chosen:", best_probe, probe_fit.coef, probe_fit.fixed, "band x",
+          [round(math.exp(b), 3) for b in probe_band])  # fmt: skip
     final = fit(best_name, MODELS[best_name], clear)
     r = unseen_residuals(MODELS[best_name], best_name, clear)
     band = (float(np.quantile(r, 0.1)), float(np.quantile(r, 0.9)))
@@ -412,13 +506,93 @@ def main() -> None:
             f"{'located' if s.located else ''}"
         )
     plots(studies, final, band)
+    probe = ProbeRule(probe_fit, probe_band, probes[best_probe], probes, on_turned)
+    plot_probe(studies, probe)
     if args.write:
-        write_calibration(final, band, clear, checks[best_name])
-    write_docs(studies, clear, final, band, {**published, **checks}, best_name)
+        write_calibration(final, band, clear, checks[best_name], probe)
+    write_docs(studies, clear, final, band, {**published, **checks}, best_name, probe)
+
+
+@dataclass
+class ProbeRule:
+    """The chosen probe rule: its fit on the turned studies, its 80% band, its check
+    (turned studies predicted from the probe, the rest by the rule without training),
+    every probe model's check, and the studies it was fitted on."""
+
+    fit: Fit
+    band: tuple[float, float]
+    check: Check
+    checks: dict[str, Check]
+    fitted_on: list[Study]
+
+    @property
+    def coef(self) -> dict[str, float]:
+        """Every term's coefficient, fitted or set, and the constant."""
+        return {**{k: v for k, v in self.fit.fixed.items() if k != "const"}, **self.fit.coef}
+
+
+def probe_section(studies: list[Study], probe: ProbeRule, chosen: str) -> list[str]:
+    """The docs' section on the probe rule."""
+    c = probe.coef
+    terms = [f"{v:.3f} {k}" for k, v in c.items() if k != "const"]
+    formula = " + ".join([f"{c['const']:.3f}", *terms])
+    n_turned = sum(turned(s) for s in studies)
+    out = [
+        "",
+        "## A probe run: where the run without decay turns",
+        "",
+        "`python benchmarks/evidence/probe.py` trains each study's zero-decay candidate again",
+        "on the same folds and seeds (its final losses equal the study's) and keeps the",
+        "learning curves. The *turning epoch* is where the mean validation curve over the",
+        "folds is lowest: the model starts to fit noise there. A curve lowest in the last",
+        f"{1 - TURNED:.0%} of the epochs has not turned; such studies take the rule without",
+        f"training ({chosen}). {n_turned} of {len(studies)} studies turned.",
+        "",
+        f"Chosen by leave-one-family-out accuracy: **{probe.fit.name}**, fitted on the",
+        f"{len(probe.fitted_on)} located studies whose probe turned:",
+        "",
+        "```",
+        f"log tau_epoch* = {formula}",
+        f"80% range: tau_epoch* / prediction in [{math.exp(probe.band[0]):.3f}, "
+        f"{math.exp(probe.band[1]):.3f}]",
+        "```",
+        "",
+        "`adamwkit tune --probe` (Python: `adamwkit.tuning.probe.probe`) runs the probe on",
+        "any task or objective that reports its validation loss per epoch, at the cost of",
+        "one candidate.",
+        "",
+        "| probe model | within 2x | range holds | usable (all studies) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, chk in probe.checks.items():
+        mark = "**" if name == probe.fit.name else ""
+        shares = [chk.share("within_2x"), chk.share("range_holds"), chk.share("in_band", False)]
+        out.append(f"| {mark}{name}{mark} | " + " | ".join(f"{x:.0%}" for x in shares) + " |")
+    out += [
+        "",
+        f"Family by family, for **{probe.fit.name}** (each family predicted without it; the",
+        "studies whose probe did not turn use the rule without training):",
+        "",
+        "| family | located studies | turned | median tau* / prediction | within 2x | "
+        "range holds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for fam in sorted({s.family for s in studies}):
+        rows = [r for r in probe.check.rows if r["family"] == fam and r["clear"]]
+        if not rows:
+            out.append(f"| {fam} | 0 | - | - | - | - |")
+            continue
+        med = float(np.median([r["ratio"] for r in rows]))
+        n_t = sum(r["turned"] for r in rows)
+        w2 = sum(r["within_2x"] for r in rows) / len(rows)
+        rh = sum(r["range_holds"] for r in rows) / len(rows)
+        out.append(f"| {fam} | {len(rows)} | {n_t} | {med:.2f} | {w2:.0%} | {rh:.0%} |")
+    out += ["", "![probe](evidence/probe.png)"]
+    return out
 
 
 def write_calibration(final: Fit, band: tuple[float, float], clear: list[Study],
-                      check: Check) -> None:  # fmt: skip
+                      check: Check, probe: ProbeRule) -> None:  # fmt: skip
     text = f'''"""The calibrated rule's constants (``benchmarks/evidence/analyze.py --write``).
 
 Do not edit by hand: rerun the analysis. ``tests/test_evidence.py`` refits them from the
@@ -436,6 +610,17 @@ EPOCHS = ({min(s.epochs for s in clear)!r}, {max(s.epochs for s in clear)!r})
 EXAMPLES = ({float(min(s.n_train for s in clear))!r}, {float(max(s.n_train for s in clear))!r})
 LOFO_WITHIN_2X = {check.share("within_2x"):.4f}
 LOFO_RANGE_HOLDS = {check.share("range_holds"):.4f}
+
+# The probe rule (adamwkit.tuning.probe): log tau_epoch* = sum of PROBE_COEF[t] * t over
+# log_turn (the zero-decay run's turning epoch) and log_T, plus the constant; used when the
+# curve turned before PROBE_TURNED of the epochs.
+PROBE_MODEL = {json.dumps(probe.fit.name)}
+PROBE_COEF = {json.dumps(probe.coef, sort_keys=True)}
+PROBE_BAND = ({probe.band[0]!r}, {probe.band[1]!r})
+PROBE_TURNED = {TURNED!r}
+PROBE_STUDIES = {len(probe.fitted_on)}
+PROBE_LOFO_WITHIN_2X = {probe.check.share("within_2x"):.4f}
+PROBE_LOFO_RANGE_HOLDS = {probe.check.share("range_holds"):.4f}
 '''
     CALIBRATION.write_text(text)
     print("wrote", CALIBRATION)
@@ -445,7 +630,7 @@ KEEP = "<!-- everything below this line is kept when analyze.py rewrites the pag
 
 
 def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple[float, float],
-               checks: dict[str, Check], chosen: str) -> None:  # fmt: skip
+               checks: dict[str, Check], chosen: str, probe: ProbeRule) -> None:  # fmt: skip
     from families import FAMILIES
 
     path = DOCS / "evidence.md"
@@ -542,6 +727,7 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
         w2 = sum(r["within_2x"] for r in rows) / len(rows)
         rh = sum(r["range_holds"] for r in rows) / len(rows)
         out.append(f"| {fam} | {len(rows)} | {med:.2f} | {w2:.0%} | {rh:.0%} |")
+    out += probe_section(studies, probe, chosen)
     out += [
         "",
         "![calibration](evidence/calibration.png)",
@@ -554,18 +740,23 @@ def write_docs(studies: list[Study], clear: list[Study], final: Fit, band: tuple
         "",
         "tau values in epochs. *pred* is the calibrated prediction made without the study's",
         "family; *ratio* is tau* / pred (within 2x: 0.5 to 2); *sqrt(T) ratio* is tau* /",
-        "sqrt(T), Wang & Aitchison's window middle.",
+        "sqrt(T), Wang & Aitchison's window middle; *turn* is the zero-decay probe's",
+        "turning epoch ((no): it did not turn), *probe ratio* tau* / the probe rule's",
+        "prediction made without the study's family.",
         "",
         "| family | configuration | N | params | tau* | one-SE band | flat | pred | ratio | "
-        "sqrt(T) ratio |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+        "sqrt(T) ratio | turn | probe ratio |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
+    pr = {r["id"] + r["family"]: r for r in probe.check.rows}
     for s in studies:
-        r, w = lofo[s.id + s.family], wa[s.id + s.family]
+        r, w, q = lofo[s.id + s.family], wa[s.id + s.family], pr[s.id + s.family]
+        turn = "-" if math.isnan(s.turn) else f"{s.turn:.3g}" + ("" if turned(s) else " (no)")
         out.append(
             f"| {s.family} | {s.id} | {s.n_train} | {s.params:,} | {_fmt(s.tau_star)} | "
             f"{_fmt(s.band[0])} to {_fmt(s.band[1])} | {'flat' if s.flat else ''} | "
-            f"{r['pred']:.3g} | {r['ratio']:.2f} | {w['ratio']:.2f} |"
+            f"{r['pred']:.3g} | {r['ratio']:.2f} | {w['ratio']:.2f} | {turn} | "
+            f"{q['ratio']:.2f} |"
         )
     out += ["", KEEP]
     path.write_text("\n".join(out) + (kept if kept else "\n"))

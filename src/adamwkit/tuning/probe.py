@@ -1,0 +1,213 @@
+r"""Weight decay from one cheap run without it: :func:`probe`.
+
+A run without weight decay shows when the model starts to overfit: its validation loss
+falls, bottoms out at the *turning epoch* :math:`t_{\mathrm{turn}}`, then rises. In the
+evidence studies (``docs/evidence.md``) the cross-validated optimum timescale followed that
+epoch closely across six task families, sizes, widths, batch sizes and learning rates:
+
+.. math::
+
+    \tau^*_{\mathrm{epoch}} \approx c\,t_{\mathrm{turn}},
+    \qquad \lambda = \frac{B}{\eta\,\tau^*_{\mathrm{epoch}}\,N}
+
+with :math:`c` and its 80% range fitted on the evidence and checked on families left out
+of the fit (``adamwkit._calibration``: ``PROBE_*``). This is the timescale reading of
+weight decay (Wang & Aitchison 2024, arXiv:2405.13698): the weights average the updates
+of the last :math:`\tau` epochs, and the best window is about as long as the model takes
+to fit the signal before it starts fitting the noise.
+
+:func:`probe` cross-validates zero decay alone (``tune(grid=[0.0])``: the same folds,
+seeds and training as a later ``tune``, about one candidate's cost) and reads the turning
+epoch from the mean of its folds' learning curves. A curve still falling in the last 10%
+of the epochs has not turned: the model has not started to overfit, and the suggestion
+falls back to :func:`adamwkit.suggest`'s calibrated rule, which needs no run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _calibration as _cal
+from .._checks import ArgumentError
+
+__all__ = ["ProbeResult", "probe", "probe_tau_epoch", "turning_epoch"]
+
+
+def turning_epoch(curve: Sequence[float]) -> int:
+    """The epoch (counted from 1) at which a validation curve is lowest: where a run
+    without weight decay stops improving and starts to overfit. Non-finite points
+    (a diverged run) are skipped; raises ``ValueError`` when none is finite.
+
+    Example: ``turning_epoch([1.0, 0.6, 0.5, 0.55, 0.7]) == 3``.
+    """
+    finite = [(v, i) for i, v in enumerate(curve) if math.isfinite(v)]
+    if not finite:
+        raise ValueError(f"curve={list(curve)!r} is invalid: expected a finite loss")
+    return min(finite)[1] + 1
+
+
+def probe_tau_epoch(turn: float, epochs: float) -> tuple[float, float, float] | None:
+    r"""The calibrated :math:`\tau^*_{\mathrm{epoch}} = c\,t_{\mathrm{turn}}` and its 80%
+    range, or ``None`` when the curve did not turn (``turn`` in the last 10% of
+    ``epochs``, :data:`adamwkit._calibration.PROBE_TURNED`).
+
+    Example: with :math:`c = 2`, ``probe_tau_epoch(50, 300)`` gives 100 epochs.
+    """
+    if not (turn > 0 and epochs > 0):
+        raise ValueError(f"turn={turn!r} and epochs={epochs!r} are invalid: expected positive")
+    if turn >= _cal.PROBE_TURNED * epochs:
+        return None
+    features = {"log_turn": math.log(turn), "log_T": math.log(epochs)}
+    x = sum(c * (1.0 if t == "const" else features[t]) for t, c in _cal.PROBE_COEF.items())
+    lo, hi = _cal.PROBE_BAND
+    return math.exp(x), math.exp(x + lo), math.exp(x + hi)
+
+
+@dataclass
+class ProbeResult:
+    """What :func:`probe` returns. ``curve`` is the mean validation loss over the folds
+    at each reported epoch (``steps``); weight decays (``value``, ``low_value``,
+    ``high_value``) are in the convention of ``decay_scale``, for the examples a fold
+    trains on (``n_train``), like ``tune``'s candidates. ``rule`` is ``"probe"``, or
+    ``"calibrated"`` when the curve did not turn (then the range is that rule's)."""
+
+    task: str
+    epochs: int
+    steps: list[float]
+    curve: list[float]
+    turn: float
+    turned: bool
+    rise: float
+    tau_epoch: float
+    tau_low: float
+    tau_high: float
+    value: float
+    low_value: float
+    high_value: float
+    rule: str
+    decay_scale: str
+    lr: float
+    batch_size: int
+    n_train: int
+    run_dir: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("task", "epochs", "steps", "curve", "turn", "turned", "rise", "tau_epoch",
+                "tau_low", "tau_high", "value", "low_value", "high_value", "rule",
+                "decay_scale", "lr", "batch_size", "n_train")  # fmt: skip
+        out = {k: getattr(self, k) for k in keys}
+        out["run_dir"] = None if self.run_dir is None else str(self.run_dir)
+        out["verdict"] = self.verdict()
+        return out
+
+    def verdict(self) -> str:
+        g = "{:.3g}".format
+        if self.turned:
+            why = (
+                f"Without weight decay the validation loss is lowest at epoch {g(self.turn)} "
+                f"of {self.epochs} and {g(100 * self.rise)}% higher at the end; the evidence "
+                f"puts the optimal timescale at {g(_ratio())}x that epoch"
+            )
+        else:
+            why = (
+                f"Without weight decay the validation loss is still falling at epoch "
+                f"{g(self.turn)} of {self.epochs} (no overfitting yet), so the probe says "
+                "little; this is the calibrated rule's value"
+            )
+        return (
+            f"{why}: tau_epoch {g(self.tau_epoch)}, weight decay {self.value:.4g} "
+            f"(decay_scale={self.decay_scale!r}), 80% range {self.low_value:.4g} to "
+            f"{self.high_value:.4g}. Confirm with tune over that range."
+        )
+
+
+def _ratio() -> float:
+    """tau* / turn at a turn of one epoch: the constant c of c * turn."""
+    return math.exp(_cal.PROBE_COEF["const"])
+
+
+def probe(
+    objective: Any = "digits",
+    *,
+    study: str | None = None,
+    out: str | Path = "adamwkit-runs",
+    **tune_kwargs: Any,
+) -> ProbeResult:
+    """Train without weight decay on the CV folds; suggest weight decay from where the
+    validation loss turns (see the module's docstring).
+
+    ``objective`` and ``tune_kwargs`` are as in :func:`adamwkit.tune` (``folds``,
+    ``epochs``, ``lr``, ``batch_size``, ``decay_scale``, ``device``, ...); the grid is
+    zero alone and there are no refits. An objective must report its validation loss
+    during training (``trial.report(loss, epoch)``) and give ``epochs`` and
+    ``batch_size``. The study is ``<study>.probe`` in ``out``; rerunning resumes it.
+
+    Example: ``probe("digits").verdict()``.
+    """
+    from .report import mean_curve
+    from .run import _default_study_name, tune
+
+    for arg in ("grid", "grid_min", "grid_max", "points", "lr_grid", "search_lr", "sampler",
+                "trials", "test", "extend"):  # fmt: skip
+        if arg in tune_kwargs:
+            raise ArgumentError(
+                f"{arg} cannot be used with probe: it cross-validates zero decay alone",
+                arg,
+            )
+    name = study if study is not None else _default_study_name(_name_of(objective))
+    result = tune(objective, grid=[0.0], test=False, extend=0, study=f"{name}.probe", out=out,
+                  **tune_kwargs)  # fmt: skip
+    s = result.summary
+    zero = next(c for c in s["candidates"] if c["weight_decay"] == 0.0)
+    if zero["state"] != "complete":
+        raise ValueError(
+            f"the probe of {s['task']!r} did not finish: zero decay is {zero['state']}"
+            + (f" ({zero['reason']})" if zero.get("reason") else "")
+        )
+    steps, curve = mean_curve(zero.get("fold_curves") or {})
+    if len(curve) < 3:
+        raise ValueError(
+            f"the probe of {s['task']!r} needs the validation loss during training: the "
+            f"folds reported {len(curve)} point(s) in common; call trial.report(loss, epoch) "
+            "once per epoch in the objective"
+        )
+    epochs, factor = s["epochs"], s["tau_epoch_factor"]
+    if epochs is None or factor is None:
+        raise ArgumentError(
+            "probe needs epochs and batch_size with an objective, to turn the curve's "
+            "epochs into a weight decay",
+            "epochs",
+            "batch_size",
+        )
+    at = turning_epoch(curve) - 1
+    turn = steps[at] * epochs / steps[-1]  # the reported steps, in epochs
+    rise = curve[-1] / curve[at] - 1 if curve[at] > 0 else 0.0
+    found = probe_tau_epoch(turn, epochs)
+    rule = "probe"
+    if found is None:
+        from ..rules import calibrated_tau_epoch, training_setup
+
+        setup = training_setup(dataset_size=s["n_train"], batch_size=s["batch_size"],
+                               epochs=epochs, lr=s["lr"])  # fmt: skip
+        found = calibrated_tau_epoch(setup)
+        assert found is not None
+        rule = "calibrated"
+    tau, tau_lo, tau_hi = found
+    return ProbeResult(
+        task=s["task"], epochs=epochs, steps=steps, curve=curve, turn=turn,
+        turned=rule == "probe", rise=rise, tau_epoch=tau, tau_low=tau_lo, tau_high=tau_hi,
+        value=factor / tau, low_value=factor / tau_hi, high_value=factor / tau_lo, rule=rule,
+        decay_scale=s["decay_scale"], lr=s["lr"], batch_size=s["batch_size"],
+        n_train=s["n_train"], run_dir=result.run_dir, summary=s,
+    )  # fmt: skip
+
+
+def _name_of(objective: Any) -> str:
+    if isinstance(objective, str):
+        return objective
+    return str(getattr(objective, "name", None) or getattr(objective, "__name__", "objective"))
