@@ -68,3 +68,27 @@ def quadratic(trial: Any) -> float:
     non-finite, for the fault tests."""
     _instrument(trial)
     return abs(trial.weight_decay - 0.3) + 0.1 * (trial.fold or 0)
+
+
+def _curve(trial: Any, turn: float, epochs: int) -> float:
+    """Report a validation curve lowest at epoch ``turn`` (never, for ``turn > epochs``)
+    whose level differs by fold; return its last point."""
+    loss = math.nan
+    for epoch in range(1, epochs + 1):
+        loss = 1.0 + 0.1 * trial.fold + 0.01 * (epoch - turn) ** 2 / epochs
+        trial.report(loss, epoch)
+    return loss
+
+
+def turns_at_12(trial: Any) -> float:
+    """A run without decay that overfits from epoch 12 of 40."""
+    return _curve(trial, 12, 40)
+
+
+def still_falling(trial: Any) -> float:
+    """A run without decay still improving at its last epoch (40)."""
+    return _curve(trial, 80, 40)
+
+
+def reports_nothing(trial: Any) -> float:
+    return 1.0 + 0.1 * trial.fold

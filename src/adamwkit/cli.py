@@ -81,6 +81,10 @@ _FLAGS = {
     "to_convention": "--to",
     "objective": "TASK",
     "run": "--run",
+    "transfer": "--transfer",
+    "probe": "--probe",
+    "confirm": "--confirm",
+    "no_test": "--no-test",
 }
 
 
@@ -302,9 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--fractions", help="with --transfer: subset sizes, comma-separated (default 1/8,1/4,1/2)"
     )
     p.add_argument(
+        "--probe",
+        action="store_true",
+        help="cross-validate zero decay alone and suggest weight decay from the epoch its "
+        "validation loss turns, with an 80%% range (about one candidate's cost)",
+    )
+    p.add_argument(
         "--confirm",
         action="store_true",
-        help="with --transfer: cross-validate a narrow grid over the interval at the full size",
+        help="with --transfer or --probe: cross-validate a narrow grid over the interval "
+        "(for --transfer at the full size)",
     )
     p.add_argument(
         "--extend",
@@ -632,8 +643,16 @@ def _cmd_tune(a: argparse.Namespace) -> int:
     from ._io import WriteFailed
 
     try:
+        if a.transfer and a.probe:
+            raise ArgumentError("transfer and probe are exclusive: choose one", "transfer", "probe")
         if a.transfer:
             return _run_transfer(a)
+        if a.probe:
+            return _run_probe(a, tune)
+        for flag in ("fractions", "confirm"):
+            if getattr(a, flag):
+                need = "--transfer" if flag == "fractions" else "--transfer or --probe"
+                raise ArgumentError(f"{flag} goes with {need}", flag)
         result = _run_tune(a, tune)
     except WriteFailed as err:
         raise RunFailed(
@@ -689,6 +708,53 @@ def _run_transfer(a: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"[bold green]{escape(result.verdict())}[/bold green]")
     console.print(f"Plot: {result.paths['plot']}  (summary: {result.paths['summary']})")
+    return 0
+
+
+def _run_probe(a: argparse.Namespace, tune: Any) -> int:
+    import math
+
+    from rich.markup import escape
+
+    from .tuning.probe import probe
+
+    given = [n for n in ("grid", "grid_min", "grid_max", "points", "lr_grid", "fractions")
+             if getattr(a, n) is not None]  # fmt: skip
+    given += [n for n in ("search_lr", "no_test") if getattr(a, n)]
+    if a.sampler != "grid":
+        given.append("sampler")
+    if given:
+        raise ArgumentError(
+            f"{' and '.join(given)} cannot be used with probe: it cross-validates zero decay "
+            "alone (with --confirm, then a grid over its range)",
+            *given,
+        )
+    settings = {
+        **_run_settings(a),
+        **{k: getattr(a, k) for k in ("examples", "test_fraction", "storage", "workers",
+                                      "heartbeat_interval", "storage_retry")},
+    }  # fmt: skip
+    extend = settings.pop("extend")  # for the confirmation's grid
+    result = probe(a.objective, **settings)
+    confirmed = None
+    if a.confirm:
+        lo, hi = result.low_value, result.high_value
+        n = max(3, round(2 * math.log2(hi / lo)) + 1)  # 2^0.5 spacing
+        grid = [0.0, *sorted({float(f"{lo * (hi / lo) ** (i / (n - 1)):.6g}") for i in range(n)})]
+        study = f"{a.study or result.run_dir.name.removesuffix('.probe')}.probe-confirm"  # type: ignore[union-attr]
+        confirmed = tune(a.objective, **{**settings, "study": study}, grid=grid, extend=extend,
+                         test=True)  # fmt: skip
+    if a.json:
+        out = result.to_dict()
+        if confirmed is not None:
+            out["confirm"] = confirmed.summary
+        _print_json(out)
+        return 0
+    console = _console()
+    console.print(f"[bold green]{escape(result.verdict())}[/bold green]")
+    console.print(f"Probe: {result.run_dir}")
+    if confirmed is not None:
+        _show_tune(confirmed)
     return 0
 
 

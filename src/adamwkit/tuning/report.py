@@ -75,7 +75,11 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
         w = np.asarray(w, dtype=float)
         return factor / np.maximum(w, 1e-300)
 
-    if factor:
+    positive = [c["weight_decay"] for c in cands if c["weight_decay"] > 0]
+    if not positive:  # zero decay alone (a probe): an axis around the suggestion, if any
+        v = summary.get("suggested_weight_decay") or 1e-2
+        ax.set_xlim(v / 10, v * 10)
+    if factor and positive:
         top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
         top.set_xlabel("tau_epoch (epochs)")
     title = "weight decay barely matters here" if summary["flat"] else "CV loss"
