@@ -499,7 +499,9 @@ def choose_rule(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, st
             f"{cal.note}. Left out family by family, it was within 2x of the CV optimum on "
             f"{c.LOFO_WITHIN_2X:.0%} of the studies and its range held the optimum on "
             f"{c.LOFO_RANGE_HOLDS:.0%}: the optimum depends on the task as much as on these "
-            "sizes, so verify it with adamwkit tune."
+            "sizes, so verify it with adamwkit tune. One run without decay does better: "
+            f"adamwkit tune --probe was within 2x on {c.PROBE_LOFO_WITHIN_2X:.0%} and its "
+            f"range held {c.PROBE_LOFO_RANGE_HOLDS:.0%}."
         )
     if wa.ran:
         unit = "tokens" if s.unit == "tokens" else "examples"
