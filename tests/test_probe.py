@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import objectives
 import pytest
 
+import objectives
 from adamwkit import _calibration as cal
 from adamwkit.rules import calibrated_tau_epoch, training_setup
 from adamwkit.tuning.probe import probe, probe_tau_epoch, turning_epoch
