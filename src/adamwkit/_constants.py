@@ -14,15 +14,22 @@ __all__ = [
     "MAX_CANDIDATES",
     "MAX_EXTEND",
     "MAX_REPEATS",
+    "OPTIMIZER_DECAY_SCALES",
     "PRECISIONS",
     "SAMPLERS",
     "SEED_MAX",
     "VECTORIZE",
 ]
 
-#: ``decay_scale`` of :class:`adamwkit.AdamW`: ``"lr"`` (PyTorch's convention, the decay is
-#: multiplied by the step's lr) or ``"schedule"`` (the AdamW paper's, by lr_t / lr_peak).
+#: ``decay_scale`` of tasks, ``suggest`` and ``tune``: ``"lr"`` (PyTorch's convention, the
+#: decay is multiplied by the step's lr) or ``"schedule"`` (the AdamW paper's, by lr_t /
+#: lr_peak).
 DECAY_SCALES: tuple[str, ...] = ("lr", "schedule")
+
+#: ``decay_scale`` of the optimizer itself: the tuned conventions, plus AdamC's
+#: ``"corrected"`` (per step ``wd * lr_t**2 / lr_peak``), whose value per step depends on the
+#: schedule, so ``suggest`` and ``tune`` speak of it through ``convert``.
+OPTIMIZER_DECAY_SCALES: tuple[str, ...] = ("lr", "schedule", "corrected")
 
 #: Names :func:`adamwkit.convert_weight_decay` accepts for a convention, and the canonical
 #: convention each means.
@@ -35,6 +42,8 @@ CONVENTION_ALIASES: dict[str, str] = {
     "optax": "torch",
     "keras": "torch",
     "schedule": "independent",
+    "corrected": "timm-corrected",
+    "adamc": "timm-corrected",
     "paper": "independent",
     "composer": "independent",
     "wortsman": "independent",

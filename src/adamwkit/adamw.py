@@ -21,12 +21,16 @@ from ._checks import check_choice, check_range
 from .functional import (
     DECAY_SCALES,
     DecayScale,
+    decay_variants,
     effective_weight_decay,
     fused_eligible,
     torch_step,
 )
 
 __all__ = ["AdamW"]
+
+#: ``decay_toward`` of :class:`AdamW`: decay toward zero, or toward the first step's weights.
+DECAY_TOWARD: tuple[str, ...] = ("zero", "init")
 
 # Keys this class adds to each param group (with nonfinite_skips). A state_dict saved by
 # torch.optim.AdamW has none of them; loading one keeps the receiving optimizer's lr_peak
@@ -57,6 +61,24 @@ class AdamW(Optimizer):
             ``lr_init``). A step whose lr exceeds ``lr_peak`` raises a ``ValueError``
             (the multiplier ``lr_t / lr_peak`` is at most 1 by definition): with
             ``CyclicLR``, whose ``initial_lr`` is its lowest lr, set ``lr_peak``.
+            - ``"corrected"`` (AdamC, Defazio 2025, arXiv:2506.02285; timm's
+              ``corrected_weight_decay``):
+              :math:`\theta \leftarrow \theta\,(1 - \lambda\,\mathrm{lr}_t^2/\mathrm{lr}_{peak})`.
+              The decay falls with the square of the schedule, which keeps the
+              normalised layers' equilibrium norm steady as the lr anneals; the paper
+              applies it to the layers followed by a normalisation.
+
+        cautious: decay only the coordinates whose update agrees in sign with the weight
+            (Cautious Weight Decay, Chen et al. 2025, arXiv:2510.12402):
+            :math:`\theta \leftarrow \theta - \mathrm{lr}_t(u + \lambda\,
+            \mathbb{I}(u\,\theta \ge 0)\,\theta)` in PyTorch's convention.
+        decay_toward: ``"zero"`` (default) or ``"init"``: decay toward the weights the
+            parameter had at its first step (the initial or pretrained weights), the
+            decoupled form of L2-SP for fine-tuning (Xuhong et al., ICML 2018):
+            :math:`\theta \leftarrow \theta - \mathrm{lr}_t\lambda(\theta - \theta_0)`.
+            The reference is kept in the state (``decay_ref``), one copy of the weights.
+
+        ``cautious`` and ``decay_toward`` are group keys too, so groups may differ.
 
         skip_nonfinite: when True and any gradient of the step holds a NaN or an infinity,
             the step changes no parameter and no state; each group's ``nonfinite_skips``
@@ -99,6 +121,8 @@ class AdamW(Optimizer):
         fused: bool | None = None,
         decay_scale: DecayScale = "lr",
         skip_nonfinite: bool = False,
+        cautious: bool = False,
+        decay_toward: str = "zero",
     ) -> None:
         if fused and foreach:
             raise ValueError("fused=True and foreach=True are exclusive: choose one path")
@@ -119,6 +143,8 @@ class AdamW(Optimizer):
             "decoupled_weight_decay": True,
             "decay_scale": decay_scale,
             "lr_peak": None,
+            "cautious": cautious,
+            "decay_toward": decay_toward,
         }
         _check_group(defaults, "")
         self.skip_nonfinite = bool(skip_nonfinite)
@@ -148,6 +174,8 @@ class AdamW(Optimizer):
             group.setdefault("lr_peak", None)
             group.setdefault("lr_init", float(group.get("initial_lr", group["lr"])))
             group.setdefault("nonfinite_skips", 0)
+            group.setdefault("cautious", False)
+            group.setdefault("decay_toward", "zero")
             for key in ("amsgrad", "maximize", "capturable", "differentiable"):
                 group.setdefault(key, False)
             group.setdefault("foreach", None)
@@ -183,6 +211,17 @@ class AdamW(Optimizer):
         same per-step decay, see :func:`adamwkit.effective_weight_decay`) and its
         ``decay_scale`` ``"lr"``, so the run continues unchanged in either class.
         """
+        for index, group in enumerate(self.param_groups):
+            reason = None
+            if group["decay_scale"] == "corrected":
+                reason = "decay_scale='corrected' (its decay follows lr_t**2, not lr_t)"
+            elif group.get("cautious") or group.get("decay_toward") == "init":
+                reason = "cautious or decay_toward='init'"
+            if reason:
+                raise ValueError(
+                    f"param_groups[{index}] uses {reason}, which torch.optim.AdamW cannot "
+                    "continue; save state_dict() and continue with adamwkit.AdamW"
+                )
         sd = self.state_dict()
         for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
             if saved["decay_scale"] == "schedule":
@@ -208,18 +247,19 @@ class AdamW(Optimizer):
 
     def _decay(self, group: dict[str, Any], index: int) -> float:
         """The group's weight decay in PyTorch's convention for this step."""
-        if group["decay_scale"] == "lr":
+        scale = group["decay_scale"]
+        if scale == "lr":
             return group["weight_decay"]
         peak = self.lr_peak(group)
         lr = float(group["lr"])
         if lr > peak * (1 + 1e-9):
             raise ValueError(
                 f"param_groups[{index}]: lr={lr:g} exceeds lr_peak={peak:g}, so the decay "
-                f"multiplier lr/lr_peak would exceed 1 under decay_scale='schedule'; set the "
+                f"multiplier lr/lr_peak would exceed 1 under decay_scale={scale!r}; set the "
                 f"group's 'lr_peak' to the schedule's peak (CyclicLR reports its lowest lr "
                 f"as initial_lr)"
             )
-        return float(effective_weight_decay(group["weight_decay"], "schedule", peak))
+        return float(effective_weight_decay(group["weight_decay"], scale, peak, lr))
 
     def _init_group(self, group: dict[str, Any], explicit: str | None) -> tuple:
         """Collect the group's tensors in one pass, creating state in torch.optim.AdamW's layout.
@@ -257,6 +297,8 @@ class AdamW(Optimizer):
                 )
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["decay_toward"] == "init" and "decay_ref" not in state:
+                state["decay_ref"] = p.detach().clone(memory_format=torch.preserve_format)
             elif fused_layout and (
                 state["step"].dtype != torch.float32 or state["step"].device != p.device
             ):
@@ -314,10 +356,19 @@ class AdamW(Optimizer):
                 *tensors, has_complex, impl = self._init_group(group, self._explicit_impl(group))
                 if not tensors[0]:
                     continue
+                wd = self._decay(group, index)
+                toward = group["decay_toward"] == "init"
+                if wd and (group["cautious"] or toward):
+                    params, grads, exp_avgs = tensors[0], tensors[1], tensors[2]
+                    refs = [self.state[p]["decay_ref"] for p in params] if toward else None
+                    decay_variants(params, grads, exp_avgs, float(group["lr"]) * wd,
+                                   beta1=group["betas"][0], maximize=group["maximize"],
+                                   cautious=group["cautious"], references=refs)  # fmt: skip
+                    wd = 0.0
                 torch_step(
                     *tensors,
                     lr=group["lr"],
-                    weight_decay=self._decay(group, index),
+                    weight_decay=wd,
                     betas=group["betas"],
                     eps=group["eps"],
                     amsgrad=group["amsgrad"],
@@ -374,11 +425,22 @@ def _check_group(group: dict[str, Any], where: str) -> None:
     check_range(f"{where}eps", group["eps"])
     check_range(f"{where}weight_decay", group["weight_decay"])
     check_choice(f"{where}decay_scale", group["decay_scale"], DECAY_SCALES)
-    if group["decay_scale"] == "schedule":
+    check_choice(f"{where}decay_toward", group.get("decay_toward", "zero"), DECAY_TOWARD)
+    if not isinstance(group.get("cautious", False), bool):
+        raise ValueError(
+            f"{where}cautious={group['cautious']!r} is invalid: expected True or False"
+        )
+    if (group.get("cautious") or group.get("decay_toward") == "init") and group["capturable"]:
+        raise ValueError(
+            f"{where}cautious and decay_toward='init' work with capturable=False (they decay "
+            "in a pass of their own before PyTorch's kernel)"
+        )
+    if group["decay_scale"] in ("schedule", "corrected"):
         peak = group["lr_peak"] if group.get("lr_peak") is not None else lr
         if not (math.isfinite(float(peak)) and float(peak) > 0):
             raise ValueError(
-                f"{where}lr_peak={peak!r} is invalid with decay_scale='schedule': the decay "
-                "divides by the peak learning rate, so it must be > 0; build the optimizer "
+                f"{where}lr_peak={peak!r} is invalid with decay_scale="
+                f"{group['decay_scale']!r}: the decay divides by the peak learning rate, so it "
+                "must be > 0; build the optimizer "
                 "with the peak lr, or set the group's 'lr_peak' to it"
             )

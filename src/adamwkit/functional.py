@@ -34,7 +34,9 @@ from torch import Tensor
 from torch.optim.adam import adam as _torch_adam
 
 from ._checks import check_choice, check_range
-from ._constants import DECAY_SCALES
+from ._constants import OPTIMIZER_DECAY_SCALES
+
+DECAY_SCALES = OPTIMIZER_DECAY_SCALES
 
 __all__ = [
     "DECAY_SCALES",
@@ -42,11 +44,12 @@ __all__ = [
     "DecayScale",
     "Impl",
     "adamw_step",
+    "decay_variants",
     "default_impl",
     "effective_weight_decay",
 ]
 
-DecayScale = Literal["lr", "schedule"]
+DecayScale = Literal["lr", "schedule", "corrected"]
 Impl = Literal["auto", "fused", "foreach", "forloop"]
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "forloop")
 
@@ -63,6 +66,7 @@ def effective_weight_decay(
     weight_decay: float | Tensor,
     decay_scale: DecayScale = "lr",
     lr_peak: float | Tensor | None = None,
+    lr: float | Tensor | None = None,
 ) -> float | Tensor:
     r"""Weight decay in PyTorch's convention, where each step multiplies by ``1 - lr_t * wd``.
 
@@ -73,22 +77,36 @@ def effective_weight_decay(
       multiplier :math:`\mathrm{lr}_t / \mathrm{lr}_{\mathrm{peak}}`. Written in PyTorch's
       form that is :math:`\lambda_{\mathrm{eff}} = \lambda / \mathrm{lr}_{\mathrm{peak}}`,
       which is why one kernel serves both scales.
+    - ``decay_scale="corrected"`` (AdamC, Defazio 2025, arXiv:2506.02285; timm's
+      ``corrected_weight_decay``): the step decays by
+      :math:`\lambda\,\mathrm{lr}_t^2/\mathrm{lr}_{\mathrm{peak}}`, so
+      :math:`\lambda_{\mathrm{eff}} = \lambda\,\mathrm{lr}_t/\mathrm{lr}_{\mathrm{peak}}`:
+      PyTorch's decay times the schedule multiplier. Needs this step's ``lr``.
 
-    ``weight_decay`` and ``lr_peak`` may be floats or 1-D population tensors.
+    ``weight_decay``, ``lr_peak`` and ``lr`` may be floats or 1-D population tensors.
     """
     check_choice("decay_scale", decay_scale, DECAY_SCALES)
     if decay_scale == "lr":
         return weight_decay
     if lr_peak is None:
-        raise ValueError("lr_peak=None is invalid with decay_scale='schedule': pass the peak lr")
+        raise ValueError(
+            f"lr_peak=None is invalid with decay_scale={decay_scale!r}: pass the peak lr"
+        )
     if isinstance(lr_peak, Tensor):
         if not bool((lr_peak > 0).all()) or not bool(torch.isfinite(lr_peak).all()):
             raise ValueError(
                 f"lr_peak={lr_peak.tolist()!r} is invalid: every entry must be a finite number > 0"
             )
-        return weight_decay / lr_peak.to(torch.float64)
-    lr_peak = check_range("lr_peak", lr_peak, 0.0, low_open=True)
-    return weight_decay / lr_peak
+        lr_peak = lr_peak.to(torch.float64)
+    else:
+        lr_peak = check_range("lr_peak", lr_peak, 0.0, low_open=True)
+    if decay_scale == "schedule":
+        return weight_decay / lr_peak
+    if lr is None:
+        raise ValueError("lr=None is invalid with decay_scale='corrected': pass this step's lr")
+    if isinstance(lr, Tensor):
+        lr = lr.detach().to("cpu", torch.float64) if lr.numel() > 1 else float(lr)
+    return weight_decay * lr / lr_peak
 
 
 def fused_eligible(p: Tensor, grad: Tensor) -> bool:
@@ -150,6 +168,8 @@ def adamw_step(
     differentiable: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    cautious: bool = False,
+    references: Sequence[Tensor] | None = None,
 ) -> None:
     r"""One AdamW step, in place, over lists of tensors (see the module docstring for the math).
 
@@ -160,14 +180,27 @@ def adamw_step(
             (one per population member along dim 0 of every tensor).
         weight_decay: :math:`\lambda`, a float or a 1-D tensor of length P; its meaning
             is set by ``decay_scale`` (see :func:`effective_weight_decay`).
-        decay_scale: ``"lr"`` (PyTorch) or ``"schedule"`` (Loshchilov & Hutter).
-        lr_peak: the peak learning rate, needed by ``decay_scale="schedule"``; float or
-            1-D tensor of length P.
+        decay_scale: ``"lr"`` (PyTorch), ``"schedule"`` (Loshchilov & Hutter) or
+            ``"corrected"`` (AdamC).
+        lr_peak: the peak learning rate, needed by ``decay_scale="schedule"`` and
+            ``"corrected"``; float or 1-D tensor of length P.
         max_exp_avg_sqs: the AMSGrad running maxima, required when ``amsgrad=True``.
         impl: ``"auto"`` (fused for float32/float64 on CPU/CUDA, else PyTorch's default),
             ``"fused"``, ``"foreach"`` or ``"forloop"``.
         capturable, differentiable, grad_scale, found_inf: as in ``torch.optim.AdamW``
             (scalar hyperparameters only).
+        cautious: decay only the coordinates where this step's update :math:`u` (the
+            Adam direction, whose sign is that of the new first moment) and the weight
+            agree in sign (Cautious Weight Decay, Chen et al. 2025, arXiv:2510.12402):
+            :math:`\theta \leftarrow \theta - \eta_t\lambda_{\mathrm{eff}}\,
+            \mathbb{I}(u\,\theta \ge 0)\,\theta`, then the Adam update.
+        references: one tensor per parameter to decay toward instead of zero
+            (:math:`\theta \leftarrow \theta - \eta_t\lambda_{\mathrm{eff}}(\theta -
+            \theta_0)`, decoupled L2-SP for fine-tuning: Xuhong et al., ICML 2018); with
+            ``cautious`` the sign test uses :math:`\theta - \theta_0`.
+
+    The decay variants decay in one pass before the kernel, which then runs with zero
+    decay: the same order as ``torch.optim.AdamW`` (decay the weights, then the update).
 
     A population step (any of ``lr``, ``weight_decay``, ``lr_peak`` a 1-D tensor of more
     than one entry) runs ``impl`` ``"fused"`` or ``"forloop"`` and gives member ``i`` the
@@ -192,6 +225,21 @@ def adamw_step(
     _check_hyper(lr, betas, eps)
     if not _is_population(weight_decay):
         check_range("weight_decay", weight_decay)
+    if references is not None:
+        references = list(references)
+        if len(references) != n:
+            raise ValueError(
+                f"references has {len(references)} tensors but params has {n}: pass one each"
+            )
+        for i, (p, r) in enumerate(zip(params, references, strict=True)):
+            if r.shape != p.shape:
+                raise ValueError(
+                    f"references[{i}] has shape {tuple(r.shape)}: expected the parameter's "
+                    f"{tuple(p.shape)}"
+                )
+    variants = bool(cautious) or references is not None
+    if variants and capturable:
+        raise ValueError("cautious and references work with capturable=False")
     if n == 0:
         return
 
@@ -217,11 +265,18 @@ def adamw_step(
             amsgrad=amsgrad,
             maximize=maximize,
             impl=impl,
+            cautious=cautious,
+            references=references,
         )
         return
 
     if impl == "auto":
         impl = default_impl(params, grads, differentiable)  # type: ignore[assignment]
+    wd = float(effective_weight_decay(weight_decay, decay_scale, lr_peak, lr))
+    if variants and wd:
+        decay_variants(list(params), list(grads), list(exp_avgs), float(lr) * wd, beta1=betas[0],
+                       maximize=maximize, cautious=cautious, references=references)  # fmt: skip
+        wd = 0.0
     torch_step(
         list(params),
         list(grads),
@@ -230,7 +285,7 @@ def adamw_step(
         list(max_exp_avg_sqs or []),
         list(state_steps),
         lr=lr,
-        weight_decay=float(effective_weight_decay(weight_decay, decay_scale, lr_peak)),
+        weight_decay=wd,
         betas=betas,
         eps=eps,
         amsgrad=amsgrad,
@@ -242,6 +297,32 @@ def adamw_step(
         found_inf=found_inf,
         has_complex=any(torch.is_complex(p) for p in params),
     )
+
+
+def decay_variants(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    rate: float | Tensor,
+    *,
+    beta1: float,
+    maximize: bool,
+    cautious: bool,
+    references: Sequence[Tensor] | None,
+) -> None:
+    """This step's decoupled decay, in place, before the moments move:
+    ``p -= rate * mask * (p - ref)``; ``rate`` is lr_t times the weight decay in PyTorch's
+    convention (a float, or a 1-D tensor of per-member rates for a population), ``ref`` zero
+    without ``references``, and ``mask`` with ``cautious`` whether the step's update, of
+    the sign of ``beta1 * m + (1 - beta1) * g``, agrees in sign with ``p - ref``."""
+    for i, p in enumerate(params):
+        away = p if references is None else p - references[i]
+        if cautious:
+            g = -grads[i] if maximize else grads[i]
+            m_next = exp_avgs[i] * beta1 + g * (1 - beta1)
+            away = away * (m_next * away >= 0)
+        step = _member_view(rate, p) if isinstance(rate, Tensor) else rate
+        p.sub_(away * step)
 
 
 _TORCH_FLAGS = {
@@ -339,6 +420,8 @@ def _population_step(
     amsgrad: bool,
     maximize: bool,
     impl: str,
+    cautious: bool = False,
+    references: Sequence[Tensor] | None = None,
 ) -> None:
     sizes = {int(p.shape[0]) if p.dim() > 0 else -1 for p in params}
     if len(sizes) != 1 or -1 in sizes:
@@ -350,7 +433,7 @@ def _population_step(
     lrs = _population_vector("lr", lr, size)
     wds = _population_vector("weight_decay", weight_decay, size)
     peaks = None if lr_peak is None else _population_vector("lr_peak", lr_peak, size)
-    wds = effective_weight_decay(wds, decay_scale, peaks)
+    wds = effective_weight_decay(wds, decay_scale, peaks, lrs)
     if any(torch.is_complex(p) for p in params):
         raise ValueError("population steps take real tensors; got a complex parameter")
     if impl == "foreach":
@@ -368,6 +451,10 @@ def _population_step(
             "impl='fused' needs contiguous population tensors (parameters, gradients and "
             "moments); use impl='forloop' or 'auto'"
         )
+    if (cautious or references is not None) and bool((wds > 0).any()):
+        decay_variants(params, grads, exp_avgs, lrs * wds, beta1=betas[0], maximize=maximize,
+                       cautious=cautious, references=references)  # fmt: skip
+        wds = torch.zeros_like(wds)
     step = _fused_population if impl == "fused" else _forloop_population
     step(
         params,

@@ -37,21 +37,24 @@ of the decay phase (:math:`D_0 = W`, or :math:`S - \text{decay\_steps}` for WSD)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch.optim import Optimizer
 
 from ._checks import check_choice, check_range, check_whole
 
 if TYPE_CHECKING:
-    from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = [
     "COOLDOWNS",
     "SCHEDULES",
     "Schedule",
+    "WeightDecayScheduler",
     "constant",
     "make_schedule",
     "warmup_cosine",
@@ -236,3 +239,82 @@ def warmup_stable_decay(
     return make_schedule(
         "wsd", total_steps, warmup_steps, final=final, decay_steps=decay_steps, cooldown=cooldown
     )
+
+
+class WeightDecayScheduler:
+    r"""Scale each param group's weight decay over training, as LR schedulers scale its lr.
+
+    At step :math:`t` (``scheduler.step()`` once per optimizer step, after it) every group
+    gets :math:`\lambda_t = \lambda_0\,f(t)`, with :math:`\lambda_0` the group's
+    ``weight_decay`` when the scheduler was built (kept as ``initial_weight_decay``) and
+    :math:`f` ``factor``: a function of the step, or a :class:`Schedule`. Groups with zero
+    decay stay at zero. Works with any optimizer whose groups have ``weight_decay``
+    (``adamwkit.AdamW`` in any ``decay_scale``, ``torch.optim.AdamW``); the value is in the
+    optimizer's convention.
+
+    :meth:`cosine` gives the rise DINO uses (Caron et al. 2021, arXiv:2104.14294: 0.04 to
+    0.4 over training): :math:`f(t) = e + (1 - e)\tfrac12(1 + \cos(\pi t / T))`, from 1 to
+    ``end_factor`` :math:`e`. PyTorch has no such scheduler (pytorch/pytorch#22343).
+
+    Example::
+
+        opt = AdamW(param_groups(model, 0.04), lr=1e-3)
+        wd_sched = WeightDecayScheduler.cosine(opt, end_factor=10, total_steps=10_000)
+        for batch in loader:
+            ...; opt.step(); wd_sched.step()
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, factor: Callable[[int], float] | Schedule, last_step: int = -1
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(
+                f"optimizer={type(optimizer).__name__} is invalid: expected a torch optimizer"
+            )
+        if not callable(factor):
+            raise ValueError(f"factor={factor!r} is invalid: expected a function of the step")
+        for i, group in enumerate(optimizer.param_groups):
+            if "weight_decay" not in group:
+                raise ValueError(f"param_groups[{i}] has no weight_decay to schedule")
+            group.setdefault("initial_weight_decay", float(group["weight_decay"]))
+        self.optimizer, self.factor = optimizer, factor
+        self.last_step = int(last_step)
+        self.step()
+
+    @classmethod
+    def cosine(
+        cls, optimizer: Optimizer, end_factor: float, total_steps: int, last_step: int = -1
+    ) -> WeightDecayScheduler:
+        """From each group's weight decay to ``end_factor`` times it along a half cosine
+        over ``total_steps``, held there after: DINO's 0.04 to 0.4 is ``end_factor=10``."""
+        e = check_range("end_factor", end_factor, 0.0)
+        total = _steps("total_steps", total_steps, 1)
+
+        def factor(t: int) -> float:
+            return e + (1.0 - e) * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+
+        return cls(optimizer, factor, last_step)
+
+    def _value(self, group: dict[str, Any], t: int) -> float:
+        start = group["initial_weight_decay"]
+        f = float(self.factor(t))
+        if not (math.isfinite(f) and f >= 0):
+            raise ValueError(f"factor({t}) = {f!r} is invalid: expected a finite number >= 0")
+        return start * f
+
+    def step(self) -> None:
+        """Advance one step and set every group's ``weight_decay``."""
+        self.last_step += 1
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self._value(group, self.last_step)
+
+    def get_last_weight_decay(self) -> list[float]:
+        """Each group's weight decay as last set."""
+        return [float(g["weight_decay"]) for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_step = int(state["last_step"]) - 1
+        self.step()

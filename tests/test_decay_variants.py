@@ -1,0 +1,226 @@
+"""The decay variants against the NumPy reference (adamwkit.reference), torch.optim.AdamW
+and closed forms: AdamC's corrected decay, cautious decay, decay toward the initial
+weights, weight-decay schedules, and the population step with each of them."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import adamwkit
+from adamwkit.functional import adamw_step, effective_weight_decay
+from adamwkit.reference import AdamWReference, adamw_reference_step
+from adamwkit.schedules import WeightDecayScheduler
+from conftest import batches, loss_fn, make_model
+
+STEPS = 150
+LR = 1e-2
+
+
+def cosine(t: int, total: int = STEPS) -> float:
+    return 0.5 * (1 + math.cos(math.pi * t / total))
+
+
+def run_pair(wd: float, *, decay_scale: str = "lr", cautious: bool = False,
+             decay_toward: str = "zero", fused: bool | None = None, wd_schedule=None):  # fmt: skip
+    """adamwkit.AdamW (float64, cosine lr) and the reference fed gradients at its own point."""
+    model, twin = make_model(torch.float64), make_model(torch.float64)
+    opt = adamwkit.AdamW(model.parameters(), lr=LR, weight_decay=wd, decay_scale=decay_scale,
+                         cautious=cautious, decay_toward=decay_toward, fused=fused)  # fmt: skip
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    wd_sched = None if wd_schedule is None else WeightDecayScheduler(opt, wd_schedule)
+    ref = AdamWReference([p.detach().numpy() for p in twin.parameters()], alpha=LR,
+                         weight_decay=wd if decay_scale == "corrected" else LR * wd,
+                         corrected=decay_scale == "corrected", cautious=cautious,
+                         decay_toward=decay_toward)  # fmt: skip
+    for t, (x, y) in enumerate(batches(torch.float64, STEPS)):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for p, r in zip(twin.parameters(), ref.params, strict=True):
+                p.copy_(torch.from_numpy(r))
+        twin.zero_grad()
+        loss_fn(twin, x, y).backward()
+        lam = None if wd_schedule is None else LR * wd * wd_schedule(t)
+        ref.step([p.grad.numpy() for p in twin.parameters()], eta=cosine(t), weight_decay=lam)
+        if wd_sched is not None:
+            wd_sched.step()
+    return [p.detach().numpy() for p in model.parameters()], ref.params
+
+
+def rel(a, b) -> float:
+    return max(float(np.abs(x - y).max() / np.abs(y).max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"decay_scale": "corrected"},
+        {"cautious": True},
+        {"decay_toward": "init"},
+        {"cautious": True, "decay_toward": "init"},
+    ],
+    ids=["corrected", "cautious", "toward-init", "cautious-toward-init"],
+)
+def test_variants_match_the_reference(variant, fused):
+    ours, ref = run_pair(0.5, fused=fused, **variant)
+    assert rel(ours, ref) <= 1e-10
+    plain, _ = run_pair(0.5)  # the variant must change the run, or the test says nothing
+    assert rel(ours, plain) > 1e-4
+
+
+def test_corrected_is_torch_with_the_decay_times_the_schedule():
+    """AdamC's step decays by wd * lr_t**2 / lr_peak: torch.optim.AdamW with its weight
+    decay set to wd * lr_t / lr_peak before each step takes the same steps."""
+    model, twin = make_model(torch.float64), make_model(torch.float64)
+    twin.load_state_dict(model.state_dict())
+    ours = adamwkit.AdamW(model.parameters(), lr=LR, weight_decay=0.5, decay_scale="corrected")
+    theirs = torch.optim.AdamW(twin.parameters(), lr=LR, weight_decay=0.5)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, cosine) for o in (ours, theirs)]
+    for t, (x, y) in enumerate(batches(torch.float64, STEPS)):
+        theirs.param_groups[0]["weight_decay"] = 0.5 * cosine(t)
+        for m, o in ((model, ours), (twin, theirs)):
+            o.zero_grad()
+            loss_fn(m, x, y).backward()
+            o.step()
+        for s in scheds:
+            s.step()
+    assert rel([p.detach().numpy() for p in model.parameters()],
+               [p.detach().numpy() for p in twin.parameters()]) <= 1e-12  # fmt: skip
+
+
+def test_effective_weight_decay_of_corrected():
+    assert effective_weight_decay(0.1, "corrected", lr_peak=1e-3, lr=2.5e-4) == pytest.approx(
+        0.1 * 2.5e-4 / 1e-3
+    )
+    with pytest.raises(ValueError, match="pass this step's lr"):
+        effective_weight_decay(0.1, "corrected", lr_peak=1e-3)
+
+
+def test_cautious_first_step_worked_number():
+    """Step 1: u = sign(g) (eps 0), so only the coordinates where g and theta share a sign decay."""
+    theta = np.array([1.0, -2.0, 0.5, -1.0])
+    g = np.array([0.3, -4.0, -1e-3, 2.0])
+    new, *_ = adamw_reference_step(theta, g, np.zeros(4), np.zeros(4), 1, alpha=0.1, eps=0.0,
+                                   weight_decay=0.2, cautious=True)  # fmt: skip
+    expected = theta - 0.1 * np.sign(g) - 0.2 * theta * np.array([1, 1, 0, 0])
+    np.testing.assert_allclose(new, expected, rtol=1e-15)
+
+
+def test_toward_init_keeps_the_initial_weights_a_fixed_point():
+    """With zero gradients the weights decay toward where they started: they stay there."""
+    p = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    start = p.detach().clone()
+    opt = adamwkit.AdamW([p], lr=0.1, weight_decay=1.0, decay_toward="init")
+    for _ in range(20):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    torch.testing.assert_close(p.detach(), start, rtol=0, atol=0)
+    plain = torch.nn.Parameter(start.clone())
+    opt = adamwkit.AdamW([plain], lr=0.1, weight_decay=1.0)
+    for _ in range(20):
+        plain.grad = torch.zeros_like(plain)
+        opt.step()
+    assert float(plain.detach().norm()) == pytest.approx(float(start.norm()) * 0.9**20, rel=1e-9)
+
+
+def test_the_reference_survives_a_state_dict_round_trip():
+    a, b = make_model(torch.float64), make_model(torch.float64)
+    b.load_state_dict(a.state_dict())
+    opt_a = adamwkit.AdamW(a.parameters(), lr=LR, weight_decay=0.5, decay_toward="init")
+    data = list(batches(torch.float64, 40))
+    for x, y in data[:20]:
+        opt_a.zero_grad()
+        loss_fn(a, x, y).backward()
+        opt_a.step()
+    b.load_state_dict(a.state_dict())
+    opt_b = adamwkit.AdamW(b.parameters(), lr=LR, weight_decay=0.5, decay_toward="init")
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as torch.save would: no sharing
+    for x, y in data[20:]:
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            loss_fn(m, x, y).backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_weight_decay_schedule_matches_the_reference_and_the_closed_form():
+    rise = lambda t: 1.0 + 9.0 * 0.5 * (1 - math.cos(math.pi * min(t, STEPS) / STEPS))  # noqa: E731
+    ours, ref = run_pair(0.04, wd_schedule=rise)
+    assert rel(ours, ref) <= 1e-10
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = adamwkit.AdamW([{"params": [p]}, {"params": [], "weight_decay": 0.0}], lr=1e-3,
+                         weight_decay=0.04)  # fmt: skip
+    sched = WeightDecayScheduler.cosine(opt, end_factor=10, total_steps=100)
+    seen = [sched.get_last_weight_decay()[0]]
+    for _ in range(120):
+        sched.step()
+        seen.append(sched.get_last_weight_decay()[0])
+    assert seen[0] == pytest.approx(0.04)
+    assert seen[50] == pytest.approx(0.22)  # halfway: the mean of 0.04 and 0.4
+    assert seen[100] == pytest.approx(0.4) and seen[120] == pytest.approx(0.4)
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    state = sched.state_dict()
+    again = WeightDecayScheduler.cosine(opt, end_factor=10, total_steps=100)
+    again.load_state_dict(state)
+    assert again.get_last_weight_decay()[0] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("impl", ["fused", "forloop"])
+@pytest.mark.parametrize(
+    "variant",
+    [{"decay_scale": "corrected"}, {"cautious": True}, {"decay_toward": "init"}],
+    ids=["corrected", "cautious", "toward-init"],
+)
+def test_population_members_match_standalone_runs(variant, impl):
+    """Member i of a stacked step with variant settings = AdamW run alone with its values."""
+    g = torch.Generator().manual_seed(0)
+    members, shape = 3, (4, 6)
+    start = torch.randn((members, *shape), generator=g)
+    grads = [torch.randn((members, *shape), generator=g) for _ in range(30)]
+    wds, lrs = torch.tensor([0.0, 0.3, 1.0]), torch.tensor([1e-2, 2e-2, 5e-3])
+    stacked = start.clone()
+    m, v, step = torch.zeros_like(stacked), torch.zeros_like(stacked), torch.zeros(())
+    refs = [start.clone()] if variant.get("decay_toward") == "init" else None
+    scale = variant.get("decay_scale", "lr")
+    for t, grad in enumerate(grads):
+        s = cosine(t, 30)
+        adamw_step([stacked], [grad], [m], [v], [step], lr=lrs * s, weight_decay=wds,
+                   decay_scale=scale, lr_peak=lrs if scale != "lr" else None, impl=impl,
+                   cautious=variant.get("cautious", False), references=refs)  # fmt: skip
+    for i in range(members):
+        p = torch.nn.Parameter(start[i].clone())
+        opt = adamwkit.AdamW([p], lr=float(lrs[i]), weight_decay=float(wds[i]), **variant)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: cosine(t, 30))
+        for grad in grads:
+            p.grad = grad[i].clone()
+            opt.step()
+            sched.step()
+        torch.testing.assert_close(stacked[i], p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_validation_and_refusals():
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="decay_toward"):
+        adamwkit.AdamW([p], decay_toward="pretrained")
+    with pytest.raises(ValueError, match="cautious='yes' is invalid"):
+        adamwkit.AdamW([p], cautious="yes")
+    with pytest.raises(ValueError, match="decay_scale"):
+        adamwkit.AdamW([p], decay_scale="adamc")
+    for kw in ({"decay_scale": "corrected"}, {"cautious": True}):
+        opt = adamwkit.AdamW([p], **kw)
+        with pytest.raises(ValueError, match="torch.optim.AdamW cannot continue"):
+            opt.torch_state_dict()
+    with pytest.raises(ValueError, match="references has 2 tensors"):
+        adamw_step([p], [p], [p], [p], [torch.zeros(())], lr=1e-3, weight_decay=0.1,
+                   references=[p, p])  # fmt: skip
+    with pytest.raises(ValueError, match="factor"):
+        WeightDecayScheduler(adamwkit.AdamW([p]), "cosine")  # type: ignore[arg-type]
