@@ -224,3 +224,35 @@ def test_validation_and_refusals():
                    references=[p, p])  # fmt: skip
     with pytest.raises(ValueError, match="factor"):
         WeightDecayScheduler(adamwkit.AdamW([p]), "cosine")  # type: ignore[arg-type]
+
+
+def test_explain_reads_corrected_as_the_torch_value_with_the_same_total_decay():
+    """Over a cosine schedule, mean(s^2) / mean(s) = (3/8) / (1/2) = 0.75: AdamC's 0.1
+    decays as much in total as PyTorch's 0.075."""
+    from adamwkit import explain
+
+    kw = {"lr": 1e-3, "batch_size": 32, "dataset_size": 32_000, "epochs": 10}
+    ex = explain(0.1, decay_scale="corrected", schedule="cosine", **kw)
+    assert ex.weight_decay == pytest.approx(0.075, rel=1e-3)
+    assert any("decay_scale='corrected'" in n for n in ex.notes)
+    same = explain(0.075, decay_scale="lr", schedule="cosine", **kw)
+    assert ex.tau_epoch == pytest.approx(same.tau_epoch, rel=1e-3)
+    assert explain(0.1, decay_scale="corrected", **kw).weight_decay == 0.1  # equal at the peak
+
+
+EXPLAIN = "--lr 1e-3 --batch-size 32 --dataset-size 32000 --epochs 10 --schedule cosine"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "convert --weight-decay 0.1 --from Optax --to corrected --lr 1e-3",
+        "convert --weight-decay 0.1 --from schedule --to ADAMC --lr 1e-3",
+        f"explain --weight-decay 0.1 --decay-scale corrected {EXPLAIN}",
+    ],
+)
+def test_cli_accepts_every_name_the_api_accepts(argv, capsys):
+    from adamwkit.cli import main
+
+    assert main([*argv.split(), "--json"]) == 0
+    assert capsys.readouterr().out.strip().startswith("{")

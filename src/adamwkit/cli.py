@@ -174,11 +174,13 @@ def _add_setup(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
     g.add_argument("--steps", type=_number, help="total optimizer steps (S), instead of --epochs")
     g.add_argument("--params", type=_number, help="model parameters (P), for tokens per parameter")
+    scales = DECAY_SCALES if required else (*DECAY_SCALES, "corrected")
     g.add_argument(
         "--decay-scale",
-        choices=DECAY_SCALES,
+        choices=scales,
         default="lr",
-        help="convention of the weight decay: 'lr' (PyTorch) or 'schedule' (the paper)",
+        help="convention of the weight decay: 'lr' (PyTorch) or 'schedule' (the paper)"
+        + ("" if required else ", or 'corrected' (AdamC, read with --schedule)"),
     )
     g.add_argument("--beta1", type=_number, default=0.9, help="Adam beta1 (default 0.9)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -378,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             flag,
             dest=dest,
+            type=lambda v: v.strip().lower(),  # the names are case-insensitive, as in Python
             choices=CONVENTION_NAMES,
             required=True,
             metavar=flag[2:].upper(),

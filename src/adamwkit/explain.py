@@ -20,6 +20,9 @@ from .schedules import Schedule, make_schedule
 from .suggest import Suggestion, _suggest
 from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
 
+#: decay_scale names ``explain`` reads as AdamC's corrected decay.
+CORRECTED = ("corrected", "timm-corrected", "adamc")
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -223,13 +226,18 @@ def explain(
 ) -> Explanation:
     """Read an existing weight decay: its timescales, equilibrium and a verdict in plain words.
 
-    ``weight_decay`` is in the convention of ``decay_scale``. ``schedule`` (a
+    ``weight_decay`` is in the convention of ``decay_scale``: ``"lr"`` (PyTorch),
+    ``"schedule"`` (the paper) or ``"corrected"`` (AdamC, per step
+    ``wd * lr_t**2 / lr_peak``), which is read as the PyTorch value with the same total
+    decay over ``schedule`` (equal at the peak without one; see
+    :func:`adamwkit.convert_weight_decay`). ``schedule`` (a
     :class:`~adamwkit.schedules.Schedule` or a name with ``warmup_steps``) refines how much
     of the initial weights decay leaves; without it the lr is taken as constant. With a
     ``model``, every decayed tensor's norm is set beside its predicted equilibrium norm
     ``sqrt(lr * numel / (2 * wd))`` (Kosson et al., arXiv:2305.17212), using
     :func:`adamwkit.param_groups`' rule.
     """
+    corrected = isinstance(decay_scale, str) and decay_scale.strip().lower() in CORRECTED
     s = training_setup(
         lr=lr,
         batch_size=batch_size,
@@ -238,17 +246,25 @@ def explain(
         steps=steps,
         tokens=tokens,
         params=params,
-        decay_scale=decay_scale,
+        decay_scale="lr" if corrected else decay_scale,
         beta1=beta1,
     )
     given = check_range("weight_decay", weight_decay, 0.0)
-    wd = convert_weight_decay(given, s.decay_scale, "torch", lr_peak=s.lr)
     sched = _resolve_schedule(schedule, s, warmup_steps)
+    notes: list[str] = []
+    if corrected:
+        wd = convert_weight_decay(given, "timm-corrected", "torch", schedule=sched)
+        how = "the same total decay over the schedule" if sched else "equal at the peak lr"
+        notes.append(
+            f"weight_decay {given:g} with decay_scale='corrected' (AdamC) reads as {wd:.4g} "
+            f"in PyTorch's convention ({how}); the numbers below are for that value"
+        )
+    else:
+        wd = convert_weight_decay(given, s.decay_scale, "torch", lr_peak=s.lr)
     tau_e = None if s.dataset_size is None else tau_epoch(s.lr, wd, s.batch_size, s.dataset_size)
     tau_r = None if s.total_steps is None else tau_run(s.lr, wd, s.total_steps)
     remaining = _weights_remaining(s, wd, sched)
     code, verdict = _verdict(s, wd, tau_e, tau_r, remaining)
-    notes: list[str] = []
     hint = _convention_hint(s, wd, code, given)
     if hint:
         notes.append(hint)
