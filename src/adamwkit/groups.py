@@ -2,10 +2,19 @@
 
 The default rule decays weight matrices and embeddings (``ndim >= 2``) and leaves out
 biases, every tensor with ``ndim <= 1``, every parameter owned by a normalisation module
-(found by its type, so renaming a LayerNorm attribute cannot make it decay) and the names
-``model.no_weight_decay()`` returns (timm's convention). The plan lists how many tensors
-and parameters decay and which rule kept each other one out: the name-based rules of
-other libraries have silently decayed norm layers (transformers issue #4360).
+(found by its type, so renaming a LayerNorm attribute cannot make it decay), the names
+``model.no_weight_decay()`` returns (timm's convention), and learned tokens and position
+tables held as bare parameters (:data:`NAME_RULES`: ``cls_token``, ``pos_embed``,
+``relative_position_bias_table``, ...), which the DeiT and Swin recipes exclude and models
+without ``no_weight_decay()`` (Hugging Face ViT and Swin) would otherwise decay. The plan
+lists how many tensors and parameters decay and which rule kept each other one out: the
+name-based rules of other libraries have silently decayed norm layers (transformers
+issue #4360). Tied weights are listed once, with their other names.
+
+Wrappers are looked through: ``DistributedDataParallel``, ``DataParallel`` and FSDP
+(``.module``), ``torch.compile`` (``._orig_mod``) and PEFT models
+(``.get_base_model()``), so the wrapped model's ``no_weight_decay()`` is found (a DDP
+wrapper hid it in facebookresearch/deit#39).
 
 Sources: nanoGPT ``configure_optimizers`` (decay iff ``dim >= 2``); timm
 ``param_groups_weight_decay``; Hugging Face ``get_decay_parameter_names``.
@@ -23,7 +32,7 @@ from torch import nn
 
 from ._checks import check_range
 
-__all__ = ["DecayPlan", "ParamGroups", "PlanEntry", "param_groups"]
+__all__ = ["NAME_RULES", "DecayPlan", "ParamGroups", "PlanEntry", "param_groups"]
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
@@ -39,6 +48,21 @@ _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 Exclusion = str | Callable[[str, nn.Parameter], bool]
 
+#: Parameters left out by name: the last part of the name (a bare ``nn.Parameter``, not a
+#: submodule's ``weight``) is one of these. Each rule is its own row of the plan; pass
+#: ``name_rules`` to keep only some.
+NAME_RULES: dict[str, tuple[str, ...]] = {
+    # ViT/DeiT class and distillation tokens, registers (Darcet et al. 2024), BEiT/MAE masks
+    "token": ("cls_token", "dist_token", "reg_token", "reg_tokens", "register_tokens",
+              "mask_token"),
+    # learned absolute positions: timm pos_embed, HF ViT position_embeddings, Swin's ape
+    "position embedding": ("pos_embed", "pos_embedding", "position_embeddings",
+                           "position_embedding", "absolute_pos_embed", "pos_emb"),
+    # Swin's relative position bias table, ViTDet/SAM's decomposed relative positions
+    "relative position table": ("relative_position_bias_table", "rel_pos_h", "rel_pos_w",
+                                "rel_pos_bias", "relative_position_bias"),
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class PlanEntry:
@@ -49,6 +73,7 @@ class PlanEntry:
     numel: int
     weight_decay: float | None  # None: frozen, left out of every group
     rule: str
+    aliases: tuple[str, ...] = ()  # the tensor's other names (tied weights)
 
     @property
     def decays(self) -> bool:
@@ -85,9 +110,16 @@ class DecayPlan:
             f"{len(self.decayed)} of {len(trainable)} trainable tensors decay, "
             f"{n_dec:,} of {n_all:,} parameters ({share:.2f}%)"
         )
+        tied = [f"  tied: {e.name} = {', '.join(e.aliases)}" for e in self.entries if e.aliases]
         if per_tensor:
             rows = [
-                (e.name, "x".join(map(str, e.shape)) or "scalar", f"{e.numel:,}", _wd(e), e.rule)
+                (
+                    e.name + (f" (= {', '.join(e.aliases)})" if e.aliases else ""),
+                    "x".join(map(str, e.shape)) or "scalar",
+                    f"{e.numel:,}",
+                    _wd(e),
+                    e.rule,
+                )
                 for e in self.entries
             ]
             return head + "\n" + _table(("tensor", "shape", "params", "decay", "rule"), rows)
@@ -103,7 +135,7 @@ class DecayPlan:
             ("-" if wd < 0 else f"{wd:g}", str(n), f"{numel:,}", rule)
             for (wd, rule), (n, numel) in order
         ]
-        return head + "\n" + _table(("decay", "tensors", "params", "rule"), rows)
+        return "\n".join([head, _table(("decay", "tensors", "params", "rule"), rows), *tied])
 
     def __str__(self) -> str:
         return self.format()
@@ -159,6 +191,7 @@ def param_groups(
     decay_embeddings: bool = True,
     exclude: Iterable[Exclusion] = (),
     multipliers: Mapping[str, float] | None = None,
+    name_rules: Iterable[str] | None = None,
 ) -> ParamGroups:
     """Split ``model``'s trainable parameters into decay and no-decay groups.
 
@@ -170,7 +203,12 @@ def param_groups(
         exclude: extra no-decay rules: glob patterns matched against the full parameter
             name (``"encoder.*.pos_embed"``), or callables ``(name, param) -> bool``.
         multipliers: ``{glob: factor}``; a decayed tensor whose name matches a glob gets
-            ``weight_decay * factor`` (the first matching glob wins).
+            ``weight_decay * factor`` (the first matching glob wins). LoRA adapters
+            (``*lora_A*``, ``*lora_B*``) decay like any matrix; ``{"*lora_*": 0.5}`` gives
+            them their own value.
+        name_rules: which of :data:`NAME_RULES` apply (default all: ``"token"``,
+            ``"position embedding"``, ``"relative position table"``); ``()`` decays
+            those tensors like any other.
 
     Returns:
         A list of param-group dicts (one per distinct weight decay, then the no-decay
@@ -191,8 +229,15 @@ def param_groups(
     for pattern, factor in multipliers.items():
         check_range(f"multipliers[{pattern!r}]", factor)
 
-    no_wd = getattr(model, "no_weight_decay", None)
-    no_wd_names = set(no_wd()) if callable(no_wd) else set()
+    rules = tuple(NAME_RULES) if name_rules is None else tuple(name_rules)
+    for rule in rules:
+        if rule not in NAME_RULES:
+            raise ValueError(
+                f"name_rules entry {rule!r} is invalid: expected one of "
+                f"{', '.join(map(repr, NAME_RULES))}"
+            )
+    by_last = {last: rule for rule in rules for last in NAME_RULES[rule]}
+    no_wd_names, through = _no_weight_decay_names(model)
     owners = _owners(model)
     used: set[str] = set()
     entries: list[PlanEntry] = []
@@ -217,7 +262,9 @@ def param_groups(
         elif hit is not None:
             rule = f"exclude {_exclusion_label(hit)}"
         elif any(fnmatchcase(n, pat) for n in names for pat in no_wd_names):
-            rule = "model.no_weight_decay()"
+            rule = "model.no_weight_decay()" + (f" (through {through})" if through else "")
+        elif (last := _named_by(names, by_last)) is not None:
+            rule = f"{by_last[last]} ({last})"
         elif norm is not None:
             rule = f"norm layer ({norm})"
         elif name.rsplit(".", 1)[-1].endswith("bias"):
@@ -228,6 +275,8 @@ def param_groups(
             rule = "embedding (decay_embeddings=False)"
         else:
             rule = "embedding" if is_embedding else "ndim >= 2"
+            if any(".lora_" in f".{n}" for n in names):
+                rule += " (LoRA adapter)"
             pattern = next((g for g in multipliers if any(fnmatchcase(n, g) for n in names)), None)
             wd = weight_decay
             if pattern is not None:
@@ -236,12 +285,14 @@ def param_groups(
                 rule += f", x{multipliers[pattern]:g} by {pattern!r}"
             if wd > 0:
                 groups.setdefault(wd, []).append(p)
-                entries.append(PlanEntry(name, tuple(p.shape), p.numel(), wd, rule))
+                entries.append(
+                    PlanEntry(name, tuple(p.shape), p.numel(), wd, rule, tuple(names[1:]))
+                )
                 continue
         if p.requires_grad:
             no_decay.append(p)
         wd_entry = None if not p.requires_grad else 0.0
-        entries.append(PlanEntry(name, tuple(p.shape), p.numel(), wd_entry, rule))
+        entries.append(PlanEntry(name, tuple(p.shape), p.numel(), wd_entry, rule, tuple(names[1:])))
 
     for label in [_exclusion_label(r) for r in exclude] + [repr(g) for g in multipliers]:
         if label not in used:
@@ -255,6 +306,54 @@ def param_groups(
         out.append({"params": no_decay, "weight_decay": 0.0})
     out.plan = DecayPlan(tuple(entries), weight_decay)
     return out
+
+
+def _named_by(names: list[str], by_last: dict[str, str]) -> str | None:
+    """The last part of any of ``names`` that a name rule holds, or None."""
+    for n in names:
+        last = n.rsplit(".", 1)[-1]
+        if last in by_last:
+            return last
+    return None
+
+
+def _unwrap(model: nn.Module) -> nn.Module | None:
+    """The module a wrapper holds (DDP, DataParallel, FSDP, torch.compile, PEFT), or None."""
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+    if isinstance(inner, nn.Module):
+        return inner
+    if type(model).__name__ in _WRAPPERS and isinstance(getattr(model, "module", None), nn.Module):
+        return model.module  # type: ignore[return-value]
+    base = getattr(model, "get_base_model", None)  # peft.PeftModel
+    if callable(base):
+        inner = base()
+        if isinstance(inner, nn.Module) and inner is not model:
+            return inner
+    return None
+
+
+_WRAPPERS = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+
+
+def _no_weight_decay_names(model: nn.Module) -> tuple[set[str], str]:
+    """The globs ``no_weight_decay()`` returns, on the model or inside its wrappers, with
+    the wrappers' prefixes; and the wrappers looked through (``""`` for none)."""
+    found: set[str] = set()
+    through: list[str] = []
+    outer, prefix = model, ""
+    current: nn.Module | None = model
+    while current is not None:
+        no_wd = getattr(current, "no_weight_decay", None)
+        if callable(no_wd):
+            found.update(prefix + n for n in no_wd())
+        inner = _unwrap(current)
+        if inner is None:
+            break
+        through.append(type(current).__name__)
+        name = next((n for n, m in outer.named_modules() if m is inner), None)
+        prefix = f"{name}." if name else prefix
+        current = inner
+    return found, " and ".join(through) if found and through else ""
 
 
 def _matches(rule: Exclusion, name: str, p: nn.Parameter) -> bool:
