@@ -2,7 +2,8 @@
 
 Public API (everything else is internal):
 
-- :class:`AdamW`: drop-in for ``torch.optim.AdamW`` with ``decay_scale="lr" | "schedule"``.
+- :class:`AdamW`: drop-in for ``torch.optim.AdamW`` with ``decay_scale="lr" | "schedule" |
+  "corrected"``, cautious decay and decay toward the initial weights.
 - :func:`param_groups`: which tensors decay, with a printable plan.
 - :func:`adamw_step`, :func:`effective_weight_decay`: the functional form, populations included.
 - :func:`fit`, :class:`Task`: one training run of a task; :func:`tune`: k-fold cross-validated
@@ -10,12 +11,16 @@ Public API (everything else is internal):
   written as an objective of one :class:`Trial`.
 - :func:`suggest`, :func:`explain`: a weight decay from the timescale rules, with no training.
 - :class:`Monitor`: weight norms and rotation against their equilibrium, in any training loop.
+- :func:`load_weights`, :func:`read_checkpoint`, :func:`inspect_checkpoint`: what a checkpoint
+  holds, and loading what fits (``adamwkit inspect PATH``).
 - :mod:`adamwkit.timescale`: tau_iter / tau_epoch / tau_run and conversions between conventions.
-- :mod:`adamwkit.schedules`: warmup + cosine / linear / WSD / constant, as PyTorch schedulers.
+- :mod:`adamwkit.schedules`: warmup + cosine / linear / WSD / constant, as PyTorch schedulers,
+  and :class:`~adamwkit.schedules.WeightDecayScheduler` for weight decay.
 - :mod:`adamwkit.reference`: NumPy reference of Loshchilov & Hutter's Algorithm 2.
 """
 
 from .adamw import AdamW
+from .checkpoint import LoadReport, inspect_checkpoint, load_weights, read_checkpoint
 from .explain import Explanation, explain
 from .functional import adamw_step, effective_weight_decay
 from .groups import DecayPlan, ParamGroups, PlanEntry, param_groups
@@ -43,6 +48,7 @@ __all__ = [
     "DecayPlan",
     "Explanation",
     "FitResult",
+    "LoadReport",
     "Monitor",
     "MonitorLog",
     "ObjectiveFailed",
@@ -59,8 +65,11 @@ __all__ = [
     "effective_weight_decay",
     "explain",
     "fit",
+    "inspect_checkpoint",
     "load_log",
+    "load_weights",
     "param_groups",
+    "read_checkpoint",
     "suggest",
     "tune",
 ]

@@ -1,4 +1,4 @@
-"""The ``adamwkit`` command line: ``suggest``, ``explain`` and ``convert``.
+"""The ``adamwkit`` command line: ``suggest``, ``explain``, ``tune``, ``convert`` and ``inspect``.
 
 Bad input exits with code 2 and one line on stderr naming the flag, the value and the
 accepted range. ``--json`` prints one JSON object on stdout instead of the tables
@@ -367,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    p = sub.add_parser(
+        "inspect",
+        help="what a checkpoint holds: tensors, norms, decay decisions, optimizer groups",
+        description="Read a checkpoint (.pt/.pth/.bin/.ckpt with weights_only loading, "
+        ".safetensors, .npz, Keras .h5) and print each tensor's shape, dtype, norm and RMS, "
+        "whether param_groups would decay it (by name and ndim), and a training "
+        "checkpoint's optimizer groups. A pickle that could run code is refused.",
+    )
+    p.add_argument("path", metavar="PATH", help="the checkpoint file")
+    p.add_argument("--lr", type=_number, help="with --weight-decay: the run's peak lr")
+    p.add_argument(
+        "--weight-decay",
+        type=_number,
+        help="with --lr (PyTorch's convention): set each decayed matrix beside its "
+        "equilibrium norm sqrt(lr * numel / (2 * weight_decay))",
+    )
+    p.add_argument("--all", action="store_true", help="every tensor (default: the first 40)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser(
         "convert",
@@ -862,11 +881,86 @@ def _show_tune(result: Any) -> None:
     console.print(f"Report: {result.paths['report']}  (summary: {result.paths['summary']})")
 
 
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ._format import fmt
+    from .checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(a.path, lr=a.lr, weight_decay=a.weight_decay)
+    rows = info["tensors"]
+    if a.json:
+        out = {**info, "tensors": [{**dataclasses.asdict(r), "norm_ratio": r.norm_ratio}
+                                   for r in rows]}  # fmt: skip
+        _print_json(out)
+        return 0
+    console = _console()
+    share = 100.0 * info["decayed_parameters"] / max(1, info["parameters"])
+    console.print(
+        f"[bold]{escape(info['path'])}[/bold] ({info['format']}): {len(rows)} tensors, "
+        f"{info['parameters']:,} parameters; {info['decayed_parameters']:,} ({share:.1f}%) "
+        "would decay under param_groups (by name and ndim)"
+    )
+    eq = info["lr"] is not None
+    dtypes = sorted({r.dtype for r in rows})
+    table = Table(title=f"dtype {dtypes[0]}" if len(dtypes) == 1 else None, title_justify="left")
+    table.add_column("tensor", no_wrap=True, overflow="fold")
+    table.add_column("shape", no_wrap=True)
+    if len(dtypes) > 1:
+        table.add_column("dtype")
+    table.add_column("norm", justify="right")
+    table.add_column("RMS", justify="right")
+    table.add_column("decays")
+    if eq:
+        table.add_column("eq. norm", justify="right")
+        table.add_column("norm/eq", justify="right")
+    shown = rows if a.all else rows[:40]
+    for r in shown:
+        cells = [escape(r.name), "x".join(map(str, r.shape)) or "scalar"]
+        cells += [r.dtype] if len(dtypes) > 1 else []
+        cells += [fmt(r.norm), fmt(r.rms), "yes" if r.decays else f"no: {escape(r.rule)}"]
+        if eq:
+            ratio = r.norm_ratio
+            cells += [fmt(r.equilibrium_norm) if r.equilibrium_norm else "-",
+                      f"{ratio:.2f}" if ratio is not None else "-"]  # fmt: skip
+        table.add_row(*cells)
+    console.print(table)
+    if len(shown) < len(rows):
+        console.print(f"[dim]{len(rows) - len(shown)} more tensors: --all shows them[/dim]")
+    if info["optimizer"] is not None:
+        opt = Table(title="Optimizer groups", title_justify="left")
+        for col in ("group", "params", "lr", "weight_decay", "decay_scale", "step", "saved by"):
+            opt.add_column(col)
+        for g in info["optimizer"]:
+            opt.add_row(str(g["group"]), str(g["params"]), _maybe(g["lr"]),
+                        _maybe(g["weight_decay"]), g["decay_scale"],
+                        "-" if g["step"] is None else str(g["step"]), g["convention"])  # fmt: skip
+        console.print(opt)
+    if info["extra"]:
+        console.print("Run: " + ", ".join(f"{k} {v}" for k, v in info["extra"].items()))
+    if eq:
+        console.print(
+            "[dim]norm / eq. far above 1: the decay had not yet pulled the matrix to its "
+            "equilibrium (Kosson et al., arXiv:2305.17212); near 1: in equilibrium[/dim]"
+        )
+    return 0
+
+
+def _maybe(x: float | None) -> str:
+    from ._format import fmt
+
+    return "-" if x is None else fmt(x)
+
+
 _COMMANDS = {
     "suggest": _cmd_suggest,
     "explain": _cmd_explain,
     "tune": _cmd_tune,
     "convert": _cmd_convert,
+    "inspect": _cmd_inspect,
 }
 
 
