@@ -118,3 +118,76 @@ def test_bad_name_rule():
     with pytest.raises(ValueError, match="name_rules entry 'tokens' is invalid"):
         param_groups(nn.Linear(2, 2), name_rules=["tokens"])
     assert set(NAME_RULES) == {"token", "position embedding", "relative position table"}
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)  # -> BatchNorm: normalised
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 16)  # -> GELU -> out: not normalised
+        self.q = nn.Linear(16, 16)  # -> view -> LayerNorm (a QK-norm): normalised
+        self.q_norm = nn.LayerNorm(4)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x)).mean((2, 3))
+        h = torch.nn.functional.gelu(self.fc(h))
+        q = self.q_norm(self.q(h).view(-1, 4, 4)).flatten(1)
+        return self.out(q)
+
+
+def test_normalized_layers_follow_outputs_into_norms():
+    from adamwkit.groups import normalized_layers
+
+    assert normalized_layers(ConvBN(), torch.randn(2, 3, 6, 6)) == ["conv.weight", "q.weight"]
+
+
+def test_qwen3_query_and_key_projections_are_normalized():
+    from adamwkit.groups import normalized_layers
+
+    cfg = transformers.Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                   vocab_size=100)  # fmt: skip
+    found = normalized_layers(transformers.Qwen3ForCausalLM(cfg), torch.randint(0, 100, (1, 8)))
+    assert found == ["model.layers.0.self_attn.q_proj.weight",
+                     "model.layers.0.self_attn.k_proj.weight"]  # fmt: skip
+
+
+def test_corrected_decay_on_the_normalised_layers_only():
+    """Groups with decay_scale='corrected' for the normalised layers: each tensor takes the
+    steps of an AdamW run with its own convention (the oracle: two separate optimizers)."""
+    import adamwkit
+    from adamwkit.groups import normalized_layers
+
+    torch.manual_seed(0)
+    model = ConvBN()
+    x = torch.randn(4, 3, 6, 6)
+    scales = dict.fromkeys(normalized_layers(model, x), "corrected")
+    groups = adamwkit.param_groups(model, 0.5, decay_scales=scales)
+    assert sorted(g.get("decay_scale", "-") for g in groups) == ["-", "-", "corrected"]
+    rows = {e.name: e.rule for e in groups.plan.entries}
+    assert rows["conv.weight"] == "ndim >= 2, decay_scale 'corrected' by 'conv.weight'"
+    twin = ConvBN()
+    twin.load_state_dict(model.state_dict())
+    corrected = [p for n, p in twin.named_parameters() if n in scales]
+    ids = {id(p) for p in corrected}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]}
+            for g in adamwkit.param_groups(twin, 0.5)]  # fmt: skip
+    opts = [adamwkit.AdamW(groups, lr=1e-2),
+            adamwkit.AdamW(corrected, lr=1e-2, weight_decay=0.5, decay_scale="corrected"),
+            adamwkit.AdamW(rest, lr=1e-2)]  # fmt: skip
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 - t / 20) for o in opts]
+    for _ in range(10):
+        for m, os_ in ((model, opts[:1]), (twin, opts[1:])):
+            for o in os_:
+                o.zero_grad()
+            m(x).pow(2).mean().backward()
+            for o in os_:
+                o.step()
+        for s in scheds:
+            s.step()
+    for (n, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    with pytest.raises(ValueError, match="decay_scales\\['\\*'\\]"):
+        adamwkit.param_groups(model, 0.5, decay_scales={"*": "adamc"})

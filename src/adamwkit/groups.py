@@ -27,12 +27,21 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from torch import nn
 
-from ._checks import check_range
+from ._checks import check_choice, check_range
+from ._constants import OPTIMIZER_DECAY_SCALES
 
-__all__ = ["NAME_RULES", "DecayPlan", "ParamGroups", "PlanEntry", "param_groups"]
+__all__ = [
+    "NAME_RULES",
+    "DecayPlan",
+    "ParamGroups",
+    "PlanEntry",
+    "normalized_layers",
+    "param_groups",
+]
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
@@ -192,6 +201,7 @@ def param_groups(
     exclude: Iterable[Exclusion] = (),
     multipliers: Mapping[str, float] | None = None,
     name_rules: Iterable[str] | None = None,
+    decay_scales: Mapping[str, str] | None = None,
 ) -> ParamGroups:
     """Split ``model``'s trainable parameters into decay and no-decay groups.
 
@@ -209,6 +219,10 @@ def param_groups(
         name_rules: which of :data:`NAME_RULES` apply (default all: ``"token"``,
             ``"position embedding"``, ``"relative position table"``); ``()`` decays
             those tensors like any other.
+        decay_scales: ``{glob: decay_scale}``; a decayed tensor whose name matches gets a
+            group with that ``decay_scale`` key, which :class:`adamwkit.AdamW` reads per
+            group. AdamC applies ``"corrected"`` to the layers a normalisation follows:
+            ``decay_scales=dict.fromkeys(normalized_layers(model, x), "corrected")``.
 
     Returns:
         A list of param-group dicts (one per distinct weight decay, then the no-decay
@@ -228,6 +242,9 @@ def param_groups(
     multipliers = dict(multipliers or {})
     for pattern, factor in multipliers.items():
         check_range(f"multipliers[{pattern!r}]", factor)
+    scales = dict(decay_scales or {})
+    for pattern, scale in scales.items():
+        check_choice(f"decay_scales[{pattern!r}]", scale, OPTIMIZER_DECAY_SCALES)
 
     rules = tuple(NAME_RULES) if name_rules is None else tuple(name_rules)
     for rule in rules:
@@ -241,7 +258,7 @@ def param_groups(
     owners = _owners(model)
     used: set[str] = set()
     entries: list[PlanEntry] = []
-    groups: dict[float, list[nn.Parameter]] = {}
+    groups: dict[tuple[float, str | None], list[nn.Parameter]] = {}
     no_decay: list[nn.Parameter] = []
 
     aliases: dict[int, list[str]] = {}
@@ -283,8 +300,14 @@ def param_groups(
                 used.add(repr(pattern))
                 wd = weight_decay * multipliers[pattern]
                 rule += f", x{multipliers[pattern]:g} by {pattern!r}"
+            scale_glob = next((g for g in scales if any(fnmatchcase(n, g) for n in names)), None)
+            scale = None
+            if scale_glob is not None:
+                used.add(repr(scale_glob))
+                scale = scales[scale_glob]
+                rule += f", decay_scale {scale!r} by {scale_glob!r}"
             if wd > 0:
-                groups.setdefault(wd, []).append(p)
+                groups.setdefault((wd, scale), []).append(p)
                 entries.append(
                     PlanEntry(name, tuple(p.shape), p.numel(), wd, rule, tuple(names[1:]))
                 )
@@ -294,18 +317,78 @@ def param_groups(
         wd_entry = None if not p.requires_grad else 0.0
         entries.append(PlanEntry(name, tuple(p.shape), p.numel(), wd_entry, rule, tuple(names[1:])))
 
-    for label in [_exclusion_label(r) for r in exclude] + [repr(g) for g in multipliers]:
+    labels = [_exclusion_label(r) for r in exclude] + [repr(g) for g in (*multipliers, *scales)]
+    for label in labels:
         if label not in used:
             warnings.warn(f"param_groups: {label} matched no parameter", stacklevel=2)
     if not groups and not no_decay:
         raise ValueError(
             f"model {type(model).__name__} has no trainable parameters (all are frozen or absent)"
         )
-    out = ParamGroups({"params": ps, "weight_decay": wd} for wd, ps in groups.items())
+    out = ParamGroups(
+        {"params": ps, "weight_decay": wd, **({"decay_scale": sc} if sc else {})}
+        for (wd, sc), ps in groups.items()
+    )
     if no_decay:
         out.append({"params": no_decay, "weight_decay": 0.0})
     out.plan = DecayPlan(tuple(entries), weight_decay)
     return out
+
+
+def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
+    """The weight matrices whose layer's output goes straight into a normalisation layer
+    (through views such as ``view`` or ``transpose`` only), found by running ``model(*args,
+    **kwargs)`` once without gradients: a convolution before BatchNorm, a projection
+    before a QK-norm or a LayerNorm. Their norm does not change the output, which is the
+    case AdamC's corrected decay is for (Defazio 2025, arXiv:2506.02285). Only a module's
+    output tensor is followed (not functional ops such as a residual add), and embeddings
+    are left out: their output feeds the residual stream as well as the first norm.
+
+    Example: ``normalized_layers(cnn, torch.randn(1, 3, 32, 32))``.
+    """
+    import torch
+
+    producers: dict[int, str] = {}
+    keep: list[Any] = []  # outputs stay alive, so their ids are not reused mid-forward
+    found: set[str] = set()
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                producers[id(output)] = name
+                keep.append(output)
+
+        return hook
+
+    def check(_m: nn.Module, inputs: Any) -> None:
+        x = inputs[0] if inputs else None
+        while isinstance(x, torch.Tensor):
+            if id(x) in producers:
+                found.add(producers[id(x)])
+                return
+            x = x._base  # a view: look at the tensor it views
+
+    hooks = []
+    for name, m in model.named_modules():
+        if _norm_name([m]) is not None:
+            hooks.append(m.register_forward_pre_hook(check))
+        elif not isinstance(m, _EMBEDDING_TYPES) and any(
+            p.ndim >= 2 for p in m.parameters(recurse=False)
+        ):  # an embedding's output is the residual stream, not only a norm's input
+            hooks.append(m.register_forward_hook(record(name)))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [
+        f"{name}.{pname}" if name else pname
+        for name, m in model.named_modules()
+        if name in found
+        for pname, p in m.named_parameters(recurse=False)
+        if p.ndim >= 2
+    ]
 
 
 def _named_by(names: list[str], by_last: dict[str, str]) -> str | None:
