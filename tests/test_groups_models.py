@@ -191,3 +191,16 @@ def test_corrected_decay_on_the_normalised_layers_only():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
     with pytest.raises(ValueError, match="decay_scales\\['\\*'\\]"):
         adamwkit.param_groups(model, 0.5, decay_scales={"*": "adamc"})
+
+
+def test_timm_vit_and_swin_when_timm_is_installed():
+    """timm's own models (skipped without timm: it needs torchvision, see the README)."""
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    r = rules(vit)
+    assert r["cls_token"] == r["pos_embed"] == "model.no_weight_decay()"
+    assert r["patch_embed.proj.weight"] == "ndim >= 2"
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=10)
+    tables = {n: rule for n, rule in rules(swin).items() if n.endswith("bias_table")}
+    assert tables and all("relative_position_bias_table" in v or "no_weight_decay" in v
+                          for v in tables.values())  # fmt: skip
