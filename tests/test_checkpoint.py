@@ -211,3 +211,18 @@ def test_cli_inspect_json_and_table(tmp_path, capsys):
     assert "would decay" in capsys.readouterr().out
     assert main(["inspect", str(path), "--lr", "1e-3"]) == 2
     assert "lr and weight_decay go together" in capsys.readouterr().err
+
+
+def test_a_saved_model_folder_merges_its_shards(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = _state()
+    names = sorted(sd)
+    save_file({k: sd[k] for k in names[:3]}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in names[3:]}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    ck = read_checkpoint(tmp_path)
+    assert set(ck.tensors) == set(sd) and ck.format == "safetensors, 2 file(s)"
+    assert load_weights(Net(), tmp_path).complete
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="a folder with no weight file"):
+        read_checkpoint(tmp_path / "empty")

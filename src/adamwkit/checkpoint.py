@@ -11,6 +11,8 @@ Formats, by file name:
 - ``.npz``: ``numpy.load(allow_pickle=False)``.
 - ``.h5``, ``.weights.h5`` (Keras): every dataset, named by its path with dots
   (``h5py``, in the same extra).
+- a folder (``save_pretrained``): its ``*.safetensors`` files (shards merged), else
+  ``pytorch_model*.bin``, ``*.pt``, ``*.pth`` or ``*.weights.h5``.
 
 A training checkpoint (a dict with the model's ``state_dict`` under ``state_dict``,
 ``model``, ``model_state_dict`` or ``module``, and an optimizer's under ``optimizer``,
@@ -130,6 +132,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"path={path!r} is invalid: expected the path of a checkpoint file (str or Path)"
         )
     p = Path(path)
+    if p.is_dir():
+        return _read_directory(p)
     if not p.is_file():
         raise ValueError(f"path={str(p)!r} is invalid: no such file")
     suffix = _suffix(p)
@@ -161,6 +165,25 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         f"path={str(p)!r} is invalid: expected a file ending in one of {', '.join(FORMATS)} "
         "(Keras: .weights.h5)"
     )
+
+
+def _read_directory(p: Path) -> Checkpoint:
+    """A saved model folder (``save_pretrained``): its weight files, shards merged."""
+    for pattern in ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "*.weights.h5"):
+        files = sorted(p.glob(pattern))
+        if files:
+            break
+    else:
+        raise ValueError(
+            f"path={str(p)!r} is a folder with no weight file (*.safetensors, "
+            "pytorch_model*.bin, *.pt, *.pth, *.weights.h5)"
+        )
+    parts = [read_checkpoint(f) for f in files]
+    tensors: dict[str, Tensor] = {}
+    for part in parts:
+        tensors.update(part.tensors)
+    return Checkpoint(p, f"{parts[0].format}, {len(files)} file(s)", tensors,
+                      parts[0].optimizer, parts[0].extra)  # fmt: skip
 
 
 def _suffix(p: Path) -> str:
