@@ -256,3 +256,15 @@ def test_cli_accepts_every_name_the_api_accepts(argv, capsys):
 
     assert main([*argv.split(), "--json"]) == 0
     assert capsys.readouterr().out.strip().startswith("{")
+
+
+def test_a_torch_state_dict_keeps_the_receivers_variant():
+    """torch.optim.AdamW saves no cautious/decay_toward keys: the receiver keeps its own."""
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    theirs = torch.optim.AdamW([p], lr=1e-3, weight_decay=0.1)
+    p.grad = torch.randn(4, 3)
+    theirs.step()
+    ours = adamwkit.AdamW([p], lr=1e-3, weight_decay=0.1, cautious=True, decay_toward="init")
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    assert ours.param_groups[0]["cautious"] is True
+    assert ours.param_groups[0]["decay_toward"] == "init"

@@ -35,7 +35,7 @@ DECAY_TOWARD: tuple[str, ...] = ("zero", "init")
 # Keys this class adds to each param group (with nonfinite_skips). A state_dict saved by
 # torch.optim.AdamW has none of them; loading one keeps the receiving optimizer's lr_peak
 # and lr_init, and reads the group's decay_scale as PyTorch's, "lr" (see load_state_dict).
-_KEPT_ON_LOAD = ("decay_scale", "lr_peak", "lr_init")
+_KEPT_ON_LOAD = ("decay_scale", "lr_peak", "lr_init", "cautious", "decay_toward")
 
 
 class AdamW(Optimizer):
@@ -189,14 +189,16 @@ class AdamW(Optimizer):
         would have: a group saved by ``torch.optim.AdamW`` (no ``decay_scale`` key) gets
         ``decay_scale="lr"``, one saved by this class its saved ``decay_scale``. Where that
         differs from the receiving group's, a ``UserWarning`` says so. Groups without
-        ``lr_peak`` or ``lr_init`` keep the receiving optimizer's values for those.
+        ``lr_peak``, ``lr_init``, ``cautious`` or ``decay_toward`` keep the receiving
+        optimizer's values for those (``decay_toward="init"`` without a saved ``decay_ref``
+        then decays toward the weights at the first step after the load).
         """
         current = [{k: g[k] for k in _KEPT_ON_LOAD} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for index, (group, saved, mine) in enumerate(
             zip(self.param_groups, state_dict["param_groups"], current, strict=True)
         ):
-            for key in ("lr_peak", "lr_init"):
+            for key in ("lr_peak", "lr_init", "cautious", "decay_toward"):
                 if key not in saved:
                     group[key] = mine[key]
             from_torch = "decay_scale" not in saved
