@@ -226,3 +226,22 @@ def test_a_saved_model_folder_merges_its_shards(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="a folder with no weight file"):
         read_checkpoint(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "what"),
+    [
+        ("g.pt", b"garbage", "is not a file torch.load can read (UnpicklingError: Unsupported"),
+        ("e.pt", b"", "is not a file torch.load can read (EOFError"),
+        ("g.safetensors", b"x", "is not a safetensors file"),
+        ("g.npz", b"x", "is not an .npz file (not a zip archive"),
+        ("g.weights.h5", b"x", "is not an HDF5 file h5py can read"),
+    ],
+)
+def test_a_damaged_file_is_one_line_naming_it(tmp_path, capsys, name, content, what):
+    if name.endswith(".h5"):
+        pytest.importorskip("h5py")
+    (tmp_path / name).write_bytes(content)
+    assert main(["inspect", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert what in err and len(err.strip().splitlines()) == 1

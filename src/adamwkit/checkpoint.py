@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,18 +147,27 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raise ValueError(
                 f"reading {p.name} needs safetensors: pip install 'adamwkit[checkpoints]'"
             ) from err
-        return Checkpoint(p, "safetensors", dict(load_file(str(p), device="cpu")))
+        try:
+            return Checkpoint(p, "safetensors", dict(load_file(str(p), device="cpu")))
+        except Exception as err:  # safetensors raises its own error type for bad headers
+            raise _unreadable(p, "a safetensors file", err) from None
     if suffix == ".npz":
         import numpy as np
 
+        if not zipfile.is_zipfile(p):
+            raise ValueError(f"{p} is not an .npz file (not a zip archive of .npy arrays)")
         try:
             with np.load(p, allow_pickle=False) as z:
                 arrays = {k: torch.from_numpy(np.array(z[k])) for k in z.files}
         except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise _unreadable(p, "an .npz file numpy can read", err) from None
             raise UnsafeCheckpoint(
                 f"{p} holds pickled Python objects (object arrays), which could run code "
                 "when loaded: adamwkit does not load them"
-            ) from err
+            ) from None
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise _unreadable(p, "an .npz file numpy can read", err) from None
         return Checkpoint(p, "npz", arrays)
     if suffix == ".h5":
         return Checkpoint(p, "h5", _h5_tensors(p))
@@ -191,21 +201,32 @@ def _suffix(p: Path) -> str:
     return ".h5" if name.endswith(".h5") else p.suffix.lower()
 
 
+def _unreadable(p: Path, what: str, err: BaseException) -> ValueError:
+    """A file of the right name that its reader cannot parse (damaged, truncated, other)."""
+    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "empty or truncated"
+    return ValueError(f"{p} is not {what} ({type(err).__name__}: {detail})")
+
+
 def _torch_load(p: Path) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        why = next((line.strip() for line in first if "GLOBAL" in line or "global" in line),
-                   first[0] if first else "")  # fmt: skip
+        lines = [line.strip() for line in str(err).strip().splitlines()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line),
+                   None)  # fmt: skip
+        if why is None:  # not a refusal of a global: a damaged or foreign file
+            detail = next((line for line in lines if line.startswith("Unsupported")), None)
+            raise _unreadable(
+                p, "a file torch.load can read", pickle.UnpicklingError(detail or lines[0])
+            ) from None
         raise UnsafeCheckpoint(
             f"{p} is a pickle that names Python objects to import ({why[:200]}): loading "
             "it could run code, so adamwkit does not. If you trust its source, load it "
             "with torch.load(path, weights_only=False) and save model.state_dict(), or "
             "convert it to .safetensors"
         ) from None
-    except RuntimeError as err:
-        raise ValueError(f"{p} is not a PyTorch file torch.load can read: {err}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise _unreadable(p, "a file torch.load can read", err) from None
 
 
 def _h5_tensors(p: Path) -> dict[str, Tensor]:
@@ -223,8 +244,11 @@ def _h5_tensors(p: Path) -> dict[str, Tensor]:
         if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiub":
             out[name.replace("/", ".")] = torch.from_numpy(np.array(obj))
 
-    with h5py.File(p, "r") as f:
-        f.visititems(visit)
+    try:
+        with h5py.File(p, "r") as f:
+            f.visititems(visit)
+    except OSError as err:
+        raise _unreadable(p, "an HDF5 file h5py can read", err) from None
     return out
 
 
