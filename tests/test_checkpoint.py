@@ -245,3 +245,41 @@ def test_a_damaged_file_is_one_line_naming_it(tmp_path, capsys, name, content, w
     assert main(["inspect", str(tmp_path / name)]) == 2
     err = capsys.readouterr().err
     assert what in err and len(err.strip().splitlines()) == 1
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+
+def test_load_weights_counts_a_tied_alias_the_file_left_out():
+    sd = {"emb.weight": torch.randn(10, 4)}  # as save_pretrained drops the tied head
+    model = Tied()
+    report = load_weights(model, sd)
+    assert report.complete and "head.weight" in report.loaded
+    torch.testing.assert_close(model.head.weight.detach(), sd["emb.weight"])
+
+
+def test_load_weights_strips_nested_wrapper_prefixes():
+    sd = {f"module._orig_mod.{k}": v for k, v in _state().items()}
+    report = load_weights(Net(), sd)
+    assert report.complete and report.stripped_prefix == "module._orig_mod."
+
+
+def test_npz_skips_strings_and_reads_big_endian(tmp_path):
+    path = tmp_path / "mixed.npz"
+    w = np.arange(6, dtype=">f4").reshape(2, 3)
+    np.savez(path, w=w, names=np.array(["a", "b"]))
+    ck = read_checkpoint(path)
+    assert list(ck.tensors) == ["w"] and ck.skipped == ["names"]
+    torch.testing.assert_close(ck.tensors["w"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_pickles_are_refused_on_torch_before_2_6(tmp_path, monkeypatch):
+    path, _ = _save(tmp_path, "pt")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(UnsafeCheckpoint, match="CVE-2025-32434"):
+        read_checkpoint(path)

@@ -268,3 +268,60 @@ def test_a_torch_state_dict_keeps_the_receivers_variant():
     ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
     assert ours.param_groups[0]["cautious"] is True
     assert ours.param_groups[0]["decay_toward"] == "init"
+
+
+@pytest.mark.parametrize("variant", [{"cautious": True}, {"decay_toward": "init"}])
+def test_grad_scaler_skips_and_unscales_the_decay_pass(variant):
+    """With GradScaler the fused kernel gets scaled gradients and a skip flag: the decay
+    pass must skip with it, and the cautious sign test must read unscaled gradients."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 5, generator=g)
+    grads = [torch.randn(6, 5, generator=g) for _ in range(5)]
+    runs = []
+    for scaled in (False, True):
+        p = torch.nn.Parameter(start.clone())
+        opt = adamwkit.AdamW([p], lr=0.05, weight_decay=1.0, fused=True, **variant)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16) if scaled else None
+        for grad in grads:
+            if scaler is None:
+                p.grad = grad.clone()
+                opt.step()
+            else:
+                p.grad = None
+                scaler.scale((p * grad).sum()).backward()  # the gradient is grad, scaled
+                scaler.step(opt)
+                scaler.update()
+        runs.append(p.detach().clone())
+        if scaler is not None:  # a step with an infinite gradient changes nothing
+            p.grad = None
+            scaler.scale((p * math.inf).sum()).backward()
+            scaler.step(opt)
+            torch.testing.assert_close(p.detach(), runs[-1], rtol=0, atol=0)
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-6, atol=1e-7)
+
+
+def test_a_resumed_fused_state_moves_its_step_with_decay_toward_init():
+    p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    theirs = torch.optim.AdamW([p], lr=1e-3, foreach=True)
+    p.grad = torch.randn_like(p)
+    theirs.step()
+    ours = adamwkit.AdamW([p], lr=1e-3, fused=True, decay_toward="init")
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    ours.step()
+    assert ours.state[p]["step"].dtype == torch.float32 and "decay_ref" in ours.state[p]
+
+
+def test_cautious_refuses_complex_parameters():
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match="cautious=True takes real parameters"):
+        adamwkit.AdamW([p], cautious=True).step()
+
+
+def test_weight_decay_scheduler_takes_groups_added_later():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = adamwkit.AdamW([a], weight_decay=0.1)
+    sched = WeightDecayScheduler(opt, lambda t: 1.0 + t)
+    opt.add_param_group({"params": [b], "weight_decay": 0.2})
+    sched.step()
+    assert sched.get_last_weight_decay() == pytest.approx([0.2, 0.4])

@@ -204,3 +204,23 @@ def test_timm_vit_and_swin_when_timm_is_installed():
     tables = {n: rule for n, rule in rules(swin).items() if n.endswith("bias_table")}
     assert tables and all("relative_position_bias_table" in v or "no_weight_decay" in v
                           for v in tables.values())  # fmt: skip
+
+
+class TokenBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)  # on (B, T, 8): its output is a view; then transpose -> BN
+        self.bn = nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        return self.bn(self.fc(x).transpose(1, 2))
+
+
+def test_normalized_layers_through_a_view_output_and_keeps_the_buffers():
+    from adamwkit.groups import normalized_layers
+
+    model = TokenBN()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    assert normalized_layers(model, torch.randn(2, 5, 8)) == ["fc.weight"]
+    for n, b in model.named_buffers():
+        torch.testing.assert_close(b, before[n], rtol=0, atol=0)

@@ -299,13 +299,13 @@ class AdamW(Optimizer):
                 )
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["decay_toward"] == "init" and "decay_ref" not in state:
-                state["decay_ref"] = p.detach().clone(memory_format=torch.preserve_format)
             elif fused_layout and (
                 state["step"].dtype != torch.float32 or state["step"].device != p.device
             ):
                 # A state saved by a non-fused run keeps its step on the CPU: move it once.
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+            if group["decay_toward"] == "init" and "decay_ref" not in state:
+                state["decay_ref"] = p.detach().clone(memory_format=torch.preserve_format)
             if amsgrad:
                 if "max_exp_avg_sq" not in state:
                     state["max_exp_avg_sq"] = torch.zeros_like(
@@ -361,11 +361,17 @@ class AdamW(Optimizer):
                 wd = self._decay(group, index)
                 toward = group["decay_toward"] == "init"
                 if wd and (group["cautious"] or toward):
-                    params, grads, exp_avgs = tensors[0], tensors[1], tensors[2]
-                    refs = [self.state[p]["decay_ref"] for p in params] if toward else None
-                    decay_variants(params, grads, exp_avgs, float(group["lr"]) * wd,
-                                   beta1=group["betas"][0], maximize=group["maximize"],
-                                   cautious=group["cautious"], references=refs)  # fmt: skip
+                    # GradScaler hands the fused kernel scaled gradients and a skip flag:
+                    # the decay pass skips with the kernel and reads unscaled gradients
+                    skipped = found_inf is not None and bool(found_inf.item())
+                    if not skipped:
+                        params, grads, exp_avgs = tensors[0], tensors[1], tensors[2]
+                        if grad_scale is not None and group["cautious"]:
+                            grads = [g / grad_scale for g in grads]
+                        refs = [self.state[p]["decay_ref"] for p in params] if toward else None
+                        decay_variants(params, grads, exp_avgs, float(group["lr"]) * wd,
+                                       beta1=group["betas"][0], maximize=group["maximize"],
+                                       cautious=group["cautious"], references=refs)  # fmt: skip
                     wd = 0.0
                 torch_step(
                     *tensors,
@@ -395,7 +401,7 @@ def _convention_message(
     else:
         origin = f"was saved with decay_scale={scale!r}"
     values = f"weight_decay={group['weight_decay']:g}"
-    if scale == "schedule":
+    if scale in ("schedule", "corrected"):
         values += f", lr_peak={AdamW.lr_peak(group):g}"
     return (
         f"AdamW.load_state_dict: param_groups[{index}] {origin}; it keeps {values} with "

@@ -156,9 +156,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
         if not zipfile.is_zipfile(p):
             raise ValueError(f"{p} is not an .npz file (not a zip archive of .npy arrays)")
+        arrays, skipped = {}, []
         try:
             with np.load(p, allow_pickle=False) as z:
-                arrays = {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+                for k in z.files:
+                    a = np.array(z[k])
+                    if a.dtype.kind not in "fiub":  # strings, bytes: not weights
+                        skipped.append(k)
+                        continue
+                    native = a.astype(a.dtype.newbyteorder("="), copy=False)
+                    arrays[k] = torch.from_numpy(native)
         except ValueError as err:
             if "allow_pickle" not in str(err):
                 raise _unreadable(p, "an .npz file numpy can read", err) from None
@@ -168,7 +175,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             ) from None
         except (OSError, EOFError, zipfile.BadZipFile) as err:
             raise _unreadable(p, "an .npz file numpy can read", err) from None
-        return Checkpoint(p, "npz", arrays)
+        return Checkpoint(p, "npz", arrays, skipped=skipped)
     if suffix == ".h5":
         return Checkpoint(p, "h5", _h5_tensors(p))
     raise ValueError(
@@ -208,6 +215,13 @@ def _unreadable(p: Path, what: str, err: BaseException) -> ValueError:
 
 
 def _torch_load(p: Path) -> Any:
+    major, minor = (int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
+    if (major, minor) < (2, 6):
+        raise UnsafeCheckpoint(
+            f"reading {p} safely needs torch>=2.6: on torch {torch.__version__}, "
+            "weights_only loading can still run code (CVE-2025-32434); upgrade torch, or "
+            "convert the file to .safetensors where it was made"
+        )
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -488,7 +502,7 @@ def load_weights(
             "file path (str or Path) or a state dict (name -> tensor); a file object is "
             "read by read_checkpoint(path) or torch.load(file)"
         )
-    target = model.state_dict()
+    target = model.state_dict(keep_vars=True)
     source, prefix = _align(source, target)
     loaded, mismatched = [], []
     with torch.no_grad():
@@ -500,9 +514,13 @@ def load_weights(
                 continue
             target[name].copy_(t)
             loaded.append(name)
-    missing = [n for n in target if n not in source]
+    # a tied alias the file leaves out (HF drops lm_head.weight) shares the loaded tensor
+    shared = {(target[n].data_ptr(), tuple(target[n].shape)) for n in loaded}
+    tied = [n for n in target if n not in source
+            and (target[n].data_ptr(), tuple(target[n].shape)) in shared]  # fmt: skip
+    missing = [n for n in target if n not in source and n not in tied]
     unexpected = [n for n in source if n not in target]
-    return LoadReport(loaded, missing, unexpected, mismatched, prefix)
+    return LoadReport(loaded + tied, missing, unexpected, mismatched, prefix)
 
 
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -512,18 +530,17 @@ def _align(
     source: dict[str, Tensor], target: Mapping[str, Tensor]
 ) -> tuple[dict[str, Tensor], str]:
     """``source`` with a wrapper's prefix stripped (or added) when that matches more keys."""
-    best, label = source, ""
-    score = len(set(source) & set(target))
-    for pre in _PREFIXES:
-        if all(k.startswith(pre) for k in source):
-            cand = {k[len(pre) :]: v for k, v in source.items()}
-            tag = pre
-        elif all(k.startswith(pre) for k in target):
-            cand = {pre + k: v for k, v in source.items()}
-            tag = f"+{pre}"
-        else:
-            continue
-        s = len(set(cand) & set(target))
-        if s > score:
-            best, label, score = cand, tag, s
-    return best, label
+    tried = [(source, "")]
+    frontier = [(source, "")]
+    for _ in range(3):  # nested wrappers: module._orig_mod.
+        grown = []
+        for keys, label in frontier:
+            for pre in _PREFIXES:
+                if all(k.startswith(pre) for k in keys):
+                    grown.append(({k[len(pre) :]: v for k, v in keys.items()}, label + pre))
+                elif all(k.startswith(pre) for k in target):
+                    grown.append(({pre + k: v for k, v in keys.items()}, f"{label}+{pre}"))
+        tried += grown
+        frontier = grown
+    # the most keys matched; among ties, the fewest changes
+    return max(tried, key=lambda c: (len(set(c[0]) & set(target)), -len(c[1])))

@@ -232,10 +232,10 @@ def adamw_step(
                 f"references has {len(references)} tensors but params has {n}: pass one each"
             )
         for i, (p, r) in enumerate(zip(params, references, strict=True)):
-            if r.shape != p.shape:
+            if r.shape != p.shape or r.device != p.device or r.dtype != p.dtype:
                 raise ValueError(
-                    f"references[{i}] has shape {tuple(r.shape)}: expected the parameter's "
-                    f"{tuple(p.shape)}"
+                    f"references[{i}] is {tuple(r.shape)} {r.dtype} on {r.device}: expected "
+                    f"the parameter's {tuple(p.shape)} {p.dtype} on {p.device}"
                 )
     variants = bool(cautious) or references is not None
     if variants and capturable:
@@ -315,6 +315,8 @@ def decay_variants(
     convention (a float, or a 1-D tensor of per-member rates for a population), ``ref`` zero
     without ``references``, and ``mask`` with ``cautious`` whether the step's update, of
     the sign of ``beta1 * m + (1 - beta1) * g``, agrees in sign with ``p - ref``."""
+    if cautious and any(torch.is_complex(p) for p in params):
+        raise ValueError("cautious=True takes real parameters: the sign test has no complex form")
     for i, p in enumerate(params):
         away = p if references is None else p - references[i]
         if cautious:

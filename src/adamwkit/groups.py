@@ -338,7 +338,8 @@ def param_groups(
 def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
     """The weight matrices whose layer's output goes straight into a normalisation layer
     (through views such as ``view`` or ``transpose`` only), found by running ``model(*args,
-    **kwargs)`` once without gradients: a convolution before BatchNorm, a projection
+    **kwargs)`` once without gradients (buffers such as BatchNorm's running statistics are
+    restored after): a convolution before BatchNorm, a projection
     before a QK-norm or a LayerNorm. Their norm does not change the output, which is the
     case AdamC's corrected decay is for (Defazio 2025, arXiv:2506.02285). Only a module's
     output tensor is followed (not functional ops such as a residual add), and embeddings
@@ -357,6 +358,9 @@ def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
             if isinstance(output, torch.Tensor):
                 producers[id(output)] = name
                 keep.append(output)
+                if output._base is not None:  # the output is itself a view (Linear on 3-D)
+                    producers[id(output._base)] = name
+                    keep.append(output._base)
 
         return hook
 
@@ -376,12 +380,17 @@ def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
             p.ndim >= 2 for p in m.parameters(recurse=False)
         ):  # an embedding's output is the residual stream, not only a norm's input
             hooks.append(m.register_forward_hook(record(name)))
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     try:
         with torch.no_grad():
             model(*args, **kwargs)
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():  # the forward ran in the model's mode: undo BatchNorm's stats
+            for n, b in model.named_buffers():
+                if n in buffers:
+                    b.copy_(buffers[n])
     return [
         f"{name}.{pname}" if name else pname
         for name, m in model.named_modules()

@@ -306,6 +306,8 @@ class WeightDecayScheduler:
         """Advance one step and set every group's ``weight_decay``."""
         self.last_step += 1
         for group in self.optimizer.param_groups:
+            # a group added after the scheduler starts from its weight decay then
+            group.setdefault("initial_weight_decay", float(group.get("weight_decay", 0.0)))
             group["weight_decay"] = self._value(group, self.last_step)
 
     def get_last_weight_decay(self) -> list[float]:
