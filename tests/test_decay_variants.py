@@ -13,49 +13,16 @@ import torch
 
 import adamwkit
 from adamwkit.functional import adamw_step, effective_weight_decay
-from adamwkit.reference import AdamWReference, adamw_reference_step
+from adamwkit.reference import adamw_reference_step
 from adamwkit.schedules import WeightDecayScheduler
-from conftest import batches, loss_fn, make_model
+from conftest import batches, cosine, loss_fn, make_model, reference_pair, rel
 
 STEPS = 150
 LR = 1e-2
 
 
-def cosine(t: int, total: int = STEPS) -> float:
-    return 0.5 * (1 + math.cos(math.pi * t / total))
-
-
-def run_pair(wd: float, *, decay_scale: str = "lr", cautious: bool = False,
-             decay_toward: str = "zero", fused: bool | None = None, wd_schedule=None):  # fmt: skip
-    """adamwkit.AdamW (float64, cosine lr) and the reference fed gradients at its own point."""
-    model, twin = make_model(torch.float64), make_model(torch.float64)
-    opt = adamwkit.AdamW(model.parameters(), lr=LR, weight_decay=wd, decay_scale=decay_scale,
-                         cautious=cautious, decay_toward=decay_toward, fused=fused)  # fmt: skip
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    wd_sched = None if wd_schedule is None else WeightDecayScheduler(opt, wd_schedule)
-    ref = AdamWReference([p.detach().numpy() for p in twin.parameters()], alpha=LR,
-                         weight_decay=wd if decay_scale == "corrected" else LR * wd,
-                         corrected=decay_scale == "corrected", cautious=cautious,
-                         decay_toward=decay_toward)  # fmt: skip
-    for t, (x, y) in enumerate(batches(torch.float64, STEPS)):
-        opt.zero_grad()
-        loss_fn(model, x, y).backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for p, r in zip(twin.parameters(), ref.params, strict=True):
-                p.copy_(torch.from_numpy(r))
-        twin.zero_grad()
-        loss_fn(twin, x, y).backward()
-        lam = None if wd_schedule is None else LR * wd * wd_schedule(t)
-        ref.step([p.grad.numpy() for p in twin.parameters()], eta=cosine(t), weight_decay=lam)
-        if wd_sched is not None:
-            wd_sched.step()
-    return [p.detach().numpy() for p in model.parameters()], ref.params
-
-
-def rel(a, b) -> float:
-    return max(float(np.abs(x - y).max() / np.abs(y).max()) for x, y in zip(a, b, strict=True))
+def run_pair(wd: float, **kw):
+    return reference_pair(wd, lr=LR, steps=STEPS, **kw)
 
 
 @pytest.mark.parametrize("fused", [None, False])

@@ -2,60 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 import adamwkit
-from adamwkit.reference import AdamWReference, adamw_reference_step
-from conftest import batches, loss_fn, make_model
+from adamwkit.reference import adamw_reference_step
+from conftest import batches, loss_fn, make_model, reference_pair, rel
 
 STEPS = 200
 
 
-def cosine(t: int, total: int = STEPS) -> float:
-    """Schedule multiplier of step t (0-based), as CosineAnnealingLR with eta_min=0."""
-    return 0.5 * (1 + math.cos(math.pi * t / total))
-
-
 def run_pair(decay_scale: str, weight_decay: float, amsgrad: bool, lr: float = 1e-2):
     """Our AdamW (float64, cosine schedule) and the reference fed gradients at its own point."""
-    model = make_model(torch.float64)
-    twin = make_model(torch.float64)
-    opt = adamwkit.AdamW(
-        model.parameters(),
-        lr=lr,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        decay_scale=decay_scale,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    # "lr" scales decay by the lr itself: the paper's lambda is lr_peak * weight_decay
-    lam = weight_decay if decay_scale == "schedule" else lr * weight_decay
-    ref = AdamWReference(
-        [p.detach().numpy() for p in twin.parameters()],
-        alpha=lr,
-        weight_decay=lam,
-        amsgrad=amsgrad,
-    )
-    for t, (x, y) in enumerate(batches(torch.float64, STEPS)):
-        opt.zero_grad()
-        loss_fn(model, x, y).backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for p, r in zip(twin.parameters(), ref.params, strict=True):
-                p.copy_(torch.from_numpy(r))
-        twin.zero_grad()
-        loss_fn(twin, x, y).backward()
-        ref.step([p.grad.numpy() for p in twin.parameters()], eta=cosine(t))
-    return [p.detach().numpy() for p in model.parameters()], ref.params
-
-
-def rel(a, b) -> float:
-    return max(float(np.abs(x - y).max() / np.abs(y).max()) for x, y in zip(a, b, strict=True))
+    return reference_pair(weight_decay, decay_scale=decay_scale, amsgrad=amsgrad, lr=lr)
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])

@@ -347,6 +347,19 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _finish(fig, ax, title: str, name: str) -> None:
+    """One legend entry per label, the title, and the figure saved into docs/evidence/."""
+    import matplotlib.pyplot as plt
+
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    ax.legend(seen.values(), seen.keys(), fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(FIGURES / name, dpi=110)
+    plt.close(fig)
+
+
 def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[str]:
     import matplotlib
 
@@ -377,13 +390,7 @@ def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[s
     ax.set_yscale("log")
     ax.set_xlabel("calibrated prediction of tau_epoch (epochs)")
     ax.set_ylabel("CV optimum tau_epoch* (epochs); bar: one-SE band")
-    handles, labels = ax.get_legend_handles_labels()
-    seen = dict(zip(labels, handles, strict=True))
-    ax.legend(seen.values(), seen.keys(), fontsize=7)
-    ax.set_title("Calibrated rule against the CV optimum (x: flat studies)")
-    fig.tight_layout()
-    fig.savefig(FIGURES / "calibration.png", dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "Calibrated rule against the CV optimum (x: flat studies)", "calibration.png")
     names.append("calibration.png")
 
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -399,13 +406,7 @@ def plots(studies: list[Study], final: Fit, band: tuple[float, float]) -> list[s
     ax.set_yscale("log")
     ax.set_xlabel("epochs T")
     ax.set_ylabel("CV optimum tau_epoch*")
-    handles, labels = ax.get_legend_handles_labels()
-    seen = dict(zip(labels, handles, strict=True))
-    ax.legend(seen.values(), seen.keys(), fontsize=7)
-    ax.set_title("Where the optimum sits against the run's length")
-    fig.tight_layout()
-    fig.savefig(FIGURES / "optimum_vs_epochs.png", dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "Where the optimum sits against the run's length", "optimum_vs_epochs.png")
     names.append("optimum_vs_epochs.png")
 
     fig, axes = plt.subplots(2, 3, figsize=(11, 6.5))
@@ -453,13 +454,7 @@ def plot_probe(studies: list[Study], probe: ProbeRule) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("turning epoch of the run without decay (triangle: did not turn)")
     ax.set_ylabel("CV optimum tau_epoch* (faint: not located); bar: one-SE band")
-    handles, labels = ax.get_legend_handles_labels()
-    seen = dict(zip(labels, handles, strict=True))
-    ax.legend(seen.values(), seen.keys(), fontsize=7)
-    ax.set_title("The optimum against where the run without decay turns")
-    fig.tight_layout()
-    fig.savefig(FIGURES / "probe.png", dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "The optimum against where the run without decay turns", "probe.png")
 
 
 def main() -> None:

@@ -670,7 +670,7 @@ def _cmd_tune(a: argparse.Namespace) -> int:
         if a.transfer:
             return _run_transfer(a)
         if a.probe:
-            return _run_probe(a, tune)
+            return _run_probe(a)
         for flag in ("fractions", "confirm"):
             if getattr(a, flag):
                 need = "--transfer" if flag == "fractions" else "--transfer or --probe"
@@ -733,9 +733,7 @@ def _run_transfer(a: argparse.Namespace) -> int:
     return 0
 
 
-def _run_probe(a: argparse.Namespace, tune: Any) -> int:
-    import math
-
+def _run_probe(a: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from .tuning.probe import probe
@@ -756,27 +754,15 @@ def _run_probe(a: argparse.Namespace, tune: Any) -> int:
         **{k: getattr(a, k) for k in ("examples", "test_fraction", "storage", "workers",
                                       "heartbeat_interval", "storage_retry")},
     }  # fmt: skip
-    extend = settings.pop("extend")  # for the confirmation's grid
-    result = probe(a.objective, **settings)
-    confirmed = None
-    if a.confirm:
-        lo, hi = result.low_value, result.high_value
-        n = max(3, round(2 * math.log2(hi / lo)) + 1)  # 2^0.5 spacing
-        grid = [0.0, *sorted({float(f"{lo * (hi / lo) ** (i / (n - 1)):.6g}") for i in range(n)})]
-        study = f"{a.study or result.run_dir.name.removesuffix('.probe')}.probe-confirm"  # type: ignore[union-attr]
-        confirmed = tune(a.objective, **{**settings, "study": study}, grid=grid, extend=extend,
-                         test=True)  # fmt: skip
+    result = probe(a.objective, confirm=a.confirm, **settings)
     if a.json:
-        out = result.to_dict()
-        if confirmed is not None:
-            out["confirm"] = confirmed.summary
-        _print_json(out)
+        _print_json(result.to_dict())
         return 0
     console = _console()
     console.print(f"[bold green]{escape(result.verdict())}[/bold green]")
     console.print(f"Probe: {result.run_dir}")
-    if confirmed is not None:
-        _show_tune(confirmed)
+    if result.confirm is not None:
+        _show_tune(result.confirm)
     return 0
 
 

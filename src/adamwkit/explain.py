@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._checks import ArgumentError, check_range
+from ._constants import CONVENTION_ALIASES
 from ._format import fmt as _fmt
 from .equilibrium import angular_update, equilibrium_norm
 from .rules import TrainingSetup, power_lines_tau, training_setup
 from .schedules import Schedule, make_schedule
 from .suggest import Suggestion, _suggest
 from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
-
-#: decay_scale names ``explain`` reads as AdamC's corrected decay.
-CORRECTED = ("corrected", "timm-corrected", "adamc")
 
 if TYPE_CHECKING:
     from torch import nn
@@ -237,7 +235,10 @@ def explain(
     ``sqrt(lr * numel / (2 * wd))`` (Kosson et al., arXiv:2305.17212), using
     :func:`adamwkit.param_groups`' rule.
     """
-    corrected = isinstance(decay_scale, str) and decay_scale.strip().lower() in CORRECTED
+    corrected = (
+        isinstance(decay_scale, str)
+        and CONVENTION_ALIASES.get(decay_scale.strip().lower()) == "timm-corrected"
+    )
     s = training_setup(
         lr=lr,
         batch_size=batch_size,

@@ -276,7 +276,6 @@ class WeightDecayScheduler:
         for i, group in enumerate(optimizer.param_groups):
             if "weight_decay" not in group:
                 raise ValueError(f"param_groups[{i}] has no weight_decay to schedule")
-            group.setdefault("initial_weight_decay", float(group["weight_decay"]))
         self.optimizer, self.factor = optimizer, factor
         self.last_step = int(last_step)
         self.step()

@@ -123,6 +123,14 @@ class Splits:
         return min(len(tr) for tr, _ in self.folds)
 
 
+def range_grid(low: float, high: float) -> list[float]:
+    """Zero, then log-spaced values from ``low`` to ``high`` at about 2^0.5 (at least three,
+    rounded to 6 significant digits): the narrow grid that confirms a predicted range."""
+    n = max(3, round(2 * math.log2(high / low)) + 1)
+    values = {float(f"{low * (high / low) ** (i / (n - 1)):.6g}") for i in range(n)}
+    return [0.0, *sorted(values)]
+
+
 def default_grid(
     *,
     lr: float,

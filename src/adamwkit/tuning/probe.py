@@ -33,6 +33,9 @@ from typing import Any
 
 from .. import _calibration as _cal
 from .._checks import ArgumentError
+from ..tasks import Task
+from . import cv
+from .objective import _name_of
 
 __all__ = ["ProbeResult", "probe", "probe_tau_epoch", "turning_epoch"]
 
@@ -95,6 +98,7 @@ class ProbeResult:
     n_train: int
     run_dir: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict, repr=False)
+    confirm: Any = None  # the TuneResult of probe(confirm=True)
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("task", "epochs", "steps", "curve", "turn", "turned", "rise", "tau_epoch",
@@ -103,6 +107,14 @@ class ProbeResult:
         out = {k: getattr(self, k) for k in keys}
         out["run_dir"] = None if self.run_dir is None else str(self.run_dir)
         out["verdict"] = self.verdict()
+        c = self.confirm
+        out["confirm"] = None if c is None else {
+            "grid": list(c.summary["settings"]["grid"]),
+            "best_weight_decay": c.best_weight_decay,
+            "one_se_weight_decay": c.one_se_weight_decay,
+            "flat": c.flat,
+            "run_dir": str(c.run_dir),
+        }  # fmt: skip
         return out
 
     def verdict(self) -> str:
@@ -122,8 +134,10 @@ class ProbeResult:
         return (
             f"{why}: tau_epoch {g(self.tau_epoch)}, weight decay {self.value:.4g} "
             f"(decay_scale={self.decay_scale!r}), 80% range {self.low_value:.4g} to "
-            f"{self.high_value:.4g}. Confirm with tune over that range."
-        )
+            f"{self.high_value:.4g}."
+            + (" Confirm it over that range (confirm=True, --confirm)." if self.confirm is None
+               else f" Confirmed over that range: best {self.confirm.best_weight_decay:.4g}.")
+        )  # fmt: skip
 
 
 def _ratio() -> float:
@@ -136,6 +150,8 @@ def probe(
     *,
     study: str | None = None,
     out: str | Path = "adamwkit-runs",
+    confirm: bool = False,
+    extend: int = 2,
     **tune_kwargs: Any,
 ) -> ProbeResult:
     """Train without weight decay on the CV folds; suggest weight decay from where the
@@ -146,6 +162,8 @@ def probe(
     zero alone and there are no refits. An objective must report its validation loss
     during training (``trial.report(loss, epoch)``) and give ``epochs`` and
     ``batch_size``. The study is ``<study>.probe`` in ``out``; rerunning resumes it.
+    ``confirm=True`` then cross-validates zero and a grid at 2^0.5 spacing over the 80%
+    range, with refits (``<study>.probe-confirm``, extended ``extend`` rounds past an edge).
 
     Example: ``probe("digits").verdict()``.
     """
@@ -153,16 +171,17 @@ def probe(
     from .run import _default_study_name, tune
 
     for arg in ("grid", "grid_min", "grid_max", "points", "lr_grid", "search_lr", "sampler",
-                "trials", "test", "extend"):  # fmt: skip
+                "trials", "test"):  # fmt: skip
         if arg in tune_kwargs:
             raise ArgumentError(
-                f"{arg} cannot be used with probe: it cross-validates zero decay alone",
+                f"{arg} cannot be used with probe: it cross-validates zero decay alone (with "
+                "confirm, then a grid over its range)",
                 arg,
             )
-    name = study if study is not None else _default_study_name(_name_of(objective))
-    result = tune(objective, grid=[0.0], test=False, extend=0, study=f"{name}.probe", out=out,
-                  **tune_kwargs)  # fmt: skip
-    s = result.summary
+    name = study if study is not None else _default_study_name(_source_name(objective))
+    run = tune(objective, grid=[0.0], test=False, extend=0, study=f"{name}.probe", out=out,
+               **tune_kwargs)  # fmt: skip
+    s = run.summary
     zero = next(c for c in s["candidates"] if c["weight_decay"] == 0.0)
     if zero["state"] != "complete":
         raise ValueError(
@@ -198,16 +217,22 @@ def probe(
         assert found is not None
         rule = "calibrated"
     tau, tau_lo, tau_hi = found
-    return ProbeResult(
+    result = ProbeResult(
         task=s["task"], epochs=epochs, steps=steps, curve=curve, turn=turn,
         turned=rule == "probe", rise=rise, tau_epoch=tau, tau_low=tau_lo, tau_high=tau_hi,
         value=factor / tau, low_value=factor / tau_hi, high_value=factor / tau_lo, rule=rule,
         decay_scale=s["decay_scale"], lr=s["lr"], batch_size=s["batch_size"],
-        n_train=s["n_train"], run_dir=result.run_dir, summary=s,
+        n_train=s["n_train"], run_dir=run.run_dir, summary=s,
     )  # fmt: skip
+    if confirm:
+        result.confirm = tune(objective, grid=cv.range_grid(result.low_value, result.high_value),
+                              extend=extend, study=f"{name}.probe-confirm", out=out,
+                              **tune_kwargs)  # fmt: skip
+    return result
 
 
-def _name_of(objective: Any) -> str:
+def _source_name(objective: Any) -> str:
+    """The name tune gives a study by default, without loading anything."""
     if isinstance(objective, str):
         return objective
-    return str(getattr(objective, "name", None) or getattr(objective, "__name__", "objective"))
+    return objective.name if isinstance(objective, Task) else _name_of(objective)

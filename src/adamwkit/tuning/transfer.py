@@ -271,8 +271,7 @@ def transfer(
         weight_decay_from_tau_epoch(lo, lr, bs, n_target), scale, lr,
     )  # fmt: skip
     if confirm:
-        grid = [0.0, *sorted({float(f"{result._scale(w):.6g}") for w in np.geomspace(
-            result.low, result.high, max(3, round(2 * math.log2(hi / lo)) + 1))})]  # fmt: skip
+        grid = cv.range_grid(result.low_value, result.high_value)
         result.confirm = tune(t, folds=k, grid=grid, out=out, study=f"{base}.transfer-confirm",
                               seed=seed, progress=progress, **tune_kwargs)  # fmt: skip
     run_dir = Path(out) / f"{base}.transfer"
