@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .equilibrium import equilibrium_norm
-from .groups import NAME_RULES
+from .groups import name_rule
 
 __all__ = [
     "Checkpoint",
@@ -319,11 +319,10 @@ def _is_optimizer_like(name: str) -> bool:
 
 def _decision(name: str, t: Tensor) -> tuple[bool, str]:
     """Whether param_groups would decay a tensor of this name and ndim."""
-    last = name.rsplit(".", 1)[-1]
-    for rule, names in NAME_RULES.items():
-        if last in names:
-            return False, f"{rule} ({last})"
-    if last.endswith("bias"):
+    label = name_rule([name])
+    if label is not None:
+        return False, label
+    if name.rsplit(".", 1)[-1].endswith("bias"):
         return False, "bias"
     if t.ndim <= 1:
         return False, "ndim <= 1"

@@ -253,7 +253,6 @@ def param_groups(
                 f"name_rules entry {rule!r} is invalid: expected one of "
                 f"{', '.join(map(repr, NAME_RULES))}"
             )
-    by_last = {last: rule for rule in rules for last in NAME_RULES[rule]}
     no_wd_names, through = _no_weight_decay_names(model)
     owners = _owners(model)
     used: set[str] = set()
@@ -280,8 +279,8 @@ def param_groups(
             rule = f"exclude {_exclusion_label(hit)}"
         elif any(fnmatchcase(n, pat) for n in names for pat in no_wd_names):
             rule = "model.no_weight_decay()" + (f" (through {through})" if through else "")
-        elif (last := _named_by(names, by_last)) is not None:
-            rule = f"{by_last[last]} ({last})"
+        elif (label := name_rule(names, rules)) is not None:
+            rule = label
         elif norm is not None:
             rule = f"norm layer ({norm})"
         elif name.rsplit(".", 1)[-1].endswith("bias"):
@@ -400,12 +399,15 @@ def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
     ]
 
 
-def _named_by(names: list[str], by_last: dict[str, str]) -> str | None:
-    """The last part of any of ``names`` that a name rule holds, or None."""
+def name_rule(names: Iterable[str], rules: Iterable[str] | None = None) -> str | None:
+    """The plan's label (``"token (cls_token)"``) when the last part of any of ``names`` is
+    held by one of ``rules`` (default: every rule of :data:`NAME_RULES`), else None."""
+    chosen = tuple(NAME_RULES) if rules is None else tuple(rules)
     for n in names:
         last = n.rsplit(".", 1)[-1]
-        if last in by_last:
-            return last
+        for rule in chosen:
+            if last in NAME_RULES[rule]:
+                return f"{rule} ({last})"
     return None
 
 
