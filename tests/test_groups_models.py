@@ -118,6 +118,18 @@ def test_bad_name_rule():
     with pytest.raises(ValueError, match="name_rules entry 'tokens' is invalid"):
         param_groups(nn.Linear(2, 2), name_rules=["tokens"])
     assert set(NAME_RULES) == {"token", "position embedding", "relative position table"}
+    bare = nn.Module()
+    bare.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+    bare.pos_embed = nn.Parameter(torch.zeros(1, 3, 4))
+    r = rules(bare, name_rules="token")  # a string is one rule's name
+    assert r == {"cls_token": "token (cls_token)", "pos_embed": "ndim >= 2"}
+
+
+def test_normalized_layers_needs_a_module():
+    from adamwkit.groups import normalized_layers
+
+    with pytest.raises(ValueError, match="model=dict is invalid"):
+        normalized_layers({}, torch.zeros(1))
 
 
 class ConvBN(nn.Module):

@@ -246,6 +246,8 @@ def param_groups(
     for pattern, scale in scales.items():
         check_choice(f"decay_scales[{pattern!r}]", scale, OPTIMIZER_DECAY_SCALES)
 
+    if isinstance(name_rules, str):  # one rule's name, not its letters
+        name_rules = (name_rules,)
     rules = tuple(NAME_RULES) if name_rules is None else tuple(name_rules)
     for rule in rules:
         if rule not in NAME_RULES:
@@ -348,6 +350,8 @@ def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
     """
     import torch
 
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} is invalid: expected a torch.nn.Module")
     producers: dict[int, str] = {}
     keep: list[Any] = []  # outputs stay alive, so their ids are not reused mid-forward
     found: set[str] = set()
