@@ -101,3 +101,79 @@ def test_float64_default_dtype_step_moves_to_fused_layout(float64_default):
     straight, _ = run(torch.optim.AdamW, None, torch.float64)
     assert max_rel_diff(switched, straight) <= 1e-12
     assert all(s["step"].dtype == torch.float32 for s in opt.state.values())
+
+
+# --- a state that does not fit its parameter (a resized head) -------------------------------
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+PATHS = {"default": {}, "fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {}}
+PATHS["forloop"] = {"foreach": False, "fused": False}
+
+
+def _stepped(out_features: int, device: str, **kw) -> tuple[torch.nn.Linear, adamwkit.AdamW]:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, out_features).to(device)
+    opt = adamwkit.AdamW(layer.named_parameters(), **kw)
+    layer(torch.randn(5, 16, device=device)).sum().backward()
+    opt.step()
+    return layer, opt
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("saved,loaded", [(3, 3000), (3000, 3)], ids=["smaller", "larger"])
+def test_state_for_another_shape_is_refused_on_load(path, device, saved, loaded):
+    """The issue's reproduction (a smaller state overran the fused kernel's buffers: exit
+    139), and a larger one (it stepped silently with the wrong moments). Oracle:
+    torch.optim.AdamW refuses both too (RuntimeError), at its first step."""
+    _, source = _stepped(saved, device, **PATHS[path])
+    layer, opt = _stepped(loaded, device, **PATHS[path])
+    before = {k: v.clone() for k, v in opt.state[layer.weight].items()}
+    with pytest.raises(ValueError) as err:
+        opt.load_state_dict(source.state_dict())
+    message = str(err.value)
+    assert "param_groups[0]['params'][0] ('weight')" in message
+    assert f"({saved}, 16)" in message and f"({loaded}, 16)" in message
+    # refused whole: the receiver's state is untouched and it keeps stepping
+    for key, value in opt.state[layer.weight].items():
+        assert torch.equal(value, before[key])
+    layer(torch.randn(5, 16, device=device)).sum().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("saved,loaded", [(3, 3000), (3000, 3)], ids=["smaller", "larger"])
+def test_torch_refuses_the_same_state(saved, loaded):
+    """The oracle for the refusal: torch.optim.AdamW's default path fails its first step."""
+    source = torch.nn.Linear(16, saved)
+    first = torch.optim.AdamW(source.parameters())
+    source(torch.randn(5, 16)).sum().backward()
+    first.step()
+    layer = torch.nn.Linear(16, loaded)
+    opt = torch.optim.AdamW(layer.parameters())
+    opt.load_state_dict(first.state_dict())
+    layer(torch.randn(5, 16)).sum().backward()
+    with pytest.raises(RuntimeError):
+        opt.step()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize(
+    "replacement",
+    [lambda w: torch.randn(3000, 16, device=w.device), lambda w: w.detach().double()],
+    ids=["larger", "float64"],
+)
+def test_parameter_replaced_between_steps_is_refused(path, device, replacement):
+    """``layer.weight.data = other`` after the state was made: a ValueError naming the
+    parameter and both shapes and dtypes, never a step."""
+    layer, opt = _stepped(3, device, **PATHS[path])
+    new = replacement(layer.weight)
+    layer.weight.data = new
+    layer.weight.grad = torch.ones_like(new)
+    bias = layer.bias.detach().clone()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\] \('weight'\)") as err:
+        opt.step()
+    assert str(tuple(new.shape)) in str(err.value) and "(3, 16)" in str(err.value)
+    assert torch.equal(layer.bias, bias)  # the group did not step partway
+    del opt.state[layer.weight]  # the remedy the message names
+    opt.step()

@@ -19,11 +19,12 @@ from torch.optim.optimizer import ParamsT
 
 from ._checks import check_choice, check_range
 from .functional import (
+    _FUSED_AUTO_DTYPES,
+    _FUSED_DEVICES,
     DECAY_SCALES,
     DecayScale,
     decay_variants,
     effective_weight_decay,
-    fused_eligible,
     torch_step,
 )
 
@@ -193,6 +194,7 @@ class AdamW(Optimizer):
         optimizer's values for those (``decay_toward="init"`` without a saved ``decay_ref``
         then decays toward the weights at the first step after the load).
         """
+        _check_loaded_state(self, state_dict)
         current = [{k: g[k] for k in _KEPT_ON_LOAD} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for index, (group, saved, mine) in enumerate(
@@ -278,6 +280,8 @@ class AdamW(Optimizer):
         has_complex = False
         fusable = not group["differentiable"]
         amsgrad, capturable = group["amsgrad"], group["capturable"]
+        toward = group["decay_toward"] == "init"
+        float32 = torch.float32
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -287,24 +291,38 @@ class AdamW(Optimizer):
                     "AdamW does not support sparse gradients (got one for a parameter of "
                     f"shape {tuple(p.shape)}); use torch.optim.SparseAdam for those parameters"
                 )
-            eligible = fused_eligible(p, grad)
+            # fused_eligible, inlined: each attribute of a Parameter is read once per step
+            dtype, device = p.dtype, p.device
+            eligible = (
+                device.type in _FUSED_DEVICES
+                and dtype in _FUSED_AUTO_DTYPES
+                and grad.stride() == p.stride()
+            )
             fusable = fusable and eligible
             fused_layout = capturable or explicit == "fused" or (explicit is None and eligible)
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = (
-                    torch.zeros((), dtype=torch.float32, device=p.device)
+                    torch.zeros((), dtype=float32, device=device)
                     if fused_layout
                     else torch.tensor(0.0, dtype=_scalar_dtype())
                 )
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif fused_layout and (
-                state["step"].dtype != torch.float32 or state["step"].device != p.device
-            ):
-                # A state saved by a non-fused run keeps its step on the CPU: move it once.
-                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
-            if group["decay_toward"] == "init" and "decay_ref" not in state:
+            else:
+                moment = state["exp_avg"]
+                # The fused kernel reads the moments at the parameter's size unchecked (a
+                # smaller state is a buffer overrun): a parameter swapped since the last step
+                # (``p.data = bigger``) must stop here, as a ValueError, not in the kernel.
+                # Every state tensor is made with the parameter and loads are checked whole
+                # (_check_loaded_state), so exp_avg stands for the others.
+                if moment.shape != p.shape or moment.dtype is not dtype or moment.device != device:
+                    raise ValueError(_state_mismatch(group, p, "exp_avg", moment, self))
+                step = state["step"]
+                if fused_layout and (step.dtype is not float32 or step.device != device):
+                    # A state saved by a non-fused run keeps its step on the CPU: move it once.
+                    state["step"] = step.to(device=device, dtype=float32)
+            if toward and "decay_ref" not in state:
                 state["decay_ref"] = p.detach().clone(memory_format=torch.preserve_format)
             if amsgrad:
                 if "max_exp_avg_sq" not in state:
@@ -408,6 +426,71 @@ def _convention_message(
         f"decay_scale={scale!r} instead of this optimizer's decay_scale="
         f"{mine['decay_scale']!r}, so the run continues exactly as saved"
     )
+
+
+# The state tensors that have the parameter's shape (``step`` is a scalar).
+_PER_ELEMENT_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "decay_ref")
+
+
+def _param_label(opt: Optimizer, group: dict[str, Any], p: Tensor) -> str:
+    """``param_groups[g][i]``, with the parameter's name where the group has ``param_names``."""
+    g = next(i for i, other in enumerate(opt.param_groups) if other is group)
+    i = next(j for j, q in enumerate(group["params"]) if q is p)
+    names = group.get("param_names")
+    name = f" ({names[i]!r})" if isinstance(names, list) and i < len(names) else ""
+    return f"param_groups[{g}]['params'][{i}]{name}"
+
+
+def _describe(t: Tensor) -> str:
+    return f"shape {tuple(t.shape)}, {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+def _state_mismatch(
+    group: dict[str, Any], p: Tensor, key: str, value: Tensor, opt: Optimizer
+) -> str:
+    """The message for a state tensor that does not fit its parameter."""
+    return (
+        f"AdamW.step: the state of {_param_label(opt, group, p)} does not fit the parameter: "
+        f"{key} has {_describe(value)}, the parameter has {_describe(p)}. The parameter was "
+        "replaced or resized after its state was made (or a state saved for another model "
+        "was loaded); build a new optimizer for the changed model, or drop this parameter's "
+        "state with `del optimizer.state[param]`"
+    )
+
+
+def _check_loaded_state(opt: Optimizer, state_dict: dict[str, Any]) -> None:
+    """Refuse a state_dict whose per-element state does not fit the receiving parameters.
+
+    ``torch.optim.Optimizer.load_state_dict`` compares only the number of groups and of
+    parameters; a state saved for a layer of another size would load, then overrun the
+    fused kernel's buffers or step silently with the wrong moments. Checked before any
+    state changes, so a refused load leaves the optimizer as it was. Dtype and device are
+    not compared: loading casts floating state to the parameter's (as torch does).
+    """
+    groups, state = state_dict.get("param_groups"), state_dict.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict):
+        raise ValueError(
+            "AdamW.load_state_dict: expected a dict with 'param_groups' (a list) and 'state' "
+            f"(a dict), got {sorted(map(str, state_dict))[:6]!r}"
+        )
+    for g, (saved, group) in enumerate(zip(groups, opt.param_groups, strict=False)):
+        ids = saved.get("params", []) if isinstance(saved, dict) else []
+        for i, (pid, p) in enumerate(zip(ids, group["params"], strict=False)):
+            entry = state.get(pid)
+            if not isinstance(entry, dict):
+                continue
+            for key in _PER_ELEMENT_STATE:
+                value = entry.get(key)
+                if isinstance(value, Tensor) and value.shape != p.shape:
+                    names = saved.get("param_names") or group.get("param_names")
+                    name = f" ({names[i]!r})" if isinstance(names, list) and i < len(names) else ""
+                    raise ValueError(
+                        f"AdamW.load_state_dict: the saved state of param_groups[{g}]['params']"
+                        f"[{i}]{name} has {key} of shape {tuple(value.shape)}, but the "
+                        f"parameter has shape {tuple(p.shape)}: this state was saved for "
+                        "another model (a resized layer or head?). Load only the matching "
+                        "parts, or start the optimizer afresh"
+                    )
 
 
 def _scalar_dtype() -> torch.dtype:
