@@ -275,3 +275,48 @@ def test_tune_report_draws_the_refits_norms(tmp_path):
     best = result.summary["test"]["best"]
     log = load_log(result.run_dir / best["monitor"])
     assert len(log.steps) > 10 and best["verdicts"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.SparseAdam(p, lr=0.01),
+], ids=["SGD", "SparseAdam"])  # fmt: skip
+def test_sparse_gradients_are_recorded_as_their_dense_twin(make):
+    """A sparse embedding's gradient raised inside the user's ``opt.step()``. Oracle: the
+    same embedding with dense gradients; the norms must agree (repeated indices summed)."""
+    torch.manual_seed(0)
+    sparse = torch.nn.Embedding(10, 3, sparse=True)
+    dense = torch.nn.Embedding(10, 3)
+    dense.load_state_dict(sparse.state_dict())
+    ids = torch.tensor([1, 2, 2, 7])
+    opt = make(sparse.parameters())
+    monitor = adamwkit.Monitor(opt, model=sparse)
+    for _ in range(3):
+        opt.zero_grad()
+        sparse(ids).square().sum().backward()
+        dense.zero_grad()
+        dense(ids).square().sum().backward()
+        expected = float(dense.weight.grad.norm())
+        opt.step()
+        with torch.no_grad():
+            dense.weight.copy_(sparse.weight)
+        assert monitor.latest()[0]["grad_norm"] == pytest.approx(expected, rel=1e-6)
+    assert monitor.recorded == 3
+    assert monitor.log().embeddings["weight"]["unseen"] == 7
+
+
+def test_a_closed_monitor_records_nothing_more():
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    monitor = adamwkit.Monitor(opt, before_hook=False)
+    model(torch.randn(3, 4)).sum().backward()
+    monitor.before_step()
+    opt.step()
+    assert monitor.recorded == 1 and not monitor.closed
+    monitor.close()
+    monitor.close()  # twice is harmless
+    for _ in range(2):
+        monitor.before_step()  # a callback that still calls it
+        opt.step()
+    assert monitor.closed and monitor.recorded == 1 and monitor.step == 1
+    assert len(monitor.history()) == 2  # what was recorded stays readable (two tensors)

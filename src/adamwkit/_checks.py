@@ -12,12 +12,22 @@ knows which words to map; a plain ``ValueError`` gets only ``name=value`` mapped
 from __future__ import annotations
 
 import math
+import struct
+import sys
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from ._constants import LR_MAX, LR_MIN
 
-__all__ = ["ArgumentError", "check_choice", "check_lr", "check_range", "check_whole"]
+__all__ = [
+    "ArgumentError",
+    "check_choice",
+    "check_lr",
+    "check_range",
+    "check_whole",
+    "is_subnormal",
+]
 
 
 class ArgumentError(ValueError):
@@ -28,13 +38,41 @@ class ArgumentError(ValueError):
         self.names: tuple[str, ...] = names
 
 
+def is_subnormal(x: float) -> bool:
+    """Whether ``x`` is a nonzero float smaller in size than the smallest normal one.
+
+    Read from the bits, not by comparison: training runs with subnormals flushed to zero
+    (``torch.set_flush_denormal``, which sets the CPU's denormals-are-zero mode), and there
+    ``1e-320 == 0`` is True, so a comparison cannot tell.
+    """
+    bits = struct.unpack("<Q", struct.pack("<d", x))[0]
+    exponent, mantissa = (bits >> 52) & 0x7FF, bits & ((1 << 52) - 1)
+    return exponent == 0 and mantissa != 0
+
+
+def _subnormal_text(x: float) -> str:
+    """A subnormal as ``1e-320``, computed in decimal: with subnormals flushed to zero,
+    ``repr`` prints ``0.0``."""
+    bits = struct.unpack("<Q", struct.pack("<d", x))[0]
+    value = Decimal(bits & ((1 << 52) - 1)) * Decimal(2) ** -1074
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{'-' if bits >> 63 else ''}{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _as_float(name: str, value: Any) -> float:
     if isinstance(value, bool):
         raise ArgumentError(f"{name}={value!r} is invalid: expected a real number", name)
     try:
-        return float(value)
+        x = float(value)
     except (TypeError, ValueError, OverflowError):
         raise ArgumentError(f"{name}={value!r} is invalid: expected a real number", name) from None
+    if is_subnormal(x):
+        raise ArgumentError(
+            f"{name}={_subnormal_text(x)} is invalid: it is below the smallest normal float "
+            f"({sys.float_info.min:.3g}) and would be read as 0; give 0 or a larger number",
+            name,
+        )
+    return x
 
 
 def check_range(

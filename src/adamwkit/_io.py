@@ -1,9 +1,11 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of either."""
+"""Atomic file writes (a crash leaves the old file or the new one, never half of either),
+and reads that refuse what is not a regular file."""
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,3 +52,29 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def read_regular(path: str | Path, name: str) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file with a ``ValueError``.
+
+    A FIFO would block the read forever and ``/dev/zero`` would fill the memory, so the
+    file is opened without blocking and checked on the open descriptor (no window in which
+    the path could be swapped). ``name`` is the argument the message names.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ValueError(f"{name}={str(path)!r} is invalid: {err.strerror or err}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a pipe (FIFO)", stat.S_ISCHR: "a device",
+                stat.S_ISBLK: "a device", stat.S_ISSOCK: "a socket"}  # fmt: skip
+        what = next((text for test, text in kind.items() if test(mode)), "not a regular file")
+        raise ValueError(f"{name}={str(path)!r} is invalid: it is {what}, not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as err:
+            raise ValueError(f"{name}={str(path)!r} is invalid: {err.strerror or err}") from None

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_whole
-from ._io import atomic_write
+from ._io import atomic_write, read_regular
 
 __all__ = ["Monitor", "MonitorLog", "Verdict", "load_log"]
 
@@ -244,24 +244,43 @@ def _angle(norm_before: np.ndarray, update: np.ndarray, dot: np.ndarray) -> np.n
 
 def load_log(path: str | Path) -> MonitorLog:
     """Read a log written by :meth:`MonitorLog.save`; a ``ValueError`` names what is wrong."""
-    p = Path(path)
+    not_a_log = ValueError(
+        f"run={str(path)!r} is invalid: expected a monitor log written by adamwkit "
+        "(Monitor, fit(monitor=...), the Trainer or Lightning callback)"
+    )
     try:
-        lines = p.read_text().splitlines()
-    except OSError as err:
-        raise ValueError(f"run={str(path)!r} is invalid: {err.strerror or err}") from None
+        lines = read_regular(path, "run").decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise not_a_log from None
     try:
         header = json.loads(lines[0]) if lines else {}
     except json.JSONDecodeError:
         header = {}
-    if header.get("adamwkit_monitor") != LOG_VERSION:
-        raise ValueError(
-            f"run={str(path)!r} is invalid: expected a monitor log written by adamwkit "
-            "(Monitor, fit(monitor=...), the Trainer or Lightning callback)"
-        )
-    tensors = [
-        TensorInfo(t["name"], int(t["numel"]), tuple(t["shape"]), t["layer"], t["embedding"])
-        for t in header["tensors"]
-    ]
+    if not isinstance(header, dict) or header.get("adamwkit_monitor") != LOG_VERSION:
+        raise not_a_log
+    try:
+        tensors = [
+            TensorInfo(
+                str(t["name"]),
+                int(t["numel"]),
+                tuple(map(int, t["shape"])),
+                str(t["layer"]),
+                bool(t["embedding"]),
+            )
+            for t in header["tensors"]
+        ]
+        return _log_from(header, tensors, lines, path)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("run="):
+            raise
+        raise ValueError(f"run={str(path)!r} is damaged: {type(err).__name__}: {err}") from None
+
+
+def _log_from(
+    header: dict[str, Any], tensors: list[TensorInfo], lines: list[str], path: str | Path
+) -> MonitorLog:
+    """The log's records, after its header (``load_log`` maps every malformed field to one
+    ``ValueError``)."""
     records = []
     for i, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -373,6 +392,7 @@ class Monitor:
         self._rows_seen: dict[int, Tensor] = {}
         self._rows_start: dict[int, Tensor] = {}
         self._buffers: dict[int, Tensor] = {}
+        self._closed = False
         self._pre = optimizer.register_step_pre_hook(self._before) if before_hook else None
         self._post = optimizer.register_step_post_hook(self._after)
 
@@ -399,7 +419,10 @@ class Monitor:
 
     def before_step(self) -> None:
         """Count a step about to run and, on a recorded step, copy the parameters and take
-        the gradients' norms (the step pre-hook calls this)."""
+        the gradients' norms (the step pre-hook calls this). After :meth:`close` it does
+        nothing: a closed monitor records no more steps."""
+        if self._closed:
+            return
         self.step += 1
         if not self._recorded(self.step):
             return
@@ -556,12 +579,20 @@ class Monitor:
             }
         return out
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has detached the monitor (it records nothing more)."""
+        return self._closed
+
     def close(self) -> None:
-        """Detach from the optimizer."""
+        """Detach from the optimizer; what was recorded stays readable. Closing twice is
+        harmless."""
         if self._pre is not None:
             self._pre.remove()
         self._post.remove()
         self._buffers.clear()
+        self._pending = None
+        self._closed = True
 
 
 def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -569,6 +600,11 @@ def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     out: list[Tensor | None] = [None] * len(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
+        if t.is_sparse:
+            # a sparse gradient (nn.Embedding(sparse=True) under SGD or SparseAdam): the norm
+            # of its values once repeated indices are summed; no multi-tensor kernel takes it
+            out[i] = torch.linalg.vector_norm(t.detach().coalesce().values()).float()
+            continue
         groups.setdefault((t.device, t.dtype), []).append(i)
     for idx in groups.values():
         norms = torch._foreach_norm([tensors[i].detach() for i in idx])

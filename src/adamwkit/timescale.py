@@ -187,4 +187,14 @@ def convert_weight_decay(
         peak = 1.0
     ratio = _timm_ratio(schedule) if "timm-corrected" in (src, dst) and src != dst else 1.0
     to_torch = {"torch": 1.0, "independent": 1.0 / peak, "timm-corrected": ratio}
-    return wd * to_torch[src] / to_torch[dst]
+    value = wd * to_torch[src] / to_torch[dst]
+    if not math.isfinite(value):
+        at = f" at lr_peak={peak:g}" if "independent" in (src, dst) and src != dst else ""
+        raise ArgumentError(
+            f"weight_decay={wd:g} in the {src!r} convention is {value} in {dst!r}{at}: "
+            "beyond the largest float, and far beyond any decay a run can use "
+            "(lr x weight_decay per step must stay below 1)",
+            "weight_decay",
+            *(("lr_peak",) if at else ()),
+        )
+    return value
