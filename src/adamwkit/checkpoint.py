@@ -14,6 +14,16 @@ Formats, by file name:
 - a folder (``save_pretrained``): its ``*.safetensors`` files (shards merged), else
   ``pytorch_model*.bin``, ``*.pt``, ``*.pth`` or ``*.weights.h5``.
 
+Every file is treated as hostile (see :mod:`adamwkit._safe_load`): only regular files are
+opened; nothing but the named file is read (HDF5 external links, external storage and
+virtual datasets are refused); declared, decompressed and strided sizes are checked against
+a byte budget, ``max_bytes``, before anything is allocated (default: half of the memory
+this process may use); a pickle is read opcode by opcode before ``torch.load`` runs it;
+nested dicts are walked to a depth of :data:`~adamwkit._safe_load.MAX_DEPTH` and
+:data:`~adamwkit._safe_load.MAX_ENTRIES` items. Every failure is a ``ValueError``
+(:class:`CheckpointRefused` for a refusal) whose message is one line naming the file, with
+the file's own strings escaped.
+
 A training checkpoint (a dict with the model's ``state_dict`` under ``state_dict``,
 ``model``, ``model_state_dict`` or ``module``, and an optimizer's under ``optimizer``,
 ``optimizer_state_dict`` or Lightning's ``optimizer_states``) is split into the weights
@@ -32,11 +42,12 @@ in equilibrium.
 
 from __future__ import annotations
 
+import itertools
 import math
-import pickle
+import os
 import re
-import zipfile
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +55,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._readers import Tensors, read_h5, read_npz, read_safetensors, read_torch, unreadable
+from ._safe_load import (
+    MAX_DEPTH,
+    MAX_ENTRIES,
+    MAX_NAME,
+    Budget,
+    CheckpointRefused,
+    UnsafeCheckpoint,
+    printable,
+    resolve_max_bytes,
+    size_text,
+)
 from .equilibrium import equilibrium_norm
 from .groups import name_rule
 
 __all__ = [
     "Checkpoint",
+    "CheckpointRefused",
     "LoadReport",
     "TensorInfo",
     "UnsafeCheckpoint",
@@ -70,11 +94,7 @@ _NORM_NAME = re.compile(
     r"($|[._/])",
     re.IGNORECASE,
 )
-
-
-class UnsafeCheckpoint(ValueError):
-    """A pickle that ``weights_only`` loading refuses: it names Python objects to import,
-    which could run code. It is not loaded."""
+_NORM_CHUNK = 2**22  # elements per piece when a norm is computed in float64
 
 
 @dataclass(frozen=True)
@@ -102,7 +122,9 @@ class TensorInfo:
 @dataclass
 class Checkpoint:
     """A file's tensors (the model's weights) and, for a training checkpoint, the
-    optimizer's state dict and the run's counters (``epoch``, ``global_step``, ...)."""
+    optimizer's state dict and the run's counters (``epoch``, ``global_step``, ...).
+    ``skipped`` names the entries that are not tensors read; ``notes`` are one-line
+    remarks (a tensor not read and why, a soft link not followed), already escaped."""
 
     path: Path
     format: str
@@ -110,14 +132,23 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # entries that are not tensors
+    notes: list[str] = field(default_factory=list)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, *, max_bytes: int | None = None) -> Checkpoint:
     """Read a checkpoint file (see the module's docstring for the formats).
 
+    ``max_bytes`` bounds what reading may take: the tensors' data as stored or
+    decompressed, the objects a pickle builds, and, on their own, the bytes of all tensors
+    together (a stride-0 view counts at its full size, as reading it materialises it).
+    Sizes are checked as declared, before anything is allocated. Default (None): half of
+    the memory this process may use (physical memory, cgroup limit or ``ulimit -v``).
+
     Raises ``ValueError`` for a path that is not a file of a known format, for a dict or
-    a module passed where the path goes, and :class:`UnsafeCheckpoint` for a pickle that
-    ``weights_only`` loading refuses.
+    a module passed where the path goes, :class:`UnsafeCheckpoint` for a pickle that
+    ``weights_only`` loading refuses, and :class:`CheckpointRefused` for a file over the
+    budget, reaching outside itself, not a regular file, damaged or otherwise unreadable:
+    each one line naming the file.
 
     Example: ``read_checkpoint("model.safetensors").tensors["fc.weight"].shape``.
     """
@@ -132,59 +163,65 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(
             f"path={path!r} is invalid: expected the path of a checkpoint file (str or Path)"
         )
-    p = Path(path)
-    if p.is_dir():
-        return _read_directory(p)
-    if not p.is_file():
-        raise ValueError(f"path={str(p)!r} is invalid: no such file")
-    suffix = _suffix(p)
-    if suffix in TORCH_SUFFIXES:
-        return _split(p, "torch", _torch_load(p))
-    if suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise ValueError(
-                f"reading {p.name} needs safetensors: pip install 'adamwkit[checkpoints]'"
-            ) from err
-        try:
-            return Checkpoint(p, "safetensors", dict(load_file(str(p), device="cpu")))
-        except Exception as err:  # safetensors raises its own error type for bad headers
-            raise _unreadable(p, "a safetensors file", err) from None
-    if suffix == ".npz":
-        import numpy as np
-
-        if not zipfile.is_zipfile(p):
-            raise ValueError(f"{p} is not an .npz file (not a zip archive of .npy arrays)")
-        arrays, skipped = {}, []
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                for k in z.files:
-                    a = np.array(z[k])
-                    if a.dtype.kind not in "fiub":  # strings, bytes: not weights
-                        skipped.append(k)
-                        continue
-                    native = a.astype(a.dtype.newbyteorder("="), copy=False)
-                    arrays[k] = torch.from_numpy(native)
-        except ValueError as err:
-            if "allow_pickle" not in str(err):
-                raise _unreadable(p, "an .npz file numpy can read", err) from None
-            raise UnsafeCheckpoint(
-                f"{p} holds pickled Python objects (object arrays), which could run code "
-                "when loaded: adamwkit does not load them"
-            ) from None
-        except (OSError, EOFError, zipfile.BadZipFile) as err:
-            raise _unreadable(p, "an .npz file numpy can read", err) from None
-        return Checkpoint(p, "npz", arrays, skipped=skipped)
-    if suffix == ".h5":
-        return Checkpoint(p, "h5", _h5_tensors(p))
-    raise ValueError(
-        f"path={str(p)!r} is invalid: expected a file ending in one of {', '.join(FORMATS)} "
-        "(Keras: .weights.h5)"
-    )
+    limit = resolve_max_bytes(max_bytes)
+    return _read_path(Path(path), Budget(path, limit))
 
 
-def _read_directory(p: Path) -> Checkpoint:
+def _read_path(p: Path, budget: Budget) -> Checkpoint:
+    """A file or a saved-model folder, read under ``budget``."""
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"path={str(p)!r} is invalid: no such file") from None
+    except (OSError, ValueError) as err:
+        raise unreadable(p, "a path that can be read", err) from None
+    if stat.S_ISDIR(mode):
+        return _read_directory(p, budget)
+    reader = _READERS.get(_suffix(p))
+    if reader is None:
+        raise ValueError(
+            f"path={str(p)!r} is invalid: expected a file ending in one of {', '.join(FORMATS)} "
+            "(Keras: .weights.h5)"
+        )
+    try:
+        ck = reader(p, budget)
+    except CheckpointRefused:
+        raise
+    except RecursionError:
+        budget.reject("it is nested too deeply to read")
+    except MemoryError:
+        budget.reject("reading it ran out of memory (a lower max_bytes refuses it sooner)")
+    except Exception as err:  # any other failure of a reader: one line, never a traceback
+        raise unreadable(p, "a checkpoint adamwkit can read", err) from None
+    _check_tensors(ck, budget)
+    return ck
+
+
+def _read_torch(p: Path, budget: Budget) -> Checkpoint:
+    return _split(p, "torch", read_torch(p, budget), budget)
+
+
+def _read_arrays(fmt: str, reader: Callable[[Path, Budget], Tensors]) -> Callable[..., Checkpoint]:
+    def read(p: Path, budget: Budget) -> Checkpoint:
+        got = reader(p, budget)
+        return Checkpoint(p, fmt, got.tensors, skipped=got.skipped, notes=got.notes)
+
+    return read
+
+
+def _read_safetensors(p: Path, budget: Budget) -> Checkpoint:
+    return Checkpoint(p, "safetensors", read_safetensors(p, budget))
+
+
+_READERS: dict[str, Callable[[Path, Budget], Checkpoint]] = {
+    **dict.fromkeys(TORCH_SUFFIXES, _read_torch),
+    ".safetensors": _read_safetensors,
+    ".npz": _read_arrays("npz", read_npz),
+    ".h5": _read_arrays("h5", read_h5),
+}
+
+
+def _read_directory(p: Path, budget: Budget) -> Checkpoint:
     """A saved model folder (``save_pretrained``): its weight files, shards merged."""
     for pattern in ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "*.weights.h5"):
         files = sorted(p.glob(pattern))
@@ -195,12 +232,14 @@ def _read_directory(p: Path) -> Checkpoint:
             f"path={str(p)!r} is a folder with no weight file (*.safetensors, "
             "pytorch_model*.bin, *.pt, *.pth, *.weights.h5)"
         )
-    parts = [read_checkpoint(f) for f in files]
+    parts = [_read_path(f, budget) for f in files]
     tensors: dict[str, Tensor] = {}
     for part in parts:
         tensors.update(part.tensors)
     return Checkpoint(p, f"{parts[0].format}, {len(files)} file(s)", tensors,
-                      parts[0].optimizer, parts[0].extra)  # fmt: skip
+                      parts[0].optimizer, parts[0].extra,
+                      [s for part in parts for s in part.skipped],
+                      [n for part in parts for n in part.notes])  # fmt: skip
 
 
 def _suffix(p: Path) -> str:
@@ -208,81 +247,69 @@ def _suffix(p: Path) -> str:
     return ".h5" if name.endswith(".h5") else p.suffix.lower()
 
 
-def _unreadable(p: Path, what: str, err: BaseException) -> ValueError:
-    """A file of the right name that its reader cannot parse (damaged, truncated, other)."""
-    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "empty or truncated"
-    return ValueError(f"{p} is not {what} ({type(err).__name__}: {detail})")
+_unreadable = unreadable  # the name this module used before the readers moved out
 
 
-def _torch_load(p: Path) -> Any:
-    major, minor = (int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
-    if (major, minor) < (2, 6):
-        raise UnsafeCheckpoint(
-            f"reading {p} safely needs torch>=2.6: on torch {torch.__version__}, "
-            "weights_only loading can still run code (CVE-2025-32434); upgrade torch, or "
-            "convert the file to .safetensors where it was made"
+def _odd_tensor(t: Tensor) -> str | None:
+    """Why a loaded tensor is not read as weights (sparse, meta, quantized, ...), or None."""
+    if t.layout != torch.strided:
+        return f"a {str(t.layout).removeprefix('torch.')} tensor"
+    if t.device.type == "meta":
+        return "a meta tensor (it has no data)"
+    if t.is_quantized or t.is_nested:
+        return "a quantized tensor" if t.is_quantized else "a nested tensor"
+    if t.device.type != "cpu":
+        return f"a tensor on {t.device}"
+    return None
+
+
+def _check_tensors(ck: Checkpoint, budget: Budget) -> None:
+    """Drop (with a note) tensors that are not plain dense ones, and refuse a file whose
+    tensors together (views at their full size) come to more than the budget."""
+    total, worst = 0, ("", 0, None)
+    for name, t in list(ck.tensors.items()):
+        why = _odd_tensor(t)
+        if why is not None:
+            del ck.tensors[name]
+            ck.skipped.append(name)
+            ck.notes.append(f"{printable(name)!r}: {why}, not read")
+            continue
+        n = t.numel() * t.element_size()
+        total += n
+        if n > worst[1]:
+            worst = (name, n, t)
+    if total <= budget.limit:
+        return
+    name, n, t = worst
+    held = t.untyped_storage().nbytes() if t is not None else n
+    if t is not None and n > held:
+        shape = "x".join(map(str, t.shape))
+        budget.refuse(
+            f"tensor {printable(name)!r} is a {shape} view of {size_text(held)} of data "
+            f"(strides {', '.join(map(str, t.stride()))}), and reading it would take "
+            f"{size_text(n)}"
         )
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [line.strip() for line in str(err).strip().splitlines()]
-        why = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line),
-                   None)  # fmt: skip
-        if why is None:  # not a refusal of a global: a damaged or foreign file
-            detail = next((line for line in lines if line.startswith("Unsupported")), None)
-            raise _unreadable(
-                p, "a file torch.load can read", pickle.UnpicklingError(detail or lines[0])
-            ) from None
-        raise UnsafeCheckpoint(
-            f"{p} is a pickle that names Python objects to import ({why[:200]}): loading "
-            "it could run code, so adamwkit does not. If you trust its source, load it "
-            "with torch.load(path, weights_only=False) and save model.state_dict(), or "
-            "convert it to .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise _unreadable(p, "a file torch.load can read", err) from None
-
-
-def _h5_tensors(p: Path) -> dict[str, Tensor]:
-    try:
-        import h5py
-    except ImportError as err:
-        raise ValueError(
-            f"reading {p.name} (Keras) needs h5py: pip install 'adamwkit[checkpoints]'"
-        ) from err
-    import numpy as np
-
-    out: dict[str, Tensor] = {}
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiub":
-            out[name.replace("/", ".")] = torch.from_numpy(np.array(obj))
-
-    try:
-        with h5py.File(p, "r") as f:
-            f.visititems(visit)
-    except OSError as err:
-        raise _unreadable(p, "an HDF5 file h5py can read", err) from None
-    return out
+    budget.refuse(f"its tensors would take {size_text(total)} to read")
 
 
 def _is_state(d: Any) -> bool:
     return isinstance(d, Mapping) and bool(d) and all(isinstance(v, Tensor) for v in d.values())
 
 
-def _split(p: Path, fmt: str, obj: Any) -> Checkpoint:
+def _split(p: Path, fmt: str, obj: Any, budget: Budget | None = None) -> Checkpoint:
     """The weights, optimizer and counters of what ``torch.load`` returned."""
+    where = printable(str(p))
     if isinstance(obj, Tensor):
         return Checkpoint(p, fmt, {"tensor": obj})
     if not isinstance(obj, Mapping):
-        raise ValueError(
-            f"{p} holds a {type(obj).__name__}, not a state dict (name -> tensor) or a "
+        raise CheckpointRefused(
+            f"{where} holds a {type(obj).__name__}, not a state dict (name -> tensor) or a "
             "training checkpoint (a dict)"
         )
     model = next((obj[k] for k in _MODEL_KEYS if isinstance(obj.get(k), Mapping)), None)
     source = model if model is not None else obj
     tensors, skipped = {}, []
-    for k, v in _flatten(source):
+    for k, v in _flatten(source, where, budget):
         if isinstance(v, Tensor):
             tensors[k] = v
         elif model is not None or not _is_optimizer_like(k):
@@ -292,20 +319,75 @@ def _split(p: Path, fmt: str, obj: Any) -> Checkpoint:
         optimizer = next((o for o in obj["optimizer_states"] if _is_optimizer(o)), None)
     if model is None and optimizer is not None:
         tensors = {k: v for k, v in tensors.items() if not _is_optimizer_like(k)}
-    extra = {k: obj[k] for k in _EXTRA_KEYS if isinstance(obj.get(k), (int, float))}
+    extra = {k: obj[k] for k in _EXTRA_KEYS if _is_counter(obj.get(k))}
     if not tensors and optimizer is None:
-        raise ValueError(f"{p} holds no tensors (keys: {', '.join(map(str, list(obj)[:10]))})")
+        keys = ", ".join(_key(k) for k in itertools.islice(obj, 10))
+        raise CheckpointRefused(f"{where} holds no tensors (keys: {printable(keys)})")
     return Checkpoint(p, fmt, tensors, optimizer, extra, skipped)
 
 
-def _flatten(d: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
+def _is_counter(v: Any) -> bool:
+    """A run's counter worth showing: a float, or an int of at most 18 digits."""
+    return type(v) is float or (type(v) is int and abs(v) < 10**18)
+
+
+def _key(k: Any) -> str:
+    """A dict key as part of a tensor's name."""
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, (bool, int, float)):
+        return str(k)
+    return f"<{type(k).__name__}>"
+
+
+_END = object()
+
+
+def _flatten(
+    root: Mapping, where: str = "<state dict>", budget: Budget | None = None
+) -> list[tuple[str, Any]]:
+    """``(dotted name, value)`` of every leaf of nested dicts (an optimizer's state dict is
+    a leaf), walked without recursion and refused in one line past :data:`MAX_DEPTH`
+    levels, :data:`MAX_ENTRIES` items (shared dicts count each time they are reached: a
+    "billion laughs" file), a name of :data:`MAX_NAME` characters, or a dict that holds
+    itself."""
     out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not _is_optimizer(v):
-            out += _flatten(v, name + ".")
-        else:
+    stack = [(iter(root.items()), "", root)]
+    on_path = {id(root)}
+    seen = 0
+    while stack:
+        items, prefix, node = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+            on_path.discard(id(node))
+            continue
+        seen += 1
+        k, v = item
+        name = prefix + _key(k)
+        if seen > MAX_ENTRIES:
+            raise CheckpointRefused(
+                f"{where} is refused: it holds more than {MAX_ENTRIES:,} entries (dicts "
+                "shared many times over, as in a 'billion laughs' file?)"
+            )
+        if len(name) > MAX_NAME:
+            raise CheckpointRefused(
+                f"{where} is refused: a name is longer than {MAX_NAME:,} characters"
+            )
+        if budget is not None:
+            budget.charge(len(name) + 64, "the names of its entries")
+        if not (isinstance(v, Mapping) and not _is_optimizer(v)):
             out.append((name, v))
+        elif id(v) in on_path:
+            raise CheckpointRefused(f"{where} is refused: {printable(name)!r} holds itself")
+        elif len(stack) >= MAX_DEPTH:
+            raise CheckpointRefused(
+                f"{where} is refused: its dicts nest more than {MAX_DEPTH} levels deep "
+                f"(at {printable(name)!r})"
+            )
+        else:
+            on_path.add(id(v))
+            stack.append((iter(v.items()), name + ".", v))
     return out
 
 
@@ -339,7 +421,7 @@ def tensor_info(
     """The row of :func:`inspect_checkpoint` for one tensor."""
     x = t.detach().to("cpu")
     numel = x.numel()
-    norm = float(torch.linalg.vector_norm(x.double())) if x.is_floating_point() and numel else 0.0
+    norm = _norm(x)
     decays, rule = _decision(name, x)
     eq = None
     if decays and lr is not None and weight_decay:
@@ -348,15 +430,32 @@ def tensor_info(
                       norm / math.sqrt(numel) if numel else 0.0, decays, rule, eq)  # fmt: skip
 
 
+def _norm(x: Tensor) -> float:
+    """The L2 norm in float64, computed in pieces so that no float64 copy of the whole
+    tensor is made (0 for a tensor that is not a float one, or empty)."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return 0.0
+    flat = x.reshape(-1)  # a view of a contiguous tensor; else a copy (within the budget)
+    parts = [torch.linalg.vector_norm(flat[i : i + _NORM_CHUNK].double())
+             for i in range(0, flat.numel(), _NORM_CHUNK)]  # fmt: skip
+    return float(parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack(parts)))
+
+
 def inspect_checkpoint(
-    path: str | Path, *, lr: float | None = None, weight_decay: float | None = None
+    path: str | Path,
+    *,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Read ``path`` and describe it: format, tensors (see :class:`TensorInfo`), the
-    optimizer's groups (lr, weight_decay, convention, step) and the run's counters.
+    optimizer's groups (lr, weight_decay, convention, step), the run's counters, the
+    entries skipped and notes (a tensor not read and why, a malformed optimizer section).
 
     ``lr`` and ``weight_decay`` (PyTorch's convention) go together and add each decayed
-    matrix's equilibrium norm. Example: ``inspect_checkpoint("ckpt.pt", lr=1e-3,
-    weight_decay=0.05)["tensors"][0]``.
+    matrix's equilibrium norm. ``max_bytes``: what reading the file may take, as in
+    :func:`read_checkpoint` (default: half of the memory this process may use). Example:
+    ``inspect_checkpoint("ckpt.pt", lr=1e-3, weight_decay=0.05)["tensors"][0]``.
     """
     from ._checks import check_lr, check_range
 
@@ -365,8 +464,9 @@ def inspect_checkpoint(
     if lr is not None:
         lr = check_lr("lr", lr)
         weight_decay = check_range("weight_decay", weight_decay, 0.0, low_open=True)
-    ck = read_checkpoint(path)
-    rows = [tensor_info(n, t, lr, weight_decay) for n, t in ck.tensors.items()]
+    ck = read_checkpoint(path, max_bytes=max_bytes)
+    rows = [_row(ck, n, t, lr, weight_decay) for n, t in ck.tensors.items()]
+    groups, notes = _optimizer_groups(ck.optimizer)
     n_all = sum(r.numel for r in rows)
     n_dec = sum(r.numel for r in rows if r.decays)
     return {
@@ -375,47 +475,131 @@ def inspect_checkpoint(
         "tensors": rows,
         "parameters": n_all,
         "decayed_parameters": n_dec,
-        "optimizer": _optimizer_groups(ck.optimizer),
+        "optimizer": groups,
         "extra": ck.extra,
         "skipped": ck.skipped,
+        "notes": ck.notes + notes,
         "lr": lr,
         "weight_decay": weight_decay,
     }
 
 
-def _optimizer_groups(opt: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
+def _row(ck: Checkpoint, name: str, t: Tensor, lr: float | None, wd: float | None) -> TensorInfo:
+    try:
+        return tensor_info(name, t, lr, wd)
+    except (RuntimeError, MemoryError) as err:  # out of memory despite the budget
+        raise unreadable(ck.path, f"readable at tensor {printable(name)!r}", err) from None
+
+
+_MALFORMED = "optimizer section malformed: "
+
+
+def _optimizer_groups(
+    opt: Mapping[str, Any] | None,
+) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """Each optimizer group's row for :func:`inspect_checkpoint`, and notes on what in the
+    section has the wrong type (described and left out, never a traceback)."""
     if opt is None:
-        return None
-    state = opt.get("state", {})
+        return None, []
+    notes: list[str] = []
+    state = opt.get("state")
+    if not isinstance(state, Mapping):
+        notes.append(f"{_MALFORMED}its state is a {type(state).__name__}, not a dict")
+        state = {}
+    groups = opt.get("param_groups")
+    if not isinstance(groups, (list, tuple)):
+        notes.append(f"{_MALFORMED}param_groups is a {type(groups).__name__}, not a list")
+        groups = []
     out = []
-    for i, g in enumerate(opt.get("param_groups", [])):
-        ids = list(g.get("params", []))
-        steps = [_step(state.get(k, {}).get("step")) for k in ids]
-        steps = [s for s in steps if s is not None]
-        scale = g.get("decay_scale")
-        out.append({
-            "group": i,
-            "params": len(ids),
-            "lr": _number(g.get("lr")),
-            "weight_decay": _number(g.get("weight_decay")),
-            "decay_scale": scale if scale is not None else "lr",
-            "convention": "adamwkit.AdamW" if scale is not None else "PyTorch (no decay_scale key)",
-            "step": max(steps) if steps else None,
-            "betas": list(g["betas"]) if "betas" in g else None,
-        })  # fmt: skip
-    return out
+    for i, g in enumerate(groups):
+        if not isinstance(g, Mapping):
+            notes.append(f"{_MALFORMED}param_groups[{i}] is a {type(g).__name__}, not a dict")
+        elif len(out) < 1000:
+            out.append(_group_row(i, g, state, notes))
+    if len(out) == 1000 and len(groups) > 1000:
+        notes.append(f"{len(groups) - 1000:,} more optimizer groups not shown")
+    unique = list(dict.fromkeys(notes))
+    return out, unique[:20] + ([f"{len(unique) - 20} more notes"] if len(unique) > 20 else [])
 
 
-def _step(v: Any) -> int | None:
-    if isinstance(v, Tensor):
-        return int(v.item())
-    return int(v) if isinstance(v, (int, float)) else None
+def _group_row(i: int, g: Mapping[str, Any], state: Mapping, notes: list[str]) -> dict[str, Any]:
+    where = f"param_groups[{i}]"
+    ids = g.get("params", [])
+    if not isinstance(ids, (list, tuple)):
+        notes.append(f"{_MALFORMED}{where}['params'] is a {type(ids).__name__}, not a list")
+        ids = []
+    steps = []
+    for k in ids:
+        entry = state.get(k) if isinstance(k, (int, str)) else None
+        if isinstance(entry, Mapping) and "step" in entry:
+            steps.append(_step(entry["step"], notes))
+    steps = [s for s in steps if s is not None]
+    scale = g.get("decay_scale")
+    if scale is not None and not isinstance(scale, str):
+        notes.append(f"{_MALFORMED}{where}['decay_scale'] is a {type(scale).__name__}")
+        scale = f"<{type(scale).__name__}>"
+    return {
+        "group": i,
+        "params": len(ids),
+        "lr": _number(g.get("lr"), f"{where}['lr']", notes),
+        "weight_decay": _number(g.get("weight_decay"), f"{where}['weight_decay']", notes),
+        "decay_scale": scale if scale is not None else "lr",
+        "convention": "adamwkit.AdamW" if scale is not None else "PyTorch (no decay_scale key)",
+        "step": max(steps) if steps else None,
+        "betas": _betas(g.get("betas"), f"{where}['betas']", notes),
+    }
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, Tensor):
-        return float(v.item())
-    return float(v) if isinstance(v, (int, float)) else None
+def _scalar(v: Any) -> Any:
+    """A tensor of one element as a Python number; anything else as it is."""
+    if isinstance(v, Tensor) and v.numel() == 1 and _odd_tensor(v) is None:
+        if v.is_floating_point() or not (v.is_complex() or v.dtype == torch.bool):
+            return v.reshape(()).item()
+    return v
+
+
+def _step(v: Any, notes: list[str]) -> int | None:
+    x = _scalar(v)
+    if type(x) is int:
+        return x
+    if type(x) is float and math.isfinite(x):
+        return int(x)
+    notes.append(f"{_MALFORMED}a step is {_what(x)}, not a count")
+    return None
+
+
+def _number(v: Any, where: str, notes: list[str]) -> float | None:
+    if v is None:
+        return None
+    x = _scalar(v)
+    if type(x) in (int, float):
+        try:
+            return float(x)
+        except OverflowError:
+            pass
+    notes.append(f"{_MALFORMED}{where} is {_what(x)}, not a number")
+    return None
+
+
+def _betas(v: Any, where: str, notes: list[str]) -> list[float] | None:
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        pair = [_number(b, where, notes) for b in v]
+        if None not in pair:
+            return pair  # type: ignore[return-value]
+        return None
+    notes.append(f"{_MALFORMED}{where} is {_what(v)}, not a pair of numbers")
+    return None
+
+
+def _what(x: Any) -> str:
+    """A short description of an unexpected value: ``inf``, ``a tensor of shape 3x2``."""
+    if type(x) in (int, float):
+        return repr(x) if len(repr(x)) < 30 else f"a {len(str(x))}-digit number"
+    if isinstance(x, Tensor):
+        return f"a tensor of shape {'x'.join(map(str, x.shape)) or 'scalar'}"
+    return f"a {type(x).__name__}"
 
 
 # ---------------------------------------------------------------------------- loading
@@ -442,9 +626,10 @@ class LoadReport:
             head += f" (prefix {self.stripped_prefix!r} stripped from the checkpoint's names)"
         if self.complete:
             return head + "; every key matched"
-        rows = [("missing (kept as initialised)", n, "-", "") for n in self.missing]
-        rows += [("unexpected (ignored)", n, "", "-") for n in self.unexpected]
-        rows += [("shape mismatch (kept as initialised)", n, _shape(a), _shape(b))
+        # names come from the file: escaped, so printing the report cannot drive the terminal
+        rows = [("missing (kept as initialised)", _name(n), "-", "") for n in self.missing]
+        rows += [("unexpected (ignored)", _name(n), "", "-") for n in self.unexpected]
+        rows += [("shape mismatch (kept as initialised)", _name(n), _shape(a), _shape(b))
                  for n, a, b in self.mismatched]  # fmt: skip
         header = ("what", "key", "checkpoint", "model")
         widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(4)]
@@ -457,8 +642,15 @@ def _shape(s: tuple[int, ...]) -> str:
     return "x".join(map(str, s)) or "scalar"
 
 
+def _name(n: str) -> str:
+    return printable(n, limit=300)
+
+
 def load_weights(
-    model: nn.Module, path_or_state_dict: str | Path | Mapping[str, Tensor]
+    model: nn.Module,
+    path_or_state_dict: str | Path | Mapping[str, Tensor],
+    *,
+    max_bytes: int | None = None,
 ) -> LoadReport:
     """Load into ``model`` every tensor of a checkpoint whose name and shape fit; report
     the rest instead of failing.
@@ -473,6 +665,10 @@ def load_weights(
     This is how a pretrained model gets a new trainable part (a coefficient, a head): build
     the new model, ``load_weights`` the old file, and the new tensors are reported as
     missing and keep their initial values.
+
+    ``max_bytes``: what reading a file may take, as in :func:`read_checkpoint` (default:
+    half of the memory this process may use); a file over it is refused, in one line,
+    before anything is allocated.
 
     Example: ``print(load_weights(model, "pretrained.safetensors"))``.
     """
@@ -494,7 +690,7 @@ def load_weights(
         ck = _split(Path("<state dict>"), "state dict", path_or_state_dict)
         source = ck.tensors
     elif isinstance(path_or_state_dict, (str, Path)):
-        source = read_checkpoint(path_or_state_dict).tensors
+        source = read_checkpoint(path_or_state_dict, max_bytes=max_bytes).tensors
     else:
         raise ValueError(
             f"path_or_state_dict={type(path_or_state_dict).__name__} is invalid: expected a "
