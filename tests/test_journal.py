@@ -336,3 +336,40 @@ def test_repair_waits_for_the_journal_lock(tmp_path: Path) -> None:
     worker.join(timeout=10)
     assert results == [None]
     assert load(path).user_attrs == {"k": 1}
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        b"{}\n",
+        b'{"op_code":4,"worker_id":"w"}\n',  # CREATE_TRIAL without its study
+        b'{"op_code":true,"worker_id":"w","study_id":0}\n',
+        b'{"op_code":8,"worker_id":"w","trial_id":0,"user_attr":{"a":1,"b":2}}\n',
+    ],
+)
+def test_a_foreign_last_record_is_dropped_like_a_torn_one(tmp_path: Path, foreign: bytes) -> None:
+    """Whole JSON that Optuna cannot apply would stop every read (KeyError: 'op_code')."""
+    path, trials = make_journal(tmp_path)
+    original = path.read_bytes()
+    path.write_bytes(original + foreign)
+
+    repair = repair_journal(path, now=NOW)
+
+    assert repair is not None and repair.foreign and repair.dropped_bytes == len(foreign)
+    assert repair.message.startswith("study.journal: its last line is not an Optuna journal")
+    assert path.read_bytes() == original
+    assert_loads_and_takes_a_new_trial(path, trials)
+
+
+def test_a_tail_of_damaged_lines_with_no_whole_record_after_is_dropped(tmp_path: Path) -> None:
+    path, trials = make_journal(tmp_path)
+    original = path.read_bytes()
+    tail = b'{}\ngarbage\n{"op_code":2,"worker_id":"w","study_id":0,"user_at'
+    path.write_bytes(original + tail)
+
+    repair = repair_journal(path, now=NOW)
+
+    assert repair is not None and repair.dropped_lines == 3
+    assert "its last 3 lines are not whole Optuna records" in repair.message
+    assert path.read_bytes() == original
+    assert_loads_and_takes_a_new_trial(path, trials)

@@ -13,8 +13,10 @@ release is checked here first.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -28,6 +30,7 @@ __all__ = [
     "frozen_trial",
     "heartbeat_enabled",
     "is_retry_of_failed",
+    "quiet_logs",
     "record_heartbeat",
 ]
 
@@ -119,3 +122,18 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Keep Optuna's own log lines (warnings in its format: a trial failed, a lock is slow)
+    out of adamwkit's output while ``tune`` runs; adamwkit says what matters in its own
+    words. The ``optuna`` logger's level is put back afterwards (a caller's stricter level
+    is kept throughout)."""
+    logger = logging.getLogger("optuna")
+    before = logger.level
+    logger.setLevel(max(before, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

@@ -40,10 +40,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .._checks import ArgumentError
 from .._io import WriteFailed
-from . import _optuna
+from . import _optuna, workers
 from .config import StudySpec
 from .cv import Candidate
-from .journal import JournalDamaged, JournalRepaired, repair_journal
+from .journal import (
+    JournalDamaged,
+    JournalRepaired,
+    StaleLockRemoved,
+    clear_stale_lock,
+    journal_lock,
+    repair_journal,
+)
 from .storage import STORAGE_RETRY_S, RetryingStorage, _JournalFile
 
 __all__ = [
@@ -192,27 +199,29 @@ def open_storage(
 ) -> Any:
     """The study's storage: a journal file in ``run_dir``, or a database at ``url``.
 
-    A torn last record of the journal (a crash or a full disk during an append) is backed
-    up and dropped, with a warning. A database that cannot be reached fails within seconds
+    A torn last record of the journal (a crash or a full disk during an append), or a
+    foreign one, is backed up and dropped, with a warning; so is a lock file left behind
+    by a stopped process. A database that cannot be reached fails within seconds
     with its host and the cause; once open, its calls are retried through an outage for
     up to ``retry_s`` seconds (:class:`RetryingStorage`).
     """
     if url is None:
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileOpenLock
 
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / JOURNAL_NAME
         try:
+            stale = clear_stale_lock(path)
+            if stale is not None:
+                warnings.warn(stale, StaleLockRemoved, stacklevel=2)
             repaired = repair_journal(path)
         except JournalDamaged:
             raise
-        except OSError as err:  # the backup could not be written
+        except OSError as err:  # the backup could not be written, the lock not removed
             raise WriteFailed(err.errno, os.strerror(err.errno or 0), str(path)) from err
         if repaired is not None:
             warnings.warn(repaired.message, JournalRepaired, stacklevel=2)
-        lock = JournalFileOpenLock(str(path))
-        return JournalStorage(_JournalFile(str(path), lock_obj=lock))
+        return JournalStorage(_JournalFile(str(path), lock_obj=journal_lock(path)))
     url = check_storage(url)
     assert url is not None
     parts = urlsplit(url)
@@ -359,9 +368,10 @@ class WorkerLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.id = uuid.uuid4().hex
-        self.dir = run_dir / "workers"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.dir / f"{self.id}.lock", "w")  # held for life
+        self.dir = run_dir / workers.FOLDER
+        with workers.usable(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.dir / f"{self.id}.lock", "w")  # held for life
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def owner_alive(self, worker: str) -> bool:

@@ -9,6 +9,8 @@
   that other programs left free (:func:`adamwkit._device.cpu_share`), and says so when the
   number changes. PyTorch's intra-op threads wait for each other in every parallel region,
   so more threads than free cores stalls each region behind a descheduled thread.
+- The ``workers/`` folder must be a writable folder: :func:`check_folder` says so in one
+  line (:class:`FolderUnusable`) before any work, naming it and what to do.
 - ``--workers N`` starts N-1 more processes (``multiprocessing`` with ``spawn``, which is
   safe with CUDA and with threads already running) that work on the same study.
 """
@@ -16,10 +18,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,18 +31,74 @@ import torch
 
 from .._device import cpu_share
 
-__all__ = ["Slot", "busy_cores", "live_slots", "start_processes"]
+__all__ = ["FolderUnusable", "Slot", "busy_cores", "check_folder", "live_slots", "start_processes"]
 
 MAX_SLOTS = 1024
+FOLDER = "workers"
+
+
+class FolderUnusable(OSError):
+    """A folder of the run that adamwkit cannot use (not a folder, not writable); its
+    message is one line naming the folder and what to do."""
+
+    def __init__(self, folder: Path, err: OSError) -> None:
+        if folder.exists() and not folder.is_dir():
+            what = "is a file, not a folder: move it away (or remove it)"
+        else:
+            what = (
+                f"cannot be written ({err.strerror or err}): make it a writable folder "
+                "(or remove it)"
+            )
+        super().__init__(
+            err.errno or errno.EIO,
+            f"{folder} holds the workers' lock files but {what}, then run the same command again",
+            str(folder),
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def check_folder(run_dir: Path) -> Path:
+    """The run's ``workers/`` folder, made when missing; :class:`FolderUnusable` when it is
+    not a folder this process can write in."""
+    folder = run_dir / FOLDER
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _try_write(folder)
+    except OSError as err:
+        raise FolderUnusable(folder, err) from None
+    return folder
+
+
+def _try_write(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (``OSError`` when that is refused)."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        pass
+
+
+@contextlib.contextmanager
+def usable(folder: Path) -> Iterator[None]:
+    """Turn an ``OSError`` met while using ``folder`` into :class:`FolderUnusable`."""
+    try:
+        yield
+    except FolderUnusable:
+        raise
+    except OSError as err:
+        raise FolderUnusable(folder, err) from None
 
 
 class Slot:
     """This process's worker index on this machine (the lowest free slot lock)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir / "workers"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = run_dir / FOLDER
         self._file: IO[str] | None = None
+        with usable(self.dir):
+            self._claim()
+
+    def _claim(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         for i in range(MAX_SLOTS):
             f = open(self.dir / f"slot-{i}.lock", "a")  # held for life
             try:
@@ -59,7 +119,7 @@ class Slot:
 def live_slots(run_dir: Path) -> int:
     """How many workers hold a slot in ``run_dir`` now."""
     count = 0
-    for path in (run_dir / "workers").glob("slot-*.lock"):
+    for path in (run_dir / FOLDER).glob("slot-*.lock"):
         try:
             with open(path) as f:
                 try:
