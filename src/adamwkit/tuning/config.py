@@ -80,6 +80,8 @@ class StudySpec:
 class TuneConfig:
     """How this process runs the study ``spec``: storage, run folder, device, workers.
 
+    ``trial_timeout`` (seconds a run may take, ``None``: no limit) is this process's
+    policy, not the study's identity: workers may differ, and a rerun may change it.
     ``busy_cores`` (measured when the command starts), ``stack_refusal`` (why a task's
     model cannot be stacked, known before any run) and ``max_members`` (members trained
     together within ``max_memory``) are filled in by ``tune`` before the workers start.
@@ -104,6 +106,7 @@ class TuneConfig:
     busy_cores: float = 0.0
     stack_refusal: str | None = None
     max_members: int = 128
+    trial_timeout: float | None = None
 
     @property
     def total_runs(self) -> int:

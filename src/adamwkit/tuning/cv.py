@@ -38,6 +38,7 @@ __all__ = [
     "extension",
     "holdout_split",
     "make_folds",
+    "mean_and_error",
     "refine_optimum",
     "selection_allowance",
     "standard_error",
@@ -276,7 +277,34 @@ def selection_allowance(m: int) -> float:
 
 
 def _finite(x: float | None) -> float:
-    return x if x is not None and math.isfinite(x) else 0.0
+    """``x``, with ``None`` and NaN (a single run's standard error) as 0; an infinity, from
+    differences of losses too large to subtract, is kept (infinitely worse)."""
+    return 0.0 if x is None or math.isnan(x) else x
+
+
+# Losses beyond this magnitude are scaled down before their mean and spread are taken, so
+# that neither the sum nor the squares overflow (a run may return 1e308 as its loss).
+_SCALE_ABOVE = 1e100
+
+
+def mean_and_error(x: np.ndarray, folds: int, repeats: int = 1) -> tuple[float, float]:
+    """The mean of ``x`` and its :func:`standard_error`, computed without overflow for any
+    finite values (they are scaled down by the largest magnitude when it is huge)."""
+    scale = float(np.max(np.abs(x))) if len(x) else 0.0
+    if not scale > _SCALE_ABOVE:
+        return float(x.mean()), standard_error(x, folds, repeats)
+    y = x / scale
+    return float(y.mean()) * scale, standard_error(y, folds, repeats) * scale
+
+
+def _paired(a: np.ndarray, b: np.ndarray, folds: int, repeats: int) -> tuple[float, float]:
+    """Mean and standard error of ``a - b`` run by run, without overflow in the difference."""
+    scale = float(max(np.max(np.abs(a)), np.max(np.abs(b))))
+    if not scale > _SCALE_ABOVE:
+        return mean_and_error(a - b, folds, repeats)
+    with np.errstate(over="ignore"):  # a difference beyond float's range is infinite
+        mean, sem = mean_and_error(a / scale - b / scale, folds, repeats)
+        return mean * scale, sem * scale
 
 
 def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> CVSummary:
@@ -292,8 +320,7 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
     runs = folds * repeats
     for c in cands:
         if c.fold_losses:
-            x = c.losses()
-            c.mean, c.sem = float(x.mean()), standard_error(x, folds, repeats)
+            c.mean, c.sem = mean_and_error(c.losses(), folds, repeats)
     complete = [c for c in cands if c.state == "complete" and len(c.fold_losses) == runs]
     if not complete:
         return CVSummary(cands, None, None, False, folds, repeats)
@@ -302,8 +329,9 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
         common = sorted(set(c.fold_losses) & set(best.fold_losses))
         if not common:
             continue
-        d = np.array([c.fold_losses[f] - best.fold_losses[f] for f in common])
-        c.paired_diff, c.paired_sem = float(d.mean()), standard_error(d, folds, repeats)
+        mine = np.array([c.fold_losses[f] for f in common])
+        theirs = np.array([best.fold_losses[f] for f in common])
+        c.paired_diff, c.paired_sem = _paired(mine, theirs, folds, repeats)
     same_lr = [c for c in complete if c.lr == best.lr]
     one_se = max(
         (c for c in same_lr if _finite(c.paired_diff) <= _finite(c.paired_sem)),

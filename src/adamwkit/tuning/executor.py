@@ -5,12 +5,15 @@ or a refit on the whole training pool scored on the test split. An executor runs
 hands each :class:`~adamwkit.tuning.objective.Outcome` to ``on_done(job, outcome)``, which
 returns True to skip that candidate's remaining jobs (a pruned or failed candidate).
 
-- :class:`Sequential` calls the objective once per job. An exception from the objective
-  fails that job with its reason and the next job runs: the first time an error is seen,
-  its traceback is printed (a bug in the objective is shown where it happened), later
-  repeats of the same error take one line.
+- :class:`Sequential` calls the objective once per job. An exception from the objective,
+  a ``sys.exit()`` in it, or a run past the time limit (``trial_timeout``,
+  :mod:`.limits`) fails that job with its reason and the next job runs: the first time an
+  error is seen, its traceback is printed (a bug in the objective is shown where it
+  happened, a run stopped by the limit where it was), later repeats of the same error
+  take one line. ``KeyboardInterrupt`` is not caught: it stops the study.
 - :class:`Stacked` trains the jobs with equal training-set sizes as one population per
-  chunk (:meth:`~adamwkit.tuning.objective.TaskObjective.population`).
+  chunk (:meth:`~adamwkit.tuning.objective.TaskObjective.population`); a failure, or a
+  chunk of m runs past m times the time limit, fails every run of the chunk.
 
 :func:`choose` picks one. With ``vectorize="auto"`` it measures both paths on the jobs at
 hand (a few steps each) and stacks when that is faster; the measured ratio is recorded in
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..train import TrainingDiverged
+from .limits import TrialTimeout, time_limit
 from .objective import Objective, Outcome, TaskObjective, Trial, outcome_of
 
 __all__ = ["Job", "Runner", "Sequential", "Stacked", "Strategy", "by_split_size", "choose"]
@@ -66,6 +70,7 @@ class Runner:
     data: Any = None
     bar: Any = None
     prune_chance: bool = False
+    timeout: float | None = None
     errors: list[BaseException] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
 
@@ -90,7 +95,8 @@ class Runner:
         return t
 
     def call(self, job: Job) -> Outcome:
-        """Run the objective on ``job``; its error, or a non-finite loss, fails only the job."""
+        """Run the objective on ``job``; its error, ``sys.exit()``, a run past the time
+        limit or a non-finite loss fails only the job."""
         trial = self.trial(job)
         if self.bar is not None:
             self.bar.run(
@@ -98,9 +104,15 @@ class Runner:
             )
         start = time.perf_counter()
         try:
-            out = outcome_of(self.objective(trial))
+            with time_limit(self.timeout):
+                value = self.objective(trial)
+            out = outcome_of(value)
+        except TrialTimeout as err:
+            out = self.failed(err, job.label, self.timeout_reason())
         except TrainingDiverged as err:
             out = Outcome(reason=str(err))
+        except SystemExit as err:
+            out = self.failed(err, job.label, exit_reason(err))
         except Exception as err:
             out = self.failed(err, job.label)
         out.curve = list(trial.curve)
@@ -109,21 +121,39 @@ class Runner:
         out.seconds = time.perf_counter() - start
         return out
 
-    def failed(self, err: Exception, where: str) -> Outcome:
-        """An outcome for ``err``; its traceback is printed the first time it is seen."""
-        reason = f"{type(err).__name__}: {err}"
+    def timeout_reason(self, runs: int = 1) -> str:
+        """Why a run (or ``runs`` trained together) went past the time limit."""
+        assert self.timeout is not None
+        if runs == 1:
+            return f"exceeded trial_timeout of {self.timeout:g} s"
+        return (
+            f"exceeded trial_timeout: {runs} runs trained together for more than "
+            f"{runs * self.timeout:g} s ({self.timeout:g} s each)"
+        )
+
+    def failed(self, err: BaseException, where: str, reason: str | None = None) -> Outcome:
+        """An outcome for ``err`` (``reason``: what to record, default the error's type and
+        message); its traceback is printed the first time it is seen."""
+        reason = reason or f"{type(err).__name__}: {err}"
         self.errors.append(err)
         if reason not in self._seen:
             self._seen.add(reason)
+            what = "the objective raised" if isinstance(err, Exception) else reason
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             print(
-                f"{where}: the objective raised; this candidate fails and the study goes "
-                f"on. Traceback:\n{text.rstrip()}",
+                f"{where}: {what}; this candidate fails and the study goes on. "
+                f"Traceback:\n{text.rstrip()}",
                 file=sys.stderr,
             )
         else:
             print(f"{where}: {reason} (traceback above)", file=sys.stderr)
         return Outcome(reason=reason.splitlines()[0] if reason else reason, error=err)
+
+
+def exit_reason(err: SystemExit) -> str:
+    """``the objective called sys.exit(3)``: why a run that exited failed."""
+    code = "" if err.code is None else repr(err.code)
+    return f"the objective called sys.exit({code})"
 
 
 OnDone = Callable[[Job, Outcome], bool]
@@ -181,20 +211,33 @@ class Stacked(Strategy):
                 trials = [self.runner.trial(j) for j in chunk]
                 if bar is not None:
                     bar.run(f"{len(chunk)} runs together", self.objective.epochs)
-                try:
-                    with warnings.catch_warnings():
-                        # measured already: the choice to stack counted the slow operators
-                        warnings.filterwarnings("ignore", message=".*performance drop.*")
-                        outcomes = self.objective.population(
-                            trials,
-                            progress=bar.epoch if bar is not None else None,
-                            prune_chance=self.runner.prune_chance,
-                        )
-                except Exception as err:
-                    failed = self.runner.failed(err, f"{len(chunk)} runs trained together")
-                    outcomes = [failed] * len(chunk)
+                outcomes = self._train(trials)
                 for job, out in zip(chunk, outcomes, strict=True):
                     on_done(job, out)
+
+    def _train(self, trials: list[Trial]) -> list[Outcome]:
+        """One population's outcomes; its failure, or m runs past m times the time
+        limit, fails every run of it."""
+        runner, m = self.runner, len(trials)
+        where = f"{m} runs trained together"
+        limit = None if runner.timeout is None else runner.timeout * m
+        bar = runner.bar
+        try:
+            with time_limit(limit), warnings.catch_warnings():
+                # measured already: the choice to stack counted the slow operators
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                return self.objective.population(
+                    trials,
+                    progress=bar.epoch if bar is not None else None,
+                    prune_chance=runner.prune_chance,
+                )
+        except TrialTimeout as err:
+            failed = runner.failed(err, where, runner.timeout_reason(m))
+        except SystemExit as err:
+            failed = runner.failed(err, where, exit_reason(err))
+        except Exception as err:
+            failed = runner.failed(err, where)
+        return [failed] * m
 
 
 # ---------------------------------------------------------------------------- the policy

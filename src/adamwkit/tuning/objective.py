@@ -28,6 +28,7 @@ from .._device import autocast as _autocast
 from ..tasks import Task, get_task
 
 __all__ = [
+    "NoResult",
     "Objective",
     "ObjectiveFailed",
     "Outcome",
@@ -42,7 +43,13 @@ Objective = Callable[["Trial"], Any]
 
 class ObjectiveFailed(RuntimeError):
     """Every run of a study failed with an error; raised from the first one (its traceback
-    follows in the chain)."""
+    follows in the chain), once the study's report (state ``"failed"``) is written."""
+
+
+class NoResult(ValueError):
+    """The runs ended, but they give nothing to recommend: a probe whose zero-decay runs
+    failed or reported no curve, a transfer whose subsets show no trend. The command line
+    says so in one line with exit code 1 (2 is for bad arguments)."""
 
 
 @dataclass

@@ -35,7 +35,7 @@ from .. import _calibration as _cal
 from .._checks import ArgumentError
 from ..tasks import Task
 from . import cv
-from .objective import _name_of
+from .objective import NoResult, _name_of, _takes_one_argument
 
 __all__ = ["ProbeResult", "probe", "probe_tau_epoch", "turning_epoch"]
 
@@ -165,6 +165,10 @@ def probe(
     ``confirm=True`` then cross-validates zero and a grid at 2^0.5 spacing over the 80%
     range, with refits (``<study>.probe-confirm``, extended ``extend`` rounds past an edge).
 
+    Runs that end without a curve to read (zero decay failed, or the objective reported
+    fewer than three points) raise :class:`~.objective.NoResult` (the command line: one
+    line, exit code 1).
+
     Example: ``probe("digits").verdict()``.
     """
     from .report import mean_curve
@@ -178,31 +182,34 @@ def probe(
                 "confirm, then a grid over its range)",
                 arg,
             )
-    name = study if study is not None else _default_study_name(_source_name(objective))
-    run = tune(objective, grid=[0.0], test=False, extend=0, study=f"{name}.probe", out=out,
-               **tune_kwargs)  # fmt: skip
-    s = run.summary
-    zero = next(c for c in s["candidates"] if c["weight_decay"] == 0.0)
-    if zero["state"] != "complete":
-        raise ValueError(
-            f"the probe of {s['task']!r} did not finish: zero decay is {zero['state']}"
-            + (f" ({zero['reason']})" if zero.get("reason") else "")
-        )
-    steps, curve = mean_curve(zero.get("fold_curves") or {})
-    if len(curve) < 3:
-        raise ValueError(
-            f"the probe of {s['task']!r} needs the validation loss during training: the "
-            f"folds reported {len(curve)} point(s) in common; call trial.report(loss, epoch) "
-            "once per epoch in the objective"
-        )
-    epochs, factor = s["epochs"], s["tau_epoch_factor"]
-    if epochs is None or factor is None:
+    if _is_objective(objective) and any(
+        tune_kwargs.get(k) is None for k in ("epochs", "batch_size")
+    ):
         raise ArgumentError(
             "probe needs epochs and batch_size with an objective, to turn the curve's "
             "epochs into a weight decay",
             "epochs",
             "batch_size",
         )
+    name = study if study is not None else _default_study_name(_source_name(objective))
+    run = tune(objective, grid=[0.0], test=False, extend=0, study=f"{name}.probe", out=out,
+               **tune_kwargs)  # fmt: skip
+    s = run.summary
+    zero = next(c for c in s["candidates"] if c["weight_decay"] == 0.0)
+    if zero["state"] != "complete":
+        raise NoResult(
+            f"the probe of {s['task']!r} did not finish: zero decay is {zero['state']}"
+            + (f" ({zero['reason']})" if zero.get("reason") else "")
+        )
+    steps, curve = mean_curve(zero.get("fold_curves") or {})
+    if len(curve) < 3:
+        raise NoResult(
+            f"the probe of {s['task']!r} needs the validation loss during training: the "
+            f"folds reported {len(curve)} point(s) in common; call trial.report(loss, epoch) "
+            "once per epoch in the objective"
+        )
+    epochs, factor = s["epochs"], s["tau_epoch_factor"]
+    assert epochs is not None and factor is not None  # checked before training
     at = turning_epoch(curve) - 1
     turn = steps[at] * epochs / steps[-1]  # the reported steps, in epochs
     rise = curve[-1] / curve[at] - 1 if curve[at] > 0 else 0.0
@@ -229,6 +236,20 @@ def probe(
                               extend=extend, study=f"{name}.probe-confirm", out=out,
                               **tune_kwargs)  # fmt: skip
     return result
+
+
+def _is_objective(objective: Any) -> bool:
+    """Whether ``objective`` is a function of the trial (not a Task, a task's name, or a
+    function returning a Task), found without calling anything."""
+    if isinstance(objective, str):
+        if ":" not in objective:
+            return False
+        from .._loading import load_object
+
+        objective = load_object(objective, "objective")
+    return (
+        not isinstance(objective, Task) and callable(objective) and _takes_one_argument(objective)
+    )
 
 
 def _source_name(objective: Any) -> str:

@@ -2,6 +2,18 @@
 
 Every file is written atomically (a temporary file, then a rename), so a crash leaves the
 previous report or the new one, never a torn file.
+
+The report always says which run of the study it belongs to and how that run ended:
+``summary.json`` has a ``state``. When a run starts working on the study,
+:func:`begin` writes ``{"state": "running"}`` and removes the report and plots left by
+an earlier run, so an old report never looks current. The run then ends with
+:func:`write_reports` (``"complete"``: a recommendation; ``"failed"``: no candidate
+finished every fold, each one's reason in the report), or, stopped by Ctrl-C or an error,
+with :func:`write_stopped` (``"interrupted"``, with the reason).
+
+The plots take whatever the runs gave: a loss that is not finite, or larger in magnitude
+than :data:`LOSS_SHOWN_MAX`, is left out of them, with a note in the figure and in the
+summary's ``notes``.
 """
 
 from __future__ import annotations
@@ -11,12 +23,30 @@ import html
 import io
 import json
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write, json_safe
+from .._io import WriteFailed, atomic_write, json_safe
 
-__all__ = ["plot_cv_curve", "plot_learning_curves", "render_html", "write_reports"]
+__all__ = [
+    "LOSS_SHOWN_MAX",
+    "begin",
+    "off_scale",
+    "plot_cv_curve",
+    "plot_learning_curves",
+    "render_html",
+    "write_reports",
+    "write_stopped",
+]
+
+#: Losses larger in magnitude than this are left out of the plots (with a note): no
+#: trained model's loss is that large, and axes cannot span it with the others.
+LOSS_SHOWN_MAX = 1e30
+
+#: The files of a run's report besides summary.json (removed when a new run starts).
+REPORT_FILES = ("report.html", "cv_curve.png", "learning_curves.png", "monitor.png")
 
 
 def _g(x: float | None, digits: int = 4) -> str:
@@ -25,14 +55,32 @@ def _g(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def shown(value: float | None) -> bool:
+    """Whether a loss is drawn: a finite number within :data:`LOSS_SHOWN_MAX`."""
+    return value is not None and math.isfinite(value) and abs(value) <= LOSS_SHOWN_MAX
+
+
+def off_scale(summary: dict[str, Any]) -> list[str]:
+    """One note per candidate whose CV loss is left out of the plot (see :func:`shown`)."""
+    notes = []
+    for c in summary["candidates"]:
+        if c["mean"] is not None and not shown(c["mean"]):
+            notes.append(
+                f"weight decay {c['weight_decay']:.4g} (lr {c['lr']:.3g}) is left out of the "
+                f"plot: its CV loss {c['mean']:.4g} is beyond any sensible scale"
+            )
+    return notes
+
+
 def plot_cv_curve(summary: dict[str, Any]) -> bytes:
-    """The CV loss with error bars against weight decay (log axis, tau_epoch on top), as PNG."""
+    """The CV loss with error bars against weight decay (log axis, tau_epoch on top), as
+    PNG. A candidate whose loss is not :func:`shown` is left out, with a note below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cands = [c for c in summary["candidates"] if c["mean"] is not None]
+    cands = [c for c in summary["candidates"] if shown(c["mean"])]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     lrs = sorted({c["lr"] for c in cands})
     for i, this_lr in enumerate(lrs):
@@ -44,7 +92,7 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
         ax.errorbar(
             [c["weight_decay"] for c in pts],
             [c["mean"] for c in pts],
-            yerr=[c["sem"] or 0.0 for c in pts],
+            yerr=[c["sem"] if shown(c["sem"]) else 0.0 for c in pts],
             fmt="o-",
             capsize=3,
             color=f"C{i}",
@@ -86,6 +134,9 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
+    left_out = off_scale(summary)
+    if left_out:
+        fig.text(0.01, 0.005, "; ".join(left_out)[:300], fontsize=6, va="bottom", wrap=True)
     return _png(fig)
 
 
@@ -113,7 +164,8 @@ def mean_curve(fold_curves: dict[str, list[list[float]]]) -> tuple[list[float], 
 
 def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     """Each candidate's validation loss against the step it was reported at (the mean over
-    folds), coloured by weight decay, as PNG; ``None`` when no run reported a curve."""
+    folds), coloured by weight decay, as PNG; ``None`` when no run reported a curve.
+    Points that are not :func:`shown` are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,8 +175,9 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     lines = []
     for c in summary["candidates"]:
         steps, values = mean_curve(c.get("fold_curves") or {})
-        if steps:
-            lines.append((c, steps, values))
+        kept = [(t, v) for t, v in zip(steps, values, strict=True) if shown(v)]
+        if kept:
+            lines.append((c, [t for t, _ in kept], [v for _, v in kept]))
     if not lines:
         return None
     positive = [c["weight_decay"] for c, _, _ in lines if c["weight_decay"] > 0]
@@ -247,7 +300,15 @@ def render_html(
         for name, t in summary.get("test", {}).items()
     )
     settings = e(json.dumps(summary["settings"], indent=2))
-    image = base64.b64encode(png).decode("ascii")
+    image_html = ""
+    if png:
+        image = base64.b64encode(png).decode("ascii")
+        image_html = f'<img alt="CV loss against weight decay" src="data:image/png;base64,{image}">'
+    state = summary.get("state", "complete")
+    state_html = "" if state == "complete" else f'<p class="state">State: {e(state)}</p>'
+    notes_html = "".join(f"<li>{e(n)}</li>" for n in summary.get("notes") or ())
+    if notes_html:
+        notes_html = f"<h2>Notes</h2><ul>{notes_html}</ul>"
     curves_html = ""
     if curves is not None:
         data = base64.b64encode(curves).decode("ascii")
@@ -282,10 +343,12 @@ table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 th {{ background: #f3f3f3; }}
 .verdict {{ font-size: 1.1em; background: #f6f8fa; padding: 0.8em; border-radius: 6px; }}
+.state {{ font-weight: bold; color: #a40000; }}
 </style></head><body>
 <h1>Weight decay for {e(summary["task"])}</h1>
+{state_html}
 <p class="verdict">{e(summary["verdict"])}</p>
-<img alt="CV loss against weight decay" src="data:image/png;base64,{image}">
+{image_html}
 {curves_html}
 <h2>Candidates</h2>
 <table><tr><th>weight decay</th><th>lr</th><th>tau_epoch</th><th>CV loss &plusmn; SE</th>
@@ -295,6 +358,7 @@ th {{ background: #f3f3f3; }}
 <table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
 <th>{e(summary["metric_name"])}</th></tr>{test_rows}</table>
 {monitor_html}
+{notes_html}
 <h2>Settings</h2><p>{how}</p><pre>{settings}</pre>
 </body></html>
 """
@@ -303,19 +367,70 @@ th {{ background: #f3f3f3; }}
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Write summary.json, cv_curve.png, learning_curves.png (when runs reported curves),
     monitor.png (when the refits were monitored) and report.html into ``run_dir``, each
-    atomically."""
-    png = plot_cv_curve(summary)
-    curves = plot_learning_curves(summary)
+    atomically. A plot that cannot be drawn is left out with a note (in ``notes``), so a
+    study can always report."""
+    summary.setdefault("notes", [])
+    summary["notes"] += [n for n in off_scale(summary) if n not in summary["notes"]]
+    png = _draw("cv_curve.png", plot_cv_curve, summary) or b""
+    curves = _draw("learning_curves.png", plot_learning_curves, summary)
+    monitor = _draw("monitor.png", lambda s: plot_monitor(run_dir, s), summary)
     paths = {
         "summary": atomic_write(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2)),
-        "plot": atomic_write(run_dir / "cv_curve.png", png),
     }
+    if png:
+        paths["plot"] = atomic_write(run_dir / "cv_curve.png", png)
     if curves is not None:
         paths["curves"] = atomic_write(run_dir / "learning_curves.png", curves)
-    monitor = plot_monitor(run_dir, summary)
     if monitor is not None:
         paths["monitor"] = atomic_write(run_dir / "monitor.png", monitor)
     paths["report"] = atomic_write(
         run_dir / "report.html", render_html(summary, png, curves, monitor)
     )
     return paths
+
+
+def _draw(
+    name: str, plot: Callable[[dict[str, Any]], bytes | None], summary: dict[str, Any]
+) -> bytes | None:
+    """``plot(summary)``, or ``None`` with a note in the summary when it fails."""
+    try:
+        return plot(summary)
+    except Exception as err:  # matplotlib's limits: the report goes out without this plot
+        summary["notes"].append(f"{name} could not be drawn ({type(err).__name__}: {err})")
+        return None
+
+
+def begin(run_dir: Path, study: str) -> Path:
+    """Mark the run folder's report as not current: summary.json says ``"state":
+    "running"`` and the report and plots of an earlier run are removed (atomically)."""
+    path = atomic_write(run_dir / "summary.json", _state_json(study, "running", ""))
+    for name in REPORT_FILES:
+        _remove(run_dir / name)
+    return path
+
+
+def write_stopped(run_dir: Path, study: str, reason: str) -> None:
+    """After Ctrl-C or an error: summary.json says ``"state": "interrupted"`` and why, and
+    no report of an earlier run is left; never raises (the original error matters more).
+    When even that cannot be written, summary.json is removed."""
+    try:
+        atomic_write(run_dir / "summary.json", _state_json(study, "interrupted", reason))
+        for name in REPORT_FILES:
+            _remove(run_dir / name)
+    except OSError:
+        (run_dir / "summary.json").unlink(missing_ok=True)
+
+
+def _state_json(study: str, state: str, reason: str) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S")
+    body: dict[str, Any] = {"state": state, "study": study, "created": when}
+    if reason:
+        body["reason"] = reason
+    return json.dumps(body, indent=2)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        raise WriteFailed(err.errno, err.strerror or str(err), str(path)) from err

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
-import logging
 import math
 import pickle
 import re
@@ -47,7 +46,7 @@ from ..suggest import Suggestion, suggest
 from ..tasks import Task
 from ..timescale import convert_weight_decay, tau_epoch
 from ..train import flush_denormals
-from . import cv, report
+from . import _optuna, cv, report
 from . import study as study_mod
 from .config import StudySpec, TuneConfig
 from .executor import (
@@ -61,9 +60,17 @@ from .executor import (
     measure,
     refusal,
 )
+from .limits import MAX_TRIAL_TIMEOUT_S
 from .objective import Objective, ObjectiveFailed, TaskObjective, Trial, resolve_source
 from .progress import Progress
-from .workers import Slot, ThreadShare, busy_cores, start_processes, stop_processes
+from .workers import (
+    Slot,
+    ThreadShare,
+    busy_cores,
+    check_folder,
+    start_processes,
+    stop_processes,
+)
 
 __all__ = ["SAMPLERS", "TuneResult", "tune"]
 
@@ -323,6 +330,9 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
     heartbeat = check_whole("heartbeat_interval", kw["heartbeat_interval"], 1, MAX_HEARTBEAT_S)
     n_workers = check_whole("workers", kw["workers"], 1, MAX_WORKERS)
     threads = None if kw["threads"] is None else check_whole("threads", kw["threads"], 1, 4096)
+    timeout = kw["trial_timeout"]
+    if timeout is not None:
+        timeout = check_range("trial_timeout", timeout, 0.0, MAX_TRIAL_TIMEOUT_S, low_open=True)
     seed = check_whole("seed", kw["seed"], 0, SEED_MAX)
     storage = study_mod.check_storage(kw["storage"])
     storage_retry = check_range("storage_retry", kw["storage_retry"], 0.0, 7 * 24 * 3600.0)
@@ -481,6 +491,7 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
         threads=threads,
         device=str(kw["device"] or "auto"),
         extend=extend if sampler == "grid" else 0,
+        trial_timeout=timeout,
     )
     _check_out(kw["out"], config.run_dir)
     return Plan(config, splits, sug, tuple(notes))
@@ -544,6 +555,7 @@ def tune(
     threads: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
+    trial_timeout: float | None = None,
 ) -> TuneResult:
     """Cross-validate weight decay; write the report; return the verdict.
 
@@ -577,9 +589,16 @@ def tune(
     at their untrained loss at a quarter or half of the epochs while their fold's best has
     learned (they are reported as pruned).
 
-    An exception or a non-finite loss from a run fails that candidate with the reason and
-    the study goes on; the first traceback of each error is printed. If no candidate
-    finishes and runs raised, :class:`ObjectiveFailed` is raised from the first error.
+    An exception, a ``sys.exit()`` or a non-finite loss from a run fails that candidate
+    with the reason and the study goes on; the first traceback of each error is printed.
+    ``trial_timeout`` (seconds, default ``None``: no limit) fails a run that takes longer
+    (stacked, m runs trained together get m times as long; see
+    :mod:`adamwkit.tuning.limits` for what can be interrupted). If no candidate finishes
+    and runs raised, the report is written (state ``"failed"``) and
+    :class:`ObjectiveFailed` is raised from the first error. ``summary.json`` always says
+    how the last run on the study ended: ``state`` is ``"complete"``, ``"failed"`` (no
+    candidate finished every fold) or ``"interrupted"`` (Ctrl-C or an error; then no
+    report is left from an earlier run).
 
     The study lives in ``storage`` (default: ``$ADAMWKIT_STORAGE``, else a journal file in
     ``out/<study>/``); rerunning the same call resumes it without rerunning finished folds,
@@ -612,7 +631,7 @@ def tune(
         heartbeat_interval=heartbeat_interval, storage_retry=storage_retry, test=test,
         progress=progress,
         vectorize=vectorize, max_memory=max_memory, workers=workers, threads=threads,
-        device=device, precision=precision,
+        device=device, precision=precision, trial_timeout=trial_timeout,
     )  # fmt: skip
     config = plan.config
     why, max_members = _stacking_limits(prep, config)
@@ -627,13 +646,52 @@ def tune(
         raise ValueError(f"vectorize='on' is invalid for {what}={prep.name!r}: {why}")
     if config.workers > 1:
         _check_picklable(source)
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    check_folder(config.run_dir)
+    with _optuna.quiet_logs():
+        return _run_study(source, prep, dataclasses.replace(plan, config=config))
+
+
+def _run_study(source: Source, prep: Prepared, plan: Plan) -> TuneResult:
+    """Open the study, work on it (with any worker processes), summarize and report.
+
+    The run folder's report is marked not current as soon as the study is open; Ctrl-C or
+    an error then leaves ``summary.json`` saying the run was interrupted."""
+    config = plan.config
     store = study_mod.open_storage(
         config.storage, config.run_dir, config.heartbeat_interval, config.storage_retry
     )
     st = study_mod.open_study(store, config.study, config.spec, config.enqueue, config.prune)
-    retried = study_mod.retry_errors(st, config.spec)
+    report.begin(config.run_dir, config.study)
+    try:
+        work, summary = _work_and_summarize(source, prep, plan, store, st)
+        summary["verdict"] = verdict_text(summary)
+        summary["state"] = "complete" if summary["best_weight_decay"] is not None else "failed"
+        paths = report.write_reports(config.run_dir, summary)
+    except BaseException as err:
+        reason = "Ctrl-C" if isinstance(err, KeyboardInterrupt) else _first_line(err)
+        report.write_stopped(config.run_dir, config.study, reason)
+        raise
+    if summary["best_weight_decay"] is None and work.runner.errors:
+        raise ObjectiveFailed(
+            f"no candidate finished: runs of {prep.name!r} failed with errors (each "
+            f"candidate's reason is in {paths['report']}); the first error was"
+        ) from work.runner.errors[0]
+    return TuneResult(summary, config.run_dir, paths)
 
+
+def _first_line(err: BaseException) -> str:
+    """``Type: message``, its first line: why a run stopped, for summary.json."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _work_and_summarize(
+    source: Source, prep: Prepared, plan: Plan, store: Any, st: optuna.Study
+) -> tuple[_Worker, dict[str, Any]]:
+    """This process's work on the study, the worker processes', the extensions past the
+    grid's edge, the summary and the refits."""
+    config = plan.config
+    retried = study_mod.retry_errors(st, config.spec)
     spec = config.spec
     repeated = f" x {spec.repeats}" if spec.repeats > 1 else ""
     title = f"{prep.name}: {spec.folds}-fold CV{repeated}"
@@ -664,15 +722,9 @@ def tune(
         bar.close()
         if work is not None:
             work.close()
-    if summary["best_weight_decay"] is None and work.runner.errors:
-        raise ObjectiveFailed(
-            f"no candidate finished: runs of {prep.name!r} raised errors (see the report for "
-            "each candidate's reason); the first error was"
-        ) from work.runner.errors[0]
-    summary["verdict"] = verdict_text(summary)
+    assert work is not None
     summary["notes"] = [*plan.notes, *notes]
-    paths = report.write_reports(config.run_dir, summary)
-    return TuneResult(summary, config.run_dir, paths)
+    return work, summary
 
 
 def _candidates(spec: StudySpec, studies: Sequence[optuna.Study]) -> list[cv.Candidate]:
@@ -769,8 +821,7 @@ def _worker_process(source: Source, config: TuneConfig) -> None:
 
 
 def _work_in_process(source: Source, config: TuneConfig) -> None:
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    with flush_denormals():
+    with flush_denormals(), _optuna.quiet_logs():
         prep = prepare(source)
         spec = config.spec
         splits = cv.Splits.make(
@@ -825,6 +876,7 @@ class _Worker:
             data=prep.data,
             bar=bar,
             prune_chance=self.spec.prune_chance,
+            timeout=config.trial_timeout,
         )
 
     def close(self) -> None:

@@ -18,7 +18,9 @@ the task itself, cheaply:
    cross-validated on the whole training pool.
 
 The result is written as ``transfer.json`` and ``transfer.png`` (tau* against N, the fit
-and the extrapolation) in ``out/<study>.transfer/``.
+and the extrapolation) in ``out/<study>.transfer/``. When fewer than two subsets have a
+positive optimum there is no trend to fit: :class:`~.objective.NoResult` says so (the
+command line: one line, exit code 1).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from .._io import atomic_write
 from ..tasks import Task, get_task
 from ..timescale import convert_weight_decay, weight_decay_from_tau_epoch
 from . import cv
+from .objective import NoResult
 
 __all__ = ["TransferPoint", "TransferResult", "transfer"]
 
@@ -240,10 +243,11 @@ def transfer(
         if point is not None:
             points.append(point)
     if len(points) < 2:
-        raise ValueError(
-            f"transfer of {t.name!r}: only {len(points)} subset(s) had a positive optimum "
-            "(zero decay was best elsewhere); weight decay barely matters at these sizes, "
-            "so there is no trend to extrapolate"
+        raise NoResult(
+            f"transfer of {t.name!r}: no trend to extrapolate: only {len(points)} subset(s) "
+            "had a positive optimum (zero decay was best elsewhere), so weight decay barely "
+            f"matters at these sizes; each subset's report is in {Path(out)}/"
+            f"{base}.transfer-<N>/"
         )
     x = np.log([p.n_train for p in points])
     y = np.log([p.tau_star for p in points])
