@@ -128,6 +128,13 @@ def reports_nothing(trial: Any) -> float:
     return 1.0
 
 
+def reports_nan(trial: Any) -> float:
+    CALLS.append(trial.weight_decay)
+    for epoch in range(1, 5):
+        trial.report(math.nan, epoch)
+    return 1.0
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -426,6 +433,7 @@ def test_a_transfer_with_no_trend_exits_1_with_one_line(cli, tmp_path, monkeypat
 PROBES = {
     "zero decay failed": ("counted_nan", "8", 1, "did not finish: zero decay is failed"),
     "no curve reported": ("reports_nothing", "8", 1, "trial.report(loss, epoch)"),
+    "a curve of NaN": ("reports_nan", "8", 1, "reported 0 finite point(s)"),
     "no --batch-size": ("counted_nan", None, 2, "probe needs --epochs and --batch-size"),
 }
 

@@ -140,6 +140,23 @@ class ProbeResult:
         )  # fmt: skip
 
 
+def _readable_curve(zero: dict[str, Any], task: str) -> tuple[list[float], list[float]]:
+    """The folds' mean curve of the zero-decay candidate, at least three finite points at
+    positive steps; else :class:`~.objective.NoResult` saying what the objective must
+    report."""
+    from .report import mean_curve
+
+    steps, curve = mean_curve(zero.get("fold_curves") or {})
+    kept = [(t, v) for t, v in zip(steps, curve, strict=True) if t > 0 and math.isfinite(v)]
+    if len(kept) < 3:
+        raise NoResult(
+            f"the probe of {task!r} needs the validation loss during training: the folds "
+            f"reported {len(kept)} finite point(s) at positive steps in common; call "
+            "trial.report(loss, epoch) once per epoch in the objective (epochs counted from 1)"
+        )
+    return [t for t, _ in kept], [v for _, v in kept]
+
+
 def _ratio() -> float:
     """tau* / turn at a turn of one epoch: the constant c of c * turn."""
     return math.exp(_cal.PROBE_COEF["const"])
@@ -171,7 +188,6 @@ def probe(
 
     Example: ``probe("digits").verdict()``.
     """
-    from .report import mean_curve
     from .run import _default_study_name, tune
 
     for arg in ("grid", "grid_min", "grid_max", "points", "lr_grid", "search_lr", "sampler",
@@ -201,13 +217,7 @@ def probe(
             f"the probe of {s['task']!r} did not finish: zero decay is {zero['state']}"
             + (f" ({zero['reason']})" if zero.get("reason") else "")
         )
-    steps, curve = mean_curve(zero.get("fold_curves") or {})
-    if len(curve) < 3:
-        raise NoResult(
-            f"the probe of {s['task']!r} needs the validation loss during training: the "
-            f"folds reported {len(curve)} point(s) in common; call trial.report(loss, epoch) "
-            "once per epoch in the objective"
-        )
+    steps, curve = _readable_curve(zero, s["task"])
     epochs, factor = s["epochs"], s["tau_epoch_factor"]
     assert epochs is not None and factor is not None  # checked before training
     at = turning_epoch(curve) - 1
