@@ -172,7 +172,8 @@ class Budget:
         """Count ``nbytes`` more, for ``what`` (a phrase: "its tensor data")."""
         self.used += nbytes
         if self.used > self.limit:
-            self.refuse(f"{what} would take {size_text(nbytes)}")
+            total = f" ({size_text(self.used)} with what came before)" if self.used > nbytes else ""
+            self.refuse(f"{what} would take {size_text(nbytes)}{total}")
 
     def check_total(self, nbytes: int, what: str) -> None:
         """``nbytes`` of work on their own against the limit (not added to the memory)."""
@@ -405,8 +406,9 @@ class PickleScan:
             s.append(int.from_bytes(src.read(src.read(1)[0]), "little", signed=True))
         elif code in (0x58, 0x55):  # BINUNICODE, SHORT_BINSTRING
             n = struct.unpack("<I", src.read(4))[0] if code == 0x58 else src.read(1)[0]
+            data = src.read(n)  # at most what the file holds
             self._charge(4 * n + _SLOT)
-            s.append(src.read(n).decode("utf-8", "surrogatepass" if code == 0x58 else "strict"))
+            s.append(data.decode("utf-8", "surrogatepass" if code == 0x58 else "strict"))
         elif code == 0x63:  # GLOBAL
             s.append(self._global(src.line(), src.line()))
         elif code == 0x28:  # MARK

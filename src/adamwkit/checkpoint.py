@@ -504,16 +504,16 @@ def _optimizer_groups(
     notes: list[str] = []
     state = opt.get("state")
     if not isinstance(state, Mapping):
-        notes.append(f"{_MALFORMED}its state is a {type(state).__name__}, not a dict")
+        notes.append(f"{_MALFORMED}its state is {_a(state)}, not a dict")
         state = {}
     groups = opt.get("param_groups")
     if not isinstance(groups, (list, tuple)):
-        notes.append(f"{_MALFORMED}param_groups is a {type(groups).__name__}, not a list")
+        notes.append(f"{_MALFORMED}param_groups is {_a(groups)}, not a list")
         groups = []
     out = []
     for i, g in enumerate(groups):
         if not isinstance(g, Mapping):
-            notes.append(f"{_MALFORMED}param_groups[{i}] is a {type(g).__name__}, not a dict")
+            notes.append(f"{_MALFORMED}param_groups[{i}] is {_a(g)}, not a dict")
         elif len(out) < 1000:
             out.append(_group_row(i, g, state, notes))
     if len(out) == 1000 and len(groups) > 1000:
@@ -526,7 +526,7 @@ def _group_row(i: int, g: Mapping[str, Any], state: Mapping, notes: list[str]) -
     where = f"param_groups[{i}]"
     ids = g.get("params", [])
     if not isinstance(ids, (list, tuple)):
-        notes.append(f"{_MALFORMED}{where}['params'] is a {type(ids).__name__}, not a list")
+        notes.append(f"{_MALFORMED}{where}['params'] is {_a(ids)}, not a list")
         ids = []
     steps = []
     for k in ids:
@@ -536,7 +536,7 @@ def _group_row(i: int, g: Mapping[str, Any], state: Mapping, notes: list[str]) -
     steps = [s for s in steps if s is not None]
     scale = g.get("decay_scale")
     if scale is not None and not isinstance(scale, str):
-        notes.append(f"{_MALFORMED}{where}['decay_scale'] is a {type(scale).__name__}")
+        notes.append(f"{_MALFORMED}{where}['decay_scale'] is {_a(scale)}, not a string")
         scale = f"<{type(scale).__name__}>"
     return {
         "group": i,
@@ -599,7 +599,13 @@ def _what(x: Any) -> str:
         return repr(x) if len(repr(x)) < 30 else f"a {len(str(x))}-digit number"
     if isinstance(x, Tensor):
         return f"a tensor of shape {'x'.join(map(str, x.shape)) or 'scalar'}"
-    return f"a {type(x).__name__}"
+    return _a(x)
+
+
+def _a(x: Any) -> str:
+    """``x``'s type with its article: ``an int``, ``a list``."""
+    name = type(x).__name__
+    return f"{'an' if name[:1] in 'aeiouAEIOU' else 'a'} {name}"
 
 
 # ---------------------------------------------------------------------------- loading
