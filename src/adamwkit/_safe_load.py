@@ -17,10 +17,11 @@ import stat
 import struct
 import tarfile
 import zipfile
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 __all__ = [
     "Budget",
@@ -30,6 +31,7 @@ __all__ = [
     "check_torch_file",
     "check_zip_entries",
     "default_max_bytes",
+    "file_size",
     "open_regular",
     "parse_byte_count",
     "printable",
@@ -175,12 +177,7 @@ class Budget:
             total = f" ({size_text(self.used)} with what came before)" if self.used > nbytes else ""
             self.refuse(f"{what} would take {size_text(nbytes)}{total}")
 
-    def check_total(self, nbytes: int, what: str) -> None:
-        """``nbytes`` of work on their own against the limit (not added to the memory)."""
-        if nbytes > self.limit:
-            self.refuse(f"{what} come to {size_text(nbytes)}")
-
-    def refuse(self, why: str) -> None:
+    def refuse(self, why: str) -> NoReturn:
         """Raise the one-line refusal of a file over the budget."""
         raise CheckpointRefused(
             f"{self.where} is refused: {why}, over the byte budget of {size_text(self.limit)} "
@@ -188,7 +185,7 @@ class Budget:
             "process may use); raise it only for a file you trust"
         )
 
-    def reject(self, why: str) -> None:
+    def reject(self, why: str) -> NoReturn:
         """Raise a one-line refusal for another reason (``why`` already escaped)."""
         raise CheckpointRefused(f"{self.where} is refused: {why}")
 
@@ -211,16 +208,17 @@ def open_regular(path: Path) -> BinaryIO:
     where = printable(str(path))
     try:
         mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise CheckpointRefused(f"{where} is {_kind(mode)}, not a regular file: not read")
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except (OSError, ValueError) as err:
-        if isinstance(err, CheckpointRefused):
-            raise
+        raise CheckpointRefused(f"{where} cannot be read ({_error_text(err)})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointRefused(f"{where} is {_kind(mode)}, not a regular file: not read")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
         raise CheckpointRefused(f"{where} cannot be opened ({_error_text(err)})") from None
     mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode):  # swapped for something else since the first look
         os.close(fd)
         raise CheckpointRefused(f"{where} is {_kind(mode)}, not a regular file: not read")
     return os.fdopen(fd, "rb")
@@ -232,6 +230,7 @@ def _error_text(err: BaseException) -> str:
 
 
 def file_size(f: BinaryIO) -> int:
+    """The size of an open file, from the file itself."""
     return os.fstat(f.fileno()).st_size
 
 
@@ -325,6 +324,7 @@ _ITEMSIZE = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int"
              "ComplexFloat": 8, "QUInt8": 1, "QInt8": 1, "QInt32": 4, "QUInt4x2": 1,
              "QUInt2x4": 1, "Untyped": 1}  # fmt: skip
 _STORAGE_ITEMSIZE = {f"torch {k}Storage": v for k, v in _ITEMSIZE.items()}
+_STORAGE_ITEMSIZE["torch.storage UntypedStorage"] = 1  # uint16, float8, ...: sized in bytes
 # What each function a checkpoint may call costs: "copy" copies its arguments' items,
 # "bytes" makes that many bytes, "tensor" wraps a storage already counted.
 _CALLS = {
@@ -354,11 +354,15 @@ _OBJECT = 256  # bytes per object made (the largest empty container: a set)
 
 @lru_cache(maxsize=1)
 def _torch_values() -> frozenset[str]:
-    """The torch constants a checkpoint names: dtypes (``torch float32``) and qschemes."""
+    """The torch names a checkpoint may hold as values (never call): dtypes (``torch
+    float32``), qschemes, ``torch.Tensor`` and the legacy tensor types (``torch
+    FloatTensor``), as a tensor's type or a group's dtype."""
     import torch
 
     kinds = (torch.dtype, torch.qscheme)
-    return frozenset(f"torch {k}" for k, v in vars(torch).items() if isinstance(v, kinds))
+    names = {f"torch {k}" for k, v in vars(torch).items() if isinstance(v, kinds)}
+    classes = (torch.Tensor, torch.nn.Parameter, *getattr(torch, "_tensor_classes", ()))
+    return frozenset(names | {f"{c.__module__} {c.__name__}" for c in classes})
 
 
 class PickleScan:
@@ -479,6 +483,11 @@ class PickleScan:
         self._charge(_SLOT * n)
 
     def _global(self, module: str, name: str) -> _Global:
+        # protocol 2 names Python 2's modules (__builtin__.set); read them as unpickling does
+        if (module, name) in NAME_MAPPING:
+            module, name = NAME_MAPPING[(module, name)]
+        else:
+            module = IMPORT_MAPPING.get(module, module)
         full = f"{module} {name}"
         shown = printable(f"{module}.{name}")
         if full in _REFUSED:
