@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -283,3 +284,39 @@ def test_pickles_are_refused_on_torch_before_2_6(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
     with pytest.raises(UnsafeCheckpoint, match="CVE-2025-32434"):
         read_checkpoint(path)
+
+
+def test_ordinary_kinds_of_tensor_and_value_are_read(tmp_path):
+    """What torch.save writes for attributes on a tensor, a Parameter, bfloat16, uint16,
+    float8, complex, a set and bytes (protocol 2 names them as Python 2's __builtin__)."""
+    plain = torch.randn(3, 3)
+    plain.note = "x"  # a Python attribute: saved through _rebuild_from_type_v2
+    state = {"attr": plain, "param": nn.Parameter(torch.randn(2, 2)),
+             "bf16": torch.randn(2, 2).bfloat16(), "u16": torch.tensor([1, 2], dtype=torch.uint16),
+             "f8": torch.randn(4).to(torch.float8_e4m3fn), "c": torch.randn(2, dtype=torch.cfloat),
+             "meta": {"tags": {"a", "b"}, "raw": b"\x00\x01", "buf": bytearray(b"xy"),
+                      "size": torch.Size([2, 3]), "dtype": torch.float16}}  # fmt: skip
+    torch.save(state, tmp_path / "kinds.pt")
+    info = inspect_checkpoint(tmp_path / "kinds.pt")
+    rows = {r.name: r for r in info["tensors"]}
+    assert set(rows) == {"attr", "param", "bf16", "u16", "f8", "c"}
+    assert rows["attr"].norm == pytest.approx(float(torch.linalg.vector_norm(plain.double())))
+    assert rows["u16"].dtype == "uint16" and rows["f8"].dtype == "float8_e4m3fn"
+    assert set(info["skipped"]) == {"meta.tags", "meta.raw", "meta.buf", "meta.size", "meta.dtype"}
+
+
+def test_a_quantized_tensor_is_refused_in_one_line(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated in recent torch
+        q = torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)
+    torch.save({"q": q}, tmp_path / "q.pt")
+    with pytest.raises(ValueError, match="holds a quantized tensor"):
+        read_checkpoint(tmp_path / "q.pt")
+
+
+def test_a_large_norm_is_computed_in_pieces_without_losing_precision(tmp_path):
+    from adamwkit.checkpoint import _NORM_CHUNK, _norm
+
+    x = torch.randn(_NORM_CHUNK * 2 + 5)
+    assert _norm(x) == pytest.approx(float(torch.linalg.vector_norm(x.double())), rel=1e-12)
+    assert _norm(x[::2]) == pytest.approx(float(torch.linalg.vector_norm(x[::2].double())))

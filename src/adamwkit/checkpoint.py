@@ -8,7 +8,7 @@ Formats, by file name:
   else (and so could run code) is refused with a :class:`UnsafeCheckpoint` error; nothing
   in it runs.
 - ``.safetensors``: ``safetensors.torch.load_file`` (``pip install 'adamwkit[checkpoints]'``).
-- ``.npz``: ``numpy.load(allow_pickle=False)``.
+- ``.npz``: each ``.npy`` entry read by ``numpy.lib.format`` with ``allow_pickle=False``.
 - ``.h5``, ``.weights.h5`` (Keras): every dataset, named by its path with dots
   (``h5py``, in the same extra).
 - a folder (``save_pretrained``): its ``*.safetensors`` files (shards merged), else
