@@ -34,9 +34,9 @@ def _free_port() -> int:
 
 
 #: A role that must log in with a password (scram-sha-256), to test credentials; the
-#: password holds '@' and ':', which a URL must carry intact.
+#: password holds '@', ':', '/', '#' and '?', which a URL typed as is must carry intact.
 SECRET_ROLE = "secret_user"
-SECRET_PASSWORD = "p@ss:w0rd-7x"
+SECRET_PASSWORD = "p@ss:w/0#rd?7x"
 
 
 class Postgres:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -56,7 +57,8 @@ def wait_for_calls(log: Path, n: int, proc: subprocess.Popen) -> None:
 def no_secret(*texts: str) -> None:
     for text in texts:
         assert SECRET_PASSWORD not in text
-        assert "w0rd" not in text
+        assert quote(SECRET_PASSWORD, safe="") not in text  # nor percent-encoded
+        assert "0#rd" not in text and "0%23rd" not in text
 
 
 def test_an_outage_mid_run_is_ridden_out_and_each_fold_runs_once(server, tmp_path):
@@ -116,10 +118,11 @@ def test_credentials_work_and_never_show(server, tmp_path, how):
     env.pop("ADAMWKIT_STORAGE", None)
     base = f"postgresql://{SECRET_ROLE}@127.0.0.1:{server.port}/postgres"
     storage: list[str] = []
-    if how == "url":  # as typed, '@' and ':' included
+    if how == "url":  # as typed, '@', ':', '/', '#' and '?' included
         storage = ["--storage", server.secret_url()]
     elif how == "query":
-        storage = ["--storage", f"{base}?password={SECRET_PASSWORD}"]
+        # a query value is percent-encoded, as in any URL ('#' would end the URL there)
+        storage = ["--storage", f"{base}?password={quote(SECRET_PASSWORD, safe='')}"]
     elif how == "env_url":  # nothing on the command line, where ps would show it
         env["ADAMWKIT_STORAGE"] = server.secret_url()
     elif how == "pgpassword":

@@ -30,7 +30,14 @@ import numpy as np
 import optuna
 import torch
 
-from .._checks import ArgumentError, check_choice, check_lr, check_range, check_whole
+from .._checks import (
+    ArgumentError,
+    check_choice,
+    check_lr,
+    check_range,
+    check_whole,
+    is_subnormal,
+)
 from .._constants import (
     DECAY_SCALES,
     MAX_CANDIDATES,
@@ -235,6 +242,8 @@ def _values(name: str, values: Sequence[float], low: float, low_open: bool = Fal
         try:
             out.append(check_range(name, v, low, low_open=low_open))
         except ValueError:
+            if isinstance(v, float) and is_subnormal(v):
+                raise  # its own message: printed here it would read 0.0 (subnormals flushed)
             raise ValueError(f"{name}={listed!r} is invalid: expected {what}, got {v!r}") from None
     return sorted(set(out))
 

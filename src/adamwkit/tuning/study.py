@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -32,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
@@ -77,10 +78,37 @@ _HOST = socket.gethostname()
 ORPHAN_GRACE_S = 60.0
 
 
+# host[:port] as it follows the user part: a bracketed IPv6 address or a name, then an
+# optional port, then the end of the authority.
+_AUTHORITY_TAIL = re.compile(r"(?:\[[^\]/?#@]*\]|[^\[\]/?#@:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit(url)``, with a password typed as is (holding '/', '?', '#' or '@')
+    percent-encoded first.
+
+    ``urlsplit`` ends the authority at the first '/', '?' or '#', so a password holding one
+    of them was cut there ("its port is not a number"). The user part is taken to end at the
+    last '@' that is followed by a host (and port) and preceded by a user name free of those
+    characters, so only the password may hold them; '%' is left alone, so a password
+    already percent-encoded is read as before.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return urlsplit(url)
+    for at in [i for i, ch in enumerate(rest) if ch == "@"][::-1]:
+        user, colon, password = rest[:at].partition(":")
+        if not colon or any(c in user for c in "/?#@") or not _AUTHORITY_TAIL.match(rest, at + 1):
+            continue
+        encoded = "".join(f"%{ord(c):02X}" if c in "/?#@" else c for c in password)
+        return urlsplit(f"{head}://{user}:{encoded}{rest[at:]}")
+    return urlsplit(url)
+
+
 def redact(url: str) -> str:
     """The URL with its password (in the user part or a ``password=`` query) as ``***``."""
     try:
-        parts = urlsplit(url)
+        parts = _split(url)
         password = parts.password
         port = parts.port
     except ValueError:  # a malformed port: hide everything between '://' and the last '@'
@@ -108,7 +136,7 @@ def _secrets(url: str) -> list[str]:
     """The password(s) a URL holds, as written and decoded (to scrub from messages)."""
     found: list[str] = []
     try:
-        parts = urlsplit(url)
+        parts = _split(url)
         if parts.password:
             found += [parts.password, unquote(parts.password)]
         found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_KEYS and v]
@@ -142,7 +170,7 @@ def check_storage(url: str | None) -> str | None:
             return None
     if not isinstance(url, str) or not url.strip():
         raise ArgumentError(f"storage={url!r} is invalid: expected a database URL", "storage")
-    parts = urlsplit(url)
+    parts = _split(url)
     scheme = parts.scheme.split("+")[0]
     if scheme not in ("postgresql", "mysql", "sqlite"):
         raise ArgumentError(
@@ -171,7 +199,7 @@ def _engine_url(url: str) -> str:
     psycopg 3 (the postgres extra), whatever SQLAlchemy's default driver is."""
     from sqlalchemy.engine import URL
 
-    parts = urlsplit(url)
+    parts = _split(url)
     scheme = parts.scheme
     if scheme == "postgresql":
         scheme = "postgresql+psycopg"
@@ -224,7 +252,7 @@ def open_storage(
         return JournalStorage(_JournalFile(str(path), lock_obj=journal_lock(path)))
     url = check_storage(url)
     assert url is not None
-    parts = urlsplit(url)
+    parts = _split(url)
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
