@@ -1,7 +1,8 @@
-"""Hostile checkpoint files: ``adamwkit inspect`` on each, in a subprocess under a 2 GiB
-address-space limit, gives the expected outcome: a refusal in exactly one line on stderr
-naming the file and the reason (exit 2), or the table with the file's strings escaped
-(exit 0); never a traceback, and never a read of another file.
+"""Hostile checkpoint files: ``adamwkit inspect`` on each, in its own process under a
+2 GiB address-space limit (forked from one that imported adamwkit; a few cases also
+through ``python -m adamwkit.cli``), gives the expected outcome: a refusal in exactly one
+line on stderr naming the file and the reason (exit 2), or the table with the file's
+strings escaped (exit 0); never a traceback, and never a read of another file.
 
 Files that claim gigabytes are crafted (headers, unwritten datasets, repeated deflate
 blocks), so the whole table builds in seconds. Oracles: the reason each guard states, the
@@ -62,14 +63,12 @@ def _long(n: int) -> bytes:
     return b"\x8a" + bytes([len(data)]) + data
 
 
-def _torch_zip(path: Path, pkl: bytes, records: dict[str, bytes] | None = None,
-               deflate: tuple[str, ...] = ()) -> Path:  # fmt: skip
+def _torch_zip(path: Path, pkl: bytes, records: dict[str, bytes] | None = None) -> Path:
     """A zip laid out as torch.save lays it out, with ``pkl`` as its data.pkl."""
     entries = {"data.pkl": pkl, "byteorder": b"little", "version": b"3\n", **(records or {})}
     with zipfile.ZipFile(path, "w") as z:
         for name, data in entries.items():
-            method = zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED
-            z.writestr(f"archive/{name}", data, compress_type=method)
+            z.writestr(f"archive/{name}", data)
     return path
 
 
@@ -87,13 +86,11 @@ def _rezip(src: Path, dst: Path, edit: Callable[[str, bytes], tuple[bytes, int]]
     return dst
 
 
-def _npy_header(shape: tuple[int, ...], descr: str = "<f8", version: int = 1) -> bytes:
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The header of a .npy file of float64 of ``shape``."""
     buf = io.BytesIO()
-    header = {"descr": descr, "fortran_order": False, "shape": shape}
-    write = np.lib.format.write_array_header_1_0
-    if version == 2:
-        write = np.lib.format.write_array_header_2_0
-    write(buf, header)
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False,
+                                               "shape": shape})  # fmt: skip
     return buf.getvalue()
 
 
@@ -132,8 +129,11 @@ def _zip_one_deflated(path: Path, name: str, head: bytes, zeros: int) -> Path:
 def pt_deflated_entry(d: Path) -> Path:
     src = d / "src.pt"
     torch.save({"w": torch.zeros(1 << 16)}, src)
-    deflate = lambda n, b: (b, zipfile.ZIP_DEFLATED if "/data/" in n else zipfile.ZIP_STORED)  # noqa: E731
-    return _rezip(src, d / "deflated.pt", deflate)
+
+    def deflate_data(name: str, data: bytes) -> tuple[bytes, int]:
+        return data, zipfile.ZIP_DEFLATED if "/data/" in name else zipfile.ZIP_STORED
+
+    return _rezip(src, d / "deflated.pt", deflate_data)
 
 
 def pt_expand(d: Path) -> Path:
@@ -554,6 +554,7 @@ CASES = [
         pt_ansi_names,
         shown=(printable(ANSI), "[red]x[/red].weight", ":fire:.weight", "\\u202eevil"),
     ),
+    Case("ANSI names, --json", pt_ansi_names, shown=("\\u001b]0;pwned\\u0007",), args=("--json",)),
     Case("ANSI in the file's name", pt_ansi_file_name, "\\x1b[2Jevil.pt is not a file"),
     Case("ANSI in an .npz entry's name", npz_ansi_name, shown=("\\x1b[31mred",)),
     Case("ANSI in an .h5 dataset's name", h5_ansi_name, shown=("\\x1b[31mdense",)),
