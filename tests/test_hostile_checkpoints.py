@@ -398,8 +398,8 @@ def h5_soft_through_external(d: Path) -> Path:
     fifo = _fifo(d, "never_open_me.h5")
     with h5py.File(d / "soft_out.h5", "w") as f:
         f["a/w"] = np.ones(3)
-        f["ext"] = h5py.ExternalLink(str(fifo), "/g")
-        f["a/soft"] = h5py.SoftLink("/ext/x")
+        f["soft"] = h5py.SoftLink("/z/ext/x")  # listed before the link it passes through
+        f.create_group("z")["ext"] = h5py.ExternalLink(str(fifo), "/g")
     return d / "soft_out.h5"
 
 
@@ -425,6 +425,16 @@ def h5_gzip(d: Path) -> Path:
                               compression="gzip")  # fmt: skip
         ds[: 2**20] = 0.0
     return d / "gzip.h5"
+
+
+def h5_deep_groups(d: Path) -> Path:
+    """20,000 nested groups: HDF5's own recursive visit overflows the C stack on these."""
+    with h5py.File(d / "deep.h5", "w") as f:
+        group = f
+        for _ in range(20_000):
+            group = group.create_group("a")
+        group["w"] = np.ones(2)
+    return d / "deep.h5"
 
 
 def h5_ansi_name(d: Path) -> Path:
@@ -504,6 +514,7 @@ CASES = [
     Case("pt billion laughs (lists)", pt_laughs_lists, shown=("fc.weight", "betas")),
     Case("pt dict holding itself", pt_self_dict, "'self' holds itself"),
     Case("pt 200,000 nested dicts", pt_nested_200k, "nest more than 100 levels"),
+    Case("h5 20,000 nested groups", h5_deep_groups, "groups nest more than 100 levels"),
     # data kept elsewhere: never read
     Case("h5 external storage (a secret)", h5_external_storage_secret, "HDF5 external storage"),
     Case("h5 external storage (a FIFO)", h5_external_storage_fifo, "HDF5 external storage"),

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._safe_load import (
+    MAX_DEPTH,
     MAX_ENTRIES,
     Budget,
     CheckpointRefused,
@@ -221,15 +222,7 @@ def _h5_plan(f: Any, budget: Budget, out: Tensors) -> list[tuple[str, Any]]:
     """The datasets to read, after every link and dataset of the file is checked."""
     import h5py
 
-    links: list[tuple[bytes, int]] = []
-
-    def visit(name: bytes, info: Any) -> bool | None:
-        links.append((name, info.type))
-        return True if len(links) > MAX_ENTRIES else None  # True stops the visit
-
-    f.id.links.visit(visit, info=True)
-    if len(links) > MAX_ENTRIES:
-        budget.reject(f"it holds more than {MAX_ENTRIES:,} links")
+    links = _h5_links(f, budget)
     plan = []
     for raw, kind in links:
         name = raw.decode("utf-8", "surrogateescape")
@@ -247,6 +240,49 @@ def _h5_plan(f: Any, budget: Budget, out: Tensors) -> list[tuple[str, Any]]:
             if _h5_dataset_ok(ds, shown, budget, out, name):
                 plan.append((name, ds))
     return plan
+
+
+def _h5_links(f: Any, budget: Budget) -> list[tuple[bytes, int]]:
+    """Every link in the file, ``(path, link type)``, groups depth first and each once (a
+    hard link back to a group holding it is listed, not entered), walked without recursion
+    (HDF5's own recursive visit overflows the C stack on deeply nested groups) to
+    :data:`MAX_DEPTH` levels and :data:`MAX_ENTRIES` links. Only hard links are entered."""
+    import h5py
+
+    out: list[tuple[bytes, int]] = []
+    seen = {hash(f.id)}
+    stack = [(b"", 0)]
+    while stack:
+        prefix, depth = stack.pop()
+        group = h5py.h5o.open(f.id, prefix or b".")
+        subgroups = []
+        for name, kind in _h5_group_links(group, MAX_ENTRIES - len(out)):
+            path = prefix + b"/" + name if prefix else name
+            out.append((path, kind))
+            if len(out) > MAX_ENTRIES:
+                budget.reject(f"it holds more than {MAX_ENTRIES:,} links")
+            if kind != h5py.h5l.TYPE_HARD:
+                continue
+            child = h5py.h5o.open(group, name)
+            if h5py.h5i.get_type(child) == h5py.h5i.GROUP and hash(child) not in seen:
+                if depth + 1 > MAX_DEPTH:
+                    budget.reject(f"its groups nest more than {MAX_DEPTH} levels deep")
+                seen.add(hash(child))
+                subgroups.append((path, depth + 1))
+        stack.extend(reversed(subgroups))
+    return out
+
+
+def _h5_group_links(group: Any, limit: int) -> list[tuple[bytes, int]]:
+    """The links of one group, ``(name, link type)``, stopping after ``limit + 1``."""
+    found: list[tuple[bytes, int]] = []
+
+    def add(name: bytes, info: Any) -> bool | None:
+        found.append((name, info.type))
+        return True if len(found) > limit else None  # True stops the iteration
+
+    group.links.iterate(add, info=True)
+    return found
 
 
 def _h5_soft_link(f: Any, raw: bytes, shown: str, budget: Budget) -> str:
