@@ -776,3 +776,15 @@ def test_unsafe_is_a_refusal_and_a_value_error():
 )
 def test_byte_counts_parse(text, n):
     assert parse_byte_count(text) == n
+
+
+def test_groups_sharing_one_long_list_of_parameters_are_read_quickly(tmp_path):
+    """1,000 groups all holding one list of 100,000 ids: 10^8 look-ups unless bounded."""
+    ids = list(range(100_000))
+    opt = {"state": {0: {"step": 3}}, "param_groups": [{"params": ids, "lr": 0.1}] * 1000}
+    torch.save({"model": _state(), "optimizer": opt}, tmp_path / "shared.pt")
+    start = time.perf_counter()
+    info = inspect_checkpoint(tmp_path / "shared.pt")
+    assert time.perf_counter() - start < 20
+    assert info["optimizer"][0]["step"] == 3 and len(info["optimizer"]) == 1000
+    assert "steps are read for the first 1,000,000 parameters only" in info["notes"]

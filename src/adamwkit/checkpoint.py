@@ -511,25 +511,34 @@ def _optimizer_groups(
         notes.append(f"{_MALFORMED}param_groups is {_a(groups)}, not a list")
         groups = []
     out = []
+    # parameters whose step is looked up, over all groups: one list of ids can be shared
+    # by every group (a "billion laughs")
+    left = MAX_ENTRIES
     for i, g in enumerate(groups):
         if not isinstance(g, Mapping):
             notes.append(f"{_MALFORMED}param_groups[{i}] is {_a(g)}, not a dict")
         elif len(out) < 1000:
-            out.append(_group_row(i, g, state, notes))
+            out.append(_group_row(i, g, state, notes, left))
+            left -= min(left, out[-1]["params"])
+    if left == 0:
+        notes.append(f"steps are read for the first {MAX_ENTRIES:,} parameters only")
     if len(out) == 1000 and len(groups) > 1000:
         notes.append(f"{len(groups) - 1000:,} more optimizer groups not shown")
     unique = list(dict.fromkeys(notes))
     return out, unique[:20] + ([f"{len(unique) - 20} more notes"] if len(unique) > 20 else [])
 
 
-def _group_row(i: int, g: Mapping[str, Any], state: Mapping, notes: list[str]) -> dict[str, Any]:
+def _group_row(
+    i: int, g: Mapping[str, Any], state: Mapping, notes: list[str], limit: int
+) -> dict[str, Any]:
+    """One group's row; the steps of its first ``limit`` parameters are looked up."""
     where = f"param_groups[{i}]"
     ids = g.get("params", [])
     if not isinstance(ids, (list, tuple)):
         notes.append(f"{_MALFORMED}{where}['params'] is {_a(ids)}, not a list")
         ids = []
     steps = []
-    for k in ids:
+    for k in itertools.islice(ids, limit):
         entry = state.get(k) if isinstance(k, (int, str)) else None
         if isinstance(entry, Mapping) and "step" in entry:
             steps.append(_step(entry["step"], notes))
