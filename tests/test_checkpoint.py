@@ -320,3 +320,16 @@ def test_a_large_norm_is_computed_in_pieces_without_losing_precision(tmp_path):
     x = torch.randn(_NORM_CHUNK * 2 + 5)
     assert _norm(x) == pytest.approx(float(torch.linalg.vector_norm(x.double())), rel=1e-12)
     assert _norm(x[::2]) == pytest.approx(float(torch.linalg.vector_norm(x[::2].double())))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["norm.weight", "ln_1.weight", "x_norm_y.weight", "h.0.ln_2.bias", "blocks.3.norm1.weight",
+     "encoder.layer.0.attention.output.LayerNorm.weight", "model/layer_norm/gamma",
+     "layers.0.post_attention_layernorm.weight", "x/moving_mean", "fc.weight", "normal.weight",
+     "layers/functional/layers/batch_normalization/vars/3", "dense/kernel", "lnx.weight"],
+)  # fmt: skip
+def test_norm_names_are_read_as_the_whole_pattern_reads_them(name):
+    from adamwkit.checkpoint import _NORM_NAME, _norm_by_name
+
+    assert _norm_by_name(name) == bool(_NORM_NAME.search(name))

@@ -350,6 +350,13 @@ def npz_objects(d: Path) -> Path:
     return d / "obj.npz"
 
 
+def npz_long_names(d: Path) -> Path:
+    """50 names of 60,000 underscores: the norm-layer pattern took 72 s on each."""
+    arrays = {"_" * 60_000 + f"{i}_norm": np.ones((2, 2), dtype=np.float32) for i in range(50)}
+    np.savez(d / "long_names.npz", **arrays)
+    return d / "long_names.npz"
+
+
 def npz_ansi_name(d: Path) -> Path:
     np.savez(d / "names.npz", **{"\x1b[31mred": np.ones((2, 2), dtype=np.float32)})
     return d / "names.npz"
@@ -514,6 +521,7 @@ CASES = [
     Case("pt billion laughs (lists)", pt_laughs_lists, shown=("fc.weight", "betas")),
     Case("pt dict holding itself", pt_self_dict, "'self' holds itself"),
     Case("pt 200,000 nested dicts", pt_nested_200k, "nest more than 100 levels"),
+    Case("npz 50 names of 60,000 underscores", npz_long_names, shown=("more characters",)),
     Case("h5 20,000 nested groups", h5_deep_groups, "groups nest more than 100 levels"),
     # data kept elsewhere: never read
     Case("h5 external storage (a secret)", h5_external_storage_secret, "HDF5 external storage"),

@@ -399,6 +399,19 @@ def _is_optimizer_like(name: str) -> bool:
     return name.split(".", 1)[0] in (*_OPTIMIZER_KEYS, "optimizer_states", "lr_schedulers")
 
 
+_PART = 100  # characters of one part of a name that the norm pattern reads
+
+
+def _norm_by_name(name: str) -> bool:
+    """Whether ``name`` names a norm layer's tensor. The pattern cannot span a "." or
+    "/", so it is searched in the parts between them: the last four (a norm layer's name
+    is among them: ``...LayerNorm.weight``, Keras' ``layer_normalization/vars/0``), and
+    only those of at most :data:`_PART` characters, so that the time is bounded (on a
+    crafted name of many underscores the search is quadratic: 72 s for 65,000)."""
+    parts = re.split(r"[./]", name[-4 * (_PART + 1) :])[-4:]
+    return any(len(part) <= _PART and _NORM_NAME.search(part) for part in parts)
+
+
 def _decision(name: str, t: Tensor) -> tuple[bool, str]:
     """Whether param_groups would decay a tensor of this name and ndim."""
     label = name_rule([name])
@@ -408,7 +421,7 @@ def _decision(name: str, t: Tensor) -> tuple[bool, str]:
         return False, "bias"
     if t.ndim <= 1:
         return False, "ndim <= 1"
-    if _NORM_NAME.search(name):
+    if _norm_by_name(name):
         return False, "norm layer (by name)"
     if not (t.is_floating_point() or t.is_complex()):
         return False, f"not a float ({str(t.dtype).removeprefix('torch.')})"
