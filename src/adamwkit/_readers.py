@@ -293,8 +293,11 @@ def _h5_soft_link(f: Any, raw: bytes, shown: str, budget: Budget) -> str:
     target = f.get(raw, getlink=True).path
     base = "" if target.startswith("/") else raw.decode("utf-8", "surrogateescape")
     base = base.rsplit("/", 1)[0] if "/" in base else ""
+    parts = [x for x in f"{base}/{target}".split("/") if x not in ("", ".")]
+    if len(parts) > MAX_DEPTH:  # deeper than any group read: no need to look
+        return f"soft link {shown!r} -> {printable(target)!r} leads nowhere, not read"
     path = ""
-    for part in (x for x in f"{base}/{target}".split("/") if x not in ("", ".")):
+    for part in parts:
         path += "/" + part
         link = f.get(path, getlink=True)
         if link is None:

@@ -491,7 +491,7 @@ def inspect_checkpoint(
         "optimizer": groups,
         "extra": ck.extra,
         "skipped": ck.skipped,
-        "notes": ck.notes + notes,
+        "notes": _first_notes(ck.notes + notes),
         "lr": lr,
         "weight_decay": weight_decay,
     }
@@ -505,6 +505,14 @@ def _row(ck: Checkpoint, name: str, t: Tensor, lr: float | None, wd: float | Non
 
 
 _MALFORMED = "optimizer section malformed: "
+_NOTES = 20  # notes shown; the rest are counted
+
+
+def _first_notes(notes: list[str]) -> list[str]:
+    """``notes`` without repeats, the first :data:`_NOTES` of them and a count of the rest."""
+    unique = list(dict.fromkeys(notes))
+    more = [f"{len(unique) - _NOTES:,} more notes"] if len(unique) > _NOTES else []
+    return unique[:_NOTES] + more
 
 
 def _optimizer_groups(
@@ -537,8 +545,7 @@ def _optimizer_groups(
         notes.append(f"steps are read for the first {MAX_ENTRIES:,} parameters only")
     if len(out) == 1000 and len(groups) > 1000:
         notes.append(f"{len(groups) - 1000:,} more optimizer groups not shown")
-    unique = list(dict.fromkeys(notes))
-    return out, unique[:20] + ([f"{len(unique) - 20} more notes"] if len(unique) > 20 else [])
+    return out, notes
 
 
 def _group_row(
