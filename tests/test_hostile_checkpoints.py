@@ -474,6 +474,13 @@ def empty_folder(d: Path) -> Path:
     return d / "model.pt"
 
 
+def folder_in_folder(d: Path) -> Path:
+    """Folders named like weight files, nested 300 deep (each read as a saved model)."""
+    path = d / "saved"
+    (path / "/".join(["x.pt"] * 300)).mkdir(parents=True)
+    return path
+
+
 def folder_with_fifo(d: Path) -> Path:
     (d / "saved").mkdir()
     _fifo(d / "saved", "model.safetensors")
@@ -539,6 +546,7 @@ CASES = [
     Case("/dev/zero", dev_zero, "is a character device, not a regular file"),
     Case("a folder where a file is expected", empty_folder, "a folder with no weight file"),
     Case("saved-model folder with a FIFO shard", folder_with_fifo, "is a FIFO"),
+    Case("folders named x.pt, 300 deep", folder_in_folder, "x.pt is a folder, not a weight file"),
     # kinds of tensor and pickle that are not read
     Case("pt sparse tensor", pt_sparse, "holds a sparse tensor"),
     Case("pt meta tensor", pt_meta, shown=("'w': a meta tensor (it has no data), not read",)),

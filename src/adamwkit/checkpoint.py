@@ -167,14 +167,16 @@ def read_checkpoint(path: str | Path, *, max_bytes: int | None = None) -> Checkp
     return _read_path(Path(path), Budget(path, limit))
 
 
-def _read_path(p: Path, budget: Budget) -> Checkpoint:
-    """A file or a saved-model folder, read under ``budget``."""
+def _read_path(p: Path, budget: Budget, shard: bool = False) -> Checkpoint:
+    """A file or a saved-model folder (not for a ``shard`` of one), read under ``budget``."""
     try:
         mode = os.stat(p).st_mode
     except FileNotFoundError:
         raise ValueError(f"path={str(p)!r} is invalid: no such file") from None
     except (OSError, ValueError) as err:
         raise unreadable(p, "a path that can be read", err) from None
+    if stat.S_ISDIR(mode) and shard:
+        raise CheckpointRefused(f"{printable(str(p))} is a folder, not a weight file: not read")
     if stat.S_ISDIR(mode):
         return _read_directory(p, budget)
     reader = _READERS.get(_suffix(p))
@@ -232,7 +234,7 @@ def _read_directory(p: Path, budget: Budget) -> Checkpoint:
             f"path={str(p)!r} is a folder with no weight file (*.safetensors, "
             "pytorch_model*.bin, *.pt, *.pth, *.weights.h5)"
         )
-    parts = [_read_path(f, budget) for f in files]
+    parts = [_read_path(f, budget, shard=True) for f in files]
     tensors: dict[str, Tensor] = {}
     for part in parts:
         tensors.update(part.tensors)
@@ -245,9 +247,6 @@ def _read_directory(p: Path, budget: Budget) -> Checkpoint:
 def _suffix(p: Path) -> str:
     name = p.name.lower()
     return ".h5" if name.endswith(".h5") else p.suffix.lower()
-
-
-_unreadable = unreadable  # the name this module used before the readers moved out
 
 
 def _odd_tensor(t: Tensor) -> str | None:
