@@ -3,6 +3,8 @@ and none starts training."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -15,6 +17,8 @@ SUGGEST = ["suggest", "--lr", "1e-3", "--batch-size", "32", "--dataset-size", "1
 EXPLAIN = ["explain", "--weight-decay", "0.05", *SUGGEST[1:]]
 CONVERT = ["convert", "--weight-decay", "0.1", "--from", "torch", "--to", "independent",
            "--lr", "1e-3"]  # fmt: skip
+
+OVERFLOW = ["--weight-decay", "1e308", "--from", "independent", "--to", "torch", "--lr", "1e-12"]
 
 
 def with_(base: list[str], *pairs: str) -> list[str]:
@@ -128,6 +132,9 @@ CASES: list[tuple[list[str], str]] = [
     ),
     (with_(CONVERT, "--schedule", "nope", "--steps", "100"), "--schedule"),
     (with_(CONVERT, "--warmup-steps", "5"), "--schedule"),
+    # a value that overflows in the target convention was printed as inf
+    (with_(CONVERT, *OVERFLOW), "--weight-decay"),
+    (with_(CONVERT, "--weight-decay", "1e-320"), "--weight-decay"),
 ]
 
 TUNE_CASES: list[tuple[list[str], str]] = [
@@ -182,6 +189,10 @@ TUNE_CASES: list[tuple[list[str], str]] = [
     (["--seed", "4294967296"], "--seed"),
     (["--seed", "-1"], "--seed"),
     (["--seed", "1.5"], "--seed"),
+    # subnormals: training flushes them to zero, so they ran as seed 0 / a duplicate of 0
+    (["--seed", "1e-320"], "--seed"),
+    (["--grid", "0,1e-320"], "--grid"),
+    (["--min", "1e-320", "--max", "1"], "--min"),
     (["--heartbeat-interval", "1e12"], "--heartbeat-interval"),
     (["--heartbeat-interval", "0"], "--heartbeat-interval"),
     (["--storage-retry", "-1"], "--storage-retry"),
@@ -313,13 +324,18 @@ def _as_kwargs(extra: list[str]) -> dict:
             try:
                 value = cli._floats(name, text)
             except ValueError:
-                value = text
+                try:  # what the CLI refuses while parsing (a subnormal) goes to the API as is
+                    value = [float(v) for v in text.split(",")]
+                except ValueError:
+                    value = text
         elif name in ("storage", "study", "out", "device", "precision", "sampler",
                       "vectorize", "decay_scale"):  # fmt: skip
             value = text
         else:
             try:
                 value = cli._number(text)
+            except argparse.ArgumentTypeError:
+                value = float(text)
             except ValueError:
                 value = text
         kw[name] = value
@@ -369,3 +385,26 @@ def test_the_api_refuses_what_the_cli_refuses(extra, needle, tmp_path, no_traini
 def test_the_library_functions_refuse_out_of_range_values(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "damaged", "foreign"])
+def test_explain_run_reads_only_a_monitor_log(kind, tmp_path, capsys):
+    """A FIFO blocked the read forever and /dev/zero filled the memory: each is one line."""
+    import json
+    import os
+
+    path = tmp_path / "log"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = "/dev/zero"
+    elif kind == "folder":
+        path = tmp_path
+    elif kind == "damaged":
+        path.write_text(json.dumps({"adamwkit_monitor": 1, "tensors": [{"name": 3}]}) + "\n")
+    else:
+        path.write_bytes(b"\xff\xfe not text")
+    code = cli.main(["explain", "--run", str(path)])
+    captured = capsys.readouterr()
+    check_one_line([], code, captured.out, captured.err, "--run")
+    assert str(path) in captured.err

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from ._checks import ArgumentError
+from ._checks import ArgumentError, is_subnormal
 from ._constants import CONVENTION_NAMES, DECAY_SCALES, PRECISIONS, SAMPLERS, VECTORIZE
 
 DESCRIPTION = """\
@@ -85,6 +85,7 @@ _FLAGS = {
     "probe": "--probe",
     "confirm": "--confirm",
     "no_test": "--no-test",
+    "trial_timeout": "--trial-timeout",
 }
 
 
@@ -146,6 +147,12 @@ def _number(text: str) -> float:
     """A number that also reads ``1,281,167`` and ``300e9``; whole numbers come back as
     ``int`` (so that messages show ``--seed=4294967296``, not ``4294967296.0``)."""
     x = float(text.replace(",", "").replace("_", ""))
+    if is_subnormal(x):
+        # training flushes subnormals to zero: 1e-320 would silently run as 0
+        raise argparse.ArgumentTypeError(
+            f"{text} is below the smallest normal float and would run as 0; give 0 or a "
+            "larger number"
+        )
     if x.is_integer() and abs(x) < 2**63 and "." not in text:
         return int(x)
     return x
@@ -364,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number,
         help="torch threads per worker (default: a share of the cores other programs leave free)",
     )
+    p.add_argument(
+        "--trial-timeout",
+        type=_number,
+        metavar="SECONDS",
+        help="fail a run that takes longer (default: no limit); stacked, m runs trained "
+        "together get m times as long",
+    )
     p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -374,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a checkpoint (.pt/.pth/.bin/.ckpt with weights_only loading, "
         ".safetensors, .npz, Keras .h5) and print each tensor's shape, dtype, norm and RMS, "
         "whether param_groups would decay it (by name and ndim), and a training "
-        "checkpoint's optimizer groups. A pickle that could run code is refused.",
+        "checkpoint's optimizer groups. Every file is treated as hostile: a pickle that could "
+        "run code, data kept in other files, sizes over --max-bytes and files that are not "
+        "regular files are refused in one line (exit 2); names are printed escaped.",
     )
     p.add_argument("path", metavar="PATH", help="the checkpoint file")
     p.add_argument("--lr", type=_number, help="with --weight-decay: the run's peak lr")
@@ -385,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
         "equilibrium norm sqrt(lr * numel / (2 * weight_decay))",
     )
     p.add_argument("--all", action="store_true", help="every tensor (default: the first 40)")
+    from ._safe_load import parse_byte_count
+
+    p.add_argument(
+        "--max-bytes",
+        type=parse_byte_count,
+        metavar="BYTES",
+        help="refuse a file whose reading would take more (4GiB, 500MB, 1e9; sizes are "
+        "checked as declared, before anything is allocated; default: half of the memory "
+        "this process may use)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser(
@@ -647,6 +673,8 @@ def _floats(name: str, text: str | None) -> list[float] | None:
         return None
     try:
         return [_number(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError as err:
+        raise ArgumentError(f"{name}={text!r} is invalid: {err}", name) from None
     except ValueError:
         raise ValueError(
             f"{name}={text!r} is invalid: expected numbers separated by commas"
@@ -656,8 +684,10 @@ def _floats(name: str, text: str | None) -> list[float] | None:
 def _cmd_tune(a: argparse.Namespace) -> int:
     try:
         from .tuning import tune
-        from .tuning.journal import JournalDamaged
+        from .tuning.journal import JournalDamaged, JournalLockUnusable
+        from .tuning.objective import NoResult
         from .tuning.storage import StorageUnavailable
+        from .tuning.workers import FolderUnusable
     except ImportError as err:
         raise ValueError(
             f"tune needs Optuna, scikit-learn and matplotlib ({err}): pip install 'adamwkit[tune]'"
@@ -681,8 +711,10 @@ def _cmd_tune(a: argparse.Namespace) -> int:
             f"cannot write {err.filename}: {err.strerror}; free space (or fix the cause) and "
             "run the same command again to resume"
         ) from None
-    except (StorageUnavailable, JournalDamaged) as err:
+    except (StorageUnavailable, JournalDamaged, JournalLockUnusable, FolderUnusable) as err:
         raise RunFailed(str(err)) from None
+    except NoResult as err:  # the runs ended without a result: not a bad argument
+        raise RunFailed(_flagify(" ".join(str(err).split()), _RUN_LIMITS)) from None
     if result.best_weight_decay is None:
         if a.json:
             _print_json(result.summary)
@@ -779,11 +811,15 @@ def _no_result(summary: dict[str, Any], report: Any) -> str:
         states[c["state"]] = states.get(c["state"], 0) + 1
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     reasons = sorted({c["reason"] for c in summary["candidates"] if c.get("reason")})
-    why = f" (first reason: {reasons[0]})" if reasons else ""
+    why = f" (first reason: {_flagify(reasons[0], _RUN_LIMITS)})" if reasons else ""
     return (
         f"no candidate finished every fold: {counts or 'no candidates'}{why}; nothing to "
         f"recommend (report: {report})"
     )
+
+
+# Settings a run's recorded reason may name (``exceeded trial_timeout of 60 s``).
+_RUN_LIMITS = ("trial_timeout",)
 
 
 def _run_settings(a: argparse.Namespace) -> dict[str, Any]:
@@ -806,6 +842,7 @@ def _run_settings(a: argparse.Namespace) -> dict[str, Any]:
         "threads": a.threads,
         "device": a.device,
         "precision": a.precision,
+        "trial_timeout": a.trial_timeout,
     }
 
 
@@ -856,7 +893,8 @@ def _show_tune(result: Any) -> None:
             else f"{c['paired_diff']:+.3g} +- {(c['paired_sem'] or 0):.2g}"
         )
         tau = "-" if c["tau_epoch"] is None else g(c["tau_epoch"])
-        state = c["state"] + (f" ({c['reason']})" if c["reason"] else "")
+        reason = _flagify(c["reason"], _RUN_LIMITS) if c["reason"] else ""
+        state = c["state"] + (f" ({reason})" if reason else "")
         table.add_row(g(c["weight_decay"]), g(c["lr"]), tau, mean, diff, escape(state) + mark)
     console.print(table)
     style = "bold yellow" if s["flat"] else "bold green"
@@ -870,13 +908,17 @@ def _show_tune(result: Any) -> None:
 def _cmd_inspect(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from ._format import fmt
+    from ._safe_load import printable
     from .checkpoint import inspect_checkpoint
 
-    info = inspect_checkpoint(a.path, lr=a.lr, weight_decay=a.weight_decay)
+    def shown(s: str) -> Text:  # a string from the file: escaped, never read as markup
+        return Text(printable(s, limit=120))
+
+    info = inspect_checkpoint(a.path, lr=a.lr, weight_decay=a.weight_decay, max_bytes=a.max_bytes)
     rows = info["tensors"]
     if a.json:
         out = {**info, "tensors": [{**dataclasses.asdict(r), "norm_ratio": r.norm_ratio}
@@ -885,11 +927,13 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
         return 0
     console = _console()
     share = 100.0 * info["decayed_parameters"] / max(1, info["parameters"])
-    console.print(
-        f"[bold]{escape(info['path'])}[/bold] ({info['format']}): {len(rows)} tensors, "
-        f"{info['parameters']:,} parameters; {info['decayed_parameters']:,} ({share:.1f}%) "
-        "would decay under param_groups (by name and ndim)"
+    header = Text(printable(info["path"], limit=500), style="bold")
+    header.append(
+        f" ({info['format']}): {len(rows)} tensors, {info['parameters']:,} parameters; "
+        f"{info['decayed_parameters']:,} ({share:.1f}%) would decay under param_groups (by "
+        "name and ndim)"
     )
+    console.print(header)
     eq = info["lr"] is not None
     dtypes = sorted({r.dtype for r in rows})
     table = Table(title=f"dtype {dtypes[0]}" if len(dtypes) == 1 else None, title_justify="left")
@@ -903,30 +947,32 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     if eq:
         table.add_column("eq. norm", justify="right")
         table.add_column("norm/eq", justify="right")
-    shown = rows if a.all else rows[:40]
-    for r in shown:
-        cells = [escape(r.name), "x".join(map(str, r.shape)) or "scalar"]
+    shown_rows = rows if a.all else rows[:40]
+    for r in shown_rows:
+        cells: list[Any] = [shown(r.name), "x".join(map(str, r.shape)) or "scalar"]
         cells += [r.dtype] if len(dtypes) > 1 else []
-        cells += [fmt(r.norm), fmt(r.rms), "yes" if r.decays else f"no: {escape(r.rule)}"]
+        cells += [fmt(r.norm), fmt(r.rms), Text("yes") if r.decays else shown(f"no: {r.rule}")]
         if eq:
             ratio = r.norm_ratio
             cells += [fmt(r.equilibrium_norm) if r.equilibrium_norm else "-",
                       f"{ratio:.2f}" if ratio is not None else "-"]  # fmt: skip
         table.add_row(*cells)
     console.print(table)
-    if len(shown) < len(rows):
-        console.print(f"[dim]{len(rows) - len(shown)} more tensors: --all shows them[/dim]")
+    if len(shown_rows) < len(rows):
+        console.print(f"[dim]{len(rows) - len(shown_rows)} more tensors: --all shows them[/dim]")
     if info["optimizer"] is not None:
         opt = Table(title="Optimizer groups", title_justify="left")
         for col in ("group", "params", "lr", "weight_decay", "decay_scale", "step", "saved by"):
             opt.add_column(col)
         for g in info["optimizer"]:
             opt.add_row(str(g["group"]), str(g["params"]), _maybe(g["lr"]),
-                        _maybe(g["weight_decay"]), g["decay_scale"],
+                        _maybe(g["weight_decay"]), shown(g["decay_scale"]),
                         "-" if g["step"] is None else str(g["step"]), g["convention"])  # fmt: skip
         console.print(opt)
     if info["extra"]:
         console.print("Run: " + ", ".join(f"{k} {v}" for k, v in info["extra"].items()))
+    for note in info["notes"]:
+        console.print(Text(f"note: {printable(note, limit=500)}", style="dim"))
     if eq:
         console.print(
             "[dim]norm / eq. far above 1: the decay had not yet pulled the matrix to its "
