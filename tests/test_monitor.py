@@ -320,3 +320,23 @@ def test_a_closed_monitor_records_nothing_more():
         opt.step()
     assert monitor.closed and monitor.recorded == 1 and monitor.step == 1
     assert len(monitor.history()) == 2  # what was recorded stays readable (two tensors)
+
+
+def test_explain_run_shows_names_from_the_log_escaped(tmp_path, capsys):
+    """A log is a file like any other: a layer name holding terminal escapes (a window
+    title, a screen clear) or rich markup is printed as text, never obeyed."""
+    from adamwkit import cli
+
+    model = nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    hostile = "\x1b]0;pwned\x07\x1b[2J[/bold]fake.weight"
+    monitor = Monitor(opt, names={model.weight: hostile, model.bias: "[red]bias"})
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).square().sum().backward()
+        opt.step()
+    path = monitor.save(tmp_path / "monitor.jsonl")
+    assert cli.main(["explain", "--run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;pwned" in out and "[/bold]fake" in out and "[red]bias" in out

@@ -8,7 +8,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class WriteFailed(OSError):
@@ -54,27 +54,52 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return target
 
 
-def read_regular(path: str | Path, name: str) -> bytes:
-    """The bytes of ``path``, refusing anything but a regular file with a ``ValueError``.
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a folder"))  # fmt: skip
+
+
+class NotARegularFile(ValueError):
+    """A path that is a FIFO, a device, a socket or a folder; ``kind`` says which."""
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading in binary, or :class:`NotARegularFile`.
 
     A FIFO would block the read forever and ``/dev/zero`` would fill the memory, so the
-    file is opened without blocking and checked on the open descriptor (no window in which
-    the path could be swapped). ``name`` is the argument the message names.
+    path is looked at first, then opened without blocking and checked again on the open
+    descriptor (a file swapped in between is caught). ``OSError`` (missing, no
+    permission) is left to the caller.
     """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(path, _kind(mode))
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise ValueError(f"{name}={str(path)!r} is invalid: {err.strerror or err}") from None
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a pipe (FIFO)", stat.S_ISCHR: "a device",
-                stat.S_ISBLK: "a device", stat.S_ISSOCK: "a socket"}  # fmt: skip
-        what = next((text for test, text in kind.items() if test(mode)), "not a regular file")
-        raise ValueError(f"{name}={str(path)!r} is invalid: it is {what}, not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        try:
+        raise NotARegularFile(path, _kind(mode))
+    return os.fdopen(fd, "rb")
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def read_regular(path: str | Path, name: str) -> bytes:
+    """The bytes of ``path`` (see :func:`open_regular`); anything wrong is a ``ValueError``
+    naming the argument ``name``."""
+    try:
+        with open_regular(path) as f:
             return f.read()
-        except OSError as err:
-            raise ValueError(f"{name}={str(path)!r} is invalid: {err.strerror or err}") from None
+    except NotARegularFile as err:
+        raise ValueError(
+            f"{name}={str(path)!r} is invalid: it is {err.kind}, not a regular file"
+        ) from None
+    except OSError as err:
+        raise ValueError(f"{name}={str(path)!r} is invalid: {err.strerror or err}") from None

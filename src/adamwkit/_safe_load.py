@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import struct
 import tarfile
 import zipfile
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
+
+from . import _io
 
 __all__ = [
     "Budget",
@@ -192,36 +193,18 @@ class Budget:
 
 # ----------------------------------------------------------------------------- files
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISDIR, "a folder"))  # fmt: skip
-
-
-def _kind(mode: int) -> str:
-    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
-
 
 def open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading, refused in one line unless it is a regular file (a
-    FIFO, a device or a socket could block or never end). Opened without blocking, and
-    checked again once open, so a file swapped in between is caught."""
+    FIFO, a device or a socket could block or never end): :func:`adamwkit._io.open_regular`
+    with the refusals as :class:`CheckpointRefused`."""
     where = printable(str(path))
     try:
-        mode = os.stat(path).st_mode
+        return _io.open_regular(path)
+    except _io.NotARegularFile as err:
+        raise CheckpointRefused(f"{where} is {err.kind}, not a regular file: not read") from None
     except (OSError, ValueError) as err:
         raise CheckpointRefused(f"{where} cannot be read ({_error_text(err)})") from None
-    if not stat.S_ISREG(mode):
-        raise CheckpointRefused(f"{where} is {_kind(mode)}, not a regular file: not read")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as err:
-        raise CheckpointRefused(f"{where} cannot be opened ({_error_text(err)})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):  # swapped for something else since the first look
-        os.close(fd)
-        raise CheckpointRefused(f"{where} is {_kind(mode)}, not a regular file: not read")
-    return os.fdopen(fd, "rb")
 
 
 def _error_text(err: BaseException) -> str:

@@ -543,7 +543,11 @@ def _explain_run(a: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ._format import fmt as _fmt
+    from ._safe_load import printable
     from .monitor import load_log
+
+    def shown(text: str, limit: int = 200) -> str:  # from the log file: escaped for a terminal
+        return escape(printable(text, limit))
 
     setup = (("--weight-decay", a.weight_decay), ("--lr", a.lr),
              ("--batch-size", a.batch_size), ("--model", a.model))  # fmt: skip
@@ -583,7 +587,8 @@ def _explain_run(a: argparse.Namespace) -> int:
     console = _console()
     last = int(log.steps[-1]) if len(log.steps) else 0
     console.print(
-        f"[dim]{escape(a.run)}: {log.optimizer}, {last:,} steps, recorded every {log.every}[/dim]"
+        f"[dim]{shown(a.run)}: {shown(log.optimizer)}, {last:,} steps, "
+        f"recorded every {log.every}[/dim]"
     )
     table = Table(title="Each layer at the end of the run (Kosson et al.'s equilibrium)")
     for col in ("layer", "norm", "equilibrium norm", "angle rad/step", "predicted angle"):
@@ -591,14 +596,14 @@ def _explain_run(a: argparse.Namespace) -> int:
     for r in rows:
         cells = [_fmt(r[k]) if r[k] is not None else "-" for k in ("norm", "pred_norm", "angle",
                                                                    "pred_angle")]  # fmt: skip
-        table.add_row(escape(r["layer"]), *cells)
+        table.add_row(shown(r["layer"]), *cells)
     console.print(table)
     for v in verdicts:
         if v.code != "no-decay":
-            console.print(f"[bold]{escape(v.layer)}[/bold]: {escape(v.text)}")
+            console.print(f"[bold]{shown(v.layer)}[/bold]: {shown(v.text, 5000)}")
     quiet = [v.layer for v in verdicts if v.code == "no-decay"]
     if quiet:
-        console.print(f"[dim]not decayed: {escape(', '.join(quiet))}[/dim]")
+        console.print(f"[dim]not decayed: {shown(', '.join(quiet))}[/dim]")
     return 0
 
 
