@@ -58,13 +58,19 @@ def sync(device: str) -> None:
 
 
 def measure(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, float]:
-    """Median ms per call of each function, rounds interleaved so drift hits all alike."""
+    """Median ms per call of each function, rounds interleaved so drift hits all alike.
+
+    Each round starts one function later, so each one follows every other equally often:
+    a call runs slower after one that evicted its tensors from the caches (the foreach
+    step's temporaries do), and a fixed order gave that cost to the same row every time.
+    """
     for fn in fns.values():
         for _ in range(3):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeats):
+        for name, fn in order[r % len(order) :] + order[: r % len(order)]:
             sync(device)
             t0 = time.perf_counter()
             fn()

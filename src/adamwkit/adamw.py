@@ -20,7 +20,6 @@ from torch.optim.optimizer import ParamsT
 from ._checks import check_choice, check_range
 from .functional import (
     _FUSED_AUTO_DTYPES,
-    _FUSED_DEVICES,
     DECAY_SCALES,
     DecayScale,
     decay_variants,
@@ -149,6 +148,10 @@ class AdamW(Optimizer):
         }
         _check_group(defaults, "")
         self.skip_nonfinite = bool(skip_nonfinite)
+        # ids of the parameters whose step counter is known to be in the fused layout (on
+        # the parameter's device, float32), so that a step need not look again; a load
+        # clears it. The state holds each parameter, so an id cannot be reused meanwhile.
+        self._fused_steps: set[int] = set()
         super().__init__(params, defaults)
         if fused:
             # GradScaler unscales into the fused kernel, as for torch.optim.AdamW(fused=True).
@@ -168,6 +171,7 @@ class AdamW(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._fused_steps = set()
         for group in self.param_groups:
             # A state_dict from torch.optim.AdamW has none of the keys this class adds; its
             # weight_decay is in PyTorch's convention, "lr" (load_state_dict says so).
@@ -197,6 +201,7 @@ class AdamW(Optimizer):
         _check_loaded_state(self, state_dict)
         current = [{k: g[k] for k in _KEPT_ON_LOAD} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        self._fused_steps.clear()
         for index, (group, saved, mine) in enumerate(
             zip(self.param_groups, state_dict["param_groups"], current, strict=True)
         ):
@@ -281,61 +286,70 @@ class AdamW(Optimizer):
         fusable = not group["differentiable"]
         amsgrad, capturable = group["amsgrad"], group["capturable"]
         toward = group["decay_toward"] == "init"
-        float32 = torch.float32
+        float32, preserve = torch.float32, torch.preserve_format
+        fused_steps = self._fused_steps
         for p in group["params"]:
             grad = p.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    "AdamW does not support sparse gradients (got one for a parameter of "
-                    f"shape {tuple(p.shape)}); use torch.optim.SparseAdam for those parameters"
-                )
-            # fused_eligible, inlined: each attribute of a Parameter is read once per step
-            dtype, device = p.dtype, p.device
-            eligible = (
-                device.type in _FUSED_DEVICES
-                and dtype in _FUSED_AUTO_DTYPES
-                and grad.stride() == p.stride()
-            )
+            # fused_eligible, inlined (a call per tensor shows in small models' steps): two
+            # contiguous tensors of one shape share a layout, the cheaper question; a sparse
+            # gradient is never contiguous, so it is caught on the other branch
+            if grad.is_contiguous() and p.is_contiguous():
+                same_layout = True
+            else:
+                if grad.is_sparse:
+                    raise RuntimeError(
+                        "AdamW does not support sparse gradients (got one for a parameter of "
+                        f"shape {tuple(p.shape)}); use torch.optim.SparseAdam for those "
+                        "parameters"
+                    )
+                same_layout = grad.stride() == p.stride()
+            dtype, on_cpu = p.dtype, p.is_cpu
+            eligible = same_layout and (on_cpu or p.is_cuda) and dtype in _FUSED_AUTO_DTYPES
             fusable = fusable and eligible
             fused_layout = capturable or explicit == "fused" or (explicit is None and eligible)
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = (
-                    torch.zeros((), dtype=float32, device=device)
-                    if fused_layout
-                    else torch.tensor(0.0, dtype=_scalar_dtype())
-                )
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                step = torch.zeros((), dtype=float32, device=p.device) if fused_layout else None
+                if step is None:
+                    step = torch.tensor(0.0, dtype=_scalar_dtype())
+                else:
+                    fused_steps.add(id(p))
+                state["step"] = step
+                moment = state["exp_avg"] = torch.zeros_like(p, memory_format=preserve)
+                second = state["exp_avg_sq"] = torch.zeros_like(p, memory_format=preserve)
             else:
-                moment = state["exp_avg"]
+                moment, second, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
                 # The fused kernel reads the moments at the parameter's size unchecked (a
                 # smaller state is a buffer overrun): a parameter swapped since the last step
                 # (``p.data = bigger``) must stop here, as a ValueError, not in the kernel.
                 # Every state tensor is made with the parameter and loads are checked whole
                 # (_check_loaded_state), so exp_avg stands for the others.
-                if moment.shape != p.shape or moment.dtype is not dtype or moment.device != device:
+                if (
+                    moment.shape != p.shape
+                    or moment.dtype is not dtype
+                    or (not moment.is_cpu if on_cpu else moment.device != p.device)
+                ):
                     raise ValueError(_state_mismatch(group, p, "exp_avg", moment, self))
-                step = state["step"]
-                if fused_layout and (step.dtype is not float32 or step.device != device):
+                if fused_layout and id(p) not in fused_steps:
                     # A state saved by a non-fused run keeps its step on the CPU: move it once.
-                    state["step"] = step.to(device=device, dtype=float32)
+                    if step.dtype is not float32 or step.device != p.device:
+                        step = state["step"] = step.to(device=p.device, dtype=float32)
+                    fused_steps.add(id(p))
             if toward and "decay_ref" not in state:
-                state["decay_ref"] = p.detach().clone(memory_format=torch.preserve_format)
+                state["decay_ref"] = p.detach().clone(memory_format=preserve)
             if amsgrad:
                 if "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=preserve)
                 max_sqs.append(state["max_exp_avg_sq"])
-            has_complex = has_complex or (not eligible and torch.is_complex(p))
+            if not eligible:
+                has_complex = has_complex or torch.is_complex(p)
             params.append(p)
             grads.append(grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
+            exp_avgs.append(moment)
+            exp_avg_sqs.append(second)
+            steps.append(step)
         impl = explicit or ("fused" if fusable else "torch")
         return params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, has_complex, impl
 

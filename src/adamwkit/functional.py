@@ -55,7 +55,6 @@ IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "forloop")
 
 # The fused kernel of CPU and CUDA devices handles these dtypes with PyTorch's math.
 _FUSED_AUTO_DTYPES = (torch.float32, torch.float64)
-_FUSED_DEVICES = ("cpu", "cuda")
 # In a fused population step, a tensor whose member slices hold at least this many
 # elements goes through the kernel once per member, with that member's decay folded in
 # (a kernel call per slice costs about as much as decaying ~8k elements in a separate
@@ -116,11 +115,7 @@ def fused_eligible(p: Tensor, grad: Tensor) -> bool:
     The fused CPU kernel assumes the gradient has the parameter's memory layout; a
     gradient with other strides goes to PyTorch's default path, which handles it.
     """
-    return (
-        p.device.type in _FUSED_DEVICES
-        and p.dtype in _FUSED_AUTO_DTYPES
-        and grad.stride() == p.stride()
-    )
+    return (p.is_cpu or p.is_cuda) and p.dtype in _FUSED_AUTO_DTYPES and grad.stride() == p.stride()
 
 
 def default_impl(
