@@ -7,7 +7,7 @@
   the population form of :func:`adamwkit.adamw_step`.
 """
 
-from .loop import History, TrainingDiverged, flush_denormals
+from .loop import History, TrainingDiverged, flush_denormals, keeps_random_state
 from .population import Member, MemberResult, fit_population
 from .single import FitResult, evaluate, fit
 
@@ -21,4 +21,5 @@ __all__ = [
     "fit",
     "fit_population",
     "flush_denormals",
+    "keeps_random_state",
 ]

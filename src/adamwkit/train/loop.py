@@ -20,10 +20,11 @@ every member is computed, and how members are validated.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -39,10 +40,13 @@ __all__ = [
     "TrainingDiverged",
     "check_index",
     "flush_denormals",
+    "keeps_random_state",
     "run_epochs",
 ]
 
 _flush_depth = 0
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -65,6 +69,20 @@ def flush_denormals() -> Iterator[None]:
         _flush_depth -= 1
         if _flush_depth == 0:
             torch.set_flush_denormal(False)
+
+
+def keeps_random_state(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` with torch's global random state (CPU, and each CUDA device already in use)
+    given back as the caller left it: training seeds it for its initial weights and draws
+    from it (dropout), and a library call should not change the caller's stream."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class TrainingDiverged(RuntimeError):

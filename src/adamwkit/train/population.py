@@ -34,7 +34,7 @@ from ..functional import adamw_step
 from ..groups import param_groups
 from ..schedules import make_schedule
 from ..tasks import Task, cross_entropy
-from .loop import DeviceData, RunSettings, check_index, run_epochs
+from .loop import DeviceData, RunSettings, check_index, keeps_random_state, run_epochs
 
 __all__ = [
     "Member",
@@ -117,8 +117,9 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
     ``model`` is an instance of ``task.model()`` to measure (default: a new one).
     """
     if model is None:
-        torch.manual_seed(0)
-        model = task.model()
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
+            torch.manual_seed(0)
+            model = task.model()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = 0
 
@@ -614,6 +615,7 @@ def check_members(task: Task, members: Sequence[Member]) -> list[Member]:
     return checked
 
 
+@keeps_random_state
 def fit_population(
     task: Task,
     members: Sequence[Member],

@@ -28,7 +28,14 @@ from ..groups import param_groups
 from ..monitor import Monitor, MonitorLog
 from ..schedules import make_schedule
 from ..tasks import Task
-from .loop import DeviceData, RunSettings, TrainingDiverged, check_index, run_epochs
+from .loop import (
+    DeviceData,
+    RunSettings,
+    TrainingDiverged,
+    check_index,
+    keeps_random_state,
+    run_epochs,
+)
 
 __all__ = ["FitResult", "evaluate", "fit"]
 
@@ -186,6 +193,7 @@ def single_engine(
     return _SingleEngine(task, model, opt, shape.scheduler(opt), data, val, settings.precision)
 
 
+@keeps_random_state
 def fit(
     task: Task,
     weight_decay: float,

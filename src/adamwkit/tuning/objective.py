@@ -306,8 +306,9 @@ class TaskObjective:
         and the memory one stacked member needs (bytes); one model is built to see."""
         from ..train.population import member_bytes, vectorize_refusal
 
-        torch.manual_seed(0)
-        model = self.task.model()
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
+            torch.manual_seed(0)
+            model = self.task.model()
         why = vectorize_refusal(model)
         return why, 0 if why else member_bytes(self.task, self.batch_size, model)
 

@@ -75,13 +75,9 @@ def off_scale(summary: dict[str, Any]) -> list[str]:
 def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     """The CV loss with error bars against weight decay (log axis, tau_epoch on top), as
     PNG. A candidate whose loss is not :func:`shown` is left out, with a note below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cands = [c for c in summary["candidates"] if shown(c["mean"])]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    fig = figure(figsize=(7.5, 4.5), dpi=110)
+    ax = fig.subplots()
     lrs = sorted({c["lr"] for c in cands})
     for i, this_lr in enumerate(lrs):
         pts = sorted(
@@ -140,16 +136,21 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _png(fig: Any) -> bytes:
-    """The figure, with a light grid, as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
+def figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` of its own, outside pyplot: drawing it needs no backend, so
+    the caller's backend and pyplot's figures are left as they were (no ``matplotlib.use``)."""
+    from matplotlib.figure import Figure
 
+    return Figure(**kwargs)
+
+
+def _png(fig: Any) -> bytes:
+    """The figure, with a light grid, as PNG bytes."""
     for ax in fig.axes:
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -167,9 +168,6 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     folds), coloured by weight decay, as PNG; ``None`` when no run reported a curve.
     Points that are not :func:`shown` are left out."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     lines = []
@@ -182,9 +180,10 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
         return None
     positive = [c["weight_decay"] for c, _, _ in lines if c["weight_decay"] > 0]
     lo, hi = (min(positive), max(positive)) if positive else (1.0, 1.0)
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     lrs = {c["lr"] for c, _, _ in lines}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    fig = figure(figsize=(7.5, 4.5), dpi=110)
+    ax = fig.subplots()
     for c, steps, values in sorted(lines, key=lambda x: x[0]["weight_decay"]):
         wd = c["weight_decay"]
         if wd == 0:
@@ -214,10 +213,6 @@ def plot_monitor(run_dir: Path, summary: dict[str, Any], layers: int = 4) -> byt
     """For the refits of best, one-SE and zero: each of the largest decayed layers' weight
     norm against its equilibrium norm (dashed), and its angular update per step against
     the prediction (Kosson et al.), as PNG; ``None`` when no refit was monitored."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from ..monitor import load_log
@@ -233,8 +228,8 @@ def plot_monitor(run_dir: Path, summary: dict[str, Any], layers: int = 4) -> byt
     decayed = [j for j in range(len(ref.tensors)) if np.any(ref.decay[:, j] > 0)]
     chosen = sorted(decayed or range(len(ref.tensors)), key=lambda j: -ref.tensors[j].numel)
     names = [ref.tensors[j].name for j in chosen[:layers]]
-    fig, axes = plt.subplots(len(names), 2, figsize=(9, 2.4 * len(names)), dpi=100,
-                             squeeze=False)  # fmt: skip
+    fig = figure(figsize=(9, 2.4 * len(names)), dpi=100)
+    axes = fig.subplots(len(names), 2, squeeze=False)
     for label, log in logs.items():
         index = {t.name: j for j, t in enumerate(log.tensors)}
         wd = summary["test"][label]["weight_decay"]

@@ -52,7 +52,7 @@ from ..rules import TORCH_DEFAULT
 from ..suggest import Suggestion, suggest
 from ..tasks import Task
 from ..timescale import convert_weight_decay, tau_epoch
-from ..train import flush_denormals
+from ..train import flush_denormals, keeps_random_state
 from . import _optuna, cv, report
 from . import study as study_mod
 from .config import StudySpec, TuneConfig
@@ -526,6 +526,7 @@ def _flushing(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 @_flushing
+@keeps_random_state
 def tune(
     objective: str | Task | Objective = "digits",
     *,

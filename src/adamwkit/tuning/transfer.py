@@ -292,12 +292,10 @@ def transfer(
 def _plot(r: TransferResult, name: str) -> bytes:
     import io
 
-    import matplotlib
+    from .report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     ns = np.array([p.n_train for p in r.points], dtype=float)
     taus = np.array([p.tau_star for p in r.points])
     lo = taus - np.array([p.band[0] for p in r.points])
@@ -319,5 +317,4 @@ def _plot(r: TransferResult, name: str) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
