@@ -365,13 +365,13 @@ class AdamW(Optimizer):
         return "forloop"
 
     def _has_nonfinite_grad(self) -> bool:
-        flags = [
-            torch.isfinite(p.grad).all()
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
-        return bool(flags) and not bool(torch.stack([f.cpu() for f in flags]).all())
+        """Whether any gradient holds a NaN or an infinity: one host sync per device."""
+        finite: dict[torch.device, list[Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    finite.setdefault(p.grad.device, []).append(torch.isfinite(p.grad).all())
+        return not all(bool(torch.stack(flags).all()) for flags in finite.values())
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""

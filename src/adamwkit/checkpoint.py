@@ -291,10 +291,6 @@ def _check_tensors(ck: Checkpoint, budget: Budget) -> None:
     budget.refuse(f"its tensors would take {size_text(total)} to read")
 
 
-def _is_state(d: Any) -> bool:
-    return isinstance(d, Mapping) and bool(d) and all(isinstance(v, Tensor) for v in d.values())
-
-
 def _split(p: Path, fmt: str, obj: Any, budget: Budget | None = None) -> Checkpoint:
     """The weights, optimizer and counters of what ``torch.load`` returned."""
     where = printable(str(p))

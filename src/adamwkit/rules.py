@@ -60,8 +60,6 @@ TORCH_DEFAULT = 0.01
 # adamwkit warns outside this span of tokens per parameter.
 POWER_LINES_PARAMS = (111e6, 3.3e9)
 POWER_LINES_TPP = (1.0, 1000.0)
-# Equilibrium is reached after a few timescales (Kosson et al.); three is 95% of the way.
-EQUILIBRIUM_TAUS = 3.0
 
 SOURCES = {
     "calibrated": "adamwkit's evidence studies (docs/evidence.md)",

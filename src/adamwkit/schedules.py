@@ -161,10 +161,6 @@ class Schedule:
             return self.multipliers()
         return self._at(np.round(np.linspace(0, self.total_steps - 1, max_points)))
 
-    def mean(self) -> float:
-        """Mean multiplier over the run: the fraction of a constant-lr run's decay it applies."""
-        return float(self.sample().mean())
-
     def scheduler(self, optimizer: Optimizer, last_epoch: int = -1) -> LambdaLR:
         """A ``torch.optim.lr_scheduler.LambdaLR`` driving ``optimizer`` by this schedule.
 
