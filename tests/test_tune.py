@@ -451,7 +451,7 @@ def test_a_failing_population_fails_every_claimed_trial_with_the_traceback(tmp_p
 @pytest.mark.parametrize(("vectorize", "rel"), [("off", 1e-12), ("on", 1e-5)])
 def test_refits_equal_a_hand_written_refit_on_the_test_split(tmp_path, vectorize, rel):
     """Oracle: scikit-learn's train_test_split, fit on the whole pool and evaluate on the
-    test split (the refits train stacked with 'on')."""
+    test split (refits train one at a time, whatever ``vectorize`` says)."""
     task = tune_tasks.tiny()
     result = tune(task, folds=2, grid=[0.0, 0.5], out=tmp_path, seed=7, progress=False,
                   vectorize=vectorize)  # fmt: skip

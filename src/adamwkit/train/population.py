@@ -640,7 +640,7 @@ def fit_population(
 
     ``prune_chance`` stops, at a quarter and at half of the epochs, the members still at
     the validation loss they started from while the best member with the same seed (the
-    same fold) has learned (:func:`adamwkit.tuning.cv.chance_level`); they leave the stack,
+    same fold) has learned (:func:`chance_level`); they leave the stack,
     so the rest trains faster. A stopped member's ``pruned`` says why, its losses end at
     that epoch and its ``state`` is empty.
     """
