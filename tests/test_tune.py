@@ -348,14 +348,27 @@ def test_vectorized_tune_gives_the_sequential_numbers(tmp_path):
     assert vec.best_weight_decay == seq.best_weight_decay
 
 
-def test_memory_cap_splits_the_population(tmp_path):
+@pytest.mark.parametrize(("members", "largest"), [(2.5, 2), (None, 6)], ids=["capped", "free"])
+def test_memory_cap_splits_the_population(tmp_path, monkeypatch, members, largest):
+    """The populations actually trained are counted: with room for 2.5 members they hold
+    at most two, without a cap all six runs (3 folds x 2 candidates) go together."""
     from adamwkit.train.population import member_bytes
+    from adamwkit.tuning.objective import TaskObjective
 
+    sizes: list[int] = []
+    real = TaskObjective.population
+
+    def counted(self, trials, *args, **kwargs):
+        sizes.append(len(trials))
+        return real(self, trials, *args, **kwargs)
+
+    monkeypatch.setattr(TaskObjective, "population", counted)
     task = tune_tasks.tiny()
-    cap = 2.5 * member_bytes(task, task.batch_size) / 2**30  # two members at a time
+    cap = None if members is None else members * member_bytes(task, task.batch_size) / 2**30
     result = tune(task, folds=3, grid=[0.0, 0.05], max_memory=cap, out=tmp_path, test=False,
-                  progress=False)  # fmt: skip
+                  progress=False, vectorize="on")  # fmt: skip
     assert all(c["state"] == "complete" for c in result.summary["candidates"])
+    assert sum(sizes) == 6 and max(sizes) == largest
 
 
 def test_batchnorm_task_falls_back_or_refuses(tmp_path):
