@@ -427,9 +427,15 @@ def test_auto_falls_back_for_a_model_vmap_cannot_run(tmp_path):
     assert "vmap" in str(caught.value.__cause__)
 
 
-def test_auto_measures_both_paths_and_records_the_ratio(tmp_path):
-    """Scaled dot-product attention has no batching rule on CPU: whichever way the
-    measurement goes, the numbers are the sequential ones and the ratio is recorded."""
+@pytest.mark.parametrize(("stacked_s", "mode"), [(0.5, "on"), (8.0, "off")])
+def test_auto_measures_both_paths_and_records_the_ratio(tmp_path, monkeypatch, stacked_s, mode):
+    """Scaled dot-product attention has no batching rule on CPU. The measured times are
+    set (1 s a step alone, ``stacked_s`` for the four stacked), so each path is taken
+    whatever the machine's load: ratio 4 x 1 / stacked_s; the numbers are the sequential
+    ones either way."""
+    from adamwkit.tuning.objective import TaskObjective
+
+    monkeypatch.setattr(TaskObjective, "measure", lambda self, trials: (1.0, stacked_s, []))
     task = tune_tasks.tiny()
     x, y = task.data
     odd = Task(name="attn", model=_Attention, data=(x, y), loss=task.loss, labels=y,
@@ -437,8 +443,8 @@ def test_auto_measures_both_paths_and_records_the_ratio(tmp_path):
     kw = {"folds": 2, "grid": [0.0, 0.1], "test": False, "progress": False}
     auto = tune(odd, out=tmp_path / "auto", **kw)
     stacking = auto.summary["stacking"]
-    assert stacking["ratio"] > 0 and stacking["members"] == 4
-    assert stacking["mode"] == ("on" if stacking["ratio"] >= 1 else "off")
+    assert stacking["ratio"] == pytest.approx(4 / stacked_s) and stacking["members"] == 4
+    assert stacking["mode"] == mode and auto.summary["vectorize"].startswith(mode)
     seq = tune(odd, out=tmp_path / "off", vectorize="off", **kw)
     for a, b in zip(auto.summary["candidates"], seq.summary["candidates"], strict=True):
         assert a["fold_losses"] == pytest.approx(b["fold_losses"], rel=1e-5)
