@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._constants import DECAY_SCALES
+from ..functional import DecayScale
 from ..tasks import Task
 
 __all__ = [
@@ -134,7 +135,7 @@ class RunSettings:
 
     epochs: int
     batch_size: int
-    decay_scale: str
+    decay_scale: DecayScale
     schedule: str
     warmup_steps: int
     device: torch.device

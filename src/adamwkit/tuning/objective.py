@@ -19,12 +19,13 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .._device import autocast as _autocast
+from ..functional import DecayScale
 from ..tasks import Task, get_task
 
 __all__ = [
@@ -144,7 +145,9 @@ class Trial:
             exclude=exclude,
             multipliers=multipliers,
         )
-        return AdamW(groups, lr=self.lr, decay_scale=self.decay_scale, **adamw_kwargs)
+        # decay_scale: one of DECAY_SCALES, checked with the study's spec
+        scale = cast(DecayScale, self.decay_scale)
+        return AdamW(groups, lr=self.lr, decay_scale=scale, **adamw_kwargs)
 
     def monitor(
         self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None, every: int = 10
@@ -324,7 +327,8 @@ class TaskObjective:
         from ..train.population import stacking_speed
 
         first = trials[0]
-        settings = RunSettings(self.epochs, self.batch_size, first.decay_scale,
+        scale = cast(DecayScale, first.decay_scale)  # checked with the study's spec
+        settings = RunSettings(self.epochs, self.batch_size, scale,
                                self.task.schedule, self.task.warmup_steps, first.device,
                                first.precision)  # fmt: skip
         return stacking_speed(self.task, self.members(trials), settings)
