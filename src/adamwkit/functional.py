@@ -27,7 +27,7 @@ Sources: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -435,7 +435,7 @@ def _population_step(
     lrs = _population_vector("lr", lr, size)
     wds = _population_vector("weight_decay", weight_decay, size)
     peaks = None if lr_peak is None else _population_vector("lr_peak", lr_peak, size)
-    wds = effective_weight_decay(wds, decay_scale, peaks, lrs)
+    wds = cast(Tensor, effective_weight_decay(wds, decay_scale, peaks, lrs))  # tensors in
     if any(torch.is_complex(p) for p in params):
         raise ValueError("population steps take real tensors; got a complex parameter")
     if impl == "foreach":

@@ -22,7 +22,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -179,11 +179,11 @@ def _vmapped(task: Task, base: nn.Module) -> tuple[Batched, Batched]:
     batched_loss = vmap(loss_of, randomness="different")
     batched_outputs = vmap(outputs_of, randomness="different")
 
-    def stacked_loss(*args: Tensor) -> Tensor:
+    def stacked_loss(*args: Any) -> Tensor:
         with batchable_kernels():
             return batched_loss(*args)
 
-    def stacked_outputs(*args: Tensor) -> Tensor:
+    def stacked_outputs(*args: Any) -> Tensor:
         with batchable_kernels():
             return batched_outputs(*args)
 
@@ -225,7 +225,8 @@ def stacked_forward(model: nn.Module) -> Forward | None:
             )
             return True
         if kind is nn.Flatten:
-            start, end = (d + 1 if d >= 0 else d for d in (module.start_dim, module.end_dim))
+            flat = cast(nn.Flatten, module)
+            start, end = (d + 1 if d >= 0 else d for d in (flat.start_dim, flat.end_dim))
             ops.append(lambda _p, x: x.flatten(start, end))
             return True
         if kind in _ELEMENTWISE:
@@ -308,7 +309,8 @@ def _dense(t: Tensor) -> Tensor:
     it then touch the same elements); the member dim stays first."""
     if t.is_contiguous() or t.dim() < 3:
         return t
-    order = sorted(range(1, t.dim()), key=lambda d: -t.stride(d))
+    stride = t.stride()
+    order = sorted(range(1, t.dim()), key=lambda d: -stride[d])
     return t.permute(0, *order)
 
 
@@ -316,7 +318,8 @@ def _rows(t: Tensor, rows: Tensor) -> Tensor:
     """The members ``rows`` of ``t`` (dim 0), in ``t``'s memory layout."""
     if t.dim() < 3 or t.is_contiguous() or not _dense_layout(t):
         return t.index_select(0, rows)
-    order = [0, *sorted(range(1, t.dim()), key=lambda d: -t.stride(d))]
+    stride = t.stride()
+    order = [0, *sorted(range(1, t.dim()), key=lambda d: -stride[d])]
     sub = t.permute(*order).index_select(0, rows)
     return sub.permute(*[order.index(d) for d in range(t.dim())])
 
