@@ -418,10 +418,10 @@ class PickleScan:
             n = _TUPLES[code]
             if len(s) < n:
                 raise IndexError
-            items = tuple(s[-n:])
+            top = tuple(s[-n:])
             del s[-n:]
             self._charge(_OBJECT)
-            s.append(items)
+            s.append(top)
         elif code in (0x61, 0x73):  # APPEND, SETITEM
             del s[-(1 if code == 0x61 else 2) :]
             self._grow(s[-1], 1)

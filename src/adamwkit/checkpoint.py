@@ -265,7 +265,8 @@ def _odd_tensor(t: Tensor) -> str | None:
 def _check_tensors(ck: Checkpoint, budget: Budget) -> None:
     """Drop (with a note) tensors that are not plain dense ones, and refuse a file whose
     tensors together (views at their full size) come to more than the budget."""
-    total, worst = 0, ("", 0, None)
+    total = 0
+    worst: tuple[str, int, Tensor | None] = ("", 0, None)
     for name, t in list(ck.tensors.items()):
         why = _odd_tensor(t)
         if why is not None:
@@ -279,13 +280,13 @@ def _check_tensors(ck: Checkpoint, budget: Budget) -> None:
             worst = (name, n, t)
     if total <= budget.limit:
         return
-    name, n, t = worst
-    held = t.untyped_storage().nbytes() if t is not None else n
-    if t is not None and n > held:
-        shape = "x".join(map(str, t.shape))
+    name, n, big = worst
+    held = big.untyped_storage().nbytes() if big is not None else n
+    if big is not None and n > held:
+        shape = "x".join(map(str, big.shape))
         budget.refuse(
             f"tensor {printable(name)!r} is a {shape} view of {size_text(held)} of data "
-            f"(strides {', '.join(map(str, t.stride()))}), and reading it would take "
+            f"(strides {', '.join(map(str, big.stride()))}), and reading it would take "
             f"{size_text(n)}"
         )
     budget.refuse(f"its tensors would take {size_text(total)} to read")
@@ -335,9 +336,6 @@ def _key(k: Any) -> str:
     return f"<{type(k).__name__}>"
 
 
-_END = object()
-
-
 def _flatten(
     root: Mapping, where: str = "<state dict>", budget: Budget | None = None
 ) -> list[tuple[str, Any]]:
@@ -352,8 +350,8 @@ def _flatten(
     seen = 0
     while stack:
         items, prefix, node = stack[-1]
-        item = next(items, _END)
-        if item is _END:
+        item = next(items, None)  # items are (key, value) pairs, never None
+        if item is None:
             stack.pop()
             on_path.discard(id(node))
             continue
@@ -526,7 +524,7 @@ def _optimizer_groups(
     if not isinstance(groups, (list, tuple)):
         notes.append(f"{_MALFORMED}param_groups is {_a(groups)}, not a list")
         groups = []
-    out = []
+    out: list[dict[str, Any]] = []
     # parameters whose step is looked up, over all groups: one list of ids can be shared
     # by every group (a "billion laughs")
     left = MAX_ENTRIES
@@ -552,12 +550,13 @@ def _group_row(
     if not isinstance(ids, (list, tuple)):
         notes.append(f"{_MALFORMED}{where}['params'] is {_a(ids)}, not a list")
         ids = []
-    steps = []
+    steps: list[int] = []
     for k in itertools.islice(ids, limit):
         entry = state.get(k) if isinstance(k, (int, str)) else None
         if isinstance(entry, Mapping) and "step" in entry:
-            steps.append(_step(entry["step"], notes))
-    steps = [s for s in steps if s is not None]
+            step = _step(entry["step"], notes)
+            if step is not None:
+                steps.append(step)
     scale = g.get("decay_scale")
     if scale is not None and not isinstance(scale, str):
         notes.append(f"{_MALFORMED}{where}['decay_scale'] is {_a(scale)}, not a string")
