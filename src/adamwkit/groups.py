@@ -121,7 +121,7 @@ class DecayPlan:
         )
         tied = [f"  tied: {e.name} = {', '.join(e.aliases)}" for e in self.entries if e.aliases]
         if per_tensor:
-            rows = [
+            rows: list[tuple[str, ...]] = [
                 (
                     e.name + (f" (= {', '.join(e.aliases)})" if e.aliases else ""),
                     "x".join(map(str, e.shape)) or "scalar",
@@ -240,11 +240,11 @@ def param_groups(
                 f"exclude entry {rule!r} is invalid: expected a glob string or a callable"
             )
     multipliers = dict(multipliers or {})
-    for pattern, factor in multipliers.items():
-        check_range(f"multipliers[{pattern!r}]", factor)
+    for key, factor in multipliers.items():
+        check_range(f"multipliers[{key!r}]", factor)
     scales = dict(decay_scales or {})
-    for pattern, scale in scales.items():
-        check_choice(f"decay_scales[{pattern!r}]", scale, OPTIMIZER_DECAY_SCALES)
+    for key, value in scales.items():
+        check_choice(f"decay_scales[{key!r}]", value, OPTIMIZER_DECAY_SCALES)
 
     if isinstance(name_rules, str):  # one rule's name, not its letters
         name_rules = (name_rules,)

@@ -443,13 +443,13 @@ def _calibrated(s: TrainingSetup) -> RuleValue:
     assert found is not None
     tau, tau_lo, tau_hi = found
     warnings: list[str] = []
-    for what, value, (lo, hi) in (
+    for what, count, (lo, hi) in (
         ("epochs", s.epochs, _cal.EPOCHS),
         ("examples", s.dataset_size, _cal.EXAMPLES),
     ):
-        if not lo / 2 <= value <= hi * 2:
+        if not lo / 2 <= count <= hi * 2:
             warnings.append(
-                f"{_fmt(value)} {what} lies outside {_fmt(lo)} to {_fmt(hi)}, the evidence "
+                f"{_fmt(count)} {what} lies outside {_fmt(lo)} to {_fmt(hi)}, the evidence "
                 "it was fitted on: an extrapolation, verify with adamwkit tune"
             )
     wd = weight_decay_from_tau_epoch(tau, s.lr, s.batch_size, s.dataset_size)

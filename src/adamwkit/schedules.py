@@ -195,7 +195,9 @@ def make_schedule(
     most the steps after warmup).
     """
     check_choice("schedule", name, SCHEDULES)
-    if name == "wsd" and decay_steps is None:
+    if name != "wsd":
+        decay_steps = 0
+    elif decay_steps is None:
         total = _steps("total_steps", total_steps, 1)
         room = total - _steps("warmup_steps", warmup_steps, 0)
         decay_steps = min(room, max(1, round(_WSD_DEFAULT_DECAY_FRACTION * total)))
@@ -204,7 +206,7 @@ def make_schedule(
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         final=final,
-        decay_steps=decay_steps if name == "wsd" else 0,
+        decay_steps=decay_steps,
         cooldown=cooldown,
     )
 
