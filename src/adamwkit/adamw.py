@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -246,7 +246,7 @@ class AdamW(Optimizer):
         return max((g.get("nonfinite_skips", 0) for g in self.param_groups), default=0)
 
     @staticmethod
-    def lr_peak(group: dict[str, Any]) -> float:
+    def lr_peak(group: Mapping[str, Any]) -> float:
         """The peak learning rate that ``decay_scale="schedule"`` divides by, for one group."""
         for key in ("lr_peak", "max_lr", "initial_lr", "lr_init"):
             value = group.get(key)

@@ -561,7 +561,7 @@ def _explain_run(a: argparse.Namespace) -> int:
     layers = log.layers()
     verdicts = log.verdicts()
     tail = max(1, len(layers.steps) // 10)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j, t in enumerate(layers.tensors):
         rows.append(
             {

@@ -119,7 +119,9 @@ class MonitorCore:
         self.verdicts = self.log.verdicts()
         if write:
             path = (
-                self.path if self.path is not None else Path(default_dir or ".") / "monitor.jsonl"
+                Path(self.path)
+                if self.path is not None
+                else Path(default_dir or ".") / "monitor.jsonl"
             )
             self.saved = self.log.save(path)
 

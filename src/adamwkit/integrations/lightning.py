@@ -35,11 +35,12 @@ def _require() -> Any:
         import lightning
     except ImportError:
         try:
-            import pytorch_lightning as lightning
+            import pytorch_lightning
         except ImportError as err:
             raise ImportError(
                 f"lightning_objective needs Lightning ({err}): pip install 'adamwkit[lightning]'"
             ) from err
+        return pytorch_lightning
     return lightning
 
 

@@ -92,7 +92,7 @@ def trainer_objective(
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         class Report(TrainerCallback):  # type: ignore[misc]
-            def on_evaluate(self, _args: Any, state: Any, _control: Any, **kw: Any) -> None:
+            def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 metrics = kw.get("metrics") or {}
                 if "eval_loss" in metrics:
                     trial.report(metrics["eval_loss"], state.global_step)

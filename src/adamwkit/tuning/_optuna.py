@@ -71,10 +71,9 @@ def fail_running_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> 
 
 def heartbeat_enabled(study: optuna.Study) -> bool:
     """Whether the study's storage records heartbeats (a database with an interval set)."""
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+    from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    storage = _storage(study)
-    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+    return is_heartbeat_enabled(_storage(study))  # False for a storage without BaseHeartbeat
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -186,6 +186,7 @@ def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
     ax = fig.subplots()
     for c, steps, values in sorted(lines, key=lambda x: x[0]["weight_decay"]):
         wd = c["weight_decay"]
+        color: str | tuple[float, float, float, float]
         if wd == 0:
             color, style = "black", "--"
         else:

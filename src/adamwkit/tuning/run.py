@@ -479,8 +479,10 @@ def configure(prep: Prepared, **kw: Any) -> Plan:
             lr_range=(lr_ / 10, lr_ * 10) if search_lr else None,
         )
         lo_, hi_ = min(positive), max(positive)
-        inside = sug is not None and lo_ <= sug.value <= hi_
-        start = sug.value if inside else float(np.exp(np.mean(np.log(positive))))
+        if sug is not None and lo_ <= sug.value <= hi_:
+            start = sug.value
+        else:
+            start = float(np.exp(np.mean(np.log(positive))))
         enqueue = ({"weight_decay": float(f"{start:.6g}"), **({"lr": lr_} if search_lr else {})},)
 
     config = TuneConfig(

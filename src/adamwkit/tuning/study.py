@@ -690,7 +690,7 @@ def work(
     try:
         while True:
             _fail_stale(study, lock)
-            trials = []
+            trials: list[optuna.Trial] = []
             limit = batch() if callable(batch) else batch
             while len(trials) < limit:
                 trial = _next_trial(study, spec, lock.id)
