@@ -340,3 +340,29 @@ def test_explain_run_shows_names_from_the_log_escaped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "\\x1b]0;pwned" in out and "[/bold]fake" in out and "[red]bias" in out
+
+
+@pytest.mark.parametrize("by", ["tensor", "layer"])
+def test_dataframe_holds_the_history_rows(by):
+    """The documented pandas view: one row per (step, tensor or layer), the norms equal to
+    the weights' own (oracle: torch's norm of each tensor at the last step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    opt = adamwkit.AdamW(adamwkit.param_groups(model, weight_decay=0.1), lr=1e-2)
+    mon = Monitor(opt, every=2, model=model)
+    x = torch.randn(32, 8)
+    for _ in range(4):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    frame = mon.log().dataframe(by)
+    rows = mon.history(by)
+    assert len(frame) == len(rows) and list(frame.columns) == list(rows[0])
+    last = frame[frame["step"] == 4].set_index("name")["norm"]
+    if by == "tensor":
+        for name, p in model.named_parameters():
+            assert last[name] == pytest.approx(p.norm().item(), rel=1e-6)
+    else:
+        weight, bias = model[2].weight, model[2].bias
+        both = torch.cat([weight.detach().flatten(), bias.detach().flatten()])
+        assert last["2"] == pytest.approx(both.norm().item(), rel=1e-6)
