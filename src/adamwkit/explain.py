@@ -18,7 +18,7 @@ from ._format import fmt as _fmt
 from .equilibrium import angular_update, equilibrium_norm
 from .rules import TrainingSetup, power_lines_tau, training_setup
 from .schedules import Schedule, make_schedule
-from .suggest import Suggestion, _suggest
+from .suggest import Suggestion, suggest_for_setup
 from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def explain(
     if hint:
         notes.append(hint)
     try:
-        sug: Suggestion | None = _suggest(s)
+        sug: Suggestion | None = suggest_for_setup(s)
     except ValueError as err:
         sug = None
         notes.append(str(err))

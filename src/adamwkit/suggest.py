@@ -15,7 +15,7 @@ from typing import Any
 from .equilibrium import angular_update
 from .rules import RULES, RuleValue, TrainingSetup, choose_rule, training_setup
 
-__all__ = ["Suggestion", "suggest"]
+__all__ = ["Suggestion", "suggest", "suggest_for_setup"]
 
 
 @dataclass(frozen=True)
@@ -132,10 +132,12 @@ def suggest(
         decay_scale=decay_scale,
         beta1=beta1,
     )
-    return _suggest(s)
+    return suggest_for_setup(s)
 
 
-def _suggest(s: TrainingSetup) -> Suggestion:
+def suggest_for_setup(s: TrainingSetup) -> Suggestion:
+    """The suggestion for a setup already validated by :func:`adamwkit.rules.training_setup`
+    (what :func:`suggest` returns after its checks; :func:`adamwkit.explain` shares it)."""
     values = {name: rule(s) for name, rule in RULES.items()}
     chosen, reason = choose_rule(s, values)
     best = values[chosen]
