@@ -27,7 +27,7 @@ Sources: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -488,7 +488,15 @@ def _to_device(vec: Tensor, device: torch.device) -> Tensor:
     return vec.pin_memory().to(device, non_blocking=True)
 
 
-def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw):
+def _fused_population(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    **kw: Any,
+) -> None:
     """PyTorch's fused kernel: once per member for large tensors (decay folded in), and
     one decay pass plus one call for all members of the small ones."""
     lrs, wds = kw["lrs"], kw["wds"]
@@ -509,7 +517,8 @@ def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, ste
     torch._foreach_add_(steps, 1)
     lr_list, wd_list = lrs.tolist(), wds.tolist()
     shared_lr = len(set(lr_list)) == 1
-    big, small = [], []
+    big: list[int] = []
+    small: list[int] = []
     for i, p in enumerate(params):
         slice_numel = p.numel() // size
         (big if not shared_lr or slice_numel >= _PER_MEMBER_MIN_NUMEL else small).append(i)
@@ -550,7 +559,15 @@ def _fused_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, ste
         )
 
 
-def _forloop_population(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw):
+def _forloop_population(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    **kw: Any,
+) -> None:
     """The per-tensor path of ``torch.optim.AdamW`` with per-member lr and decay."""
     beta1, beta2 = kw["betas"]
     lrs, wds, eps = kw["lrs"], kw["wds"], kw["eps"]
