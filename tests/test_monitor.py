@@ -92,7 +92,8 @@ def test_the_angle_of_a_known_rotation():
     assert all(math.isnan(r["decay"]) and math.isinf(r["pred_norm"]) for r in rows)  # SGD: L2
 
 
-def test_layer_view_combines_its_tensors_as_one_vector():
+def _linear_norm_linear_run() -> tuple[nn.Module, Monitor]:
+    """Linear, LayerNorm, Linear under param_groups and AdamW, four steps recorded every 2."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
     opt = adamwkit.AdamW(adamwkit.param_groups(model, weight_decay=0.1), lr=1e-2)
@@ -102,6 +103,11 @@ def test_layer_view_combines_its_tensors_as_one_vector():
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
+    return model, mon
+
+
+def test_layer_view_combines_its_tensors_as_one_vector():
+    model, mon = _linear_norm_linear_run()
     by_layer = {r["name"]: r for r in mon.history(by="layer") if r["step"] == 4}
     weight, bias = model[0].weight, model[0].bias
     direct = torch.cat([weight.detach().flatten(), bias.detach().flatten()]).norm().item()
@@ -346,15 +352,7 @@ def test_explain_run_shows_names_from_the_log_escaped(tmp_path, capsys):
 def test_dataframe_holds_the_history_rows(by):
     """The documented pandas view: one row per (step, tensor or layer), the norms equal to
     the weights' own (oracle: torch's norm of each tensor at the last step)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
-    opt = adamwkit.AdamW(adamwkit.param_groups(model, weight_decay=0.1), lr=1e-2)
-    mon = Monitor(opt, every=2, model=model)
-    x = torch.randn(32, 8)
-    for _ in range(4):
-        opt.zero_grad()
-        model(x).square().mean().backward()
-        opt.step()
+    model, mon = _linear_norm_linear_run()
     frame = mon.log().dataframe(by)
     rows = mon.history(by)
     assert len(frame) == len(rows) and list(frame.columns) == list(rows[0])
