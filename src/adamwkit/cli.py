@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from . import __version__
 from ._checks import ArgumentError, is_subnormal
 from ._constants import CONVENTION_NAMES, DECAY_SCALES, PRECISIONS, SAMPLERS, VECTORIZE
+from .tuning.options import CLI_MODES, TUNE_OPTIONS
 
 DESCRIPTION = """\
 AdamW done right, and the weight decay to use with it.
@@ -49,34 +50,9 @@ _FLAGS = {
     "beta1": "--beta1",
     "warmup_steps": "--warmup-steps",
     "model": "--model",
-    "folds": "--folds",
     "fractions": "--fractions",
-    "repeats": "--repeats",
-    "extend": "--extend",
-    "grid": "--grid",
-    "grid_min": "--min",
-    "grid_max": "--max",
-    "points": "--points",
-    "trials": "--trials",
-    "lr_grid": "--lr-grid",
-    "study": "--study",
-    "storage": "--storage",
-    "seed": "--seed",
-    "heartbeat_interval": "--heartbeat-interval",
-    "storage_retry": "--storage-retry",
-    "max_memory": "--max-memory",
-    "workers": "--workers",
-    "threads": "--threads",
-    "vectorize": "--vectorize",
-    "examples": "--examples",
-    "test_fraction": "--test-fraction",
-    "device": "--device",
-    "precision": "--precision",
-    "out": "--out",
     "decay_scale": "--decay-scale",
-    "sampler": "--sampler",
     "schedule": "--schedule",
-    "search_lr": "--search-lr",
     "from_convention": "--from",
     "to_convention": "--to",
     "objective": "TASK",
@@ -85,8 +61,13 @@ _FLAGS = {
     "probe": "--probe",
     "confirm": "--confirm",
     "no_test": "--no-test",
-    "trial_timeout": "--trial-timeout",
 }
+# tune's options: their flags come from the one table of them (an inverted flag, such as
+# --quiet for progress=False, cannot stand for its keyword in a message)
+_FLAGS.update(
+    {o.name: o.flag for o in TUNE_OPTIONS if o.flag not in (None, "TASK") and not o.inverted}
+)
+_FLAGS.update({name: flag for flag, name in CLI_MODES.items()})
 
 
 class UsageError(Exception):
