@@ -65,7 +65,11 @@ _FLAGS = {
 # tune's options: their flags come from the one table of them (an inverted flag, such as
 # --quiet for progress=False, cannot stand for its keyword in a message)
 _FLAGS.update(
-    {o.name: o.flag for o in TUNE_OPTIONS if o.flag not in (None, "TASK") and not o.inverted}
+    {
+        o.name: o.flag
+        for o in TUNE_OPTIONS
+        if o.flag is not None and o.flag != "TASK" and not o.inverted
+    }
 )
 _FLAGS.update({name: flag for flag, name in CLI_MODES.items()})
 
