@@ -225,3 +225,37 @@ def test_repeated_candidates_are_tried_once_and_the_run_says_so(tmp_path, env, m
     assert [c["weight_decay"] for c in result.summary["candidates"]] == [0.0, 0.1, 0.3]
     assert result.summary["notes"] == ["grid has 2 repeated value(s), tried once: [0, 0.1, 0.3]"]
     assert len(calls(tmp_path / "calls.log")) == 3 * 2
+
+
+def test_a_claim_failed_by_another_worker_before_it_was_recorded_is_dropped(monkeypatch):
+    """A worker paused between asking for a candidate and recording itself as its owner
+    (SIGSTOP past the grace) finds the trial failed by another worker, which retries it:
+    it claims the next candidate instead of crashing (UpdateFinishedTrialError)."""
+    import optuna
+
+    from adamwkit.tuning import _optuna
+    from adamwkit.tuning import study as study_mod
+    from adamwkit.tuning.config import StudySpec
+
+    spec = StudySpec(source="x", data="d", folds=2, epochs=None, lr=1e-3, batch_size=None,
+                     decay_scale="lr", schedule=None, seed=0, test_fraction=0.2,
+                     sampler="grid", grid=(0.0, 0.1))  # fmt: skip
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    for wd in spec.grid:
+        study.enqueue_trial({"weight_decay": wd})
+    real = _optuna.record_heartbeat
+    paused = []
+
+    def another_worker_fails_the_first_claim(study, trial):
+        if not paused:  # the pause: the other worker declares this claim stale and fails it
+            paused.append(trial.number)
+            study._storage.set_trial_state_values(
+                trial._trial_id, state=optuna.trial.TrialState.FAIL
+            )
+        return real(study, trial)
+
+    monkeypatch.setattr(_optuna, "record_heartbeat", another_worker_fails_the_first_claim)
+    trial = study_mod._next_trial(study, spec, "worker-a")
+    assert paused == [0] and trial is not None and trial.number == 1
+    assert trial.params == {"weight_decay": 0.1}
+    assert study.trials[1].user_attrs["worker"] == "worker-a"

@@ -650,14 +650,20 @@ def _next_trial(study: optuna.Study, spec: StudySpec, worker: str) -> optuna.Tri
         warnings.simplefilter("ignore")  # Optuna's note that heartbeats suit optimize()
         trial = study.ask(_distributions(spec))
     frozen = _optuna.frozen_trial(study, trial)
-    if spec.sampler == "grid" and _optuna.fixed_params(frozen) is None:
-        # Another worker took the last enqueued candidate between our look and our ask.
-        trial.set_user_attr("spurious", True)
-        study.tell(trial, state=TrialState.FAIL)
+    try:
+        if spec.sampler == "grid" and _optuna.fixed_params(frozen) is None:
+            # Another worker took the last enqueued candidate between our look and our ask.
+            trial.set_user_attr("spurious", True)
+            study.tell(trial, state=TrialState.FAIL)
+            return _next_trial(study, spec, worker)
+        _optuna.record_heartbeat(study, trial)  # before the owner: a death between is an orphan
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("host", _HOST)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Paused (SIGSTOP, a swapped-out machine) between the ask and these writes for
+        # longer than the orphan grace: another worker has failed this claim and retries
+        # the candidate. Drop it, as a claim found stale while training is dropped.
         return _next_trial(study, spec, worker)
-    _optuna.record_heartbeat(study, trial)  # before the owner: a death in between is an orphan
-    trial.set_user_attr("worker", worker)
-    trial.set_user_attr("host", _HOST)
     return trial
 
 
