@@ -680,7 +680,10 @@ def _run_study(source: Source, prep: Prepared, plan: Plan) -> TuneResult:
         summary["state"] = "complete" if summary["best_weight_decay"] is not None else "failed"
         paths = report.write_reports(config.run_dir, summary)
     except BaseException as err:
-        reason = "Ctrl-C" if isinstance(err, KeyboardInterrupt) else _first_line(err)
+        kind, text = type(err).__name__, study_mod.first_line(err)
+        reason = kind if text == kind else f"{kind}: {text}"
+        if isinstance(err, KeyboardInterrupt):
+            reason = "Ctrl-C"
         report.write_stopped(config.run_dir, config.study, reason)
         raise
     if summary["best_weight_decay"] is None and work.runner.errors:
@@ -689,12 +692,6 @@ def _run_study(source: Source, prep: Prepared, plan: Plan) -> TuneResult:
             f"candidate's reason is in {paths['report']}); the first error was"
         ) from work.runner.errors[0]
     return TuneResult(summary, config.run_dir, paths)
-
-
-def _first_line(err: BaseException) -> str:
-    """``Type: message``, its first line: why a run stopped, for summary.json."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _work_and_summarize(

@@ -281,13 +281,14 @@ def open_storage(
                 time.sleep(0.2 * (attempt + 1))  # two workers created the tables at once
     host = parts.hostname or "localhost"
     where = f"{host}:{parts.port}" if parts.port else host
-    cause = scrub(_first_line(getattr(last, "orig", None) or last), url)
+    cause = scrub(first_line(getattr(last, "orig", None) or last), url)
     raise ArgumentError(
         f"storage={redact(url)!r} is unreachable at {where}: {cause}", "storage"
     ) from None
 
 
-def _first_line(err: object) -> str:
+def first_line(err: object) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
 
