@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .._io import atomic_write
-from . import Task, cross_entropy
+from .base import Task, cross_entropy
 
 CONTEXT = 64
 MAX_CHARS = 200_000

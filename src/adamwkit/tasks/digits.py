@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import Task, accuracy, cross_entropy
+from .base import Task, accuracy, cross_entropy
 
 N_EXAMPLES = 500
 HIDDEN = 64
