@@ -45,31 +45,45 @@ __all__ = [
     "run_epochs",
 ]
 
-_flush_depth = 0
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# A subnormal float64 (2**-1060) whose product with 0.5 is a smaller subnormal: zero when
+# the CPU flushes subnormals (denormals-are-zero treats the input as 0, flush-to-zero the
+# result), itself halved otherwise.
+_SUBNORMAL = 2.0**-1060
+
+
+def _flushing_denormals() -> bool:
+    """Whether subnormal floats are flushed to zero on this thread now.
+
+    torch can set the mode (``torch.set_flush_denormal``) but not read it, so this asks the
+    arithmetic: a one-element CPU product (whatever the default device) runs on the calling
+    thread, whose setting it shows.
+    """
+    product = torch.tensor(_SUBNORMAL, dtype=torch.float64, device="cpu") * 0.5
+    return bool(product.item() == 0.0)
 
 
 @contextlib.contextmanager
 def flush_denormals() -> Iterator[None]:
-    """Flush subnormal floats to zero inside the block (nested blocks share one setting).
+    """Flush subnormal floats to zero inside the block, and restore the caller's setting after.
 
     Strong weight decay drives weights towards zero, where subnormal arithmetic is tens of
     times slower on CPUs. The flag is per thread and threads inherit it when created, so
     enter this before the first parallel operation of a run (``tune`` does) for the
-    intra-op worker threads to get it too.
+    intra-op worker threads to get it too. On leaving, the calling thread gets back the
+    setting it had on entering (read from the arithmetic: torch has no getter), so nested
+    blocks and a caller who had turned the mode on themselves keep it on.
     """
-    global _flush_depth
-    if _flush_depth == 0 and not torch.set_flush_denormal(True):
-        yield  # not supported on this CPU
+    before = _flushing_denormals()
+    if not torch.set_flush_denormal(True):
+        yield  # not supported on this CPU: nothing to change or restore
         return
-    _flush_depth += 1
     try:
         yield
     finally:
-        _flush_depth -= 1
-        if _flush_depth == 0:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
 
 
 def keeps_random_state(fn: Callable[P, R]) -> Callable[P, R]:
