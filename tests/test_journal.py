@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +14,7 @@ optuna = pytest.importorskip("optuna")
 from optuna.storages import JournalStorage  # noqa: E402
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # noqa: E402
 
+from adamwkit.tuning import journal  # noqa: E402
 from adamwkit.tuning.journal import JournalDamaged, Repair, repair_journal  # noqa: E402
 
 NAME = "s"
@@ -318,23 +319,51 @@ def test_one_byte_message(tmp_path: Path) -> None:
     assert "(1 byte, from a crash" in repair.message
 
 
-def test_repair_waits_for_the_journal_lock(tmp_path: Path) -> None:
-    """An append in progress (holding optuna's lock) is not raced by the repair."""
+class _ObservedLock:
+    """The journal's real lock, setting ``contended`` when asked for while another holds it
+    (its lock file, ``<journal>.lock``, exists): the acquire that follows must wait."""
+
+    def __init__(self, lock: Any, path: Path, contended: threading.Event) -> None:
+        self._lock, self._lock_file, self._contended = lock, Path(f"{path}.lock"), contended
+
+    def acquire(self) -> bool:
+        if self._lock_file.exists():
+            self._contended.set()
+        return bool(self._lock.acquire())
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_repair_waits_for_the_journal_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append in progress (holding optuna's lock) is not raced by the repair.
+
+    No sleeps: the test goes on once the repair has asked for the lock the append holds,
+    and the repair can only return after the append finished and released it.
+    """
     path, _ = make_journal(tmp_path)
     original = path.read_bytes()
+    contended = threading.Event()
+    real_lock = journal.journal_lock
+    monkeypatch.setattr(
+        journal, "journal_lock", lambda p: _ObservedLock(real_lock(p), p, contended)
+    )
     lock = JournalFileOpenLock(str(path))
     lock.acquire()
     path.write_bytes(original + b'{"op_code":2,"worker_id"')  # the append, half done
     results: list[Repair | None] = []
     worker = threading.Thread(target=lambda: results.append(repair_journal(path)))
     worker.start()
-    time.sleep(0.3)
-    assert worker.is_alive() and results == []
-    with open(path, "ab") as f:  # the append finishes, then releases the lock
-        f.write(b':"w","study_id":0,"user_attr":{"k":1}}\n')
-    lock.release()
-    worker.join(timeout=10)
-    assert results == [None]
+    try:
+        # the timeout only bounds a failure (a repair that never takes the lock)
+        assert contended.wait(timeout=30), "the repair did not ask for the journal's lock"
+        assert worker.is_alive() and results == []  # it waits: the append holds the lock
+        with open(path, "ab") as f:  # the append finishes, then releases the lock
+            f.write(b':"w","study_id":0,"user_attr":{"k":1}}\n')
+    finally:
+        lock.release()
+        worker.join(timeout=30)
+    assert results == [None]  # it read the finished append: nothing to repair
     assert load(path).user_attrs == {"k": 1}
 
 
