@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import render
 from ._checks import ArgumentError, check_range
 from ._constants import CONVENTION_ALIASES
 from ._format import fmt as _fmt
+from ._safe_load import printable
 from .equilibrium import angular_update, equilibrium_norm
 from .rules import TrainingSetup, power_lines_tau, training_setup
 from .schedules import Schedule, make_schedule
@@ -24,7 +27,7 @@ from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Explanation", "LayerEquilibrium", "explain"]
+__all__ = ["Explanation", "LayerEquilibrium", "RunExplanation", "explain", "explain_run"]
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,84 @@ class Explanation:
             "setup": self.setup.to_dict(),
         }
 
-    def __str__(self) -> str:
-        from .render import explanation, plain
+    def blocks(self) -> list[render.Block]:
+        """What ``str()`` and the ``adamwkit explain`` command show (:mod:`adamwkit.render`)."""
+        return render.explanation(self)
 
-        return plain(explanation(self))
+    def __str__(self) -> str:
+        return render.plain(self.blocks())
+
+
+@dataclass(frozen=True)
+class RunExplanation:
+    """What :func:`explain_run` returns: a monitored run's last numbers per layer and its
+    verdicts. ``layers``: per tensor, its norm and Kosson et al.'s equilibrium norm at the
+    last record, its angular update (the mean over the last tenth of the records) and the
+    predicted one (``None`` when the log has no records); ``verdicts``: per tensor, a code
+    and a sentence (:meth:`adamwkit.monitor.MonitorLog.verdicts`)."""
+
+    run: str
+    steps: int
+    every: int
+    optimizer: str
+    layers: tuple[dict[str, Any], ...]
+    verdicts: tuple[dict[str, str], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, as ``adamwkit explain --run --json`` prints them."""
+        return {
+            "run": self.run,
+            "steps": self.steps,
+            "every": self.every,
+            "optimizer": self.optimizer,
+            "layers": [dict(r) for r in self.layers],
+            "verdicts": [dict(v) for v in self.verdicts],
+        }
+
+    def blocks(self) -> list[render.Block]:
+        """What ``str()`` and ``adamwkit explain --run`` show; the log's strings are
+        escaped for a terminal."""
+        return render.monitor_log(self, printable)
+
+    def __str__(self) -> str:
+        return render.plain(self.blocks())
+
+
+def explain_run(path: str | Path) -> RunExplanation:
+    """Read a monitor log (``monitor.jsonl`` from :meth:`adamwkit.Monitor.save`,
+    ``fit(monitor=...)``, the Trainer or Lightning callback, or tune's
+    ``monitor-*.jsonl``): each layer's last numbers and the verdicts. The file is read as
+    :func:`adamwkit.monitor.load_log` reads it (a regular file of bounded size); a file that
+    is not a monitor log raises ``ValueError`` naming it.
+
+    Example: ``print(explain_run("runs/monitor.jsonl"))``.
+    """
+    import numpy as np
+
+    from .monitor import load_log
+
+    log = load_log(path)
+    layers = log.layers()
+    recorded = len(layers.steps) > 0
+    tail = max(1, len(layers.steps) // 10)
+    rows = tuple(
+        {
+            "layer": t.name,
+            "norm": float(layers.values[-1, j, 1]) if recorded else None,
+            "pred_norm": float(layers.pred_norm[-1, j]) if recorded else None,
+            "angle": float(np.mean(layers.angle[-tail:, j])) if recorded else None,
+            "pred_angle": float(layers.pred_angle[-1, j]) if recorded else None,
+        }
+        for j, t in enumerate(layers.tensors)
+    )
+    return RunExplanation(
+        run=str(path),
+        steps=int(log.steps[-1]) if len(log.steps) else 0,
+        every=log.every,
+        optimizer=log.optimizer,
+        layers=rows,
+        verdicts=tuple({"layer": v.layer, "code": v.code, "text": v.text} for v in log.verdicts()),
+    )
 
 
 def _weights_remaining(s: TrainingSetup, wd: float, sched: Schedule | None) -> float | None:

@@ -1,30 +1,66 @@
-"""Every result of ``suggest`` and ``explain`` rendered in one place.
+"""Every result of adamwkit rendered in one place, as blocks.
 
-:func:`suggestion` and :func:`explanation` turn a result into :data:`Block` s: lines of text
-with a style, and tables. :func:`plain` makes them the ``str()`` of the result;
-:func:`to_rich` prints them on a ``rich`` console (the ``adamwkit`` command). Both show
-the same content, so a fact added here appears in the API and the CLI alike.
+Each result gives its :data:`Block` s (lines of text with a style, and tables) once, from a
+function here: :func:`suggestion`, :func:`explanation`, :func:`tune_summary` (and
+:func:`no_result`, the one line of a run with nothing to recommend),
+:func:`probe_result`, :func:`transfer_result`, :func:`checkpoint_report` (``adamwkit
+inspect``) and :func:`monitor_log` (``adamwkit explain --run``). :func:`plain` makes them
+the ``str()`` of the result; :func:`to_rich` prints them on a ``rich`` console (the
+``adamwkit`` command). Both show the same content, so a fact added here appears in the
+API and the CLI alike.
+
+This module is a leaf: it imports the standard library, :mod:`adamwkit._format` and (in
+:func:`to_rich`) ``rich``, and reads the results by their attributes, so the result
+classes import it and it never imports them. Text that comes from a file (a checkpoint's
+tensor names, a monitor log) is made safe for a terminal by the ``printable`` function the
+caller passes (:func:`adamwkit._safe_load.printable`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._format import fmt
 
 if TYPE_CHECKING:
-    from .explain import Explanation
+    from .explain import Explanation, RunExplanation
     from .suggest import Suggestion
+    from .tuning.probe import ProbeResult
+    from .tuning.transfer import TransferResult
 
-__all__ = ["Block", "Line", "Table", "explanation", "plain", "suggestion", "to_rich"]
+__all__ = [
+    "Block",
+    "Line",
+    "Rename",
+    "Table",
+    "checkpoint_report",
+    "explanation",
+    "monitor_log",
+    "no_result",
+    "plain",
+    "probe_result",
+    "suggestion",
+    "to_rich",
+    "transfer_result",
+    "tune_summary",
+]
+
+#: Maps the argument names in a run's messages (notes, a candidate's reason) to how the
+#: reader names them: the command line passes one that writes ``trial_timeout`` as
+#: ``--trial-timeout``.
+Rename = Callable[[str], str]
+
+
+def _same(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True)
 class Line:
     """A line of text; ``label`` is shown in bold before it. ``style``: ``""``, ``"dim"``,
-    ``"good"`` (the answer), ``"warn"``."""
+    ``"good"`` (the answer), ``"warn"``, ``"alert"`` (an answer to read with care)."""
 
     text: str
     label: str = ""
@@ -34,13 +70,21 @@ class Line:
 @dataclass(frozen=True)
 class Table:
     """Rows under column names (``header=False``: a key/value list); row ``marked`` is
-    the one the result uses."""
+    the one the result uses. ``align``: one letter per column, ``"l"`` or ``"r"``
+    (``None``: the first and last columns left, the others right)."""
 
     title: str
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     marked: int | None = None
     header: bool = True
+    align: str | None = None
+
+    def left(self, i: int) -> bool:
+        """Whether column ``i`` is aligned left."""
+        if self.align is not None:
+            return self.align[i] == "l"
+        return i == 0 or i == len(self.columns) - 1
 
 
 Block = Line | Table
@@ -175,6 +219,231 @@ def explanation(ex: Explanation) -> list[Block]:
     return out
 
 
+# ---------------------------------------------------------------------------- tune
+
+
+def _candidate_row(c: Mapping[str, Any], s: Mapping[str, Any], rename: Rename) -> tuple[str, ...]:
+    """One candidate of a tune summary as a table row; its state says best or one-SE."""
+    g = "{:.4g}".format
+    mark = ""
+    if c["lr"] == s["best_lr"] and c["weight_decay"] == s["best_weight_decay"]:
+        mark = " best"
+    elif c["lr"] == s["best_lr"] and c["weight_decay"] == s["one_se_weight_decay"]:
+        mark = " one-SE"
+    mean = "-" if c["mean"] is None else f"{g(c['mean'])} +- {(c['sem'] or 0):.2g}"
+    diff = (
+        "-"
+        if c["paired_diff"] is None
+        else f"{c['paired_diff']:+.3g} +- {(c['paired_sem'] or 0):.2g}"
+    )
+    tau = "-" if c["tau_epoch"] is None else g(c["tau_epoch"])
+    reason = rename(c["reason"]) if c.get("reason") else ""
+    state = c["state"] + (f" ({reason})" if reason else "") + mark
+    return (g(c["weight_decay"]), g(c["lr"]), tau, mean, diff, state)
+
+
+def tune_summary(
+    summary: Mapping[str, Any],
+    paths: Mapping[str, Any] | None = None,
+    rename: Rename | None = None,
+) -> list[Block]:
+    """The blocks of a :func:`adamwkit.tune` summary (``TuneResult.summary``, or
+    summary.json read back): every candidate, the verdict, the notes, and where the report
+    is (``paths``, ``TuneResult.paths``)."""
+    r = rename or _same
+    s = summary
+    epochs = f", {s['epochs']} epochs" if s.get("epochs") else ""
+    out: list[Block] = [
+        Table(
+            f"{s['task']}: {s['folds']}-fold CV{epochs}",
+            ("weight_decay", "lr", "tau_epoch", "CV loss +- SE", "paired diff +- SE", "state"),
+            tuple(_candidate_row(c, s, r) for c in s["candidates"]),
+            align="rrrrrl",
+        ),
+        Line(s["verdict"], style="alert" if s["flat"] else "good"),
+        Line(f"vectorize: {s['vectorize']}", style="dim"),
+    ]
+    out += [Line(r(note), label="note:", style="dim") for note in s.get("notes") or ()]
+    if paths:
+        out.append(Line(f"Report: {paths['report']}  (summary: {paths['summary']})"))
+    return out
+
+
+def no_result(summary: Mapping[str, Any], report: Any, rename: Rename | None = None) -> str:
+    """Why no candidate of a tune summary finished every fold, in one line."""
+    r = rename or _same
+    states: dict[str, int] = {}
+    for c in summary["candidates"]:
+        states[c["state"]] = states.get(c["state"], 0) + 1
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    reasons = sorted({c["reason"] for c in summary["candidates"] if c.get("reason")})
+    why = f" (first reason: {r(reasons[0])})" if reasons else ""
+    return (
+        f"no candidate finished every fold: {counts or 'no candidates'}{why}; nothing to "
+        f"recommend (report: {report})"
+    )
+
+
+def probe_result(result: ProbeResult, rename: Rename | None = None) -> list[Block]:
+    """The blocks of a :class:`~adamwkit.tuning.probe.ProbeResult`: its verdict, where
+    the probe is, and the confirming tune's blocks when there was one."""
+    out: list[Block] = [Line(result.verdict(), style="good")]
+    if result.run_dir is not None:
+        out.append(Line(f"Probe: {result.run_dir}"))
+    c = result.confirm
+    if c is not None:
+        out += tune_summary(c.summary, c.paths, rename)
+    return out
+
+
+def transfer_result(result: TransferResult) -> list[Block]:
+    """The blocks of a :class:`~adamwkit.tuning.transfer.TransferResult`: each subset's
+    optimum, the extrapolation's verdict, and where the plot is."""
+    rows = tuple(
+        (
+            f"{p.fraction:g}",
+            f"{p.n_train:,}",
+            fmt(p.tau_star),
+            f"{fmt(p.band[0])} to {fmt(p.band[1])}",
+            f"{p.best_weight_decay:.4g}",
+        )
+        for p in result.points
+    )
+    out: list[Block] = [
+        Table(
+            "Cross-validated subsets",
+            ("fraction", "N (fold)", "tau_epoch*", "one-SE band", "best weight_decay"),
+            rows,
+            align="rrrrr",
+        ),
+        Line(result.verdict(), style="good"),
+    ]
+    paths = result.paths
+    if "plot" in paths and "summary" in paths:
+        out.append(Line(f"Plot: {paths['plot']}  (summary: {paths['summary']})"))
+    return out
+
+
+# ---------------------------------------------------------------------------- files read
+
+
+Printable = Callable[[str, int], str]
+
+
+def _tensor_row(r: Any, dtypes: bool, eq: bool, shown: Printable) -> tuple[str, ...]:
+    """One tensor of a checkpoint report as a table row."""
+    cells = [shown(r.name, 120), "x".join(map(str, r.shape)) or "scalar"]
+    cells += [r.dtype] if dtypes else []
+    cells += [fmt(r.norm), fmt(r.rms), "yes" if r.decays else shown(f"no: {r.rule}", 120)]
+    if eq:
+        ratio = r.norm_ratio
+        cells += [
+            fmt(r.equilibrium_norm) if r.equilibrium_norm else "-",
+            f"{ratio:.2f}" if ratio is not None else "-",
+        ]
+    return tuple(cells)
+
+
+def _optimizer_table(groups: Sequence[Mapping[str, Any]], shown: Printable) -> Table:
+    """A checkpoint's optimizer groups."""
+    rows = tuple(
+        (
+            str(g["group"]),
+            str(g["params"]),
+            "-" if g["lr"] is None else fmt(g["lr"]),
+            "-" if g["weight_decay"] is None else fmt(g["weight_decay"]),
+            shown(g["decay_scale"], 120),
+            "-" if g["step"] is None else str(g["step"]),
+            g["convention"],
+        )
+        for g in groups
+    )
+    columns = ("group", "params", "lr", "weight_decay", "decay_scale", "step", "saved by")
+    return Table("Optimizer groups", columns, rows, align="lllllll")
+
+
+def checkpoint_report(
+    info: Mapping[str, Any], printable: Printable, *, show_all: bool = False
+) -> list[Block]:
+    """The blocks of :func:`adamwkit.checkpoint.inspect_checkpoint`'s report: the file,
+    its tensors (the first 40 unless ``show_all``), the optimizer's groups, the run's
+    counters and the notes. ``printable(text, limit)`` makes the file's strings safe for a
+    terminal."""
+    rows = info["tensors"]
+    share = 100.0 * info["decayed_parameters"] / max(1, info["parameters"])
+    out: list[Block] = [
+        Line(
+            f"({info['format']}): {len(rows)} tensors, {info['parameters']:,} parameters; "
+            f"{info['decayed_parameters']:,} ({share:.1f}%) would decay under param_groups "
+            "(by name and ndim)",
+            label=printable(info["path"], 500),
+        )
+    ]
+    eq = info["lr"] is not None
+    dtypes = sorted({r.dtype for r in rows})
+    several = len(dtypes) > 1
+    columns = ("tensor", "shape", *(("dtype",) if several else ()), "norm", "RMS", "decays")
+    columns += ("eq. norm", "norm/eq") if eq else ()
+    shown_rows = rows if show_all else rows[:40]
+    out.append(
+        Table(
+            "" if several or not dtypes else f"dtype {dtypes[0]}",
+            columns,
+            tuple(_tensor_row(r, several, eq, printable) for r in shown_rows),
+            align="ll" + ("l" if several else "") + "rrl" + ("rr" if eq else ""),
+        )
+    )
+    if len(shown_rows) < len(rows):
+        more = len(rows) - len(shown_rows)
+        out.append(Line(f"{more} more tensors: --all shows them", style="dim"))
+    if info["optimizer"] is not None:
+        out.append(_optimizer_table(info["optimizer"], printable))
+    if info["extra"]:
+        out.append(Line("Run: " + ", ".join(f"{k} {v}" for k, v in info["extra"].items())))
+    out += [Line(f"note: {printable(n, 500)}", style="dim") for n in info["notes"]]
+    if eq:
+        out.append(
+            Line(
+                "norm / eq. far above 1: the decay had not yet pulled the matrix to its "
+                "equilibrium (Kosson et al., arXiv:2305.17212); near 1: in equilibrium",
+                style="dim",
+            )
+        )
+    return out
+
+
+def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
+    """The blocks of a monitored run (:func:`adamwkit.explain.explain_run`): each layer's
+    last numbers against Kosson et al.'s equilibrium, and the verdicts. ``printable(text,
+    limit)`` makes the log's strings safe for a terminal."""
+    out: list[Block] = [
+        Line(
+            f"{printable(run.run, 200)}: {printable(run.optimizer, 200)}, {run.steps:,} steps, "
+            f"recorded every {run.every}",
+            style="dim",
+        )
+    ]
+    keys = ("norm", "pred_norm", "angle", "pred_angle")
+    out.append(
+        Table(
+            "Each layer at the end of the run (Kosson et al.'s equilibrium)",
+            ("layer", "norm", "equilibrium norm", "angle rad/step", "predicted angle"),
+            tuple(
+                (printable(r["layer"], 200), *("-" if r[k] is None else fmt(r[k]) for k in keys))
+                for r in run.layers
+            ),
+            align="lrrrr",
+        )
+    )
+    for v in run.verdicts:
+        if v["code"] != "no-decay":
+            out.append(Line(printable(v["text"], 5000), label=f"{printable(v['layer'], 200)}:"))
+    quiet = [v["layer"] for v in run.verdicts if v["code"] == "no-decay"]
+    if quiet:
+        out.append(Line(f"not decayed: {printable(', '.join(quiet), 200)}", style="dim"))
+    return out
+
+
 def plain(blocks: Sequence[Block]) -> str:
     """The blocks as plain text (tables as aligned columns)."""
     lines: list[str] = []
@@ -189,14 +458,14 @@ def plain(blocks: Sequence[Block]) -> str:
         for k, r in enumerate(rows):
             mark = "> " if b.marked is not None and k - int(b.header) == b.marked else "  "
             cells = [
-                c.ljust(w) if i == 0 or i == len(r) - 1 else c.rjust(w)
+                c.ljust(w) if b.left(i) else c.rjust(w)
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             ]
             lines.append((mark + "  ".join(cells)).rstrip())
     return "\n".join(lines)
 
 
-_STYLES = {"dim": "dim", "good": "bold green", "warn": "yellow", "": ""}
+_STYLES = {"dim": "dim", "good": "bold green", "warn": "yellow", "alert": "bold yellow", "": ""}
 
 
 def to_rich(blocks: Sequence[Block], console: Any) -> None:
@@ -217,8 +486,7 @@ def to_rich(blocks: Sequence[Block], console: Any) -> None:
         if b.header:
             table = RichTable(title=b.title or None, title_justify="left")
             for i, col in enumerate(b.columns):
-                left = i == 0 or i == len(b.columns) - 1
-                table.add_column(col, justify="left" if left else "right")
+                table.add_column(col, justify="left" if b.left(i) else "right")
         else:
             table = RichTable(show_header=False, box=None, padding=(0, 2))
             table.add_column(style="bold")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import render
 from .equilibrium import angular_update
 from .rules import RULES, RuleValue, TrainingSetup, choose_rule, training_setup
 
@@ -93,10 +94,12 @@ class Suggestion:
             "setup": self.setup.to_dict(),
         }
 
-    def __str__(self) -> str:
-        from .render import plain, suggestion
+    def blocks(self) -> list[render.Block]:
+        """What ``str()`` and the ``adamwkit suggest`` command show (:mod:`adamwkit.render`)."""
+        return render.suggestion(self)
 
-        return plain(suggestion(self))
+    def __str__(self) -> str:
+        return render.plain(self.blocks())
 
 
 def suggest(
