@@ -26,16 +26,18 @@ falls back to :func:`adamwkit.suggest`'s calibrated rule, which needs no run.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import _calibration as _cal
+from .. import render
 from .._checks import ArgumentError
 from ..tasks import Task
 from . import cv
 from .objective import NoResult, _name_of, _takes_one_argument
+from .options import check_mode
 
 __all__ = ["ProbeResult", "probe", "probe_tau_epoch", "turning_epoch"]
 
@@ -97,7 +99,7 @@ class ProbeResult:
     batch_size: int
     n_train: int
     run_dir: Path | None = None
-    summary: dict[str, Any] = field(default_factory=dict, repr=False)
+    summary: Mapping[str, Any] = field(default_factory=dict, repr=False)
     confirm: Any = None  # the TuneResult of probe(confirm=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +119,16 @@ class ProbeResult:
         }  # fmt: skip
         return out
 
+    def blocks(self, rename: render.Rename | None = None) -> list[render.Block]:
+        """What ``str()`` and ``adamwkit tune --probe`` show (:mod:`adamwkit.render`);
+        ``rename`` maps argument names in the confirming run's notes."""
+        return render.probe_result(self, rename)
+
+    def __str__(self) -> str:
+        return render.plain(self.blocks())
+
     def verdict(self) -> str:
+        """The suggestion and where it comes from, in plain words."""
         g = "{:.3g}".format
         if self.turned:
             why = (
@@ -178,7 +189,9 @@ def probe(
     ``epochs``, ``lr``, ``batch_size``, ``decay_scale``, ``device``, ...); the grid is
     zero alone and there are no refits. An objective must report its validation loss
     during training (``trial.report(loss, epoch)``) and give ``epochs`` and
-    ``batch_size``. The study is ``<study>.probe`` in ``out``; rerunning resumes it.
+    ``batch_size``; the options it does not take (``grid``, ``sampler``, ``test``, ...:
+    :data:`adamwkit.tuning.options.MODE_FLAGS`) are refused in one line. The study is
+    ``<study>.probe`` in ``out``; rerunning resumes it.
     ``confirm=True`` then cross-validates zero and a grid at 2^0.5 spacing over the 80%
     range, with refits (``<study>.probe-confirm``, extended ``extend`` rounds past an edge).
 
@@ -188,16 +201,10 @@ def probe(
 
     Example: ``probe("digits").verdict()``.
     """
-    from .run import _default_study_name, tune
+    from .planning import _default_study_name
+    from .run import tune
 
-    for arg in ("grid", "grid_min", "grid_max", "points", "lr_grid", "search_lr", "sampler",
-                "trials", "test"):  # fmt: skip
-        if arg in tune_kwargs:
-            raise ArgumentError(
-                f"{arg} cannot be used with probe: it cross-validates zero decay alone (with "
-                "confirm, then a grid over its range)",
-                arg,
-            )
+    check_mode("probe", tune_kwargs)  # the options it does not take (tuning.options)
     if _is_objective(objective) and any(
         tune_kwargs.get(k) is None for k in ("epochs", "batch_size")
     ):

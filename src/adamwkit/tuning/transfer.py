@@ -28,19 +28,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import render
 from .._checks import ArgumentError, check_range, check_whole
 from .._io import atomic_write
 from ..tasks import Task, get_task
 from ..timescale import convert_weight_decay, weight_decay_from_tau_epoch
 from . import cv
 from .objective import NoResult
+from .options import check_mode
 
 __all__ = ["TransferPoint", "TransferResult", "transfer"]
 
@@ -119,7 +121,15 @@ class TransferResult:
             },
         }  # fmt: skip
 
+    def blocks(self) -> list[render.Block]:
+        """What ``str()`` and ``adamwkit tune --transfer`` show (:mod:`adamwkit.render`)."""
+        return render.transfer_result(self)
+
+    def __str__(self) -> str:
+        return render.plain(self.blocks())
+
     def verdict(self) -> str:
+        """The extrapolated weight decay, its interval and the fitted trend, in words."""
         v = (
             f"Extrapolated to {self.n_target:,} examples: tau_epoch {self.tau_epoch:.3g} epochs, "
             f"weight decay {self.value:.4g} (decay_scale={self.decay_scale!r}; PyTorch "
@@ -168,7 +178,7 @@ def _nested(pool: np.ndarray, labels: np.ndarray | None, sizes: list[int], seed:
     return [np.sort(order[:n]) for n in sizes]
 
 
-def _optimum(summary: dict[str, Any], fraction: float) -> TransferPoint | None:
+def _optimum(summary: Mapping[str, Any], fraction: float) -> TransferPoint | None:
     cands = [c for c in summary["candidates"] if c["state"] == "complete" and c["mean"] is not None]
     positive = sorted((c for c in cands if c["weight_decay"] > 0), key=lambda c: -c["weight_decay"])
     best = summary["best_weight_decay"]
@@ -198,12 +208,15 @@ def transfer(
 ) -> TransferResult:
     """Cross-validate on nested subsets, fit tau_epoch* against N, extrapolate (see the
     module's docstring). ``tune_kwargs`` go to every :func:`adamwkit.tune` call (for
-    example ``vectorize``, ``threads``, ``device``, ``repeats``).
+    example ``vectorize``, ``threads``, ``device``, ``repeats``); the options it does not
+    take (``grid``, ``storage``, ``workers``, ``test``, ...:
+    :data:`adamwkit.tuning.options.MODE_FLAGS`) are refused in one line.
 
     Example: ``transfer("digits", fractions=(0.25, 0.5, 0.75))``.
     """
     from .run import tune
 
+    check_mode("transfer", tune_kwargs)  # the options it does not take (tuning.options)
     t = get_task(task) if isinstance(task, (str, Task)) else None
     if not isinstance(t, Task):
         raise ArgumentError(
@@ -233,7 +246,7 @@ def transfer(
     base = study or t.name
     subsets = _nested(pool, labels, sizes, seed)
     points: list[TransferPoint] = []
-    settings: dict[str, Any] = {}
+    settings: Mapping[str, Any] = {}
     for f, idx in zip(fr, subsets, strict=True):
         sub = _subset(t, idx, f"{t.name}-{len(idx)}")
         res = tune(sub, folds=k, test=False, out=out, study=f"{base}.transfer-{len(idx)}",
