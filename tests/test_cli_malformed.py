@@ -221,14 +221,26 @@ def _tune_argv(extra: list[str], tmp_path) -> list[str]:
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """Fail the test if a malformed command gets as far as training anything."""
-    from adamwkit.tuning import run
+    """Fail the test if a malformed command gets as far as training anything: opening the
+    study's storage fails it, and so does starting a worker, wherever tune keeps it."""
+    import importlib
+
+    from adamwkit.tuning import study
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(run, "_Worker", refuse)
-    monkeypatch.setattr(run.study_mod, "open_storage", refuse)
+    monkeypatch.setattr(study, "open_storage", refuse)
+    for module, name in (
+        ("adamwkit.tuning.run", "_Worker"),
+        ("adamwkit.tuning.protocol", "Worker"),
+    ):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(found, name):
+            monkeypatch.setattr(found, name, refuse)
 
 
 def check_one_line(argv, code, out, err, needle):

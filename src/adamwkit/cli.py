@@ -12,13 +12,21 @@ import json
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, render
 from ._checks import ArgumentError, is_subnormal
-from ._constants import CONVENTION_NAMES, DECAY_SCALES, PRECISIONS, SAMPLERS, VECTORIZE
-from .tuning.options import CLI_MODES, TUNE_OPTIONS
+from ._constants import CONVENTION_NAMES, DECAY_SCALES
+from .tuning.options import (
+    CLI_MODES,
+    MODE_FLAGS,
+    TUNE_OPTIONS,
+    Option,
+    check_mode,
+    mode_of,
+    refused,
+)
 
 DESCRIPTION = """\
 AdamW done right, and the weight decay to use with it.
@@ -193,8 +201,7 @@ def _setup_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .schedules import SCHEDULES
-
+    """The ``adamwkit`` parser: one subcommand each, built by the ``_add_*`` below."""
     parser = _Parser(
         prog="adamwkit",
         description=DESCRIPTION,
@@ -202,7 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"adamwkit {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    for add in (_add_suggest, _add_explain, _add_tune, _add_inspect, _add_convert):
+        add(sub)
+    return parser
 
+
+def _add_suggest(sub: Any) -> None:
+    """``adamwkit suggest``."""
     p = sub.add_parser(
         "suggest",
         help="a weight decay from your setup, with no training",
@@ -210,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "by the rule that fits the regime, with every other rule side by side.",
     )
     _add_setup(p)
+
+
+def _add_explain(sub: Any) -> None:
+    """``adamwkit explain``."""
+    from .schedules import SCHEDULES
 
     p = sub.add_parser(
         "explain",
@@ -234,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         "beside its equilibrium norm",
     )
 
+
+def _add_tune(sub: Any) -> None:
+    """``adamwkit tune``: its arguments come from the table of tune's options
+    (:data:`~adamwkit.tuning.options.TUNE_OPTIONS`) and of its modes
+    (:data:`~adamwkit.tuning.options.MODE_FLAGS`)."""
     p = sub.add_parser(
         "tune",
         help="cross-validate weight decay on a task (default: digits) and write a report",
@@ -242,130 +265,43 @@ def build_parser() -> argparse.ArgumentParser:
         "file in the run folder by default, or a database (--storage) shared by many workers "
         "running the same command. Rerunning resumes the study.",
     )
-    p.add_argument(
-        "objective",
-        nargs="?",
-        default="digits",
-        metavar="TASK",
-        help="a built-in task (digits, charlm), or module:attribute naming a Task or an "
-        "objective: a function objective(trial) -> validation loss (needs --examples, --lr)",
-    )
-    p.add_argument(
-        "--examples", type=_number, help="with an objective: how many examples the folds split"
-    )
-    p.add_argument("--folds", type=_number, default=5, help="k of k-fold CV (default 5)")
-    p.add_argument(
-        "--repeats", type=_number, default=1, help="draw the k folds this many times (small data)"
-    )
-    p.add_argument("--epochs", type=_number, help="epochs per training (default: the task's)")
-    p.add_argument("--lr", type=_number, help="peak learning rate (default: the task's)")
-    p.add_argument("--batch-size", type=_number, help="batch size (default: the task's)")
-    p.add_argument("--decay-scale", choices=DECAY_SCALES, help="convention (default: task's)")
-    p.add_argument(
-        "--test-fraction",
-        type=_number,
-        help="share of the examples held out for the final test (default: the task's, or 0.2)",
-    )
-    p.add_argument("--grid", help="explicit candidates, comma-separated: 0,1e-3,1e-2")
-    p.add_argument("--min", dest="grid_min", type=_number, help="smallest non-zero candidate")
-    p.add_argument("--max", dest="grid_max", type=_number, help="largest candidate")
-    p.add_argument("--points", type=_number, help="log-spaced candidates from --min to --max")
-    p.add_argument("--sampler", choices=SAMPLERS, default="grid")
-    p.add_argument("--trials", type=_number, default=12, help="candidates a tpe/gp search tries")
-    p.add_argument("--lr-grid", help="joint search: learning rates, comma-separated")
-    p.add_argument("--search-lr", action="store_true", help="tpe/gp: search lr in [lr/10, 10 lr]")
-    p.add_argument(
-        "--storage",
-        help="database URL shared by workers (default: $ADAMWKIT_STORAGE, else a journal file); "
-        "leave the password out and set PGPASSWORD or ~/.pgpass, so that ps does not show it",
-    )
-    p.add_argument("--study", help="study name (default: the task's name); names the run folder")
-    p.add_argument("--out", default="adamwkit-runs", help="folder of run folders")
-    p.add_argument("--seed", type=_number, default=0)
-    p.add_argument("--prune", action="store_true", help="stop hopeless candidates (Wilcoxon)")
-    p.add_argument(
-        "--no-prune-chance",
-        dest="prune_chance",
-        action="store_false",
-        help="train stacked runs still at their untrained loss at 1/4 or 1/2 of the epochs to "
-        "the end (default: stop them)",
-    )
-    p.add_argument(
-        "--transfer",
-        action="store_true",
-        help="cross-validate on nested subsets (--fractions), fit tau_epoch* against the data "
-        "size and extrapolate to the full training pool, with an 80%% interval",
-    )
-    p.add_argument(
-        "--fractions", help="with --transfer: subset sizes, comma-separated (default 1/8,1/4,1/2)"
-    )
-    p.add_argument(
-        "--probe",
-        action="store_true",
-        help="cross-validate zero decay alone and suggest weight decay from the epoch its "
-        "validation loss turns, with an 80%% range (about one candidate's cost)",
-    )
-    p.add_argument(
-        "--confirm",
-        action="store_true",
-        help="with --transfer or --probe: cross-validate a narrow grid over the interval "
-        "(for --transfer at the full size)",
-    )
-    p.add_argument(
-        "--extend",
-        type=_number,
-        default=2,
-        help="rounds of two candidates added past the grid's edge when the best sits on it "
-        "(default 2; 0: never)",
-    )
-    p.add_argument("--heartbeat-interval", type=_number, default=10, help="seconds (databases)")
-    p.add_argument(
-        "--storage-retry",
-        type=_number,
-        default=120,
-        help="seconds to retry a database through an outage before stopping (default 120)",
-    )
-    p.add_argument(
-        "--vectorize",
-        choices=VECTORIZE,
-        default="auto",
-        help="train candidates x folds together as one stacked model (auto: when a few "
-        "measured steps say it is faster)",
-    )
-    p.add_argument("--max-memory", type=_number, help="GiB cap on members trained together")
-    p.add_argument(
-        "--workers",
-        type=_number,
-        default=1,
-        help="worker processes to start on this machine (each with its share of the cores, "
-        "and GPU i mod count on a machine with several)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (a GPU when there is one), cpu, cuda or cuda:<index>",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="bf16: the forward pass under bfloat16 autocast (weights stay float32)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_number,
-        help="torch threads per worker (default: a share of the cores other programs leave free)",
-    )
-    p.add_argument(
-        "--trial-timeout",
-        type=_number,
-        metavar="SECONDS",
-        help="fail a run that takes longer (default: no limit); stacked, m runs trained "
-        "together get m times as long",
-    )
-    p.add_argument("--no-test", action="store_true", help="skip the refits on the test split")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    for option in TUNE_OPTIONS:
+        if option.flag is not None:
+            _add_option(p, option)
+    for mode in MODE_FLAGS:
+        action = "store" if mode.takes_value else "store_true"
+        p.add_argument(mode.flag, dest=mode.name, action=action, help=_help(mode.help))
+
+
+def _help(text: str) -> str:
+    """A help text as argparse reads it (``%`` is its format character)."""
+    return text.replace("%", "%%")
+
+
+def _add_option(p: argparse.ArgumentParser, o: Option) -> None:
+    """The argument of one option of tune, stored under its keyword; an inverted flag
+    (``--quiet``) stores ``False`` in its keyword (``progress``)."""
+    if o.flag == "TASK":
+        p.add_argument(o.name, nargs="?", default=o.default, metavar=o.metavar, help=_help(o.help))
+        return
+    assert o.flag is not None
+    if o.kind == "flag":
+        action = "store_false" if o.inverted else "store_true"
+        p.add_argument(o.flag, dest=o.name, action=action, help=_help(o.help))
+        return
+    kwargs: dict[str, Any] = {"dest": o.name, "default": o.default, "help": _help(o.help)}
+    if o.metavar is not None:
+        kwargs["metavar"] = o.metavar
+    if o.choices is not None:
+        kwargs["choices"] = o.choices
+    elif o.kind in ("int", "float"):
+        kwargs["type"] = _number
+    p.add_argument(o.flag, **kwargs)
+
+
+def _add_inspect(sub: Any) -> None:
+    """``adamwkit inspect``."""
+    from ._safe_load import parse_byte_count
 
     p = sub.add_parser(
         "inspect",
@@ -386,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
         "equilibrium norm sqrt(lr * numel / (2 * weight_decay))",
     )
     p.add_argument("--all", action="store_true", help="every tensor (default: the first 40)")
-    from ._safe_load import parse_byte_count
-
     p.add_argument(
         "--max-bytes",
         type=parse_byte_count,
@@ -397,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
         "this process may use)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_convert(sub: Any) -> None:
+    """``adamwkit convert``."""
+    from .schedules import SCHEDULES
 
     p = sub.add_parser(
         "convert",
@@ -425,16 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_number, help="total steps of --schedule")
     p.add_argument("--warmup-steps", type=_number, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
 # ---------------------------------------------------------------------------- output
 
 
-def _print_json(obj: dict[str, Any]) -> None:
+def _print_json(obj: Mapping[str, Any]) -> None:
     from ._io import json_safe
 
-    sys.stdout.write(json.dumps(json_safe(obj), allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(json_safe(dict(obj)), allow_nan=False) + "\n")
 
 
 def _console() -> Any:
@@ -443,16 +381,9 @@ def _console() -> Any:
     return Console(highlight=False)
 
 
-def _show_suggestion(sug: Any) -> None:
-    from .render import suggestion, to_rich
-
-    to_rich(suggestion(sug), _console())
-
-
-def _show_explanation(ex: Any) -> None:
-    from .render import explanation, to_rich
-
-    to_rich(explanation(ex), _console())
+def _show(blocks: Sequence[render.Block]) -> None:
+    """Print a result's blocks on the terminal."""
+    render.to_rich(blocks, _console())
 
 
 # ---------------------------------------------------------------------------- commands
@@ -465,7 +396,7 @@ def _cmd_suggest(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(sug.to_dict())
     else:
-        _show_suggestion(sug)
+        _show(sug.blocks())
     return 0
 
 
@@ -517,22 +448,13 @@ def _cmd_explain(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(ex.to_dict())
     else:
-        _show_explanation(ex)
+        _show(ex.blocks())
     return 0
 
 
 def _explain_run(a: argparse.Namespace) -> int:
     """The verdicts of a monitored run, with each layer's last numbers."""
-    import numpy as np
-    from rich.markup import escape
-    from rich.table import Table
-
-    from ._format import fmt as _fmt
-    from ._safe_load import printable
-    from .monitor import load_log
-
-    def shown(text: str, limit: int = 200) -> str:  # from the log file: escaped for a terminal
-        return escape(printable(text, limit))
+    from .explain import explain_run
 
     setup = (("--weight-decay", a.weight_decay), ("--lr", a.lr),
              ("--batch-size", a.batch_size), ("--model", a.model))  # fmt: skip
@@ -542,53 +464,11 @@ def _explain_run(a: argparse.Namespace) -> int:
             f"run reads a saved monitor log, which holds its settings: give it without {given[0]}",
             "run",
         )
-    log = load_log(a.run)
-    layers = log.layers()
-    verdicts = log.verdicts()
-    tail = max(1, len(layers.steps) // 10)
-    rows: list[dict[str, Any]] = []
-    for j, t in enumerate(layers.tensors):
-        rows.append(
-            {
-                "layer": t.name,
-                "norm": float(layers.values[-1, j, 1]) if len(layers.steps) else None,
-                "pred_norm": float(layers.pred_norm[-1, j]) if len(layers.steps) else None,
-                "angle": float(np.mean(layers.angle[-tail:, j])) if len(layers.steps) else None,
-                "pred_angle": float(layers.pred_angle[-1, j]) if len(layers.steps) else None,
-            }
-        )
+    run = explain_run(a.run)
     if a.json:
-        _print_json(
-            {
-                "run": a.run,
-                "steps": int(log.steps[-1]) if len(log.steps) else 0,
-                "every": log.every,
-                "optimizer": log.optimizer,
-                "layers": rows,
-                "verdicts": [{"layer": v.layer, "code": v.code, "text": v.text} for v in verdicts],
-            }
-        )
-        return 0
-    console = _console()
-    last = int(log.steps[-1]) if len(log.steps) else 0
-    console.print(
-        f"[dim]{shown(a.run)}: {shown(log.optimizer)}, {last:,} steps, "
-        f"recorded every {log.every}[/dim]"
-    )
-    table = Table(title="Each layer at the end of the run (Kosson et al.'s equilibrium)")
-    for col in ("layer", "norm", "equilibrium norm", "angle rad/step", "predicted angle"):
-        table.add_column(col, justify="left" if col == "layer" else "right")
-    for r in rows:
-        cells = [_fmt(r[k]) if r[k] is not None else "-" for k in ("norm", "pred_norm", "angle",
-                                                                   "pred_angle")]  # fmt: skip
-        table.add_row(shown(r["layer"]), *cells)
-    console.print(table)
-    for v in verdicts:
-        if v.code != "no-decay":
-            console.print(f"[bold]{shown(v.layer)}[/bold]: {shown(v.text, 5000)}")
-    quiet = [v.layer for v in verdicts if v.code == "no-decay"]
-    if quiet:
-        console.print(f"[dim]not decayed: {shown(', '.join(quiet))}[/dim]")
+        _print_json(run.to_dict())
+    else:
+        _show(run.blocks())
     return 0
 
 
@@ -659,6 +539,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
 
 def _floats(name: str, text: str | None) -> list[float] | None:
+    """Numbers separated by commas (``--grid 0,1e-3,1e-2``); ``None`` stays ``None``."""
     if text is None:
         return None
     try:
@@ -671,310 +552,124 @@ def _floats(name: str, text: str | None) -> list[float] | None:
         ) from None
 
 
-def _cmd_tune(a: argparse.Namespace) -> int:
+# Settings a run's recorded reason may name (``exceeded trial_timeout of 60 s``).
+_RUN_LIMITS = ("trial_timeout",)
+
+
+def _run_names(text: str) -> str:
+    """A run's message (a note, a candidate's reason) with the flags for the names."""
+    return _flagify(text, _RUN_LIMITS)
+
+
+def _tune_failures() -> tuple[type[Exception], ...]:
+    """The errors that end a run for a reason outside the user's code (exit 1); importing
+    them checks that tune's dependencies are installed."""
     try:
-        from .tuning import tune
         from .tuning.journal import JournalDamaged, JournalLockUnusable
-        from .tuning.objective import NoResult
         from .tuning.storage import StorageUnavailable
         from .tuning.workers import FolderUnusable
     except ImportError as err:
         raise ValueError(
             f"tune needs Optuna, scikit-learn and matplotlib ({err}): pip install 'adamwkit[tune]'"
         ) from err
+    return (StorageUnavailable, JournalDamaged, JournalLockUnusable, FolderUnusable)
+
+
+def _cmd_tune(a: argparse.Namespace) -> int:
+    failures = _tune_failures()
     from ._io import WriteFailed
+    from .tuning.objective import NoResult
 
     try:
-        if a.transfer and a.probe:
-            raise ArgumentError("transfer and probe are exclusive: choose one", "transfer", "probe")
-        if a.transfer:
-            return _run_transfer(a)
-        if a.probe:
-            return _run_probe(a)
-        for flag in ("fractions", "confirm"):
-            if getattr(a, flag):
-                need = "--transfer" if flag == "fractions" else "--transfer or --probe"
-                raise ArgumentError(f"{flag} goes with {need}", flag)
-        result = _run_tune(a, tune)
+        mode = mode_of([m.name for m in MODE_FLAGS if getattr(a, m.name) not in (None, False)])
+        kwargs = _tune_kwargs(a, mode)
+        if mode == "transfer":
+            return _run_transfer(a, kwargs)
+        if mode == "probe":
+            return _run_probe(a, kwargs)
+        return _run_tune(a, kwargs)
     except WriteFailed as err:
         raise RunFailed(
             f"cannot write {err.filename}: {err.strerror}; free space (or fix the cause) and "
             "run the same command again to resume"
         ) from None
-    except (StorageUnavailable, JournalDamaged, JournalLockUnusable, FolderUnusable) as err:
+    except failures as err:
         raise RunFailed(str(err)) from None
     except NoResult as err:  # the runs ended without a result: not a bad argument
-        raise RunFailed(_flagify(" ".join(str(err).split()), _RUN_LIMITS)) from None
+        raise RunFailed(_run_names(" ".join(str(err).split()))) from None
+
+
+def _tune_kwargs(a: argparse.Namespace, mode: str | None) -> dict[str, Any]:
+    """The keywords of tune's options as parsed, for ``mode`` (``None``: tune itself):
+    the options the mode does not take are refused when set, and left out."""
+    flagged = [o for o in TUNE_OPTIONS if o.flag is not None]
+    if mode is not None:
+        check_mode(mode, [o.name for o in flagged if getattr(a, o.name) != o.default], flags=True)
+    skip = set(refused(mode, [o.name for o in flagged])) if mode is not None else set()
+    kwargs: dict[str, Any] = {}
+    for o in flagged:
+        if o.name not in skip:
+            value = getattr(a, o.name)
+            kwargs[o.name] = _floats(o.name, value) if o.kind == "floats" else value
+    return kwargs
+
+
+def _run_tune(a: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    """``adamwkit tune``: the study, its table and verdict (or the summary as JSON)."""
+    from .tuning import tune
+
+    result = tune(**kwargs)
     if result.best_weight_decay is None:
         if a.json:
             _print_json(result.summary)
-        raise RunFailed(_no_result(result.summary, result.paths["report"]))
+        raise RunFailed(render.no_result(result.summary, result.paths["report"], _run_names))
     if a.json:
         _print_json(result.summary)
-        return 0
-    _show_tune(result)
+    else:
+        _show(render.tune_summary(result.summary, result.paths, _run_names))
     return 0
 
 
-def _run_transfer(a: argparse.Namespace) -> int:
+def _run_transfer(a: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    """``adamwkit tune --transfer``."""
     from .tuning.transfer import transfer
 
     fractions = _floats("fractions", a.fractions) or (0.125, 0.25, 0.5)
-    from ._checks import ArgumentError
-
-    given = [n for n in ("grid", "grid_min", "grid_max", "points", "storage", "lr_grid",
-                         "test_fraction", "examples")
-             if getattr(a, n) is not None]  # fmt: skip
-    if a.workers != 1:
-        given.append("workers")
-    if given:
-        raise ArgumentError(
-            f"{' and '.join(given)} cannot be used with transfer: it holds out the task's own "
-            "test split, takes each subset's candidates from the suggestion's range, and runs "
-            "in this process with a journal file",
-            *given,
-        )
-    result = transfer(a.objective, fractions=fractions, confirm=a.confirm, **_run_settings(a))
+    task = kwargs.pop("objective")
+    result = transfer(task, fractions=fractions, confirm=a.confirm, **kwargs)
     if a.json:
         _print_json({**result.to_dict(), "verdict": result.verdict()})
-        return 0
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = _console()
-    table = Table(title="Cross-validated subsets", title_justify="left")
-    for col in ("fraction", "N (fold)", "tau_epoch*", "one-SE band", "best weight_decay"):
-        table.add_column(col, justify="right")
-    for p in result.points:
-        table.add_row(f"{p.fraction:g}", f"{p.n_train:,}", _fmt_num(p.tau_star),
-                      f"{_fmt_num(p.band[0])} to {_fmt_num(p.band[1])}",
-                      f"{p.best_weight_decay:.4g}")  # fmt: skip
-    console.print(table)
-    console.print(f"[bold green]{escape(result.verdict())}[/bold green]")
-    console.print(f"Plot: {result.paths['plot']}  (summary: {result.paths['summary']})")
+    else:
+        _show(result.blocks())
     return 0
 
 
-def _run_probe(a: argparse.Namespace) -> int:
-    from rich.markup import escape
-
+def _run_probe(a: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    """``adamwkit tune --probe``."""
     from .tuning.probe import probe
 
-    given = [n for n in ("grid", "grid_min", "grid_max", "points", "lr_grid", "fractions")
-             if getattr(a, n) is not None]  # fmt: skip
-    given += [n for n in ("search_lr", "no_test") if getattr(a, n)]
-    if a.sampler != "grid":
-        given.append("sampler")
-    if given:
-        raise ArgumentError(
-            f"{' and '.join(given)} cannot be used with probe: it cross-validates zero decay "
-            "alone (with --confirm, then a grid over its range)",
-            *given,
-        )
-    settings = {
-        **_run_settings(a),
-        **{k: getattr(a, k) for k in ("examples", "test_fraction", "storage", "workers",
-                                      "heartbeat_interval", "storage_retry")},
-    }  # fmt: skip
-    result = probe(a.objective, confirm=a.confirm, **settings)
+    objective = kwargs.pop("objective")
+    result = probe(objective, confirm=a.confirm, **kwargs)
     if a.json:
         _print_json(result.to_dict())
-        return 0
-    console = _console()
-    console.print(f"[bold green]{escape(result.verdict())}[/bold green]")
-    console.print(f"Probe: {result.run_dir}")
-    if result.confirm is not None:
-        _show_tune(result.confirm)
+    else:
+        _show(result.blocks(_run_names))
     return 0
-
-
-def _fmt_num(x: float) -> str:
-    from ._format import fmt
-
-    return fmt(x)
-
-
-def _no_result(summary: dict[str, Any], report: Any) -> str:
-    """Why no candidate finished every fold, in one line."""
-    states: dict[str, int] = {}
-    for c in summary["candidates"]:
-        states[c["state"]] = states.get(c["state"], 0) + 1
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-    reasons = sorted({c["reason"] for c in summary["candidates"] if c.get("reason")})
-    why = f" (first reason: {_flagify(reasons[0], _RUN_LIMITS)})" if reasons else ""
-    return (
-        f"no candidate finished every fold: {counts or 'no candidates'}{why}; nothing to "
-        f"recommend (report: {report})"
-    )
-
-
-# Settings a run's recorded reason may name (``exceeded trial_timeout of 60 s``).
-_RUN_LIMITS = ("trial_timeout",)
-
-
-def _run_settings(a: argparse.Namespace) -> dict[str, Any]:
-    """The flags every tune run takes, plain or one of a transfer's."""
-    return {
-        "folds": a.folds,
-        "repeats": a.repeats,
-        "extend": a.extend,
-        "prune_chance": a.prune_chance,
-        "epochs": a.epochs,
-        "lr": a.lr,
-        "batch_size": a.batch_size,
-        "decay_scale": a.decay_scale,
-        "study": a.study,
-        "out": a.out,
-        "seed": a.seed,
-        "progress": not a.quiet,
-        "vectorize": a.vectorize,
-        "max_memory": a.max_memory,
-        "threads": a.threads,
-        "device": a.device,
-        "precision": a.precision,
-        "trial_timeout": a.trial_timeout,
-    }
-
-
-def _run_tune(a: argparse.Namespace, tune: Any) -> Any:
-    return tune(
-        a.objective,
-        **_run_settings(a),
-        examples=a.examples,
-        test_fraction=a.test_fraction,
-        grid=_floats("grid", a.grid),
-        grid_min=a.grid_min,
-        grid_max=a.grid_max,
-        points=a.points,
-        sampler=a.sampler,
-        trials=a.trials,
-        lr_grid=_floats("lr_grid", a.lr_grid),
-        search_lr=a.search_lr,
-        storage=a.storage,
-        prune=a.prune,
-        heartbeat_interval=a.heartbeat_interval,
-        test=not a.no_test,
-        workers=a.workers,
-        storage_retry=a.storage_retry,
-    )
-
-
-def _show_tune(result: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    s = result.summary
-    console = _console()
-    epochs = f", {s['epochs']} epochs" if s.get("epochs") else ""
-    table = Table(title=f"{s['task']}: {s['folds']}-fold CV{epochs}", title_justify="left")
-    for col in ("weight_decay", "lr", "tau_epoch", "CV loss +- SE", "paired diff +- SE", "state"):
-        table.add_column(col, justify="left" if col == "state" else "right")
-    g = "{:.4g}".format
-    for c in s["candidates"]:
-        mark = ""
-        if c["lr"] == s["best_lr"] and c["weight_decay"] == s["best_weight_decay"]:
-            mark = " [bold]best[/bold]"
-        elif c["lr"] == s["best_lr"] and c["weight_decay"] == s["one_se_weight_decay"]:
-            mark = " [bold]one-SE[/bold]"
-        mean = "-" if c["mean"] is None else f"{g(c['mean'])} +- {(c['sem'] or 0):.2g}"
-        diff = (
-            "-"
-            if c["paired_diff"] is None
-            else f"{c['paired_diff']:+.3g} +- {(c['paired_sem'] or 0):.2g}"
-        )
-        tau = "-" if c["tau_epoch"] is None else g(c["tau_epoch"])
-        reason = _flagify(c["reason"], _RUN_LIMITS) if c["reason"] else ""
-        state = c["state"] + (f" ({reason})" if reason else "")
-        table.add_row(g(c["weight_decay"]), g(c["lr"]), tau, mean, diff, escape(state) + mark)
-    console.print(table)
-    style = "bold yellow" if s["flat"] else "bold green"
-    console.print(f"[{style}]{escape(s['verdict'])}[/{style}]")
-    console.print(f"[dim]vectorize: {escape(s['vectorize'])}[/dim]")
-    for note in s.get("notes", ()):
-        console.print(f"[dim]note: {escape(_flagify(note))}[/dim]")
-    console.print(f"Report: {result.paths['report']}  (summary: {result.paths['summary']})")
 
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from rich.table import Table
-    from rich.text import Text
-
-    from ._format import fmt
     from ._safe_load import printable
     from .checkpoint import inspect_checkpoint
 
-    def shown(s: str) -> Text:  # a string from the file: escaped, never read as markup
-        return Text(printable(s, limit=120))
-
     info = inspect_checkpoint(a.path, lr=a.lr, weight_decay=a.weight_decay, max_bytes=a.max_bytes)
-    rows = info["tensors"]
     if a.json:
-        out = {**info, "tensors": [{**dataclasses.asdict(r), "norm_ratio": r.norm_ratio}
-                                   for r in rows]}  # fmt: skip
-        _print_json(out)
-        return 0
-    console = _console()
-    share = 100.0 * info["decayed_parameters"] / max(1, info["parameters"])
-    header = Text(printable(info["path"], limit=500), style="bold")
-    header.append(
-        f" ({info['format']}): {len(rows)} tensors, {info['parameters']:,} parameters; "
-        f"{info['decayed_parameters']:,} ({share:.1f}%) would decay under param_groups (by "
-        "name and ndim)"
-    )
-    console.print(header)
-    eq = info["lr"] is not None
-    dtypes = sorted({r.dtype for r in rows})
-    table = Table(title=f"dtype {dtypes[0]}" if len(dtypes) == 1 else None, title_justify="left")
-    table.add_column("tensor", no_wrap=True, overflow="fold")
-    table.add_column("shape", no_wrap=True)
-    if len(dtypes) > 1:
-        table.add_column("dtype")
-    table.add_column("norm", justify="right")
-    table.add_column("RMS", justify="right")
-    table.add_column("decays")
-    if eq:
-        table.add_column("eq. norm", justify="right")
-        table.add_column("norm/eq", justify="right")
-    shown_rows = rows if a.all else rows[:40]
-    for r in shown_rows:
-        cells: list[Any] = [shown(r.name), "x".join(map(str, r.shape)) or "scalar"]
-        cells += [r.dtype] if len(dtypes) > 1 else []
-        cells += [fmt(r.norm), fmt(r.rms), Text("yes") if r.decays else shown(f"no: {r.rule}")]
-        if eq:
-            ratio = r.norm_ratio
-            cells += [fmt(r.equilibrium_norm) if r.equilibrium_norm else "-",
-                      f"{ratio:.2f}" if ratio is not None else "-"]  # fmt: skip
-        table.add_row(*cells)
-    console.print(table)
-    if len(shown_rows) < len(rows):
-        console.print(f"[dim]{len(rows) - len(shown_rows)} more tensors: --all shows them[/dim]")
-    if info["optimizer"] is not None:
-        opt = Table(title="Optimizer groups", title_justify="left")
-        for col in ("group", "params", "lr", "weight_decay", "decay_scale", "step", "saved by"):
-            opt.add_column(col)
-        for g in info["optimizer"]:
-            opt.add_row(str(g["group"]), str(g["params"]), _maybe(g["lr"]),
-                        _maybe(g["weight_decay"]), shown(g["decay_scale"]),
-                        "-" if g["step"] is None else str(g["step"]), g["convention"])  # fmt: skip
-        console.print(opt)
-    if info["extra"]:
-        console.print("Run: " + ", ".join(f"{k} {v}" for k, v in info["extra"].items()))
-    for note in info["notes"]:
-        console.print(Text(f"note: {printable(note, limit=500)}", style="dim"))
-    if eq:
-        console.print(
-            "[dim]norm / eq. far above 1: the decay had not yet pulled the matrix to its "
-            "equilibrium (Kosson et al., arXiv:2305.17212); near 1: in equilibrium[/dim]"
-        )
+        tensors = [{**dataclasses.asdict(r), "norm_ratio": r.norm_ratio} for r in info["tensors"]]
+        _print_json({**info, "tensors": tensors})
+    else:
+        _show(render.checkpoint_report(info, printable, show_all=a.all))
     return 0
-
-
-def _maybe(x: float | None) -> str:
-    from ._format import fmt
-
-    return "-" if x is None else fmt(x)
 
 
 _COMMANDS = {
