@@ -3,6 +3,10 @@
 Bad input exits with code 2 and one line on stderr naming the flag, the value and the
 accepted range. ``--json`` prints one JSON object on stdout instead of the tables
 (non-finite numbers, such as the timescale of a zero weight decay, become ``null``).
+
+This module only parses and prints: ``tune``'s arguments, and the options its modes
+refuse, come from the table in :mod:`adamwkit.tuning.options`; what a command prints is
+its result's blocks (:mod:`adamwkit.render`), the same content as the result's ``str()``.
 """
 
 from __future__ import annotations
@@ -58,20 +62,15 @@ _FLAGS = {
     "beta1": "--beta1",
     "warmup_steps": "--warmup-steps",
     "model": "--model",
-    "fractions": "--fractions",
     "decay_scale": "--decay-scale",
     "schedule": "--schedule",
     "from_convention": "--from",
     "to_convention": "--to",
     "objective": "TASK",
     "run": "--run",
-    "transfer": "--transfer",
-    "probe": "--probe",
-    "confirm": "--confirm",
-    "no_test": "--no-test",
 }
-# tune's options: their flags come from the one table of them (an inverted flag, such as
-# --quiet for progress=False, cannot stand for its keyword in a message)
+# tune's options and modes: their flags come from the one table of them (an inverted flag,
+# such as --quiet for progress=False, cannot stand for its keyword in a message)
 _FLAGS.update(
     {
         o.name: o.flag
