@@ -32,8 +32,8 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from adamwkit import ObjectiveFailed, tune
-from adamwkit.cli import _no_result, main
+from adamwkit import ObjectiveFailed, render, tune
+from adamwkit.cli import _run_names, main
 from adamwkit.tuning import cv, report, workers
 from adamwkit.tuning.journal import clear_stale_lock
 from adamwkit.tuning.limits import TrialTimeout, time_limit
@@ -297,7 +297,8 @@ def test_a_stacked_population_past_its_time_fails_every_run_of_it(tmp_path, monk
 
 def test_the_command_line_names_the_flag_in_a_runs_reason():
     summary = {"candidates": [{"state": "failed", "reason": "exceeded trial_timeout of 2 s"}]}
-    assert "(first reason: exceeded --trial-timeout of 2 s)" in _no_result(summary, "r.html")
+    line = render.no_result(summary, "r.html", _run_names)
+    assert "(first reason: exceeded --trial-timeout of 2 s)" in line
 
 
 # ---------------------------------------------------------------------------- the limit itself

@@ -27,6 +27,7 @@ __all__ = [
     "check_range",
     "check_whole",
     "is_subnormal",
+    "listing",
 ]
 
 
@@ -145,3 +146,9 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
         listed = ", ".join(repr(c) for c in choices)
         raise ArgumentError(f"{name}={value!r} is invalid: expected one of {listed}", name)
     return value
+
+
+def listing(values: Sequence[float], most: int = 6) -> str:
+    """``[0, 0.001, 0.01, ...]``: a list of numbers, shortened for a message."""
+    shown = ", ".join(f"{v:g}" for v in values[:most])
+    return f"[{shown}{', ...' if len(values) > most else ''}]"

@@ -7,19 +7,23 @@
 - :mod:`.executor`: running jobs one at a time or stacked, and the measured choice between them.
 - :mod:`.workers`: worker slots, CPU thread shares, worker processes.
 - :mod:`.report`: summary.json, cv_curve.png, learning_curves.png, report.html.
-- :mod:`.run`: :func:`tune`, which ties them together.
+- :mod:`.options`: the one table of tune's options (keyword, flag, default, range, scope).
+- :mod:`.source`, :mod:`.planning`: what trains; the options validated into a ``TunePlan``.
+- :mod:`.protocol`: the rounds (CV, extensions, refits), each worked on by every
+  :mod:`.worker`; :mod:`.summary`: the typed ``TuneSummary`` (summary.json).
+- :mod:`.run`: :func:`tune`, the one-call entry point: ``plan(...).run()``.
 """
 
 from typing import Any
 
 from .objective import ObjectiveFailed, Trial
 
-__all__ = ["ObjectiveFailed", "Trial", "TuneResult", "tune"]
+__all__ = ["ObjectiveFailed", "Trial", "TunePlan", "TuneResult", "TuneSummary", "plan", "tune"]
 
 
 def __getattr__(name: str) -> Any:
     # The study needs Optuna, scikit-learn and matplotlib: load them only when asked for.
-    if name in ("tune", "TuneResult"):
+    if name in ("tune", "TuneResult", "TunePlan", "TuneSummary", "plan"):
         from . import run
 
         return getattr(run, name)

@@ -35,6 +35,12 @@ __all__ = [
 ]
 
 
+#: Private methods of Optuna's ``RDBStorage`` that its public functions call and that
+#: :class:`~.storage.RetryingStorage` must wrap with its retries as well:
+#: ``optuna.storages.fail_stale_trials`` reads ``_get_stale_trial_ids``.
+PRIVATE_STORAGE_CALLS = ("_get_stale_trial_ids",)
+
+
 def _storage(study: optuna.Study) -> Any:
     return study._storage
 
@@ -58,12 +64,13 @@ def is_retry_of_failed(trial: FrozenTrial) -> bool:
     return "failed_trial" in trial.system_attrs
 
 
-def fail_running_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Mark another worker's RUNNING trial failed with ``reason``; False if it had ended
-    already (another worker got there first)."""
+def fail_running_trial(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> bool:
+    """Mark another worker's RUNNING trial failed, with the user attributes ``attrs`` (its
+    reason); False if it had ended already (another worker got there first)."""
     storage = _storage(study)
     try:
-        storage.set_trial_user_attr(_trial_id(trial), "fail_reason", reason)
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(_trial_id(trial), key, value)
         return bool(storage.set_trial_state_values(_trial_id(trial), state=TrialState.FAIL))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False

@@ -55,6 +55,7 @@ class Job:
     seed: int
     key: Any = None
     label: str = ""
+    run: int = 0  # the candidate's run (the step it is recorded at): the fold, or 0 for a refit
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Runner:
             out = self.failed(err, job.label)
         out.curve = list(trial.curve)
         trial.close_monitor()
-        out.monitor = trial.monitor_log
+        out.monitor_log = trial.monitor_log
         out.seconds = time.perf_counter() - start
         return out
 

@@ -185,7 +185,7 @@ class Outcome:
     reason: str = ""
     error: BaseException | None = None
     seconds: float = 0.0
-    monitor: Any = None
+    monitor_log: Any = None  # a refit's MonitorLog
     pruned: str = ""  # why the run was stopped early; ``loss`` is then its last one
 
     @property
@@ -304,7 +304,7 @@ class TaskObjective:
         steps = self.epochs * -(-n // self.batch_size)
         return max(1, steps // 200)
 
-    def probe(self) -> tuple[str | None, int]:
+    def stacking_check(self) -> tuple[str | None, int]:
         """Why this task's model cannot be stacked (batch norm, tied weights) or ``None``,
         and the memory one stacked member needs (bytes); one model is built to see."""
         from ..train.population import member_bytes, vectorize_refusal

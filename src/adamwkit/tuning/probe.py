@@ -201,7 +201,7 @@ def probe(
 
     Example: ``probe("digits").verdict()``.
     """
-    from .planning import _default_study_name
+    from .planning import default_study_name
     from .run import tune
 
     check_mode("probe", tune_kwargs)  # the options it does not take (tuning.options)
@@ -214,7 +214,7 @@ def probe(
             "epochs",
             "batch_size",
         )
-    name = study if study is not None else _default_study_name(_source_name(objective))
+    name = study if study is not None else default_study_name(_source_name(objective))
     run = tune(objective, grid=[0.0], test=False, extend=0, study=f"{name}.probe", out=out,
                **tune_kwargs)  # fmt: skip
     s = run.summary

@@ -29,6 +29,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from .._io import WriteFailed
+from ._optuna import PRIVATE_STORAGE_CALLS
 
 __all__ = ["STORAGE_RETRY_S", "RetryingStorage", "StorageUnavailable", "is_outage"]
 
@@ -136,7 +137,7 @@ def _cause(err: BaseException) -> str:
 
 
 _SKIP = {"record_heartbeat", "remove_session", "get_heartbeat_interval"}
-for _name in sorted(set(dir(BaseStorage)) | {"_get_stale_trial_ids"}):
+for _name in sorted(set(dir(BaseStorage)) | set(PRIVATE_STORAGE_CALLS)):
     if _name.startswith("__") or _name in _SKIP:
         continue
     _attr = getattr(RDBStorage, _name, None)

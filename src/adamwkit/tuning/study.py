@@ -78,6 +78,28 @@ _HOST = socket.gethostname()
 ORPHAN_GRACE_S = 60.0
 
 
+# ---------------------------------------------------------------------------- the schema
+# What adamwkit stores in a study, by name: these keys are the study's on-disk format.
+
+# The study's attributes.
+SETTINGS = "adamwkit_settings"  # StudySpec.attrs(): the study's identity
+READY = "adamwkit_ready"  # the creator has enqueued every candidate
+STACKING = "adamwkit_vectorize_{device}"  # the measured stacking decision, per device type
+# A trial's attributes (one trial is one candidate; its runs are steps 0..k-1).
+WORKER = "worker"  # the claiming worker's id (its lock file, with a journal)
+HOST = "host"  # the claiming worker's machine
+FAIL_REASON = "fail_reason"
+PRUNE_REASON = "prune_reason"
+ERROR = "error"  # the objective raised: a rerun retries the candidate
+SPURIOUS = "spurious"  # an ask() that found nothing enqueued: not a candidate
+RETRY_OF = "retry_of"  # the trial number this one retries
+METRIC = "metric_{run}"  # the run's metric, next to its loss (the intermediate value)
+CURVE = "curve_{run}"  # the run's learning curve, thinned to CURVE_POINTS
+MONITOR = "monitor"  # a refit's Monitor log file, in the run folder
+VERDICTS = "verdicts"  # a refit's Monitor verdicts
+_METRIC_PREFIX, _CURVE_PREFIX = METRIC.split("{")[0], CURVE.split("{")[0]
+
+
 # host[:port] as it follows the user part: a bracketed IPv6 address or a name, then an
 # optional port, then the end of the authority.
 _AUTHORITY_TAIL = re.compile(r"(?:\[[^\]/?#@]*\]|[^\[\]/?#@:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
@@ -348,10 +370,10 @@ def open_study(
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
         _wait_ready(study, spec, enqueue)
         return study
-    study.set_user_attr("adamwkit_settings", spec.attrs())
+    study.set_user_attr(SETTINGS, spec.attrs())
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
-    study.set_user_attr("adamwkit_ready", True)
+    study.set_user_attr(READY, True)
     return study
 
 
@@ -362,26 +384,26 @@ def _wait_ready(
     midway (Ctrl-C, a full disk) leaves the count of trials still: after
     :data:`CREATOR_STALL_S` without a new trial, this worker finishes the job."""
     seen, still_since = -1, time.monotonic()
-    while not study.user_attrs.get("adamwkit_ready"):
+    while not study.user_attrs.get(READY):
         n = len(study.get_trials(deepcopy=False))
         if n != seen:
             seen, still_since = n, time.monotonic()
         elif time.monotonic() - still_since > CREATOR_STALL_S:
-            if "adamwkit_settings" not in study.user_attrs:
-                study.set_user_attr("adamwkit_settings", spec.attrs())
+            if SETTINGS not in study.user_attrs:
+                study.set_user_attr(SETTINGS, spec.attrs())
             break
         time.sleep(0.2)
-    why = spec.mismatch(study.user_attrs.get("adamwkit_settings", {}))
+    why = spec.mismatch(study.user_attrs.get(SETTINGS, {}))
     if why:
         raise ArgumentError(
             f"study={study.study_name!r} {why}: rerun with the same settings to resume it, or "
             "pass a new study name",
             "study",
         )
-    if not study.user_attrs.get("adamwkit_ready"):
+    if not study.user_attrs.get(READY):
         for params in enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
-        study.set_user_attr("adamwkit_ready", True)
+        study.set_user_attr(READY, True)
 
 
 # ---------------------------------------------------------------------------- claiming
@@ -442,8 +464,8 @@ def _params(t: FrozenTrial) -> dict[str, Any]:
 def _retry(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
     """Fail a stale RUNNING trial and enqueue its candidate again (once, across workers)."""
     params = _params(t)
-    if _optuna.fail_running_trial(study, t, reason) and "weight_decay" in params:
-        study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+    if _optuna.fail_running_trial(study, t, {FAIL_REASON: reason}) and "weight_decay" in params:
+        study.enqueue_trial(params, user_attrs={RETRY_OF: t.number})
 
 
 def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
@@ -453,7 +475,7 @@ def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
         _optuna.fail_stale_trials(study)  # databases: the trial's heartbeat stopped
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = t.user_attrs.get(WORKER)
         if worker is None:
             started = t.datetime_start.timestamp() if t.datetime_start else now
             # With a journal file every worker holds a lock in the run folder: when none
@@ -462,11 +484,11 @@ def _fail_stale(study: optuna.Study, lock: WorkerLock | None) -> None:
             if alone or now - started > ORPHAN_GRACE_S:
                 _retry(study, t, "its worker stopped before recording itself")
         elif not beating and lock is not None and not lock.owner_alive(worker):
-            _retry(study, t, f"its worker ({t.user_attrs.get('host', '?')}) stopped")
+            _retry(study, t, f"its worker ({t.user_attrs.get(HOST, '?')}) stopped")
 
 
 def _is_spurious(t: FrozenTrial) -> bool:
-    return bool(t.user_attrs.get("spurious"))
+    return bool(t.user_attrs.get(SPURIOUS))
 
 
 def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
@@ -492,10 +514,11 @@ def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
             if math.isfinite(value):
                 c.fold_losses.setdefault(int(step), float(value))
         for name, value in t.user_attrs.items():
-            if name.startswith("metric_"):
-                c.fold_metrics.setdefault(int(name[7:]), float(value))
-            elif name.startswith("curve_"):
-                c.fold_curves.setdefault(int(name[6:]), [(int(a), float(b)) for a, b in value])
+            if name.startswith(_METRIC_PREFIX):
+                c.fold_metrics.setdefault(int(name[len(_METRIC_PREFIX) :]), float(value))
+            elif name.startswith(_CURVE_PREFIX):
+                run = int(name[len(_CURVE_PREFIX) :])
+                c.fold_curves.setdefault(run, [(int(a), float(b)) for a, b in value])
         states = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
         state = {0: "complete", 1: "pruned", 2: "running"}.get(order.get(t.state, 9), "failed")
         if t.state == TrialState.WAITING:
@@ -503,10 +526,10 @@ def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
         if states[state] < states[c.state]:
             c.state = state
             c.reason = ""
-        if state == "failed" and c.state == "failed" and t.user_attrs.get("fail_reason"):
-            c.reason = t.user_attrs["fail_reason"]
-        if state == "pruned" and c.state == "pruned" and t.user_attrs.get("prune_reason"):
-            c.reason = t.user_attrs["prune_reason"]
+        if state == "failed" and c.state == "failed" and t.user_attrs.get(FAIL_REASON):
+            c.reason = t.user_attrs[FAIL_REASON]
+        if state == "pruned" and c.state == "pruned" and t.user_attrs.get(PRUNE_REASON):
+            c.reason = t.user_attrs[PRUNE_REASON]
     return sorted(by_key.values(), key=lambda c: (c.lr, c.weight_decay))
 
 
@@ -571,12 +594,25 @@ class Claim:
     ) -> bool:
         """Record a fold (its learning curve first); True when the pruner says to stop."""
         if curve:
-            self.trial.set_user_attr(f"curve_{fold}", [list(p) for p in _thin(curve)])
+            self.trial.set_user_attr(CURVE.format(run=fold), [list(p) for p in _thin(curve)])
         if metric is not None:
-            self.trial.set_user_attr(f"metric_{fold}", metric)
+            self.trial.set_user_attr(METRIC.format(run=fold), metric)
         self.trial.report(loss, fold)
         self.done[fold] = loss
         return len(self.done) < self.folds and self.trial.should_prune()
+
+    def note(self, key: str, value: Any) -> None:
+        """Store one more attribute of the candidate (a refit's Monitor log and verdicts)."""
+        self.trial.set_user_attr(key, value)
+
+    @contextlib.contextmanager
+    def unless_stale(self) -> Iterator[None]:
+        """Record inside this block; a claim declared stale meanwhile (a late heartbeat:
+        another worker retries the candidate with its recorded runs) ends quietly."""
+        try:
+            yield
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.ended = True
 
     def finish(self) -> None:
         values = [self.done[f] for f in range(self.folds)]
@@ -585,7 +621,7 @@ class Claim:
 
     def prune(self, reason: str = "") -> None:
         if reason:
-            self.trial.set_user_attr("prune_reason", reason)
+            self.trial.set_user_attr(PRUNE_REASON, reason)
         self.study.tell(self.trial, state=TrialState.PRUNED)
         self.ended = True
 
@@ -595,9 +631,9 @@ class Claim:
         loss becoming non-finite (a rerun would diverge again)."""
         if self.ended:
             return
-        self.trial.set_user_attr("fail_reason", reason)
+        self.trial.set_user_attr(FAIL_REASON, reason)
         if error:
-            self.trial.set_user_attr("error", True)
+            self.trial.set_user_attr(ERROR, True)
         self.study.tell(self.trial, state=TrialState.FAIL)
         self.ended = True
 
@@ -622,10 +658,10 @@ def retry_errors(study: optuna.Study, spec: StudySpec) -> int:
                 alive.add(key(fixed))
     retried = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("error") and "weight_decay" in t.params:
+        if t.state == TrialState.FAIL and t.user_attrs.get(ERROR) and "weight_decay" in t.params:
             k = key(t.params)
             if k not in alive:
-                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+                study.enqueue_trial(dict(t.params), user_attrs={RETRY_OF: t.number})
                 alive.add(k)
                 retried += 1
     return retried
@@ -642,7 +678,7 @@ def _next_trial(study: optuna.Study, spec: StudySpec, worker: str) -> optuna.Tri
             t
             for t in trials
             if not _is_spurious(t)
-            and "retry_of" not in t.user_attrs
+            and RETRY_OF not in t.user_attrs
             and not _optuna.is_retry_of_failed(t)
         ]
         if len(started) >= (spec.trials or 0):
@@ -654,12 +690,12 @@ def _next_trial(study: optuna.Study, spec: StudySpec, worker: str) -> optuna.Tri
     try:
         if spec.sampler == "grid" and _optuna.fixed_params(frozen) is None:
             # Another worker took the last enqueued candidate between our look and our ask.
-            trial.set_user_attr("spurious", True)
+            trial.set_user_attr(SPURIOUS, True)
             study.tell(trial, state=TrialState.FAIL)
             return _next_trial(study, spec, worker)
         _optuna.record_heartbeat(study, trial)  # before the owner: a death between is an orphan
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("host", _HOST)
+        trial.set_user_attr(WORKER, worker)
+        trial.set_user_attr(HOST, _HOST)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Paused (SIGSTOP, a swapped-out machine) between the ask and these writes for
         # longer than the orphan grace: another worker has failed this claim and retries
@@ -719,3 +755,103 @@ def work(
             time.sleep(POLL_S)
     finally:
         lock.close()
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+class StudyStore:
+    """One study in its storage: every Optuna call of ``tune`` goes through here (or the
+    functions above), and every key it stores is one of the schema's names.
+
+    Why ``tune`` claims trials itself (``ask``/``tell``) rather than through
+    ``study.optimize``: a worker claims several candidates at once and trains their runs
+    as one stacked model, and a candidate is k runs reported as steps; ``optimize`` hands
+    out one trial per objective call. Its heartbeat thread and stale-trial retry are used
+    as they are (databases); a journal file has no heartbeat, so per-worker lock files
+    stand in for it (:class:`WorkerLock`).
+    """
+
+    def __init__(self, storage: Any, study: optuna.Study, spec: StudySpec, prune: bool) -> None:
+        self.storage, self.study, self.spec, self.prune = storage, study, spec, prune
+
+    @classmethod
+    def open(
+        cls,
+        storage_url: str | None,
+        run_dir: Path,
+        name: str,
+        spec: StudySpec,
+        enqueue: tuple[dict[str, float], ...],
+        *,
+        prune: bool = False,
+        heartbeat_interval: int = 10,
+        storage_retry: float = STORAGE_RETRY_S,
+    ) -> StudyStore:
+        """Open the storage and the study (created once, with its candidates enqueued)."""
+        storage = open_storage(storage_url, run_dir, heartbeat_interval, storage_retry)
+        return cls(storage, open_study(storage, name, spec, enqueue, prune), spec, prune)
+
+    def sibling(
+        self, suffix: str, spec: StudySpec, enqueue: tuple[dict[str, float], ...]
+    ) -> StudyStore:
+        """Another study in the same storage, named ``<study>.<suffix>`` (an extension
+        round, the refits): created once, so every worker opens the same one."""
+        name = f"{self.name}.{suffix}"
+        return StudyStore(
+            self.storage, open_study(self.storage, name, spec, enqueue, self.prune), spec,
+            self.prune,
+        )  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    def candidates(self) -> list[Candidate]:
+        """Every candidate with the runs it finished, and its state."""
+        return trial_candidates(self.study, self.spec)
+
+    def runs_done(self) -> int:
+        """Runs recorded, a failed or pruned candidate counting all of its runs."""
+        k = self.spec.runs
+        return sum(
+            k if c.state in ("failed", "pruned") else len(c.fold_losses) for c in self.candidates()
+        )
+
+    def ended(self) -> int:
+        """Candidates that completed or were pruned."""
+        return sum(c.state in ("complete", "pruned") for c in self.candidates())
+
+    def retry_errors(self) -> int:
+        """Enqueue again the candidates whose runs raised (see :func:`retry_errors`)."""
+        return retry_errors(self.study, self.spec)
+
+    def work(
+        self,
+        run_claims: Callable[[list[Claim]], None],
+        on_idle: Callable[[], None],
+        run_dir: Path,
+        batch: int | Callable[[], int] = 1,
+    ) -> None:
+        """Claim and run candidates until none is left (see :func:`work`)."""
+        work(self.study, self.spec, run_claims, on_idle, run_dir, batch)
+
+    def stacking(self, device_type: str) -> dict[str, Any] | None:
+        """The stacking decision measured on this kind of device, if one was stored."""
+        stored = self.study.user_attrs.get(STACKING.format(device=device_type))
+        return dict(stored) if stored else None
+
+    def record_stacking(self, device_type: str, decision: dict[str, Any]) -> None:
+        self.study.set_user_attr(STACKING.format(device=device_type), decision)
+
+    def notes(self) -> dict[tuple[float, float], dict[str, Any]]:
+        """Per candidate (weight decay, lr), the attributes stored with :meth:`Claim.note`."""
+        out: dict[tuple[float, float], dict[str, Any]] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            if "weight_decay" not in t.params:
+                continue
+            key = (float(t.params["weight_decay"]), float(t.params.get("lr", self.spec.lr)))
+            for name in (MONITOR, VERDICTS):
+                if name in t.user_attrs:
+                    out.setdefault(key, {})[name] = t.user_attrs[name]
+        return out
