@@ -136,4 +136,3 @@ def fingerprint(prep: Prepared) -> str:
     if prep.labels is not None:
         h.update(np.ascontiguousarray(prep.labels).tobytes())
     return h.hexdigest()[:16]
-
