@@ -24,7 +24,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def shown(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and abs(value) <= LOSS_SHOWN_MAX
 
 
-def off_scale(summary: dict[str, Any]) -> list[str]:
+def off_scale(summary: Mapping[str, Any]) -> list[str]:
     """One note per candidate whose CV loss is left out of the plot (see :func:`shown`)."""
     notes = []
     for c in summary["candidates"]:
@@ -72,7 +72,7 @@ def off_scale(summary: dict[str, Any]) -> list[str]:
     return notes
 
 
-def plot_cv_curve(summary: dict[str, Any]) -> bytes:
+def plot_cv_curve(summary: Mapping[str, Any]) -> bytes:
     """The CV loss with error bars against weight decay (log axis, tau_epoch on top), as
     PNG. A candidate whose loss is not :func:`shown` is left out, with a note below."""
     cands = [c for c in summary["candidates"] if shown(c["mean"])]
@@ -102,30 +102,8 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
         ax.set_yscale("log")
     ax.set_xlabel(f"weight decay ({summary['decay_scale']!r} convention)")
     ax.set_ylabel(f"held-out loss, {summary['folds']}-fold CV")
-    marks = (
-        ("best_weight_decay", "best", "C3", "-"),
-        ("one_se_weight_decay", "one-SE choice", "C2", "--"),
-        ("suggested_weight_decay", "adamwkit suggest", "0.4", "-."),
-    )
-    for key, label, color, style in marks:
-        v = summary.get(key)
-        if v:
-            ax.axvline(v, color=color, ls=style, lw=1.2, label=f"{label}: {v:.3g}")
-    factor = summary["tau_epoch_factor"]  # tau_epoch = factor / wd
-
-    def to_tau(w: Any) -> Any:
-        import numpy as np
-
-        w = np.asarray(w, dtype=float)
-        return factor / np.maximum(w, 1e-300)
-
-    positive = [c["weight_decay"] for c in cands if c["weight_decay"] > 0]
-    if not positive:  # zero decay alone (a probe): an axis around the suggestion, if any
-        v = summary.get("suggested_weight_decay") or 1e-2
-        ax.set_xlim(v / 10, v * 10)
-    if factor and positive:
-        top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
-        top.set_xlabel("tau_epoch (epochs)")
+    _mark_choices(ax, summary)
+    _decay_axis(ax, summary, [c["weight_decay"] for c in cands if c["weight_decay"] > 0])
     title = "weight decay barely matters here" if summary["flat"] else "CV loss"
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
@@ -134,6 +112,41 @@ def plot_cv_curve(summary: dict[str, Any]) -> bytes:
     if left_out:
         fig.text(0.01, 0.005, "; ".join(left_out)[:300], fontsize=6, va="bottom", wrap=True)
     return _png(fig)
+
+
+#: The chosen weight decays marked on the CV plot: summary key, label, colour, line style.
+_CHOICE_MARKS = (
+    ("best_weight_decay", "best", "C3", "-"),
+    ("one_se_weight_decay", "one-SE choice", "C2", "--"),
+    ("suggested_weight_decay", "adamwkit suggest", "0.4", "-."),
+)
+
+
+def _mark_choices(ax: Any, summary: Mapping[str, Any]) -> None:
+    """A vertical line at each chosen weight decay the summary has (best, one-SE, suggested)."""
+    for key, label, color, style in _CHOICE_MARKS:
+        v = summary.get(key)
+        if v:
+            ax.axvline(v, color=color, ls=style, lw=1.2, label=f"{label}: {v:.3g}")
+
+
+def _decay_axis(ax: Any, summary: Mapping[str, Any], positive: list[float]) -> None:
+    """The weight decay axis's range when no candidate has a positive decay, and its
+    tau_epoch twin on top (``tau_epoch = tau_epoch_factor / weight_decay``) when one has."""
+    factor = summary["tau_epoch_factor"]
+
+    def to_tau(w: Any) -> Any:
+        import numpy as np
+
+        w = np.asarray(w, dtype=float)
+        return factor / np.maximum(w, 1e-300)
+
+    if not positive:  # zero decay alone (a probe): an axis around the suggestion, if any
+        v = summary.get("suggested_weight_decay") or 1e-2
+        ax.set_xlim(v / 10, v * 10)
+    if factor and positive:
+        top = ax.secondary_xaxis("top", functions=(to_tau, to_tau))
+        top.set_xlabel("tau_epoch (epochs)")
 
 
 def figure(**kwargs: Any) -> Any:
@@ -163,7 +176,7 @@ def mean_curve(fold_curves: dict[str, list[list[float]]]) -> tuple[list[float], 
     return [float(t) for t in steps], [sum(c[t] for c in curves) / len(curves) for t in steps]
 
 
-def plot_learning_curves(summary: dict[str, Any]) -> bytes | None:
+def plot_learning_curves(summary: Mapping[str, Any]) -> bytes | None:
     """Each candidate's validation loss against the step it was reported at (the mean over
     folds), coloured by weight decay, as PNG; ``None`` when no run reported a curve.
     Points that are not :func:`shown` are left out."""
@@ -210,7 +223,7 @@ MONITORED = ("best", "one_se", "zero")
 _LABEL_COLORS = {"best": "tab:blue", "one_se": "tab:orange", "zero": "black"}
 
 
-def plot_monitor(run_dir: Path, summary: dict[str, Any], layers: int = 4) -> bytes | None:
+def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> bytes | None:
     """For the refits of best, one-SE and zero: each of the largest decayed layers' weight
     norm against its equilibrium norm (dashed), and its angular update per step against
     the prediction (Kosson et al.), as PNG; ``None`` when no refit was monitored."""
@@ -266,73 +279,41 @@ def plot_monitor(run_dir: Path, summary: dict[str, Any], layers: int = 4) -> byt
 
 
 def render_html(
-    summary: dict[str, Any],
+    summary: Mapping[str, Any],
     png: bytes,
     curves: bytes | None = None,
     monitor: bytes | None = None,
 ) -> str:
     """A self-contained page: the recommendation, the plot (embedded), the table, the settings."""
-    e = html.escape
-    rows = []
-    for c in summary["candidates"]:
-        marks = []
-        if c["weight_decay"] == summary["best_weight_decay"] and c["lr"] == summary["best_lr"]:
-            marks.append("best")
-        if c["weight_decay"] == summary["one_se_weight_decay"] and c["lr"] == summary["best_lr"]:
-            marks.append("one-SE")
-        mean = "-" if c["mean"] is None else f"{_g(c['mean'])} &plusmn; {_g(c['sem'], 2)}"
-        diff = (
-            "-"
-            if c["paired_diff"] is None
-            else f"{_g(c['paired_diff'], 3)} &plusmn; {_g(c['paired_sem'], 2)}"
-        )
-        state = e(c["state"] + (f": {c['reason']}" if c["reason"] else ""))
-        cells = (_g(c["weight_decay"]), _g(c["lr"]), _g(c["tau_epoch"]), mean, diff, state,
-                 ", ".join(marks))  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
-    test_rows = "".join(
-        f"<tr><td>{e(name)}</td><td>{_g(t['weight_decay'])}</td><td>{_g(t['loss'])}</td>"
-        f"<td>{_g(t.get('metric'))}</td></tr>"
-        for name, t in summary.get("test", {}).items()
-    )
-    settings = e(json.dumps(summary["settings"], indent=2))
     image_html = ""
     if png:
         image = base64.b64encode(png).decode("ascii")
         image_html = f'<img alt="CV loss against weight decay" src="data:image/png;base64,{image}">'
     state = summary.get("state", "complete")
-    state_html = "" if state == "complete" else f'<p class="state">State: {e(state)}</p>'
-    notes_html = "".join(f"<li>{e(n)}</li>" for n in summary.get("notes") or ())
-    if notes_html:
-        notes_html = f"<h2>Notes</h2><ul>{notes_html}</ul>"
-    curves_html = ""
-    if curves is not None:
-        data = base64.b64encode(curves).decode("ascii")
-        curves_html = (
-            '<h2>Learning curves</h2><img alt="validation loss against step" '
-            f'src="data:image/png;base64,{data}">'
-        )
-    monitor_html = ""
-    if monitor is not None:
-        data = base64.b64encode(monitor).decode("ascii")
-        items = "".join(
-            f"<li><b>{e(label)}</b>, {e(v['layer'])}: {e(v['text'])}</li>"
-            for label in MONITORED
-            for v in (summary.get("test") or {}).get(label, {}).get("verdicts", [])
-            if v["code"] != "no-decay"
-        )
-        monitor_html = (
-            "<h2>Weight norms and rotation in the refits</h2>"
-            '<img alt="weight norms and angular updates against their equilibrium" '
-            f'src="data:image/png;base64,{data}"><ul>{items}</ul>'
-        )
-    how = e(
-        f"device {summary.get('device', '?')}, precision {summary.get('precision', 'fp32')}, "
-        f"vectorize {summary.get('vectorize', '?')}"
+    state_html = "" if state == "complete" else f'<p class="state">State: {html.escape(state)}</p>'
+    return _PAGE.format(
+        task=html.escape(summary["task"]),
+        state_html=state_html,
+        verdict=html.escape(summary["verdict"]),
+        image_html=image_html,
+        curves_html=_curves_html(curves),
+        rows="".join(_candidate_row(summary, c) for c in summary["candidates"]),
+        metric_name=html.escape(summary["metric_name"]),
+        test_rows=_test_rows(summary),
+        monitor_html=_monitor_html(summary, monitor),
+        notes_html=_notes_html(summary),
+        how=html.escape(
+            f"device {summary.get('device', '?')}, precision {summary.get('precision', 'fp32')}, "
+            f"vectorize {summary.get('vectorize', '?')}"
+        ),
+        settings=html.escape(json.dumps(summary["settings"], indent=2)),
     )
-    return f"""<!doctype html>
+
+
+#: The report page; :func:`render_html` fills in the fields (each already HTML).
+_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>adamwkit tune: {e(summary["task"])}</title>
+<title>adamwkit tune: {task}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
@@ -341,18 +322,18 @@ th {{ background: #f3f3f3; }}
 .verdict {{ font-size: 1.1em; background: #f6f8fa; padding: 0.8em; border-radius: 6px; }}
 .state {{ font-weight: bold; color: #a40000; }}
 </style></head><body>
-<h1>Weight decay for {e(summary["task"])}</h1>
+<h1>Weight decay for {task}</h1>
 {state_html}
-<p class="verdict">{e(summary["verdict"])}</p>
+<p class="verdict">{verdict}</p>
 {image_html}
 {curves_html}
 <h2>Candidates</h2>
 <table><tr><th>weight decay</th><th>lr</th><th>tau_epoch</th><th>CV loss &plusmn; SE</th>
 <th>paired diff to best &plusmn; SE</th><th>state</th><th></th></tr>
-{"".join(rows)}</table>
+{rows}</table>
 <h2>Held-out test split</h2>
 <table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
-<th>{e(summary["metric_name"])}</th></tr>{test_rows}</table>
+<th>{metric_name}</th></tr>{test_rows}</table>
 {monitor_html}
 {notes_html}
 <h2>Settings</h2><p>{how}</p><pre>{settings}</pre>
@@ -360,18 +341,86 @@ th {{ background: #f3f3f3; }}
 """
 
 
-def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
+def _candidate_row(summary: Mapping[str, Any], c: Mapping[str, Any]) -> str:
+    """One candidate's row of the page's table, marked best and/or one-SE."""
+    marks = []
+    if c["weight_decay"] == summary["best_weight_decay"] and c["lr"] == summary["best_lr"]:
+        marks.append("best")
+    if c["weight_decay"] == summary["one_se_weight_decay"] and c["lr"] == summary["best_lr"]:
+        marks.append("one-SE")
+    mean = "-" if c["mean"] is None else f"{_g(c['mean'])} &plusmn; {_g(c['sem'], 2)}"
+    diff = (
+        "-"
+        if c["paired_diff"] is None
+        else f"{_g(c['paired_diff'], 3)} &plusmn; {_g(c['paired_sem'], 2)}"
+    )
+    state = html.escape(c["state"] + (f": {c['reason']}" if c["reason"] else ""))
+    cells = (_g(c["weight_decay"]), _g(c["lr"]), _g(c["tau_epoch"]), mean, diff, state,
+             ", ".join(marks))  # fmt: skip
+    return "<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>"
+
+
+def _test_rows(summary: Mapping[str, Any]) -> str:
+    """The rows of the held-out test table: one per refit."""
+    e = html.escape
+    return "".join(
+        f"<tr><td>{e(name)}</td><td>{_g(t['weight_decay'])}</td><td>{_g(t['loss'])}</td>"
+        f"<td>{_g(t.get('metric'))}</td></tr>"
+        for name, t in summary.get("test", {}).items()
+    )
+
+
+def _notes_html(summary: Mapping[str, Any]) -> str:
+    """The Notes section, or nothing when there are none."""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes") or ())
+    return f"<h2>Notes</h2><ul>{items}</ul>" if items else ""
+
+
+def _curves_html(curves: bytes | None) -> str:
+    """The Learning curves section with its plot embedded, or nothing without one."""
+    if curves is None:
+        return ""
+    data = base64.b64encode(curves).decode("ascii")
+    return (
+        '<h2>Learning curves</h2><img alt="validation loss against step" '
+        f'src="data:image/png;base64,{data}">'
+    )
+
+
+def _monitor_html(summary: Mapping[str, Any], monitor: bytes | None) -> str:
+    """The refits' monitor section (its plot embedded, then each refit's verdicts on its
+    decayed layers), or nothing when the refits were not monitored."""
+    if monitor is None:
+        return ""
+    e = html.escape
+    data = base64.b64encode(monitor).decode("ascii")
+    items = "".join(
+        f"<li><b>{e(label)}</b>, {e(v['layer'])}: {e(v['text'])}</li>"
+        for label in MONITORED
+        for v in (summary.get("test") or {}).get(label, {}).get("verdicts", [])
+        if v["code"] != "no-decay"
+    )
+    return (
+        "<h2>Weight norms and rotation in the refits</h2>"
+        '<img alt="weight norms and angular updates against their equilibrium" '
+        f'src="data:image/png;base64,{data}"><ul>{items}</ul>'
+    )
+
+
+def write_reports(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Path]:
     """Write summary.json, cv_curve.png, learning_curves.png (when runs reported curves),
     monitor.png (when the refits were monitored) and report.html into ``run_dir``, each
     atomically. A plot that cannot be drawn is left out with a note (in ``notes``), so a
-    study can always report."""
-    summary.setdefault("notes", [])
-    summary["notes"] += [n for n in off_scale(summary) if n not in summary["notes"]]
-    png = _draw("cv_curve.png", plot_cv_curve, summary) or b""
-    curves = _draw("learning_curves.png", plot_learning_curves, summary)
-    monitor = _draw("monitor.png", lambda s: plot_monitor(run_dir, s), summary)
+    study can always report. ``summary`` is read, not changed: the notes are added to a
+    copy, which summary.json and report.html are written from."""
+    written = dict(summary)
+    notes = list(written.get("notes") or [])
+    written["notes"] = notes + [n for n in off_scale(written) if n not in notes]
+    png = _draw("cv_curve.png", plot_cv_curve, written) or b""
+    curves = _draw("learning_curves.png", plot_learning_curves, written)
+    monitor = _draw("monitor.png", lambda s: plot_monitor(run_dir, s), written)
     paths = {
-        "summary": atomic_write(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2)),
+        "summary": atomic_write(run_dir / "summary.json", json.dumps(json_safe(written), indent=2)),
     }
     if png:
         paths["plot"] = atomic_write(run_dir / "cv_curve.png", png)
@@ -380,7 +429,7 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     if monitor is not None:
         paths["monitor"] = atomic_write(run_dir / "monitor.png", monitor)
     paths["report"] = atomic_write(
-        run_dir / "report.html", render_html(summary, png, curves, monitor)
+        run_dir / "report.html", render_html(written, png, curves, monitor)
     )
     return paths
 
@@ -388,7 +437,8 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
 def _draw(
     name: str, plot: Callable[[dict[str, Any]], bytes | None], summary: dict[str, Any]
 ) -> bytes | None:
-    """``plot(summary)``, or ``None`` with a note in the summary when it fails."""
+    """``plot(summary)``, or ``None`` with a note in ``summary`` (the copy
+    :func:`write_reports` writes) when it fails."""
     try:
         return plot(summary)
     except Exception as err:  # matplotlib's limits: the report goes out without this plot
