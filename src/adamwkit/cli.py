@@ -625,7 +625,7 @@ def _run_tune(a: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     if a.json:
         _print_json(result.summary)
     else:
-        _show(render.tune_summary(result.summary, result.paths, _run_names))
+        _show(result.blocks(_run_names))
     return 0
 
 

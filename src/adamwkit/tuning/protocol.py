@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import render
 from .._checks import listing
 from ..rules import TORCH_DEFAULT
 from ..timescale import convert_weight_decay
@@ -79,6 +80,14 @@ class TuneResult:
     @property
     def flat(self) -> bool:
         return bool(self.summary.flat)
+
+    def blocks(self, rename: Callable[[str], str] | None = None) -> list[render.Block]:
+        """What the result shows: the candidates' table, the verdict, the notes and where
+        the report is (``rename`` maps argument names in the notes, as the CLI's flags)."""
+        return render.tune_summary(self.summary, self.paths, rename)
+
+    def __str__(self) -> str:
+        return render.plain(self.blocks())
 
 
 @dataclass

@@ -217,21 +217,8 @@ def transfer(
     from .run import tune
 
     check_mode("transfer", tune_kwargs)  # the options it does not take (tuning.options)
-    t = get_task(task) if isinstance(task, (str, Task)) else None
-    if not isinstance(t, Task):
-        raise ArgumentError(
-            f"task={task!r} is invalid for transfer: expected a Task or a built-in task's "
-            "name (subsets of an objective's data cannot be made here)",
-            "objective",
-        )
-    fr = sorted({check_range("fractions", f, 0.0, 1.0, low_open=True, high_open=True)
-                 for f in fractions})  # fmt: skip
-    if len(fr) < 2:
-        raise ArgumentError(
-            f"fractions={list(fractions)!r} is invalid: expected at least two distinct values "
-            "in (0, 1), to fit tau_epoch* against N",
-            "fractions",
-        )
+    t = _task(task)
+    fr = _fractions(fractions)
     k = check_whole("folds", folds, 2)
     labels = t.label_array()
     pool, _ = cv.holdout_split(len(t), labels, t.test_fraction, seed)
@@ -244,10 +231,9 @@ def transfer(
             "fractions",
         )
     base = study or t.name
-    subsets = _nested(pool, labels, sizes, seed)
     points: list[TransferPoint] = []
     settings: Mapping[str, Any] = {}
-    for f, idx in zip(fr, subsets, strict=True):
+    for f, idx in zip(fr, _nested(pool, labels, sizes, seed), strict=True):
         sub = _subset(t, idx, f"{t.name}-{len(idx)}")
         res = tune(sub, folds=k, test=False, out=out, study=f"{base}.transfer-{len(idx)}",
                    seed=seed, progress=progress, **tune_kwargs)  # fmt: skip
@@ -262,10 +248,49 @@ def transfer(
             f"matters at these sizes; each subset's report is in {Path(out)}/"
             f"{base}.transfer-<N>/"
         )
+    result = _extrapolate(points, len(pool), settings)  # the refit trains on the whole pool
+    if confirm:
+        grid = cv.range_grid(result.low_value, result.high_value)
+        result.confirm = tune(t, folds=k, grid=grid, out=out, study=f"{base}.transfer-confirm",
+                              seed=seed, progress=progress, **tune_kwargs)  # fmt: skip
+    _write(result, Path(out) / f"{base}.transfer", t.name)
+    return result
+
+
+def _task(task: Any) -> Task:
+    """The task whose subsets are tuned (an objective's data cannot be subset here)."""
+    t = get_task(task) if isinstance(task, (str, Task)) else None
+    if not isinstance(t, Task):
+        raise ArgumentError(
+            f"task={task!r} is invalid for transfer: expected a Task or a built-in task's "
+            "name (subsets of an objective's data cannot be made here)",
+            "objective",
+        )
+    return t
+
+
+def _fractions(fractions: Sequence[float]) -> list[float]:
+    """At least two distinct fractions in (0, 1), sorted."""
+    fr = sorted({check_range("fractions", f, 0.0, 1.0, low_open=True, high_open=True)
+                 for f in fractions})  # fmt: skip
+    if len(fr) < 2:
+        raise ArgumentError(
+            f"fractions={list(fractions)!r} is invalid: expected at least two distinct values "
+            "in (0, 1), to fit tau_epoch* against N",
+            "fractions",
+        )
+    return fr
+
+
+def _extrapolate(
+    points: list[TransferPoint], n_target: int, settings: Mapping[str, Any]
+) -> TransferResult:
+    """Least squares of log tau_epoch* on log N, extrapolated to ``n_target`` with an 80%
+    prediction interval (never narrower than the subsets' median one-SE band, nor than the
+    grid's 2^0.5 step)."""
     x = np.log([p.n_train for p in points])
     y = np.log([p.tau_star for p in points])
     slope, intercept = np.polyfit(x, y, 1)
-    n_target = len(pool)  # the refit trains on the whole pool
     x0 = math.log(n_target)
     pred = intercept + slope * x0
     n = len(points)
@@ -281,25 +306,23 @@ def transfer(
     width = max(width, math.log(2.0) / 2)  # never narrower than the grid's 2^0.5 step
     tau, lo, hi = math.exp(pred), math.exp(pred - width), math.exp(pred + width)
     lr, bs, scale = settings["lr"], settings["batch_size"], settings["decay_scale"]
-    wd = weight_decay_from_tau_epoch(tau, lr, bs, n_target)
-    result = TransferResult(
-        points, float(slope), float(intercept), n_target, tau, lo, hi, wd,
+    return TransferResult(
+        points, float(slope), float(intercept), n_target, tau, lo, hi,
+        weight_decay_from_tau_epoch(tau, lr, bs, n_target),
         weight_decay_from_tau_epoch(hi, lr, bs, n_target),
         weight_decay_from_tau_epoch(lo, lr, bs, n_target), scale, lr,
     )  # fmt: skip
-    if confirm:
-        grid = cv.range_grid(result.low_value, result.high_value)
-        result.confirm = tune(t, folds=k, grid=grid, out=out, study=f"{base}.transfer-confirm",
-                              seed=seed, progress=progress, **tune_kwargs)  # fmt: skip
-    run_dir = Path(out) / f"{base}.transfer"
+
+
+def _write(result: TransferResult, run_dir: Path, name: str) -> None:
+    """transfer.json and transfer.png in ``run_dir``, written atomically."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result.run_dir = run_dir
-    summary = {**result.to_dict(), "verdict": result.verdict(), "task": t.name}
+    summary = {**result.to_dict(), "verdict": result.verdict(), "task": name}
     result.paths = {
         "summary": atomic_write(run_dir / "transfer.json", json.dumps(summary, indent=2)),
-        "plot": atomic_write(run_dir / "transfer.png", _plot(result, t.name)),
+        "plot": atomic_write(run_dir / "transfer.png", _plot(result, name)),
     }
-    return result
 
 
 def _plot(r: TransferResult, name: str) -> bytes:
