@@ -280,6 +280,7 @@ def _run_study(plan: TunePlan) -> TuneResult:
     try:
         summary, errors = _work(plan, store)
         summary.state = "complete" if summary.best_weight_decay is not None else "failed"
+        summary.notes += [n for n in report.off_scale(summary) if n not in summary.notes]
         paths = report.write_reports(config.run_dir, summary)
     except BaseException as err:
         kind, text = type(err).__name__, first_line(err)
