@@ -469,31 +469,35 @@ _STYLES = {"dim": "dim", "good": "bold green", "warn": "yellow", "alert": "bold 
 
 
 def to_rich(blocks: Sequence[Block], console: Any) -> None:
-    """Print the blocks on a ``rich`` console."""
-    from rich.markup import escape
+    """Print the blocks on a ``rich`` console. Every string goes in as ``rich.text.Text``,
+    never as markup: a name read from a file (``[red]x[/red]``, ``:fire:``) shows as
+    written, neither styled nor turned into an emoji."""
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     for b in blocks:
         if isinstance(b, Line):
             style = _STYLES[b.style]
-            label = f"[bold]{escape(b.label)}[/bold] " if b.label else ""
-            if b.style == "warn" and b.label:
-                label = f"[yellow]{escape(b.label)}[/yellow] "
-                style = ""
-            text = escape(b.text)
-            console.print(f"{label}[{style}]{text}[/{style}]" if style else f"{label}{text}")
+            parts: list[tuple[str, str]] = []
+            if b.label:
+                parts.append((f"{b.label} ", "yellow" if b.style == "warn" else "bold"))
+                style = "" if b.style == "warn" else style
+            parts.append((b.text, style))
+            console.print(Text.assemble(*parts))
             continue
+        title = Text(b.title) if b.title else None
         if b.header:
-            table = RichTable(title=b.title or None, title_justify="left")
+            table = RichTable(title=title, title_justify="left")
             for i, col in enumerate(b.columns):
-                table.add_column(col, justify="left" if b.left(i) else "right")
+                table.add_column(Text(col), justify="left" if b.left(i) else "right")
         else:
             table = RichTable(show_header=False, box=None, padding=(0, 2))
             table.add_column(style="bold")
             table.add_column()
         for k, row in enumerate(b.rows):
-            cells = [escape(c) for c in row]
+            cells = [Text(c) for c in row]
             if b.marked is not None:
-                cells[0] = f"[bold]> {cells[0]}[/bold]" if k == b.marked else f"  {cells[0]}"
+                chosen = k == b.marked
+                cells[0] = Text(("> " if chosen else "  ") + row[0], style="bold" if chosen else "")
             table.add_row(*cells)
         console.print(table)
