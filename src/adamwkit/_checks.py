@@ -115,13 +115,13 @@ def _bound(x: float) -> str:
 
 
 def check_whole(name: str, value: Any, low: int = 0, high: float = math.inf) -> int:
-    """Return ``int(value)`` if it is a whole number in ``[low, high]``, else raise."""
-    x = check_range(name, value, low, high)
-    if x != int(x):
-        top = "" if math.isinf(high) else f" and <= {_bound(high)}"
-        raise ArgumentError(
-            f"{name}={value!r} is invalid: expected a whole number >= {low}{top}", name
-        )
+    """Return ``int(value)`` if it is a whole number in ``[low, high]``, else raise (one
+    line: ``folds=1 is invalid: expected a whole number >= 2``)."""
+    top = "" if math.isinf(high) else f" and <= {_bound(high)}"
+    whole = f"{name}={value!r} is invalid: expected a whole number >= {low}{top}"
+    x = _as_float(name, value)  # a real number (not a subnormal), or its own error
+    if not math.isfinite(x) or x != int(x) or not low <= x <= high:
+        raise ArgumentError(whole, name)
     return int(x)
 
 
