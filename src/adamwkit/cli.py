@@ -68,6 +68,8 @@ _FLAGS = {
     "to_convention": "--to",
     "objective": "TASK",
     "run": "--run",
+    "pretrained": "--pretrained",
+    "adapters": "--adapters",
 }
 # tune's options and modes: their flags come from the one table of them (an inverted flag,
 # such as --quiet for progress=False, cannot stand for its keyword in a message)
@@ -182,6 +184,18 @@ def _add_setup(p: argparse.ArgumentParser, required: bool = True) -> None:
         + ("" if required else ", or 'corrected' (AdamC, read with --schedule)"),
     )
     g.add_argument("--beta1", type=_number, default=0.9, help="Adam beta1 (default 0.9)")
+    g.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="the run fine-tunes pretrained weights: the fine-tuning rule, and no value whose "
+        "total decay lr*wd*steps exceeds 0.01 (provisional bound)",
+    )
+    g.add_argument(
+        "--adapters",
+        action="store_true",
+        help="the run fine-tunes adapters such as LoRA (implies --pretrained): decay pulls the "
+        "model back toward the frozen base",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -196,6 +210,8 @@ def _setup_kwargs(a: argparse.Namespace) -> dict[str, Any]:
         "params": a.params,
         "decay_scale": a.decay_scale,
         "beta1": a.beta1,
+        "pretrained": a.pretrained,
+        "adapters": a.adapters,
     }
 
 

@@ -1,13 +1,17 @@
 r"""Read an existing weight decay: :func:`explain`.
 
 Its timescales, the equilibrium weight norm and angular update of Kosson et al.
-(:mod:`adamwkit.equilibrium`), how much of the initial weights decay alone leaves, a
-verdict in plain words, per-layer norms through :func:`adamwkit.param_groups`, and what
-:func:`adamwkit.suggest` would use instead.
+(:mod:`adamwkit.equilibrium`), how much of the initial weights decay alone leaves, the total
+decay :math:`D = \sum_t \eta_t\lambda` over the run (:func:`adamwkit.rules.total_decay`:
+the schedule's mean lr when a schedule is given, else the peak lr), a verdict in plain words
+for the regime (from scratch, or a fine-tune held to :math:`D \le`
+:data:`adamwkit.rules.D_MAX_FINETUNE`), per-layer norms through
+:func:`adamwkit.param_groups`, and what :func:`adamwkit.suggest` would use instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,15 @@ from ._constants import CONVENTION_ALIASES
 from ._format import fmt as _fmt
 from ._safe_load import printable
 from .equilibrium import angular_update, equilibrium_norm
-from .rules import TrainingSetup, power_lines_tau, training_setup
+from .rules import (
+    D_MAX_FINETUNE,
+    PROVISIONAL,
+    TrainingSetup,
+    decays_by,
+    guard,
+    power_lines_tau,
+    training_setup,
+)
 from .schedules import Schedule, make_schedule
 from .suggest import Suggestion, suggest_for_setup
 from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
@@ -63,10 +75,23 @@ class Explanation:
     suggestion: Suggestion | None
     layers: tuple[LayerEquilibrium, ...] = field(default=())
     notes: tuple[str, ...] = ()
+    total_decay: float | None = None
+    lr_mean_factor: float = 1.0
+    lr_basis: str = "the peak lr"
 
     @property
     def decay_scale(self) -> str:
         return self.setup.decay_scale
+
+    @property
+    def regime_label(self) -> str:
+        """The regime the reading assumes (:attr:`adamwkit.rules.TrainingSetup.regime`)."""
+        return self.setup.regime_label
+
+    @property
+    def decays_by(self) -> str | None:
+        """How much decay alone takes off the weights over the run (``None``: length unknown)."""
+        return None if self.total_decay is None else decays_by(self.total_decay)
 
     def to_dict(self) -> dict[str, Any]:
         sug = self.suggestion
@@ -80,6 +105,13 @@ class Explanation:
             "angular_update": self.angular_update,
             "equilibrium_rms": self.equilibrium_rms,
             "weights_remaining": self.weights_remaining,
+            "total_decay": self.total_decay,
+            "shrink_factor": None if self.total_decay is None else math.exp(-self.total_decay),
+            "lr_mean_factor": self.lr_mean_factor,
+            "total_decay_lr": self.lr_basis,
+            "d_max_finetune": D_MAX_FINETUNE,
+            "regime": self.setup.regime,
+            "regime_label": self.regime_label,
             "schedule": self.schedule,
             "verdict": self.verdict,
             "verdict_code": self.verdict_code,
@@ -88,6 +120,8 @@ class Explanation:
             "suggested_weight_decay_independent": sug.weight_decay_independent if sug else None,
             "suggested_low": sug.low if sug else None,
             "suggested_high": sug.high if sug else None,
+            "suggested_total_decay": sug.total_decay if sug else None,
+            "suggested_usable": sug.usable if sug else None,
             "rules": [r.to_dict() for r in sug.rules] if sug else [],
             "layers": [layer.to_dict() for layer in self.layers],
             "notes": list(self.notes),
@@ -190,8 +224,34 @@ def _weights_remaining(s: TrainingSetup, wd: float, sched: Schedule | None) -> f
     return math.exp(log)
 
 
+def _finetune_verdict(s: TrainingSetup, d: float | None, basis: str) -> tuple[str, str]:
+    """A fine-tune's verdict: its total decay D against :data:`D_MAX_FINETUNE`."""
+    if d is None:
+        return "unknown", "give epochs or steps to judge a fine-tune's total decay"
+    what = f"decay alone takes {decays_by(d)} off the weights over the run (at {basis})"
+    if d > D_MAX_FINETUNE:
+        toward = (
+            "it pulls the adapters to zero, the fine-tuned model back to the frozen base"
+            if s.adapters
+            else "it pulls the pretrained weights toward zero, away from what pretraining learned"
+        )
+        return "finetune-above-bound", (
+            f"{what}: above the bound D <= {_fmt(D_MAX_FINETUNE)} adamwkit keeps to for "
+            f"fine-tunes ({PROVISIONAL}); {toward}"
+        )
+    return "finetune-within-bound", (
+        f"{what}: within the bound D <= {_fmt(D_MAX_FINETUNE)} adamwkit keeps to for "
+        "fine-tunes, so the pretrained weights keep their scale"
+    )
+
+
 def _verdict(
-    s: TrainingSetup, wd: float, tau_e: float | None, tau_r: float | None, remaining: float | None
+    s: TrainingSetup,
+    wd: float,
+    tau_e: float | None,
+    tau_r: float | None,
+    remaining: float | None,
+    decay: tuple[float | None, str] = (None, "the peak lr"),
 ) -> tuple[str, str]:
     if wd == 0:
         return "no-decay", (
@@ -204,10 +264,12 @@ def _verdict(
             f"weights by {_fmt(1 - s.lr * wd)}, zeroing or flipping them; the decay is far "
             "too strong (is the value in the other convention?)"
         )
+    if s.finetune:
+        return _finetune_verdict(s, *decay)
     left = ""
     if remaining is not None:
         left = f"; decay alone leaves {100 * remaining:.3g}% of the initial weights at the end"
-    if s.regime == "multi-epoch" and tau_e is not None and s.epochs is not None:
+    if s.passes == "multi-epoch" and tau_e is not None and s.epochs is not None:
         if tau_e > s.epochs:
             return "barely-acts", (
                 f"tau_epoch is {_fmt(tau_e)} epochs but you train {_fmt(s.epochs)}: the decay "
@@ -298,8 +360,10 @@ def explain(
     schedule: Schedule | str | None = None,
     warmup_steps: int = 0,
     model: nn.Module | None = None,
+    pretrained: bool = False,
+    adapters: bool = False,
 ) -> Explanation:
-    """Read an existing weight decay: its timescales, equilibrium and a verdict in plain words.
+    r"""Read an existing weight decay: its timescales, equilibrium and a verdict in plain words.
 
     ``weight_decay`` is in the convention of ``decay_scale``: ``"lr"`` (PyTorch),
     ``"schedule"`` (the paper) or ``"corrected"`` (AdamC, per step
@@ -311,6 +375,15 @@ def explain(
     ``model``, every decayed tensor's norm is set beside its predicted equilibrium norm
     ``sqrt(lr * numel / (2 * wd))`` (Kosson et al., arXiv:2305.17212), using
     :func:`adamwkit.param_groups`' rule.
+
+    The total decay :math:`D = \sum_t \eta_t\lambda` (:func:`adamwkit.rules.total_decay`)
+    uses the schedule's mean multiplier when ``schedule`` is given, else the peak lr, and
+    says which. ``pretrained=True`` (a fine-tune of pretrained weights) or ``adapters=True``
+    (of adapters such as LoRA) judge the value against the fine-tune bound
+    :math:`D \le` :data:`adamwkit.rules.D_MAX_FINETUNE` (0.01, provisional until
+    benchmarks/evidence/finetune.py) instead of the from-scratch timescale window; a setup
+    that only looks like a fine-tune gets the same check as a note
+    (:func:`adamwkit.rules.guard`).
     """
     corrected = (
         isinstance(decay_scale, str)
@@ -326,6 +399,8 @@ def explain(
         params=params,
         decay_scale="lr" if corrected else decay_scale,
         beta1=beta1,
+        pretrained=pretrained,
+        adapters=adapters,
     )
     given = check_range("weight_decay", weight_decay, 0.0)
     sched = _resolve_schedule(schedule, s, warmup_steps)
@@ -342,15 +417,23 @@ def explain(
     tau_e = None if s.dataset_size is None else tau_epoch(s.lr, wd, s.batch_size, s.dataset_size)
     tau_r = None if s.total_steps is None else tau_run(s.lr, wd, s.total_steps)
     remaining = _weights_remaining(s, wd, sched)
-    code, verdict = _verdict(s, wd, tau_e, tau_r, remaining)
+    mean = 1.0 if sched is None else float(sched.sample().mean())
+    basis = "the peak lr" if sched is None else f"the schedule's mean lr, {mean:.3g} of the peak"
+    d = s.total_decay(wd, mean)
+    code, verdict = _verdict(s, wd, tau_e, tau_r, remaining, (d, basis))
     hint = _convention_hint(s, wd, code, given)
     if hint:
         notes.append(hint)
+    warned = None if s.finetune else guard(wd, dataclasses.replace(s, decay_scale="lr"), mean)
+    if warned:
+        notes.append(warned)
     try:
         sug: Suggestion | None = suggest_for_setup(s)
     except ValueError as err:
         sug = None
         notes.append(str(err))
+    if sug is not None and sug.regime_warning and not warned:
+        notes.append(f"adamwkit suggest's value: {sug.regime_warning}")
     if sched is None and s.total_steps is not None:
         notes.append("lr taken as constant; pass a schedule to refine the decay")
     return Explanation(
@@ -369,6 +452,9 @@ def explain(
         suggestion=sug,
         layers=_layers(model, s, given, wd) if model is not None else (),
         notes=tuple(notes),
+        total_decay=d,
+        lr_mean_factor=mean,
+        lr_basis=basis,
     )
 
 

@@ -18,6 +18,7 @@ caller passes (:func:`adamwkit._safe_load.printable`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,19 +94,84 @@ Block = Line | Table
 def _range(sug: Suggestion) -> str:
     if sug.low is None or sug.high is None:
         return ""
-    return f"; 80% range {fmt(sug.low_value)} to {fmt(sug.high_value)}"
+    what = "provisional fine-tuning range" if sug.rule == "finetune" else "80% range"
+    return f"; {what} {fmt(sug.low_value)} to {fmt(sug.high_value)}"
+
+
+def _decay(d: float | None) -> str:
+    """A total decay D as a table cell: how much decay alone takes off the weights."""
+    if d is None:
+        return "-"
+    return f"{100 * -math.expm1(-d):.3g}% (D {fmt(d)})"
+
+
+def _run_decay(sug: Suggestion) -> Line | None:
+    """The total decay of the value and of its range ends, and what D is taken at."""
+    if sug.decays_by is None:
+        return None
+    text = f"{fmt(sug.value)} decays the weights by {sug.decays_by} over the run"
+    lo, hi = sug.low_decays_by, sug.high_decays_by
+    if lo is not None and hi is not None:
+        text += f"; the range ends {fmt(sug.low_value)} by {lo} and {fmt(sug.high_value)} by {hi}"
+    steps = sug.setup.total_steps or 0
+    text += (
+        f". D = sum over steps of lr_t * wd, taken at the peak lr {fmt(sug.setup.lr)} for all "
+        f"{steps:,.0f} steps (the schedule is not known: a decaying one lowers D by its mean "
+        "multiplier, about 0.5 for cosine or linear decay to zero)"
+    )
+    if sug.setup.finetune:
+        text += (
+            f"; a fine-tune is never proposed a value above D = {fmt(sug.d_max_finetune)} "
+            "(decay alone takes at most 1% off the weights; provisional until "
+            "benchmarks/evidence/finetune.py)"
+        )
+    return Line(text + ".", label="Decay over the run:")
+
+
+def _rule_row(r: Any) -> tuple[str, ...]:
+    if not r.ran:
+        return (r.name, r.assumes, "skipped", "", "", "", r.fitted_on)
+    decay = _decay(r.total_decay) + (": blocked" if r.blocked else "")
+    return (r.name, r.assumes, fmt(r.weight_decay), fmt(r.weight_decay_independent), decay,
+            fmt(r.tau_epoch), r.fitted_on)  # fmt: skip
+
+
+def _use_it(sug: Suggestion) -> Line:
+    if not sug.usable:
+        return Line(
+            f"{fmt(sug.value)} assumes training {sug.regime_label} and would "
+            f"decay a pretrained model's weights by more than the fine-tune bound D <= "
+            f"{fmt(sug.d_max_finetune)}; pass --pretrained (pretrained=True) for the "
+            "fine-tuning value, or check the regime.",
+            label="No copy-paste line:",
+            style="alert",
+        )
+    return Line(
+        f"AdamW(param_groups(model, weight_decay={fmt(sug.value)}), "
+        f"lr={fmt(sug.setup.lr)}, decay_scale={sug.decay_scale!r}); verify it with "
+        "adamwkit tune.",
+        label="Use it:",
+    )
 
 
 def suggestion(sug: Suggestion) -> list[Block]:
-    """The blocks of a :class:`~adamwkit.Suggestion`."""
+    """The blocks of a :class:`~adamwkit.Suggestion`: each value with the regime it
+    assumes and how much decay alone takes off the weights over the run; no "Use it" line
+    for a value flagged unusable (``sug.usable``)."""
     out: list[Block] = [
         Line(sug.setup.describe(), style="dim"),
+        Line(sug.regime_label, label="Regime:"),
         Line(
             f"Suggested weight decay: {fmt(sug.value)} with decay_scale={sug.decay_scale!r} "
             f"(PyTorch convention {fmt(sug.weight_decay)}, independent "
-            f"{fmt(sug.weight_decay_independent)}){_range(sug)}",
-            style="good",
+            f"{fmt(sug.weight_decay_independent)}){_range(sug)}; assumes {sug.regime_label}",
+            style="good" if sug.usable else "alert",
         ),
+    ]
+    run_decay = _run_decay(sug)
+    if run_decay is not None:
+        out.append(run_decay)
+    out += [
         Line(sug.reason, label=f"Why {sug.rule}:"),
         Line(
             f"tau_iter {fmt(sug.tau_iter)} steps, tau_epoch {fmt(sug.tau_epoch)} epochs, "
@@ -114,56 +180,76 @@ def suggestion(sug: Suggestion) -> list[Block]:
             label="Timescales:",
         ),
     ]
-    rows = []
-    marked = None
-    for i, r in enumerate(sug.rules):
-        if r.name == sug.rule:
-            marked = i
-        if not r.ran:
-            rows.append((r.name, "skipped", "", "", "", r.fitted_on))
-            continue
-        rows.append(
-            (
-                r.name,
-                fmt(r.weight_decay),
-                fmt(r.weight_decay_independent),
-                fmt(r.tau_epoch),
-                fmt(r.tau_run),
-                r.fitted_on,
-            )
-        )
+    marked = next((i for i, r in enumerate(sug.rules) if r.name == sug.rule), None)
     out.append(
         Table(
-            "Every rule, side by side (> the one used)",
-            ("rule", "weight_decay (torch)", "independent", "tau_epoch", "tau_run", "fitted on"),
-            tuple(rows),
+            "Every rule, side by side (> the one used; decays: what decay alone takes off the "
+            "weights over the run at the peak lr)",
+            (
+                "rule",
+                "assumes",
+                "weight_decay (torch)",
+                "independent",
+                "decays the weights by",
+                "tau_epoch",
+                "fitted on",
+            ),
+            tuple(_rule_row(r) for r in sug.rules),
             marked,
+            align="llrrrrl",
         )
     )
     for r in sug.rules:
         note = f"{r.note}. " if r.note else ""
         out.append(Line(f"{r.name}: {note}{r.source}", style="dim"))
     for r in sug.rules:
-        if r.name != sug.rule:
+        if r.name == sug.rule:
+            continue
+        if r.blocked:
+            out.append(Line(r.blocked, label=f"blocked ({r.name}):", style="warn"))
+        else:
             out += [Line(w, label=f"warning ({r.name}):", style="warn") for w in r.warnings]
     out += [Line(w, label="warning:", style="warn") for w in sug.warnings]
     out += [Line(n, label="note:", style="dim") for n in sug.notes]
-    out.append(
-        Line(
-            f"AdamW(param_groups(model, weight_decay={fmt(sug.value)}), "
-            f"lr={fmt(sug.setup.lr)}, decay_scale={sug.decay_scale!r}); verify it with "
-            "adamwkit tune.",
-            label="Use it:",
-        )
-    )
+    out.append(_use_it(sug))
     return out
 
 
+def _suggested(ex: Explanation) -> Line | None:
+    """What suggest would use, with the regime it assumes, its total decay and range."""
+    s = ex.suggestion
+    if s is None:
+        return None
+    decay = f"; decays the weights by {s.decays_by} at the peak lr" if s.decays_by else ""
+    where = ""
+    if s.low is not None and s.high is not None:
+        lo, hi = s.low, s.high
+        inside = lo <= ex.weight_decay <= hi
+        what = "provisional fine-tuning range" if s.rule == "finetune" else "80% range"
+        where = (
+            f"; {fmt(ex.weight_decay)} (PyTorch convention) is "
+            + ("inside" if inside else "outside")
+            + f" its {what} {fmt(lo)} to {fmt(hi)}"
+        )
+        if s.low_decays_by and s.high_decays_by:
+            where += f" (which decay the weights by {s.low_decays_by} and {s.high_decays_by})"
+    caution = "" if s.usable else " (not to copy: see the note on fine-tunes)"
+    return Line(
+        f"adamwkit suggest would use {fmt(s.value)} for decay_scale={s.decay_scale!r} "
+        f"({s.rule}, assumes {s.regime_label}, tau_epoch {fmt(s.tau_epoch)}{decay}){caution}"
+        f"{where}."
+    )
+
+
 def explanation(ex: Explanation) -> list[Block]:
-    """The blocks of an :class:`~adamwkit.Explanation`."""
+    """The blocks of an :class:`~adamwkit.Explanation`: the value's timescales, the regime
+    it is read in, and how much decay alone takes off the weights over the run (at the
+    schedule's mean lr when given, else the peak lr), and the same for what suggest would use."""
     rem = ex.weights_remaining
+    decay = "-" if ex.decays_by is None else f"{ex.decays_by}, at {ex.lr_basis}"
     out: list[Block] = [
         Line(f"{ex.setup.describe()}; {ex.schedule}", style="dim"),
+        Line(ex.regime_label, label="Regime:"),
         Table(
             "",
             ("", ""),
@@ -176,28 +262,15 @@ def explanation(ex: Explanation) -> list[Block]:
                 ("equilibrium RMS weight", fmt(ex.equilibrium_rms)),
                 ("angular update", f"{fmt(ex.angular_update)} rad/step"),
                 ("initial weights left", "-" if rem is None else f"{100 * rem:.3g}%"),
+                ("decays the weights by", decay),
             ),
             header=False,
         ),
         Line(ex.verdict, label="Verdict:"),
     ]
-    s = ex.suggestion
-    if s is not None:
-        where = ""
-        if s.low is not None and s.high is not None:
-            lo, hi = s.low, s.high
-            inside = lo <= ex.weight_decay <= hi
-            where = (
-                f"; {fmt(ex.weight_decay)} (PyTorch convention) is "
-                + ("inside" if inside else "outside")
-                + f" its 80% range {fmt(lo)} to {fmt(hi)}"
-            )
-        out.append(
-            Line(
-                f"adamwkit suggest would use {fmt(s.value)} for decay_scale={s.decay_scale!r} "
-                f"({s.rule}, tau_epoch {fmt(s.tau_epoch)}){where}."
-            )
-        )
+    suggested = _suggested(ex)
+    if suggested is not None:
+        out.append(suggested)
     if ex.layers:
         out.append(
             Table(

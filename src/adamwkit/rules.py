@@ -18,6 +18,19 @@ the steps, :math:`D` the training tokens, :math:`P` the parameters):
   \lambda_{\mathrm{norm}}\sqrt{B/(N T)}` with :math:`\lambda_{\mathrm{norm}} = 0.05`, in the
   independent convention, so :math:`\lambda = \lambda_{\mathrm{ind}}/\eta`.
 - ``"torch-default"``: ``torch.optim.AdamW``'s 0.01, shown for comparison, never chosen.
+- ``"finetune"``, for fine-tunes of pretrained weights (``pretrained=True``) or of adapters
+  (``adapters=True``), **provisional** until ``benchmarks/evidence/finetune.py`` measures it
+  (``docs/evidence-finetune.md``): a fixed total decay :math:`D = \eta\lambda S`
+  (:func:`total_decay`), the geometric middle of the band practitioners use (wd 0.01 to 0.1
+  at lr 2e-5 over 938 steps, :math:`D` = 1.9e-4 to 1.9e-3), so :math:`\lambda = D/(\eta S)`.
+
+Regimes (:attr:`TrainingSetup.regime`): from scratch multi-epoch, single-pass (LLM
+pre-training), fine-tune (full) and fine-tune (adapters). The rules above the last were
+fitted from scratch, where a total decay :math:`D` of many units is normal (the weights reach
+their equilibrium many timescales in); applied to a fine-tune they decay the pretrained
+weights away (lr 2e-5, 3 epochs of 10,000 at batch 32: wd 92.4, :math:`D` = 1.73, the
+weights shrink to :math:`e^{-1.73}` = 18%). So a fine-tune is never proposed a value with
+:math:`D` above :data:`D_MAX_FINETUNE` (:func:`guard`).
 
 :func:`training_setup` validates a setup and derives epochs and steps from each other.
 """
@@ -45,12 +58,19 @@ from .timescale import (
 )
 
 __all__ = [
+    "D_MAX_FINETUNE",
+    "REGIMES",
     "RULES",
     "RuleValue",
     "TrainingSetup",
     "calibrated_tau_epoch",
     "choose_rule",
+    "decays_by",
+    "guard",
+    "looks_like_finetune",
     "power_lines_tau",
+    "shrink_factor",
+    "total_decay",
     "training_setup",
 ]
 
@@ -60,6 +80,30 @@ TORCH_DEFAULT = 0.01
 # adamwkit warns outside this span of tokens per parameter.
 POWER_LINES_PARAMS = (111e6, 3.3e9)
 POWER_LINES_TPP = (1.0, 1000.0)
+#: The guard rail: the most total decay D = sum_t lr_t * wd a value proposed for a fine-tune
+#: may have (decay alone then takes at most 1% off the pretrained weights). Provisional
+#: (``_calibration.FINETUNE_D_MAX``) until benchmarks/evidence/finetune.py;
+#: docs/evidence-finetune.md.
+D_MAX_FINETUNE: float = _cal.FINETUNE_D_MAX
+PROVISIONAL = "provisional until benchmarks/evidence/finetune.py; docs/evidence-finetune.md"
+
+#: Each regime's name, as :attr:`TrainingSetup.regime` gives it, and as the output says it.
+REGIMES = {
+    "multi-epoch": "from scratch, multi-epoch",
+    "single-pass": "from scratch, single-pass (LLM pre-training)",
+    "unknown": "from scratch, length unknown",
+    "fine-tune": "fine-tune (full, of pretrained weights)",
+    "fine-tune-adapters": "fine-tune (adapters such as LoRA)",
+}
+#: The regime each rule assumes (where it was fitted).
+RULE_REGIMES = {
+    "calibrated": "scratch, multi-epoch",
+    "wang-aitchison": "scratch, multi-epoch",
+    "power-lines": "scratch, single-pass",
+    "loshchilov-hutter": "scratch, multi-epoch",
+    "torch-default": "none (a default)",
+    "finetune": "fine-tune",
+}
 
 SOURCES = {
     "calibrated": "adamwkit's evidence studies (docs/evidence.md)",
@@ -67,6 +111,7 @@ SOURCES = {
     "power-lines": "Bergsma et al., Power Lines, NeurIPS 2025 (arXiv:2505.13738)",
     "loshchilov-hutter": "Loshchilov & Hutter, ICLR 2019 (arXiv:1711.05101), App. B.1",
     "torch-default": "torch.optim.AdamW default",
+    "finetune": "the band full fine-tunes use (BERT, RoBERTa, LLM SFT recipes)",
 }
 FITTED_ON = {
     "calibrated": "small MLPs, a CNN and a transformer, 5-fold CV (docs/evidence.md)",
@@ -74,6 +119,7 @@ FITTED_ON = {
     "power-lines": "single-pass LLM pre-training, 111M to 3.3B parameters, 1 to 1000 TPP",
     "loshchilov-hutter": "ResNets on CIFAR-10 and ImageNet32, 100 to 1800 epochs",
     "torch-default": "nothing: a library default",
+    "finetune": "nothing yet: wd 0.01 to 0.1 at lr 2e-5 over 938 steps (provisional)",
 }
 FORMULAS = {
     "calibrated": "log tau_epoch = fit on the evidence: wd = B / (lr * tau_epoch * N)",
@@ -81,6 +127,7 @@ FORMULAS = {
     "power-lines": "tau_run = 1.084 * TPP^-0.527: wd = B / (lr * tau_run * D)",
     "loshchilov-hutter": "wd_independent = 0.05 * sqrt(B / (N * T)): wd = that / lr",
     "torch-default": "wd = 0.01",
+    "finetune": "D = lr * wd * S fixed (provisional): wd = D / (lr * S)",
 }
 
 
@@ -93,7 +140,9 @@ class TrainingSetup:
 
     ``dataset_size`` counts examples (``unit="examples"``) or tokens (``unit="tokens"``),
     in the same unit as ``batch_size``. ``epochs`` and ``total_steps`` are derived from each
-    other when the dataset size is known (``S = T * N / B``).
+    other when the dataset size is known (``S = T * N / B``). ``pretrained``: the run
+    fine-tunes pretrained weights; ``adapters``: it fine-tunes adapters such as LoRA (which
+    implies ``pretrained``).
     """
 
     lr: float
@@ -105,6 +154,8 @@ class TrainingSetup:
     params: float | None
     decay_scale: str = "lr"
     beta1: float = 0.9
+    pretrained: bool = False
+    adapters: bool = False
 
     @property
     def tokens(self) -> float | None:
@@ -120,11 +171,36 @@ class TrainingSetup:
         return None if d is None or self.params is None else d / self.params
 
     @property
-    def regime(self) -> str:
+    def passes(self) -> str:
         """``"single-pass"`` (at most one epoch), ``"multi-epoch"``, or ``"unknown"``."""
         if self.epochs is None:
             return "unknown"
         return "single-pass" if self.epochs <= 1.0 + 1e-9 else "multi-epoch"
+
+    @property
+    def finetune(self) -> bool:
+        """Whether the run fine-tunes pretrained weights or adapters."""
+        return self.pretrained or self.adapters
+
+    @property
+    def regime(self) -> str:
+        """One of :data:`REGIMES`: ``"fine-tune-adapters"``, ``"fine-tune"``, or, from
+        scratch, :attr:`passes` (``"single-pass"``, ``"multi-epoch"``, ``"unknown"``)."""
+        if self.adapters:
+            return "fine-tune-adapters"
+        return "fine-tune" if self.pretrained else self.passes
+
+    @property
+    def regime_label(self) -> str:
+        """The regime in words, as the output says which one a value assumes."""
+        return REGIMES[self.regime]
+
+    def total_decay(self, weight_decay: float, lr_mean_factor: float = 1.0) -> float | None:
+        """:func:`total_decay` of a PyTorch-convention ``weight_decay`` over this run
+        (``None`` when the run's length is unknown)."""
+        if self.total_steps is None:
+            return None
+        return total_decay(weight_decay, self.lr, self.total_steps, "lr", lr_mean_factor)
 
     def describe(self) -> str:
         """One line in the user's words."""
@@ -150,6 +226,10 @@ class TrainingSetup:
             "params": self.params,
             "tokens_per_param": self.tokens_per_param,
             "regime": self.regime,
+            "regime_label": self.regime_label,
+            "passes": self.passes,
+            "pretrained": self.pretrained,
+            "adapters": self.adapters,
             "decay_scale": self.decay_scale,
             "beta1": self.beta1,
         }
@@ -170,13 +250,18 @@ def training_setup(
     params: float | None = None,
     decay_scale: str = "lr",
     beta1: float = 0.9,
+    pretrained: bool = False,
+    adapters: bool = False,
 ) -> TrainingSetup:
     """Validate a training description and derive epochs and steps from each other.
 
     Give ``dataset_size`` (examples) with ``epochs`` or ``steps``; or ``tokens``, the
     training tokens of the whole run (``batch_size`` then counts tokens per step, the run
     has ``tokens / batch_size`` steps), with ``params`` for pre-training; ``epochs`` (default
-    1) then says over how many passes those tokens were seen.
+    1) then says over how many passes those tokens were seen. ``pretrained=True``: the run
+    fine-tunes pretrained weights; ``adapters=True``: it fine-tunes adapters such as LoRA
+    (implies ``pretrained``). Either sets the regime to a fine-tune, where no value whose
+    total decay exceeds :data:`D_MAX_FINETUNE` is proposed.
     """
     lr_ = check_lr("lr", lr)
     b = check_range("batch_size", batch_size, 0.0, low_open=True)
@@ -186,6 +271,7 @@ def training_setup(
     p = _positive("params", params)
     check_choice("decay_scale", decay_scale, DECAY_SCALES)
     b1 = check_range("beta1", beta1, 0.0, 1.0, high_open=True)
+    pre, ada = _flag("pretrained", pretrained), _flag("adapters", adapters)
     if n is not None and d is not None:
         raise ArgumentError(
             f"dataset_size={dataset_size!r} and tokens={tokens!r} are exclusive: give "
@@ -231,7 +317,117 @@ def training_setup(
         raise ValueError(
             f"tokens={tokens!r} / params={params!r} is infinite: expected a finite ratio"
         )
-    return TrainingSetup(lr_, b, size, unit, t, s, p, decay_scale, b1)
+    return TrainingSetup(lr_, b, size, unit, t, s, p, decay_scale, b1, pre or ada, ada)
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A yes/no argument: ``True`` or ``False`` (not a string such as ``"no"``)."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
+        raise ArgumentError(f"{name}={value!r} is invalid: expected True or False", name)
+    return bool(value)
+
+
+# ---------------------------------------------------------------------------- total decay
+
+
+def total_decay(
+    wd: float, lr: float, steps: float, decay_scale: str = "lr", lr_mean_factor: float = 1.0
+) -> float:
+    r"""The total decay of a run, :math:`D = \sum_t \eta_t\lambda = \lambda\,\eta\,S\,\bar m`.
+
+    ``wd`` in the convention of ``decay_scale``: ``"lr"`` (PyTorch: a step multiplies the
+    weights by :math:`1 - \eta_t\lambda`) or ``"schedule"`` (Loshchilov & Hutter's
+    Algorithm 2, arXiv:1711.05101: by :math:`1 - (\eta_t/\eta)\lambda`, so
+    :math:`D = \lambda S \bar m`); ``lr`` the peak lr :math:`\eta`, ``steps`` :math:`S`,
+    ``lr_mean_factor`` :math:`\bar m` the schedule's mean multiplier of the peak lr (1: the
+    peak lr throughout; about 0.5 for cosine or linear decay to zero). Decay alone shrinks the
+    weights by :func:`shrink_factor` :math:`e^{-D}` over the run (:math:`\prod_t(1 -
+    \eta_t\lambda) \le e^{-D}`, equal to first order in :math:`\eta\lambda`). It is the
+    inverse of Wang & Aitchison's timescale as a fraction of the run (arXiv:2405.13698),
+    :math:`D = 1/\tau_{\mathrm{run}}` at a constant lr.
+
+    Example: wd 92.4 at lr 2e-5 over 937.5 steps gives D = 1.73 (``e^-1.73`` = 0.18).
+    """
+    w = check_range("wd", wd, 0.0)
+    lr_ = check_lr("lr", lr)
+    s = check_range("steps", steps, 0.0)
+    check_choice("decay_scale", decay_scale, DECAY_SCALES)
+    m = check_range("lr_mean_factor", lr_mean_factor, 0.0, 1.0)
+    d = w * s * m * (lr_ if decay_scale == "lr" else 1.0)
+    if not math.isfinite(d):
+        raise ValueError(f"wd={wd!r} is invalid: the total decay overflows (steps={steps!r})")
+    return d
+
+
+def shrink_factor(d: float) -> float:
+    r""":math:`e^{-D}`: the factor decay alone applies to the weights over a run of total
+    decay :math:`D` (:func:`total_decay`)."""
+    return math.exp(-check_range("total_decay", d, 0.0))
+
+
+def decays_by(d: float) -> str:
+    """``"82.3% (factor exp(-D) 0.177, D 1.73)"``: how much decay alone takes off the weights
+    over a run of total decay ``d`` (the factor to 6 decimals below D 0.05)."""
+    gone, factor = -math.expm1(-d), math.exp(-d)
+    shown = _fmt(factor) if d >= 0.05 else f"{factor:.6f}"
+    return f"{100 * gone:.3g}% (factor exp(-D) {shown}, D {_fmt(d)})"
+
+
+def looks_like_finetune(s: TrainingSetup) -> bool:
+    """Whether a from-scratch setup looks like a fine-tune: lr <= ``FINETUNE_LOOKS_LR``
+    (1e-4) with at most ``FINETUNE_LOOKS_EPOCHS`` (5) epochs, or, given as steps alone, at
+    most ``FINETUNE_LOOKS_STEPS`` (10,000) steps; a run given in tokens (pre-training) never
+    does. Always ``False`` once ``pretrained`` or ``adapters`` says what the run is."""
+    if s.finetune or s.unit == "tokens" or s.lr > _cal.FINETUNE_LOOKS_LR:
+        return False
+    if s.epochs is not None:
+        return s.epochs <= _cal.FINETUNE_LOOKS_EPOCHS
+    return s.total_steps is not None and s.total_steps <= _cal.FINETUNE_LOOKS_STEPS
+
+
+def guard(value: float, setup: TrainingSetup, lr_mean_factor: float = 1.0) -> str | None:
+    r"""A warning when ``value`` would decay a fine-tune's weights too much, else ``None``.
+
+    ``value`` is a weight decay in ``setup.decay_scale``'s convention; its total decay
+    :math:`D` (:func:`total_decay`, at the peak lr unless ``lr_mean_factor`` gives the
+    schedule's mean multiplier) is checked against :data:`D_MAX_FINETUNE` (0.01: decay alone
+    takes at most 1% off the weights; provisional until benchmarks/evidence/finetune.py) when
+    the setup is a fine-tune (``pretrained`` or ``adapters``) or looks like one
+    (:func:`looks_like_finetune`). From scratch a large :math:`D` is normal, so other setups,
+    and runs of unknown length, give ``None``.
+    """
+    if setup.total_steps is None or not (setup.finetune or looks_like_finetune(setup)):
+        return None
+    d = total_decay(value, setup.lr, setup.total_steps, setup.decay_scale, lr_mean_factor)
+    if d <= D_MAX_FINETUNE:
+        return None
+    at = (
+        "the peak lr"
+        if lr_mean_factor == 1.0
+        else f"the schedule's mean lr ({lr_mean_factor:.3g} of the peak)"
+    )
+    what = f"weight_decay {_fmt(value)} decays the weights by {decays_by(d)} over the run (at {at})"
+    if not setup.finetune:
+        return (
+            f"this looks like a fine-tune ({_length(setup)} at lr {_fmt(setup.lr)}); if the model "
+            f"is pretrained, pass --pretrained (pretrained=True): {what}, above the bound "
+            f"D <= {_fmt(D_MAX_FINETUNE)} adamwkit keeps to for fine-tunes ({PROVISIONAL})"
+        )
+    toward = (
+        "it pulls the adapters to zero, the fine-tuned model back to the frozen base"
+        if setup.adapters
+        else "it pulls the pretrained weights toward zero, away from what pretraining learned"
+    )
+    return (
+        f"{what}: above the bound D <= {_fmt(D_MAX_FINETUNE)} adamwkit keeps to for "
+        f"fine-tunes ({PROVISIONAL}); {toward}"
+    )
+
+
+def _length(s: TrainingSetup) -> str:
+    if s.epochs is not None:
+        return f"{_fmt(s.epochs)} epochs"
+    return f"{_count(round(s.total_steps or 0))} steps"
 
 
 # ---------------------------------------------------------------------------- the rules
@@ -253,6 +449,8 @@ class RuleValue:
     warnings: tuple[str, ...] = ()
     low: float | None = None
     high: float | None = None
+    total_decay: float | None = None
+    blocked: str = ""
 
     @property
     def fitted_on(self) -> str:
@@ -260,8 +458,24 @@ class RuleValue:
         return FITTED_ON[self.name]
 
     @property
+    def assumes(self) -> str:
+        """The regime the rule's value assumes (:data:`RULE_REGIMES`)."""
+        return RULE_REGIMES[self.name]
+
+    @property
     def ran(self) -> bool:
         return self.weight_decay is not None
+
+    @property
+    def usable(self) -> bool:
+        """Whether the value may be used: it ran and no guard rail blocked it."""
+        return self.ran and not self.blocked
+
+    @property
+    def decays_by(self) -> str:
+        """How much decay alone takes off the weights over the run at the peak lr
+        (:func:`decays_by`), ``"-"`` when the run's length is unknown."""
+        return "-" if self.total_decay is None else decays_by(self.total_decay)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,6 +492,11 @@ class RuleValue:
             "low": self.low,
             "high": self.high,
             "fitted_on": self.fitted_on,
+            "assumes": self.assumes,
+            "total_decay": self.total_decay,
+            "shrink_factor": None if self.total_decay is None else math.exp(-self.total_decay),
+            "blocked": self.blocked or None,
+            "usable": self.usable,
         }
 
 
@@ -294,8 +513,8 @@ def power_lines_tau(tokens_per_param: float) -> float:
 
 
 def _window_warning(s: TrainingSetup, tau_e: float | None) -> tuple[str, ...]:
-    """Wang & Aitchison's window for multi-epoch training: tau_epoch in [1, T]."""
-    if s.regime != "multi-epoch" or tau_e is None or s.epochs is None:
+    """Wang & Aitchison's window for multi-epoch training from scratch: tau_epoch in [1, T]."""
+    if s.finetune or s.passes != "multi-epoch" or tau_e is None or s.epochs is None:
         return ()
     if tau_e < 1.0:
         return (
@@ -326,7 +545,8 @@ def _rule_value(
         tau_epoch=tau_e,
         tau_run=None if s.total_steps is None else tau_run(s.lr, wd, s.total_steps),
         note=note,
-        warnings=warnings + _window_warning(s, tau_e),
+        warnings=warnings + (() if name == "finetune" else _window_warning(s, tau_e)),
+        total_decay=s.total_decay(wd),
     )
 
 
@@ -348,7 +568,7 @@ def _wang_aitchison(s: TrainingSetup) -> RuleValue:
         target = s.epochs
         note = "aims at tau_epoch = the epochs trained (the run is shorter than one epoch)"
         warnings = ("trains less than one epoch: the window [1 epoch, T] is empty",)
-    if s.regime == "single-pass":
+    if s.passes == "single-pass":
         warnings += (
             "single-pass training is the edge of the rule's window; Power Lines (needs "
             "tokens and params) is fitted to this regime",
@@ -377,7 +597,7 @@ def _power_lines(s: TrainingSetup) -> RuleValue:
         warnings.append(
             f"{_count(s.params)} parameters lies outside the fitted model sizes (111M to 3.3B)"
         )
-    if s.regime == "multi-epoch":
+    if s.passes == "multi-epoch":
         warnings.append(f"fitted for one pass over the data, not {_fmt(s.epochs)} epochs")
     total_steps = s.tokens / s.batch_size
     wd = weight_decay_from_tau_run(tau, s.lr, total_steps)
@@ -434,7 +654,7 @@ def _calibrated(s: TrainingSetup) -> RuleValue:
         return _skipped("calibrated", _NEEDS_EPOCHS)
     if s.unit == "tokens":
         return _skipped("calibrated", "fitted on examples, not on token streams")
-    if s.regime != "multi-epoch":
+    if s.passes != "multi-epoch":
         return _skipped(
             "calibrated", f"fitted on multi-epoch runs ({_fmt(_cal.EPOCHS[0])} to "
             f"{_fmt(_cal.EPOCHS[1])} epochs), not single-pass training"
@@ -468,6 +688,43 @@ def _calibrated(s: TrainingSetup) -> RuleValue:
     )
 
 
+def finetune_band(adapters: bool = False) -> tuple[float, float, float]:
+    """The provisional fine-tuning rule's total decay D and its range (low, high): the
+    ``FINETUNE_*`` constants of :mod:`adamwkit._calibration` (adapters: ``FINETUNE_ADAPTERS_*``),
+    checked to keep ``low <= D <= high <= D_MAX_FINETUNE``."""
+    if adapters:
+        d, (lo, hi) = _cal.FINETUNE_ADAPTERS_D, _cal.FINETUNE_ADAPTERS_D_RANGE
+    else:
+        d, (lo, hi) = _cal.FINETUNE_D, _cal.FINETUNE_D_RANGE
+    if not 0.0 < lo <= d <= hi <= D_MAX_FINETUNE:
+        raise ValueError(
+            f"the fine-tuning constants are invalid: expected 0 < {lo:g} <= {d:g} <= {hi:g} "
+            f"<= D_MAX_FINETUNE {D_MAX_FINETUNE:g} (adamwkit._calibration)"
+        )
+    return d, lo, hi
+
+
+def _finetune(s: TrainingSetup) -> RuleValue:
+    r"""The provisional fine-tuning rule: a fixed total decay, :math:`\lambda = D/(\eta S)`."""
+    if s.total_steps is None:
+        return _skipped("finetune", "needs the run's length: epochs or steps (or tokens)")
+    d, lo, hi = finetune_band(s.adapters)
+    scale = s.lr * s.total_steps
+    what = "adapters" if s.adapters else "full"
+    note = (
+        f"{what}: D = lr * wd * steps = {_fmt(d)} (range {_fmt(lo)} to {_fmt(hi)}) over "
+        f"{_count(round(s.total_steps))} steps at the peak lr; {PROVISIONAL}"
+    )
+    if not s.finetune:
+        note += "; what --pretrained (pretrained=True) would use"
+    value = _rule_value(s, "finetune", d / scale, note)
+    if not value.ran:
+        return value
+    return dataclasses.replace(value, low=lo / scale, high=hi / scale, total_decay=d)
+
+
+#: The rules computed for every setup; the fine-tuning rule (:data:`FINETUNE_RULE`) joins
+#: them, first, for fine-tunes and setups that look like one (:func:`rule_values`).
 RULES: dict[str, Callable[[TrainingSetup], RuleValue]] = {
     "calibrated": _calibrated,
     "wang-aitchison": _wang_aitchison,
@@ -475,12 +732,80 @@ RULES: dict[str, Callable[[TrainingSetup], RuleValue]] = {
     "loshchilov-hutter": _loshchilov_hutter,
     "torch-default": _torch_default,
 }
+FINETUNE_RULE: Callable[[TrainingSetup], RuleValue] = _finetune
+
+
+def rule_values(s: TrainingSetup) -> dict[str, RuleValue]:
+    """Every rule's value for a setup: the fine-tuning rule first for a fine-tune or a setup
+    that looks like one, then :data:`RULES`. In a fine-tune, a value whose total decay
+    exceeds :data:`D_MAX_FINETUNE` is kept for display but blocked (``usable`` is false)."""
+    values: dict[str, RuleValue] = {}
+    if s.finetune or looks_like_finetune(s):
+        values["finetune"] = FINETUNE_RULE(s)
+    values.update({name: rule(s) for name, rule in RULES.items()})
+    if s.finetune:
+        values = {name: _blocked(s, v) for name, v in values.items()}
+    return values
+
+
+def _blocked(s: TrainingSetup, v: RuleValue) -> RuleValue:
+    """``v``, blocked when its total decay exceeds the fine-tune bound."""
+    if v.total_decay is None or v.total_decay <= D_MAX_FINETUNE:
+        return v
+    return dataclasses.replace(
+        v,
+        blocked=(
+            f"assumes {v.assumes}: its {_fmt(v.weight_decay)} decays the weights by "
+            f"{decays_by(v.total_decay)} over the run, above the fine-tune bound D <= "
+            f"{_fmt(D_MAX_FINETUNE)}; not for this {s.regime_label}"
+        ),
+    )
+
+
+def _finetune_reason(s: TrainingSetup, ft: RuleValue) -> str:
+    """Why a fine-tune gets the provisional fine-tuning rule."""
+    d, lo, hi = finetune_band(s.adapters)
+    if s.adapters:
+        what = (
+            "a fine-tune of adapters (such as LoRA): the decayed tensors are the adapters, "
+            "which start at or near zero, so decay pulls the fine-tuned model back toward "
+            "the frozen base. adamwkit aims at a small total decay"
+        )
+        band = "wd 0.001 to 0.01 that adapter recipes use at lr 2e-4"
+    else:
+        what = (
+            "a fine-tune of pretrained weights: decay pulls them toward zero, away from "
+            "what pretraining learned, so adamwkit aims at a small total decay"
+        )
+        band = "wd 0.01 to 0.1 that full fine-tunes (BERT, RoBERTa, LLM SFT) use at lr 2e-5"
+    return (
+        f"{what} D = sum over steps of lr_t * wd = {_fmt(d)} (range {_fmt(lo)} to "
+        f"{_fmt(hi)}: the band of {band} for 3 epochs of 10,000 examples at batch 32, 938 "
+        f"steps), taken at the peak lr over {_count(round(s.total_steps or 0))} steps "
+        "(a decaying schedule lowers D further). No value above the bound D <= "
+        f"{_fmt(D_MAX_FINETUNE)} (decay alone takes at most 1% off the weights) is proposed "
+        f"for a fine-tune. The rule is {PROVISIONAL}; verify it with adamwkit tune."
+    )
 
 
 def choose_rule(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, str]:
-    """The rule that fits the regime, and why."""
+    """The rule that fits the regime, and why: a fine-tune (``pretrained`` or ``adapters``)
+    gets the provisional fine-tuning rule, single-pass pre-training Power Lines, multi-epoch
+    training from scratch the calibrated rule, else Wang & Aitchison's."""
+    if s.finetune:
+        ft = values.get("finetune")
+        if ft is None or not ft.ran:
+            raise ArgumentError(
+                "a fine-tune (pretrained or adapters) needs the run's length for its total "
+                "decay: give dataset_size with epochs or steps, steps, or tokens",
+                "dataset_size",
+                "epochs",
+                "steps",
+                "tokens",
+            )
+        return "finetune", _finetune_reason(s, ft)
     pl, wa, cal = values["power-lines"], values["wang-aitchison"], values["calibrated"]
-    if pl.ran and s.regime == "single-pass":
+    if pl.ran and s.passes == "single-pass":
         return "power-lines", (
             f"single-pass pre-training on {_count(s.tokens or 0)} tokens with "
             f"{_count(s.params or 0)} parameters ({_fmt(s.tokens_per_param)} tokens per "
@@ -504,13 +829,13 @@ def choose_rule(s: TrainingSetup, values: dict[str, RuleValue]) -> tuple[str, st
     if wa.ran:
         unit = "tokens" if s.unit == "tokens" else "examples"
         why = (
-            f"{s.regime} training ({_fmt(s.epochs)} epochs over {_count(s.dataset_size or 0)} "
+            f"{s.passes} training ({_fmt(s.epochs)} epochs over {_count(s.dataset_size or 0)} "
             f"{unit}): Wang & Aitchison found the optimal timescale in epochs roughly "
             f"constant across model and data size, inside [1 epoch, {_fmt(s.epochs)} epochs]; "
             f"adamwkit {wa.note}, the geometric middle of that window (the DeiT-B, Swin and "
             "ConvNeXt recipes sit at 16 of 300 epochs; sqrt(300) = 17.3)."
         )
-        if s.regime == "single-pass":
+        if s.passes == "single-pass":
             why = (
                 f"single-pass training ({_fmt(s.epochs)} epochs over "
                 f"{_count(s.dataset_size or 0)} {unit}) with no params for Power "
