@@ -121,9 +121,8 @@ def _run_decay(sug: Suggestion) -> Line | None:
     )
     if sug.setup.finetune:
         text += (
-            f"; a fine-tune is never proposed a value above D = {fmt(sug.d_max_finetune)} "
-            "(decay alone takes at most 1% off the weights; provisional until "
-            "benchmarks/evidence/finetune.py)"
+            f"; a fine-tune is never proposed a value outside the bound {sug.bound_text}, "
+            "provisional until benchmarks/evidence/finetune.py"
         )
     return Line(text + ".", label="Decay over the run:")
 
@@ -343,8 +342,12 @@ def tune_summary(
 
 
 def no_result(summary: Mapping[str, Any], report: Any, rename: Rename | None = None) -> str:
-    """Why no candidate of a tune summary finished every fold, in one line."""
+    """Why a tune summary names no weight decay, in one line: the model did not learn, or
+    no candidate finished every fold."""
     r = rename or _same
+    if summary.get("learned") is False:
+        first = str(summary.get("verdict", "")).split(": ")[0]
+        return f"{first[0].lower()}{first[1:]}; weight decay cannot be judged (report: {report})"
     states: dict[str, int] = {}
     for c in summary["candidates"]:
         states[c["state"]] = states.get(c["state"], 0) + 1

@@ -63,12 +63,15 @@ __all__ = [
     "RULES",
     "RuleValue",
     "TrainingSetup",
+    "bound_text",
     "calibrated_tau_epoch",
     "choose_rule",
     "decays_by",
+    "finetune_band",
     "guard",
     "looks_like_finetune",
     "power_lines_tau",
+    "rule_values",
     "shrink_factor",
     "total_decay",
     "training_setup",
@@ -81,8 +84,10 @@ TORCH_DEFAULT = 0.01
 POWER_LINES_PARAMS = (111e6, 3.3e9)
 POWER_LINES_TPP = (1.0, 1000.0)
 #: The guard rail: the most total decay D = sum_t lr_t * wd a value proposed for a fine-tune
-#: may have (decay alone then takes at most 1% off the pretrained weights). Provisional
-#: (``_calibration.FINETUNE_D_MAX``) until benchmarks/evidence/finetune.py;
+#: may have (decay alone then takes at most 1% off the pretrained weights): 5.3x the top of
+#: the band full fine-tunes use (wd 0.1 at lr 2e-5 over 938 steps, D 1.9e-3), 1/173 of the
+#: D 1.73 of the from-scratch value (92.4) that setup got before regimes existed.
+#: Provisional (``_calibration.FINETUNE_D_MAX``) until benchmarks/evidence/finetune.py;
 #: docs/evidence-finetune.md.
 D_MAX_FINETUNE: float = _cal.FINETUNE_D_MAX
 PROVISIONAL = "provisional until benchmarks/evidence/finetune.py; docs/evidence-finetune.md"
@@ -371,6 +376,18 @@ def decays_by(d: float) -> str:
     gone, factor = -math.expm1(-d), math.exp(-d)
     shown = _fmt(factor) if d >= 0.05 else f"{factor:.6f}"
     return f"{100 * gone:.3g}% (factor exp(-D) {shown}, D {_fmt(d)})"
+
+
+def bound_text() -> str:
+    """The fine-tune bound and where it comes from, in words, from the constants:
+    ``"D <= 0.01 (decay alone takes at most 0.995% off the weights; 5.3x the top of the
+    fine-tuning band, D 0.00188)"``."""
+    top = finetune_band()[2]
+    return (
+        f"D <= {_fmt(D_MAX_FINETUNE)} (decay alone takes at most "
+        f"{100 * -math.expm1(-D_MAX_FINETUNE):.3g}% off the weights; {D_MAX_FINETUNE / top:.2g}x "
+        f"the top of the fine-tuning band, D {_fmt(top)})"
+    )
 
 
 def looks_like_finetune(s: TrainingSetup) -> bool:
@@ -782,9 +799,9 @@ def _finetune_reason(s: TrainingSetup, ft: RuleValue) -> str:
         f"{what} D = sum over steps of lr_t * wd = {_fmt(d)} (range {_fmt(lo)} to "
         f"{_fmt(hi)}: the band of {band} for 3 epochs of 10,000 examples at batch 32, 938 "
         f"steps), taken at the peak lr over {_count(round(s.total_steps or 0))} steps "
-        "(a decaying schedule lowers D further). No value above the bound D <= "
-        f"{_fmt(D_MAX_FINETUNE)} (decay alone takes at most 1% off the weights) is proposed "
-        f"for a fine-tune. The rule is {PROVISIONAL}; verify it with adamwkit tune."
+        "(a decaying schedule lowers D further). No value outside the bound "
+        f"{bound_text()} is proposed for a fine-tune. The rule is {PROVISIONAL}; verify "
+        "it with adamwkit tune."
     )
 
 

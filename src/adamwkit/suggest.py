@@ -27,6 +27,7 @@ from .rules import (
     D_MAX_FINETUNE,
     RuleValue,
     TrainingSetup,
+    bound_text,
     choose_rule,
     decays_by,
     looks_like_finetune,
@@ -89,6 +90,11 @@ class Suggestion:
     def d_max_finetune(self) -> float:
         """The bound on a fine-tune's total decay (:data:`adamwkit.rules.D_MAX_FINETUNE`)."""
         return D_MAX_FINETUNE
+
+    @property
+    def bound_text(self) -> str:
+        """The bound and where it comes from, in words (:func:`adamwkit.rules.bound_text`)."""
+        return bound_text()
 
     @property
     def total_decay(self) -> float | None:
