@@ -776,6 +776,14 @@ def best_default(studies: list[Study], kind: str) -> tuple[float, float, float]:
     return d, mean, max(regret(s, d) for s in ss)
 
 
+def good_range(studies: list[Study], kind: str, tolerance: float = 0.01) -> tuple[float, float]:
+    """The span of :data:`D_GRID` where at least 80% of the studies of ``kind`` are within
+    ``tolerance`` of their best loss (an 80% range; ``nan`` where no D is)."""
+    ss = [s for s in studies if s.d["kind"] == kind]
+    good = [d for d in D_GRID if np.mean([regret(s, d) <= tolerance for s in ss]) >= 0.8]
+    return (min(good), max(good)) if good else (math.nan, math.nan)
+
+
 def rule_lines(studies: list[Study]) -> list[str]:
     out = []
     for kind in KINDS:
@@ -787,7 +795,30 @@ def rule_lines(studies: list[Study]) -> list[str]:
             f"{100 * mean:.2f}%, largest {100 * worst:.2f}%); the largest D that harmed no "
             f"study (against zero decay) by more than 1% is "
             f"{_g(d_max(studies, kind, 0.01))}, by more than 2%: "
-            f"{_g(d_max(studies, kind, 0.02))}, more than 5%: {_g(d_max(studies, kind, 0.05))}."
+            f"{_g(d_max(studies, kind, 0.02))}, more than 5%: {_g(d_max(studies, kind, 0.05))}; "
+            f"at least 80% of the studies are within 1% of their best from D = "
+            f"{_g(good_range(studies, kind)[0])} to {_g(good_range(studies, kind)[1])}."
+        )
+    return out
+
+
+def suggest_lines(studies: list[Study]) -> list[str]:
+    """What ``adamwkit.suggest``'s weight decay would have done in each kind of decay."""
+    out = []
+    for kind in KINDS:
+        ss = [s for s in studies if s.d["kind"] == kind]
+        if not ss:
+            continue
+        ds = [s.D(s.suggestion()) for s in ss]
+        harms = [harm(s, s.D(s.suggestion())) for s in ss]
+        inside = sum(s.band[0] <= s.suggestion() <= s.band[1] for s in ss)
+        worse = sum(loss_at(s, s.D(s.suggestion())) > s.baseline for s in ss)
+        out.append(
+            f"- toward **{kind}**: `suggest` implies D = {_g(min(ds))} to {_g(max(ds))} "
+            f"(shrink factor {math.exp(-max(ds)):.2f} to {math.exp(-min(ds)):.2f}); inside the "
+            f"one-SE band in {inside} of {len(ss)} studies; loss {100 * min(harms):+.1f}% to "
+            f"{100 * max(harms):+.1f}% (median {100 * _median(harms):+.1f}%) against zero "
+            f"decay; worse than the pretrained model before fine-tuning in {worse} of {len(ss)}."
         )
     return out
 
@@ -872,6 +903,11 @@ def report(quick: bool = False) -> str:
         "between its candidates) relative to its best; the *harm* at D: the same loss",
         "relative to zero decay's (negative where decay helps). Median and largest over",
         "the studies of each kind.",
+        "",
+        "What `adamwkit.suggest` (the from-scratch rule) would have done, full",
+        "fine-tuning:",
+        "",
+        *suggest_lines(full),
         "",
         "Full fine-tuning:",
         "",
