@@ -218,7 +218,14 @@ ENDINGS = {
     "sys.exit(3) in one candidate": Case(
         "exit_3_at_01", 0, "complete", "", (0.1, "the objective called sys.exit(3)")
     ),
-    "1e308 from every run": Case("huge", 0, "complete", note="is left out of the plot"),
+    # the same loss from every run: a constant, so the model did not learn (exit 1, no best)
+    "1e308 from every run": Case(
+        "huge",
+        1,
+        "complete",
+        "the model did not learn on these folds",
+        note="is left out of the plot",
+    ),
     "1e308 from one candidate": Case(
         "huge_at_03", 0, "complete", note="weight decay 0.3 (lr 0.001) is left out of the plot"
     ),

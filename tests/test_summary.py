@@ -57,6 +57,8 @@ SUMMARY_KEYS = [
     "zero_paired_sem",
     "hurts_from",
     "edge",
+    "learned",  # added with the check that the model learned (not in older summaries)
+    "baseline",
     "repeats",
     "extended",
     "pruned",

@@ -586,6 +586,10 @@ def probe_section(studies: list[Study], probe: ProbeRule, chosen: str) -> list[s
     return out
 
 
+#: The first line of _calibration.py's hand-written part, which --write keeps.
+KEEP_CALIBRATION = "# ---- Fine-tuning"
+
+
 def write_calibration(final: Fit, band: tuple[float, float], clear: list[Study],
                       check: Check, probe: ProbeRule) -> None:  # fmt: skip
     text = f'''"""The calibrated rule's constants (``benchmarks/evidence/analyze.py --write``).
@@ -617,7 +621,10 @@ PROBE_STUDIES = {len(probe.fitted_on)}
 PROBE_LOFO_WITHIN_2X = {probe.check.share("within_2x"):.4f}
 PROBE_LOFO_RANGE_HOLDS = {probe.check.share("range_holds"):.4f}
 '''
-    CALIBRATION.write_text(text)
+    # Blocks written by hand below the generated part (the fine-tuning constants) are kept.
+    before = CALIBRATION.read_text() if CALIBRATION.exists() else ""
+    at = before.find(KEEP_CALIBRATION)
+    CALIBRATION.write_text(text + ("\n" + before[at:] if at >= 0 else ""))
     print("wrote", CALIBRATION)
 
 

@@ -20,8 +20,8 @@ LOFO_RANGE_HOLDS = 0.7037
 # log_turn (the zero-decay run's turning epoch) and log_T, plus the constant; used when the
 # curve turned before PROBE_TURNED of the epochs.
 PROBE_MODEL = "c * turn"
-PROBE_COEF = {"const": 0.5573717370171037, "log_turn": 1.0}
-PROBE_BAND = (-0.44798563171767425, 0.5931314966724113)
+PROBE_COEF = {"const": 0.5569629100525384, "log_turn": 1.0}
+PROBE_BAND = (-0.44742211346921934, 0.5936950149208662)
 PROBE_TURNED = 0.9
 PROBE_STUDIES = 51
 PROBE_LOFO_WITHIN_2X = 0.8333

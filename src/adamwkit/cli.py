@@ -634,9 +634,11 @@ def _run_tune(a: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     from .tuning import tune
 
     result = tune(**kwargs)
-    if result.best_weight_decay is None:
+    if result.best_weight_decay is None:  # no result, or a model that did not learn
         if a.json:
             _print_json(result.summary)
+        elif result.summary["learned"] is False:
+            _show(result.blocks(_run_names))
         raise RunFailed(render.no_result(result.summary, result.paths["report"], _run_names))
     if a.json:
         _print_json(result.summary)

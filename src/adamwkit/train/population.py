@@ -80,6 +80,7 @@ class MemberResult:
     diverged: str = ""
     state: dict[str, Tensor] = field(default_factory=dict, repr=False)
     pruned: str = ""
+    initial_val_loss: float | None = None  # before the first step: the untrained baseline
 
     @property
     def val_loss(self) -> float | None:
@@ -655,9 +656,9 @@ def fit_population(
     engine = StackedEngine(task, members, settings)
     pruned = [""] * len(members)
     after_epoch = None
+    engine.set_training(False)
+    initial, _ = engine.validate()  # the untrained baselines: did training learn anything?
     if prune_chance and len(members) > 1:
-        engine.set_training(False)
-        initial, _ = engine.validate()
         after_epoch = _chance_pruner(members, initial, settings.epochs, pruned)
     histories = run_epochs(
         engine,
@@ -671,10 +672,12 @@ def fit_population(
     )
     kept = iter(engine.states())
     results = []
-    for h, why in zip(histories, pruned, strict=True):
+    for h, why, start in zip(histories, pruned, initial, strict=True):
         state = {} if why else next(kept)
         results.append(
-            MemberResult(h.train_losses, h.val_losses, h.val_metrics, h.diverged, state, why)
+            MemberResult(
+                h.train_losses, h.val_losses, h.val_metrics, h.diverged, state, why, float(start)
+            )
         )
     return results
 

@@ -57,6 +57,7 @@ class FitResult:
     stopped_early: bool = False
     seconds: float = 0.0
     monitor: MonitorLog | None = None
+    initial_val_loss: float | None = None  # before the first step: the untrained baseline
 
     @property
     def val_loss(self) -> float | None:
@@ -274,6 +275,9 @@ def fit(
         result.stopped_early = best["since"] >= patience
         return result.stopped_early
 
+    if val is not None:  # the untrained model's loss: did training learn anything?
+        engine.set_training(False)
+        (result.initial_val_loss,), _ = engine.validate()
     n_epochs = settings.epochs
     callback = progress if callable(progress) else (_Bar(task.name, n_epochs) if progress else None)
     start = time.perf_counter()

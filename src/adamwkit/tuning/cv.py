@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -171,6 +172,7 @@ class Candidate:
     fold_losses: dict[int, float] = field(default_factory=dict)
     fold_metrics: dict[int, float] = field(default_factory=dict)
     fold_curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    fold_baselines: dict[int, float] = field(default_factory=dict)  # untrained loss per run
     state: str = "complete"  # complete | pruned | failed | running | waiting
     reason: str = ""
     tau_epoch: float | None = None
@@ -198,6 +200,9 @@ class Candidate:
             "fold_curves": {
                 str(f): [list(p) for p in c] for f, c in sorted(self.fold_curves.items())
             },
+            "fold_baselines": [
+                self.fold_baselines.get(f) for f in range(max(self.fold_baselines, default=-1) + 1)
+            ],
             "paired_diff": self.paired_diff,
             "paired_sem": self.paired_sem,
             "state": self.state,
@@ -209,7 +214,13 @@ class Candidate:
 class CVSummary:
     """The verdict of a search.
 
-    - ``best``: the complete candidate with the lowest mean loss.
+    - ``learned``: whether the best clearly beats the untrained baseline the runs
+      reported (by more than :data:`LEARNED_FRACTION` of it and two paired SEs; ``None``:
+      no baseline, cannot tell). When ``False`` the model did not learn on these folds:
+      there is no ``best`` and no edge, since weight decay cannot be judged.
+    - ``best``: the complete candidate with the lowest mean loss; candidates within
+      :data:`PRACTICAL_FRACTION` of that loss (paired) tie, and a tie goes to the least
+      weight decay.
     - ``one_se``: the largest weight decay (at the best's lr) whose paired difference to
       the best is within one paired standard error of that difference.
     - ``flat``: weight decay barely matters: zero decay is within two paired standard
@@ -220,7 +231,8 @@ class CVSummary:
       and none was pruned. One borderline candidate elsewhere on the curve does not change
       it.
     - ``hurts_from``: the smallest weight decay above the best that is worse than the best
-      by more than two paired standard errors (``None``: none is).
+      by more than two paired standard errors and by more than the margin that matters
+      (:data:`PRACTICAL_FRACTION` of the loss); ``None``: none is.
     - ``edge``: ``"high"`` when the best is the largest positive weight decay tried at its
       lr, ``"low"`` when it is the smallest, or when zero is the best and the smallest
       positive one is worse by more than two paired SEs; else ``None``: the optimum may
@@ -237,6 +249,9 @@ class CVSummary:
     zero: Candidate | None = None
     hurts_from: float | None = None
     edge: str | None = None
+    learned: bool | None = None
+    baseline: float | None = None  # the untrained loss, mean over the runs
+    lowest: Candidate | None = None  # the lowest mean loss (the best, unless a tie or no learning)
 
     @property
     def runs(self) -> int:
@@ -307,9 +322,21 @@ def _paired(a: np.ndarray, b: np.ndarray, folds: int, repeats: int) -> tuple[flo
         return mean * scale, sem * scale
 
 
+#: A difference in mean loss smaller than this fraction of the best's loss does not
+#: matter: it makes no candidate worse than the best ("hurts", the grid's edge), and
+#: candidates closer than it to the lowest mean tie. (Differences of 1e-7 of a loss near
+#: chance, or 2e-6 nats of a language model's, were called "hurts" without it.)
+PRACTICAL_FRACTION = 1e-3
+#: A model learned when its best candidate's loss is below its untrained baseline by
+#: more than this fraction of the baseline (and by two paired standard errors): the same
+#: 1% as a stacked run's chance-level check (``train.population.chance_level``).
+LEARNED_FRACTION = 0.01
+
+
 def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> CVSummary:
-    """Means, standard errors, paired differences to the best, the one-SE choice, flatness,
-    and whether the best sits at the grid's edge (see :class:`CVSummary`).
+    """Means, standard errors, whether the model learned, paired differences to the best,
+    the one-SE choice, flatness, and whether the best sits at the grid's edge (see
+    :class:`CVSummary`).
 
     Only candidates with every run (``state == "complete"``) compete; pruned ones keep the
     mean of the runs they made. Differences are paired: candidates share folds, initial
@@ -324,7 +351,28 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
     complete = [c for c in cands if c.state == "complete" and len(c.fold_losses) == runs]
     if not complete:
         return CVSummary(cands, None, None, False, folds, repeats)
-    best = min(complete, key=lambda c: (c.mean, -c.weight_decay))
+    lowest = min(complete, key=lambda c: (c.mean, c.weight_decay))
+    learned, baseline = _learned(complete, lowest, folds, repeats)
+    if learned is False:  # nothing to judge weight decay by: no best, no edge
+        _pair_with(cands, lowest, folds, repeats)
+        return CVSummary(cands, None, None, False, folds, repeats, learned=False,
+                         baseline=baseline, lowest=lowest)  # fmt: skip
+    margin = PRACTICAL_FRACTION * abs(float(lowest.mean or 0.0))
+    _pair_with(cands, lowest, folds, repeats)
+    # Ties (within the margin that matters) go to the least decay: it does as well.
+    best = min(
+        (c for c in complete if c.lr == lowest.lr and _finite(c.paired_diff) <= margin),
+        key=lambda c: c.weight_decay,
+    )
+    if best is not lowest:
+        _pair_with(cands, best, folds, repeats)
+    out = _verdict(cands, complete, best, margin, folds, repeats, learned)
+    out.baseline, out.lowest = baseline, lowest
+    return out
+
+
+def _pair_with(cands: Sequence[Candidate], best: Candidate, folds: int, repeats: int) -> None:
+    """Every candidate's paired difference to ``best`` over the runs both made."""
     for c in cands:
         common = sorted(set(c.fold_losses) & set(best.fold_losses))
         if not common:
@@ -332,23 +380,70 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
         mine = np.array([c.fold_losses[f] for f in common])
         theirs = np.array([best.fold_losses[f] for f in common])
         c.paired_diff, c.paired_sem = _paired(mine, theirs, folds, repeats)
+
+
+def _learned(
+    complete: list[Candidate], lowest: Candidate, folds: int, repeats: int
+) -> tuple[bool | None, float | None]:
+    """Whether the best candidate clearly beats the untrained baseline (by more than
+    :data:`LEARNED_FRACTION` of it and two paired standard errors, run by run).
+
+    Without a baseline, ``False`` only when every candidate has the same loss on every run
+    and no reported learning curve fell (a constant: nothing was learned), else ``None``
+    (cannot tell; identical losses with falling curves mean the decay had no effect).
+    Also returns the baseline's mean over the runs (``None`` without one)."""
+    baselines: dict[int, list[float]] = {}
+    for c in complete:
+        for run, value in c.fold_baselines.items():
+            baselines.setdefault(run, []).append(value)
+    common = sorted(set(baselines) & set(lowest.fold_losses))
+    if not common:
+        same = len(complete) > 1 and len({tuple(c.losses()) for c in complete}) == 1
+        return (False if same and not any(_curve_fell(c) for c in complete) else None), None
+    base = np.array([float(np.mean(baselines[r])) for r in common])
+    best = np.array([lowest.fold_losses[r] for r in common])
+    gain, sem = _paired(base, best, folds, repeats)
+    needed = max(LEARNED_FRACTION * abs(float(base.mean())), 2.0 * _finite(sem))
+    return bool(gain > needed), float(base.mean())
+
+
+def _curve_fell(c: Candidate) -> bool:
+    """Whether a reported learning curve fell from its first point by more than
+    :data:`LEARNED_FRACTION` (training changed the loss, whatever the weight decay did)."""
+    for curve in c.fold_curves.values():
+        if len(curve) >= 2:
+            first, low = curve[0][1], min(v for _, v in curve)
+            if first - low > LEARNED_FRACTION * abs(first):
+                return True
+    return False
+
+
+def _verdict(
+    cands: list[Candidate],
+    complete: list[Candidate],
+    best: Candidate,
+    margin: float,
+    folds: int,
+    repeats: int,
+    learned: bool | None,
+) -> CVSummary:
+    """The one-SE choice, flatness, "hurts from" and the grid's edge, given the best."""
     same_lr = [c for c in complete if c.lr == best.lr]
     one_se = max(
         (c for c in same_lr if _finite(c.paired_diff) <= _finite(c.paired_sem)),
         key=lambda c: c.weight_decay,
     )
 
-    def worse(c: Candidate) -> bool:
-        return c is not best and _finite(c.paired_diff) > 2.0 * _finite(c.paired_sem)
+    def worse(c: Candidate) -> bool:  # by more than noise, and by a margin that matters
+        diff = _finite(c.paired_diff)
+        return c is not best and diff > max(2.0 * _finite(c.paired_sem), margin)
 
     zero = next((c for c in same_lr if c.weight_decay == 0.0), None)
     if zero is not None:
         # the contenders: positive candidates the best could have beaten by chance
         contenders = sum(1 for c in same_lr if c.weight_decay > 0 and not worse(c))
-        allowance = 2.0 + selection_allowance(contenders)
-        zero_close = zero is best or _finite(zero.paired_diff) <= allowance * _finite(
-            zero.paired_sem
-        )
+        allowance = (2.0 + selection_allowance(contenders)) * _finite(zero.paired_sem)
+        zero_close = zero is best or _finite(zero.paired_diff) <= max(allowance, margin)
         flat = zero_close and any(c.weight_decay > 0 and not worse(c) for c in same_lr)
     else:
         pruned = any(c.state == "pruned" for c in cands)
@@ -361,19 +456,26 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
         (c.weight_decay for c in above if c.state == "pruned" or (c in complete and worse(c))),
         None,
     )
+    return CVSummary(cands, best, one_se, flat, folds, repeats, zero, hurts_from,
+                     _edge(cands, same_lr, best, worse), learned)  # fmt: skip
+
+
+def _edge(
+    cands: list[Candidate], same_lr: list[Candidate], best: Candidate, worse: Any
+) -> str | None:
+    """``"high"``/``"low"`` when the optimum may lie past the grid's edge, else ``None``."""
     positive = sorted({c.weight_decay for c in cands if c.lr == best.lr and c.weight_decay > 0})
-    edge = None
     if best.weight_decay > 0 and len(positive) > 1:
         if best.weight_decay == positive[-1]:
-            edge = "high"
-        elif best.weight_decay == positive[0]:
-            edge = "low"
+            return "high"
+        if best.weight_decay == positive[0]:
+            return "low"
     elif best.weight_decay == 0 and positive:
         # zero wins, but the smallest decay tried already hurts: a smaller one may win
         smallest = next((c for c in same_lr if c.weight_decay == positive[0]), None)
         if smallest is not None and worse(smallest):  # (a failed one says nothing)
-            edge = "low"
-    return CVSummary(cands, best, one_se, flat, folds, repeats, zero, hurts_from, edge)
+            return "low"
+    return None
 
 
 def extension(summary: CVSummary, points: int = 2) -> list[float]:

@@ -117,6 +117,7 @@ class Runner:
         except Exception as err:
             out = self.failed(err, job.label)
         out.curve = list(trial.curve)
+        out.baseline = trial.baseline
         trial.close_monitor()
         out.monitor_log = trial.monitor_log
         out.seconds = time.perf_counter() - start

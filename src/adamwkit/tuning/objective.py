@@ -87,6 +87,7 @@ class Trial:
     _progress: Callable[[int, int], Any] | None = field(default=None, init=False, repr=False)
     monitor_log: Any = field(default=None, init=False, repr=False)
     _monitor: Any = field(default=None, init=False, repr=False)
+    baseline: float | None = field(default=None, init=False, repr=False)
 
     @property
     def is_refit(self) -> bool:
@@ -112,6 +113,18 @@ class Trial:
         from torch.utils.data import Subset
 
         return Subset(self.data, idx.tolist())
+
+    def report_baseline(self, loss: float) -> None:
+        """Record the validation loss a model that learned nothing gets on this run's
+        validation examples: the untrained model's loss (before the first step), or that of
+        predicting the training labels' mean or class frequencies. ``tune`` compares the
+        candidates with it: when none beats it by a margin that matters, the verdict is
+        that the model did not learn, and no weight decay is named. (A Task reports it on
+        its own.)"""
+        value = float(loss)
+        if not math.isfinite(value):
+            raise ValueError(f"loss={loss!r} is invalid: expected a finite number")
+        self.baseline = value
 
     def report(self, value: float, step: int) -> None:
         """Record an intermediate validation loss at ``step`` (an epoch or a step count):
@@ -182,6 +195,7 @@ class Outcome:
     loss: float | None = None
     metric: float | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
+    baseline: float | None = None  # the untrained loss on the run's validation examples
     reason: str = ""
     error: BaseException | None = None
     seconds: float = 0.0
@@ -294,6 +308,8 @@ class TaskObjective:
             monitor=self.monitor_every(trial) if trial.is_refit else None,
         )
         trial.monitor_log = result.monitor
+        if result.initial_val_loss is not None and math.isfinite(result.initial_val_loss):
+            trial.report_baseline(result.initial_val_loss)
         for epoch, loss in enumerate(result.val_losses, start=1):
             trial.report(loss, epoch)
         return {"loss": result.val_loss, self.task.metric_name: result.val_metric}
@@ -366,5 +382,7 @@ class TaskObjective:
                 continue
             o = outcome_of({"loss": r.val_loss, "metric": r.val_metric})
             o.curve, o.seconds, o.pruned = curve, seconds, r.pruned
+            if r.initial_val_loss is not None and math.isfinite(r.initial_val_loss):
+                o.baseline = r.initial_val_loss
             out.append(o)
         return out

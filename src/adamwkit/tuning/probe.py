@@ -145,10 +145,17 @@ class ProbeResult:
         return (
             f"{why}: tau_epoch {g(self.tau_epoch)}, weight decay {self.value:.4g} "
             f"(decay_scale={self.decay_scale!r}), 80% range {self.low_value:.4g} to "
-            f"{self.high_value:.4g}."
-            + (" Confirm it over that range (confirm=True, --confirm)." if self.confirm is None
-               else f" Confirmed over that range: best {self.confirm.best_weight_decay:.4g}.")
-        )  # fmt: skip
+            f"{self.high_value:.4g}. {self._confirmed()}"
+        )
+
+    def _confirmed(self) -> str:
+        """What the confirmation grid found, in a sentence."""
+        if self.confirm is None:
+            return "Confirm it over that range (confirm=True, --confirm)."
+        best = self.confirm.best_weight_decay
+        if best is None:
+            return f"The confirmation over that range named none: {self.confirm.summary['verdict']}"
+        return f"Confirmed over that range: best {best:.4g}."
 
 
 def _readable_curve(zero: dict[str, Any], task: str) -> tuple[list[float], list[float]]:

@@ -126,7 +126,7 @@ def extension_rounds(
             return notes
         notes.append(
             f"{edge_text(summ.best.weight_decay, summ.edge)}, so the optimum may lie past "
-            f"it: trying {listing(new)} on the same folds"
+            f"it: trying {listing(new)} on the same folds ({len(new) * spec.runs} more runs)"
         )
         say(notes[-1])
         lr = summ.best.lr
@@ -279,7 +279,7 @@ def _run_study(plan: TunePlan) -> TuneResult:
     report.begin(config.run_dir, config.study)
     try:
         summary, errors = _work(plan, store)
-        summary.state = "complete" if summary.best_weight_decay is not None else "failed"
+        summary.state = "failed" if _no_result(summary) else "complete"
         summary.notes += [n for n in report.off_scale(summary) if n not in summary.notes]
         paths = report.write_reports(config.run_dir, summary)
     except BaseException as err:
@@ -288,12 +288,17 @@ def _run_study(plan: TunePlan) -> TuneResult:
             kind if text == kind else f"{kind}: {text}")  # fmt: skip
         report.write_stopped(config.run_dir, config.study, reason)
         raise
-    if summary.best_weight_decay is None and errors:
+    if _no_result(summary) and errors:
         raise ObjectiveFailed(
             f"no candidate finished: runs of {plan.prepared.name!r} failed with errors (each "
             f"candidate's reason is in {paths['report']}); the first error was"
         ) from errors[0]
     return TuneResult(summary, config.run_dir, paths)
+
+
+def _no_result(summary: TuneSummary) -> bool:
+    """No candidate finished every fold (a model that did not learn is a result)."""
+    return summary.best_weight_decay is None and summary.learned is not False
 
 
 def _work(plan: TunePlan, store: StudyStore) -> tuple[TuneSummary, list[BaseException]]:

@@ -139,7 +139,8 @@ def _decay_axis(ax: Any, summary: Mapping[str, Any], positive: list[float]) -> N
         import numpy as np
 
         w = np.asarray(w, dtype=float)
-        return factor / np.maximum(w, 1e-300)
+        with np.errstate(over="ignore"):  # a timescale beyond float's range is infinite
+            return factor / np.maximum(w, 1e-300)
 
     if not positive:  # zero decay alone (a probe): an axis around the suggestion, if any
         v = summary.get("suggested_weight_decay") or 1e-2

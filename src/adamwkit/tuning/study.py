@@ -95,9 +95,11 @@ SPURIOUS = "spurious"  # an ask() that found nothing enqueued: not a candidate
 RETRY_OF = "retry_of"  # the trial number this one retries
 METRIC = "metric_{run}"  # the run's metric, next to its loss (the intermediate value)
 CURVE = "curve_{run}"  # the run's learning curve, thinned to CURVE_POINTS
+BASELINE = "baseline_{run}"  # the untrained loss on the run's validation examples
 MONITOR = "monitor"  # a refit's Monitor log file, in the run folder
 VERDICTS = "verdicts"  # a refit's Monitor verdicts
 _METRIC_PREFIX, _CURVE_PREFIX = METRIC.split("{")[0], CURVE.split("{")[0]
+_BASELINE_PREFIX = BASELINE.split("{")[0]
 
 
 # host[:port] as it follows the user part: a bracketed IPv6 address or a name, then an
@@ -516,6 +518,8 @@ def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
         for name, value in t.user_attrs.items():
             if name.startswith(_METRIC_PREFIX):
                 c.fold_metrics.setdefault(int(name[len(_METRIC_PREFIX) :]), float(value))
+            elif name.startswith(_BASELINE_PREFIX):
+                c.fold_baselines.setdefault(int(name[len(_BASELINE_PREFIX) :]), float(value))
             elif name.startswith(_CURVE_PREFIX):
                 run = int(name[len(_CURVE_PREFIX) :])
                 c.fold_curves.setdefault(run, [(int(a), float(b)) for a, b in value])
@@ -591,8 +595,12 @@ class Claim:
         loss: float,
         metric: float | None = None,
         curve: list[tuple[int, float]] | None = None,
+        baseline: float | None = None,
     ) -> bool:
-        """Record a fold (its learning curve first); True when the pruner says to stop."""
+        """Record a fold (its learning curve and untrained baseline first); True when the
+        pruner says to stop."""
+        if baseline is not None:
+            self.trial.set_user_attr(BASELINE.format(run=fold), baseline)
         if curve:
             self.trial.set_user_attr(CURVE.format(run=fold), [list(p) for p in _thin(curve)])
         if metric is not None:

@@ -108,6 +108,12 @@ class TuneSummary(MutableMapping[str, Any]):
     edge: str | None
     """``"high"`` or ``"low"`` when the best sits at that edge of the grid (the optimum
     may lie beyond), else ``None``."""
+    learned: bool | None
+    """Whether the lowest loss clearly beats the untrained baseline (``False``: the model
+    did not learn on these folds, and no weight decay is named; ``None``: no baseline was
+    reported and the losses differ, so it cannot be told)."""
+    baseline: float | None
+    """The untrained baseline's loss, mean over the runs (``None``: none reported)."""
     repeats: int
     """How many times the k folds were drawn (repeated CV)."""
     extended: list[float]
@@ -286,6 +292,8 @@ def _statistics(summ: cv.CVSummary) -> dict[str, Any]:
         "zero_paired_sem": zero.paired_sem if zero is not None else None,
         "hurts_from": summ.hurts_from,
         "edge": summ.edge,
+        "learned": summ.learned,
+        "baseline": summ.baseline,
         "repeats": summ.repeats,
     }
 
@@ -356,7 +364,7 @@ def build_summary(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S") if created is None else created,
     }
     values["verdict"] = verdict_text(values)
-    values["state"] = "complete" if values["best_weight_decay"] is not None else "failed"
+    values["state"] = _state(values)
     values["notes"] = []
     return TuneSummary(**{k: values[k] for k in KEYS})
 
@@ -408,8 +416,34 @@ def _choice_text(s: Mapping[str, Any]) -> str:
     )
 
 
+def _state(s: Mapping[str, Any]) -> str:
+    """``"complete"`` when every candidate could be judged (a best, or the verdict that the
+    model did not learn), else ``"failed"`` (no candidate finished every fold)."""
+    judged = s["best_weight_decay"] is not None or s.get("learned") is False
+    return "complete" if judged else "failed"
+
+
+def _not_learned_text(s: Mapping[str, Any]) -> str:
+    """The verdict when no candidate clearly beats the untrained baseline."""
+    lowest = min((c["mean"] for c in s.get("candidates", ()) if c.get("mean") is not None),
+                 default=None)  # fmt: skip
+    if s.get("baseline") is not None and lowest is not None:
+        why = (
+            f"the lowest CV loss ({lowest:.4g}) is not clearly below the untrained "
+            f"baseline ({s['baseline']:.4g})"
+        )
+    else:
+        why = "every candidate has the same loss on every fold"
+    return (
+        f"The model did not learn on these folds: {why}, so weight decay cannot be judged "
+        "and none is recommended. Check the learning rate, the epochs and the model first."
+    )
+
+
 def verdict_text(s: Mapping[str, Any]) -> str:
     """The recommendation in plain words."""
+    if s.get("learned") is False:
+        return _not_learned_text(s)
     if s["best_weight_decay"] is None:
         return "No candidate finished every fold: nothing to recommend yet."
     lines = []
