@@ -43,6 +43,8 @@ class StudySpec:
     precision: str = "fp32"
     repeats: int = 1
     prune_chance: bool = True
+    pretrained: bool = False
+    adapters: bool = False
 
     def attrs(self) -> dict[str, Any]:
         """The spec as stored in the study (JSON values: tuples become lists)."""

@@ -171,6 +171,12 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     Option("prune_chance", "--no-prune-chance", "study", True, inverted=True, kind="flag",
            help="train stacked runs still at their untrained loss at 1/4 or 1/2 of the epochs "
                 "to the end (default: stop them)"),
+    Option("pretrained", "--pretrained", "study", False, kind="flag",
+           help="the model starts from pretrained weights (a fine-tune): the default grid "
+                "follows the fine-tuning rule, within its bound on the total decay"),
+    Option("adapters", "--adapters", "study", False, kind="flag",
+           help="a fine-tune of adapters (LoRA) on a frozen base (implies --pretrained; "
+                "inferred for a task whose model has frozen tensors)"),
     Option("precision", "--precision", "study", "fp32", choices=PRECISIONS,
            help="bf16: the forward pass under bfloat16 autocast (weights stay float32)"),
     # this process

@@ -210,16 +210,59 @@ def _process(kw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _default_grid(p: _Protocol, n_train: int) -> tuple[Suggestion | None, list[float] | None]:
+@dataclass(frozen=True)
+class _Regime:
+    """Whether the run fine-tunes pretrained weights, or adapters on a frozen base."""
+
+    pretrained: bool
+    adapters: bool
+    note: str | None = None
+
+
+def _regime(prep: Prepared, kw: dict[str, Any]) -> _Regime:
+    """The regime as given; else, for a task whose model has frozen tensors, a fine-tune
+    of adapters (said in a note)."""
+    adapters = bool(check("adapters", kw["adapters"]))
+    pretrained = bool(check("pretrained", kw["pretrained"])) or adapters
+    if pretrained or prep.task is None:
+        return _Regime(pretrained, adapters)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
+        model = prep.task.model()
+    params = list(model.parameters())
+    frozen = sum(1 for q in params if not q.requires_grad)
+    if not frozen:
+        return _Regime(False, False)
+    note = (
+        f"the task's model has {frozen} frozen tensor(s) of {len(params)}: tuned as a "
+        "fine-tune of adapters (adapters=True), whose default grid keeps the total decay "
+        "within the fine-tuning bound"
+    )
+    return _Regime(True, True, note)
+
+
+def _default_grid(
+    p: _Protocol, n_train: int, regime: _Regime
+) -> tuple[Suggestion | None, list[float] | None]:
     """The suggestion and the default grid through it (none without epochs and batch size)."""
     if p.batch_size is None or p.epochs is None:
         return None, None
     sug = suggest(lr=p.lr, batch_size=p.batch_size, dataset_size=n_train, epochs=p.epochs,
-                  decay_scale=p.decay_scale)  # fmt: skip
+                  decay_scale=p.decay_scale, pretrained=regime.pretrained,
+                  adapters=regime.adapters)  # fmt: skip
     grid = cv.default_grid(lr=p.lr, batch_size=p.batch_size, n_train=n_train, epochs=p.epochs,
                            decay_scale=p.decay_scale, anchor=sug.value, low=sug.low_value,
                            high=sug.high_value)  # fmt: skip
     return sug, grid
+
+
+def _fine_tune_warning(sug: Suggestion | None) -> list[str]:
+    """A note when the setup looks like a fine-tune but was not said to be one, and the
+    from-scratch value the grid is centred on would decay pretrained weights too much."""
+    if sug is None or not sug.regime_warning:
+        return []
+    return [f"{sug.regime_warning} (the default grid is centred on that value)"]
 
 
 def _candidates(kw: dict[str, Any], default: list[float] | None) -> tuple[list[float], list[str]]:
@@ -361,8 +404,10 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
             "examples a fold trains on (the task's default batch size is too large for this "
             "many folds)"
         )
-    sug, default = _default_grid(p, splits.n_train)
+    regime = _regime(prep, kw)
+    sug, default = _default_grid(p, splits.n_train, regime)
     candidates, notes = _candidates(kw, default)
+    notes = [*([regime.note] if regime.note else []), *_fine_tune_warning(sug), *notes]
     lrs, lr_notes = _lr_grid(kw, sampler)
     _check_size(candidates, lrs, p.lr, sampler)
     common = {
@@ -372,6 +417,7 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
         "seed": seed, "test_fraction": p.test_fraction, "sampler": sampler,
         "grid": tuple(candidates), "lr_grid": None if lrs is None else tuple(lrs),
         "precision": precision, "repeats": repeats, "prune_chance": bool(kw["prune_chance"]),
+        "pretrained": regime.pretrained, "adapters": regime.adapters,
     }  # fmt: skip
     spec, enqueue = _spec(common, candidates, lrs, sug, kw)
     config = TuneConfig(spec=spec, enqueue=enqueue, study=name, run_dir=Path(kw["out"]) / name,

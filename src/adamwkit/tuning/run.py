@@ -54,6 +54,8 @@ def tune(
     seed: int = 0,
     prune: bool = False,
     prune_chance: bool = True,
+    pretrained: bool = False,
+    adapters: bool = False,
     extend: int = 2,
     heartbeat_interval: int = 10,
     storage_retry: float = 120.0,
@@ -127,6 +129,14 @@ def tune(
     measures both ways for a few steps and stacks when that is faster. ``max_memory``
     (GiB) caps the members trained together.
 
+    ``pretrained`` says the model starts from pretrained weights (a fine-tune), and
+    ``adapters`` that only adapters (LoRA) on a frozen base train: the default grid then
+    follows :func:`adamwkit.suggest`'s fine-tuning rule, whose values keep the total decay
+    of the run (``lr x wd x steps``) within its bound, instead of the from-scratch rule,
+    which would decay the pretrained weights away. A task whose model has frozen tensors is
+    tuned as a fine-tune of adapters, with a note; a setup that looks like a fine-tune (a
+    few epochs at a small lr) without either gets a note that says so.
+
     Returns a :class:`TuneResult`; the files are ``summary.json``, ``cv_curve.png``,
     ``learning_curves.png`` and ``report.html`` in ``out/<study>/``.
     """
@@ -136,7 +146,8 @@ def tune(
         test_fraction=test_fraction, grid=grid, grid_min=grid_min, grid_max=grid_max,
         points=points, sampler=sampler, trials=trials, lr_grid=lr_grid, search_lr=search_lr,
         storage=storage, study=study, out=out, seed=seed, prune=prune,
-        prune_chance=prune_chance, extend=extend, heartbeat_interval=heartbeat_interval,
+        prune_chance=prune_chance, pretrained=pretrained, adapters=adapters, extend=extend,
+        heartbeat_interval=heartbeat_interval,
         storage_retry=storage_retry, test=test, progress=progress, vectorize=vectorize,
         max_memory=max_memory, workers=workers, threads=threads, device=device,
         precision=precision, trial_timeout=trial_timeout,
