@@ -138,7 +138,7 @@ CASES: list[tuple[list[str], str]] = [
 ]
 
 TUNE_CASES: list[tuple[list[str], str]] = [
-    (["--folds", "1"], "--folds"),
+    (["--folds", "0"], "--folds"),
     (["--folds", "2.5"], "--folds"),
     (["--folds", "0"], "--folds"),
     (["--folds", "nan"], "--folds"),

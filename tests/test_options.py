@@ -123,7 +123,7 @@ def test_every_flag_has_its_help_and_every_number_its_range():
 
 # (keyword, a value its row refuses, the other keywords tune needs to reach the check)
 OUT_OF_RANGE = [
-    ("folds", 1, {}), ("folds", 2.5, {}), ("repeats", 21, {}), ("extend", 9, {}),
+    ("folds", 0, {}), ("folds", 2.5, {}), ("repeats", 21, {}), ("extend", 9, {}),
     ("trials", 0, {}), ("seed", -1, {}), ("seed", 2**32, {}), ("heartbeat_interval", 0, {}),
     ("heartbeat_interval", 3601, {}), ("workers", 1025, {}), ("threads", 4097, {}),
     ("storage_retry", -1, {}), ("storage_retry", 7 * 24 * 3600 + 1, {}),

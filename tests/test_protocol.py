@@ -40,8 +40,8 @@ def test_plan_validates_everything_and_runs_nothing(tmp_path):
     assert [f.name for f in (tmp_path / "bowl").iterdir()] == []  # only the write check ran
     with pytest.raises(TypeError, match="'fold'"):
         plan(bowl, fold=3, out=tmp_path, **KW)
-    with pytest.raises(ValueError, match=r"^folds=1 is invalid"):
-        plan(bowl, out=tmp_path, **{**KW, "folds": 1})
+    with pytest.raises(ValueError, match=r"^folds=0 is invalid"):
+        plan(bowl, out=tmp_path, **{**KW, "folds": 0})
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.notes = ()  # type: ignore[misc]
 

@@ -204,7 +204,7 @@ def test_killed_study_resumes_without_repeating_a_fold(tmp_path, monkeypatch, ve
         (["no_such_module:task"], "importing 'no_such_module' failed"),
         (["tune_tasks:nothing"], "has no attribute 'nothing'"),
         (["tune_tasks:tiny", "--folds", "500"], "--folds=500 is invalid: expected at most 96"),
-        (["tune_tasks:tiny", "--folds", "1"], "--folds=1 is invalid"),
+        (["tune_tasks:tiny", "--folds", "0"], "--folds=0 is invalid"),
         (["tune_tasks:tiny", "--epochs", "0"], "--epochs=0 is invalid"),
         (["tune_tasks:tiny", "--workers", "0"], "--workers=0 is invalid"),
         (["tune_tasks:tiny", "--grid", ""], "--grid=[] is invalid"),

@@ -45,6 +45,7 @@ class StudySpec:
     prune_chance: bool = True
     pretrained: bool = False
     adapters: bool = False
+    val_fraction: float | None = None
 
     def attrs(self) -> dict[str, Any]:
         """The spec as stored in the study (JSON values: tuples become lists)."""

@@ -109,15 +109,28 @@ class Splits:
         folds: int,
         seed: int,
         repeats: int = 1,
+        val_fraction: float = 0.2,
     ) -> Splits:
         """The test split, then ``repeats`` draws of ``folds`` folds over the rest: run
         ``j * folds + i`` is fold ``i`` of draw ``j`` (draw ``j`` shuffles with
-        ``seed + 7919 * j``; draw 0 is plain k-fold CV)."""
+        ``seed + 7919 * j``; draw 0 is plain k-fold CV). ``folds=1``: each draw is one
+        random validation split of ``val_fraction`` of the rest (repeated holdout)."""
         pool, test = holdout_split(n, labels, test_fraction, seed)
         runs = []
         for j in range(repeats):
-            runs += make_folds(pool, labels, folds, (seed + 7919 * j) % 2**32)
+            draw = (seed + 7919 * j) % 2**32
+            if folds == 1:
+                sub = None if labels is None else labels[pool]
+                tr, va = holdout_split(len(pool), sub, val_fraction, draw)
+                runs.append((pool[tr], pool[va]))
+            else:
+                runs += make_folds(pool, labels, folds, draw)
         return cls(pool, test, runs)
+
+    @classmethod
+    def fixed(cls, train: np.ndarray, val: np.ndarray) -> Splits:
+        """One fixed split the user gave (``validation=``): no test split, one run."""
+        return cls(np.asarray(train), np.array([], dtype=np.int64), [(train, val)])
 
     @property
     def n_train(self) -> int:
@@ -259,7 +272,7 @@ class CVSummary:
         return self.folds * self.repeats
 
 
-def standard_error(x: np.ndarray, folds: int, repeats: int = 1) -> float:
+def standard_error(x: np.ndarray, folds: int, repeats: int = 1, val_fraction: float = 0.2) -> float:
     r"""Standard error of the mean of ``x``, per-run values of k-fold CV repeated r times.
 
     With one repetition it is :math:`s/\sqrt{k}`. Repeated CV reuses the same examples, so
@@ -272,7 +285,9 @@ def standard_error(x: np.ndarray, folds: int, repeats: int = 1) -> float:
     s = float(x.std(ddof=1))
     if repeats <= 1:
         return s / math.sqrt(len(x))
-    return s * math.sqrt(1.0 / len(x) + 1.0 / (folds - 1))
+    # n_val / n_train: 1/(k-1) for k folds; for repeated holdout (folds=1), f/(1-f)
+    ratio = val_fraction / (1.0 - val_fraction) if folds == 1 else 1.0 / (folds - 1)
+    return s * math.sqrt(1.0 / len(x) + ratio)
 
 
 def selection_allowance(m: int) -> float:
@@ -302,23 +317,27 @@ def _finite(x: float | None) -> float:
 _SCALE_ABOVE = 1e100
 
 
-def mean_and_error(x: np.ndarray, folds: int, repeats: int = 1) -> tuple[float, float]:
+def mean_and_error(
+    x: np.ndarray, folds: int, repeats: int = 1, val_fraction: float = 0.2
+) -> tuple[float, float]:
     """The mean of ``x`` and its :func:`standard_error`, computed without overflow for any
     finite values (they are scaled down by the largest magnitude when it is huge)."""
     scale = float(np.max(np.abs(x))) if len(x) else 0.0
     if not scale > _SCALE_ABOVE:
-        return float(x.mean()), standard_error(x, folds, repeats)
+        return float(x.mean()), standard_error(x, folds, repeats, val_fraction)
     y = x / scale
-    return float(y.mean()) * scale, standard_error(y, folds, repeats) * scale
+    return float(y.mean()) * scale, standard_error(y, folds, repeats, val_fraction) * scale
 
 
-def _paired(a: np.ndarray, b: np.ndarray, folds: int, repeats: int) -> tuple[float, float]:
+def _paired(
+    a: np.ndarray, b: np.ndarray, folds: int, repeats: int, val_fraction: float = 0.2
+) -> tuple[float, float]:
     """Mean and standard error of ``a - b`` run by run, without overflow in the difference."""
     scale = float(max(np.max(np.abs(a)), np.max(np.abs(b))))
     if not scale > _SCALE_ABOVE:
-        return mean_and_error(a - b, folds, repeats)
+        return mean_and_error(a - b, folds, repeats, val_fraction)
     with np.errstate(over="ignore"):  # a difference beyond float's range is infinite
-        mean, sem = mean_and_error(a / scale - b / scale, folds, repeats)
+        mean, sem = mean_and_error(a / scale - b / scale, folds, repeats, val_fraction)
         return mean * scale, sem * scale
 
 
@@ -333,7 +352,9 @@ PRACTICAL_FRACTION = 1e-3
 LEARNED_FRACTION = 0.01
 
 
-def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> CVSummary:
+def summarize(
+    candidates: Sequence[Candidate], folds: int, repeats: int = 1, val_fraction: float = 0.2
+) -> CVSummary:
     """Means, standard errors, whether the model learned, paired differences to the best,
     the one-SE choice, flatness, and whether the best sits at the grid's edge (see
     :class:`CVSummary`).
@@ -347,31 +368,33 @@ def summarize(candidates: Sequence[Candidate], folds: int, repeats: int = 1) -> 
     runs = folds * repeats
     for c in cands:
         if c.fold_losses:
-            c.mean, c.sem = mean_and_error(c.losses(), folds, repeats)
+            c.mean, c.sem = mean_and_error(c.losses(), folds, repeats, val_fraction)
     complete = [c for c in cands if c.state == "complete" and len(c.fold_losses) == runs]
     if not complete:
         return CVSummary(cands, None, None, False, folds, repeats)
     lowest = min(complete, key=lambda c: (c.mean, c.weight_decay))
-    learned, baseline = _learned(complete, lowest, folds, repeats)
+    learned, baseline = _learned(complete, lowest, folds, repeats, val_fraction)
     if learned is False:  # nothing to judge weight decay by: no best, no edge
-        _pair_with(cands, lowest, folds, repeats)
+        _pair_with(cands, lowest, folds, repeats, val_fraction)
         return CVSummary(cands, None, None, False, folds, repeats, learned=False,
                          baseline=baseline, lowest=lowest)  # fmt: skip
     margin = PRACTICAL_FRACTION * abs(float(lowest.mean or 0.0))
-    _pair_with(cands, lowest, folds, repeats)
+    _pair_with(cands, lowest, folds, repeats, val_fraction)
     # Ties (within the margin that matters) go to the least decay: it does as well.
     best = min(
         (c for c in complete if c.lr == lowest.lr and _finite(c.paired_diff) <= margin),
         key=lambda c: c.weight_decay,
     )
     if best is not lowest:
-        _pair_with(cands, best, folds, repeats)
+        _pair_with(cands, best, folds, repeats, val_fraction)
     out = _verdict(cands, complete, best, margin, folds, repeats, learned)
     out.baseline, out.lowest = baseline, lowest
     return out
 
 
-def _pair_with(cands: Sequence[Candidate], best: Candidate, folds: int, repeats: int) -> None:
+def _pair_with(
+    cands: Sequence[Candidate], best: Candidate, folds: int, repeats: int, val_fraction: float
+) -> None:
     """Every candidate's paired difference to ``best`` over the runs both made."""
     for c in cands:
         common = sorted(set(c.fold_losses) & set(best.fold_losses))
@@ -379,11 +402,11 @@ def _pair_with(cands: Sequence[Candidate], best: Candidate, folds: int, repeats:
             continue
         mine = np.array([c.fold_losses[f] for f in common])
         theirs = np.array([best.fold_losses[f] for f in common])
-        c.paired_diff, c.paired_sem = _paired(mine, theirs, folds, repeats)
+        c.paired_diff, c.paired_sem = _paired(mine, theirs, folds, repeats, val_fraction)
 
 
 def _learned(
-    complete: list[Candidate], lowest: Candidate, folds: int, repeats: int
+    complete: list[Candidate], lowest: Candidate, folds: int, repeats: int, val_fraction: float
 ) -> tuple[bool | None, float | None]:
     """Whether the best candidate clearly beats the untrained baseline (by more than
     :data:`LEARNED_FRACTION` of it and two paired standard errors, run by run).
@@ -402,7 +425,7 @@ def _learned(
         return (False if same and not any(_curve_fell(c) for c in complete) else None), None
     base = np.array([float(np.mean(baselines[r])) for r in common])
     best = np.array([lowest.fold_losses[r] for r in common])
-    gain, sem = _paired(base, best, folds, repeats)
+    gain, sem = _paired(base, best, folds, repeats, val_fraction)
     needed = max(LEARNED_FRACTION * abs(float(base.mean())), 2.0 * _finite(sem))
     return bool(gain > needed), float(base.mean())
 

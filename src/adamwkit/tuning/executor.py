@@ -69,6 +69,7 @@ class Runner:
     epochs: int | None = None
     batch_size: int | None = None
     data: Any = None
+    validation: Any = None
     bar: Any = None
     prune_chance: bool = False
     timeout: float | None = None
@@ -89,6 +90,7 @@ class Runner:
             epochs=self.epochs,
             batch_size=self.batch_size,
             data=self.data,
+            validation=self.validation,
         )
         if self.bar is not None:
             t._progress = self.bar.epoch

@@ -82,6 +82,7 @@ class Trial:
     epochs: int | None = None
     batch_size: int | None = None
     data: Any = None
+    validation: Any = None
     curve: list[tuple[int, float]] = field(default_factory=list, init=False, repr=False)
     _on_report: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
     _progress: Callable[[int, int], Any] | None = field(default=None, init=False, repr=False)
@@ -101,7 +102,13 @@ class Trial:
 
     @property
     def val_data(self) -> Any:
-        """``Subset(data, val_idx)`` of the ``data`` given to ``tune``."""
+        """``Subset(data, val_idx)`` of the ``data`` given to ``tune``; with
+        ``tune(validation=<a dataset>)``, ``Subset(validation, val_idx)`` (a refit is scored
+        on the test split of ``data``)."""
+        if self.validation is not None and not self.is_refit:
+            from torch.utils.data import Subset
+
+            return Subset(self.validation, self.val_idx.tolist())
         return self._subset(self.val_idx)
 
     def _subset(self, idx: Tensor) -> Any:

@@ -133,8 +133,14 @@ TUNE_OPTIONS: tuple[Option, ...] = (
            help="with an objective: how many examples the folds split"),
     Option("data", None, "input", None),
     Option("labels", None, "input", None),
+    Option("validation", None, "input", None),
     # the study's identity
-    Option("folds", "--folds", "study", 5, kind="int", low=2, help="k of k-fold CV (default 5)"),
+    Option("folds", "--folds", "study", 5, kind="int", low=1,
+           help="k of k-fold CV (default 5); 1: one validation split (--validation-fraction)"),
+    Option("val_fraction", "--validation-fraction", "study", None, kind="float", low=0.0,
+           high=1.0, low_open=True, high_open=True,
+           help="with --folds 1: the share of the training pool held out for validation "
+                "(default 0.2)"),
     Option("repeats", "--repeats", "study", 1, kind="int", low=1, high=MAX_REPEATS,
            help="draw the k folds this many times (small data)"),
     Option("epochs", "--epochs", "study", None, kind="int", low=1,

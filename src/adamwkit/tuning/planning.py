@@ -42,7 +42,7 @@ from . import study as study_mod
 from .config import StudySpec, TuneConfig
 from .options import TUNE_OPTIONS, check
 from .protocol import TuneResult, run_plan
-from .source import Prepared, Source, fingerprint, prepare
+from .source import Prepared, Source, fingerprint, make_splits, prepare
 
 __all__ = ["TunePlan", "configure", "default_study_name", "plan"]
 
@@ -80,7 +80,7 @@ def plan(objective: Any = "digits", **options: Any) -> TunePlan:
         raise TypeError(f"plan() got an unexpected keyword argument {unknown[0]!r}")
     kw = {**_DEFAULTS, **options, "objective": objective}
     source = Source(kw["objective"], kw["examples"], kw["data"], kw["labels"], kw["epochs"],
-                    kw["batch_size"])  # fmt: skip
+                    kw["batch_size"], kw["validation"])  # fmt: skip
     return configure(prepare(source), source=source, **kw)
 
 
@@ -208,6 +208,49 @@ def _process(kw: dict[str, Any]) -> dict[str, Any]:
         "storage": study_mod.check_storage(kw["storage"]),
         "device": str(kw["device"] or "auto"),
     }
+
+
+ONE_SPLIT = (
+    "one validation split: there is no standard error across folds, so differences under "
+    "0.1% of the loss tie and the rest are taken as measured (repeats=N draws the split N "
+    "times for one)"
+)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """How the examples are split: the folds (1: one validation split), its fraction."""
+
+    folds: int
+    val_fraction: float | None
+    test_fraction: float
+    notes: tuple[str, ...] = ()
+
+
+def _split(prep: Prepared, kw: dict[str, Any], test_fraction: float, folds: int,
+           repeats: int) -> _Split:  # fmt: skip
+    """``validation=`` (one fixed split, no test split unless asked), ``folds=1`` (one
+    random split of ``val_fraction``, default 0.2), or k folds (no ``val_fraction``)."""
+    given = kw["val_fraction"]
+    if prep.val_idx is not None or prep.validation is not None:
+        if folds not in (1, _DEFAULTS["folds"]) or repeats != 1 or given is not None:
+            raise ArgumentError(
+                "validation is one fixed split: it goes with folds=1 (or no folds), "
+                "repeats=1 and no val_fraction",
+                "validation", "folds", "repeats", "val_fraction",
+            )  # fmt: skip
+        asked = 0.0 if kw["test_fraction"] is None else test_fraction
+        return _Split(1, None, asked, (ONE_SPLIT,))
+    if folds == 1:
+        fraction = 0.2 if given is None else float(check("val_fraction", given))
+        return _Split(1, fraction, test_fraction, (ONE_SPLIT,) if repeats == 1 else ())
+    if given is not None:
+        raise ArgumentError(
+            f"val_fraction={given!r} goes with folds=1 (one validation split); with "
+            f"folds={folds} every fold is validated in turn",
+            "val_fraction", "folds",
+        )  # fmt: skip
+    return _Split(folds, None, test_fraction)
 
 
 @dataclass(frozen=True)
@@ -397,7 +440,10 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
     seed = check("seed", kw["seed"])
     precision = check_precision(kw["precision"], resolve_device(kw["device"]))
     name = _study_name(default_study_name(prep.name) if kw["study"] is None else kw["study"])
-    splits = cv.Splits.make(prep.n, prep.labels, p.test_fraction, k, seed, repeats)
+    split = _split(prep, kw, p.test_fraction, k, repeats)
+    splits = make_splits(prep, test_fraction=split.test_fraction, folds=split.folds, seed=seed,
+                         repeats=repeats, val_fraction=split.val_fraction)  # fmt: skip
+    k = split.folds
     if p.batch_size is not None and p.batch_size > splits.n_train:
         raise ValueError(
             f"batch_size={p.batch_size!r} is invalid: expected at most {splits.n_train}, the "
@@ -407,14 +453,16 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
     regime = _regime(prep, kw)
     sug, default = _default_grid(p, splits.n_train, regime)
     candidates, notes = _candidates(kw, default)
-    notes = [*([regime.note] if regime.note else []), *_fine_tune_warning(sug), *notes]
+    notes = [*([regime.note] if regime.note else []), *_fine_tune_warning(sug), *split.notes,
+             *notes]  # fmt: skip
     lrs, lr_notes = _lr_grid(kw, sampler)
     _check_size(candidates, lrs, p.lr, sampler)
     common = {
         "source": prep.name if prep.task is None else prep.task.name,
         "data": fingerprint(prep), "folds": k, "epochs": p.epochs, "lr": p.lr,
         "batch_size": p.batch_size, "decay_scale": p.decay_scale, "schedule": p.schedule,
-        "seed": seed, "test_fraction": p.test_fraction, "sampler": sampler,
+        "seed": seed, "test_fraction": split.test_fraction, "sampler": sampler,
+        "val_fraction": split.val_fraction,
         "grid": tuple(candidates), "lr_grid": None if lrs is None else tuple(lrs),
         "precision": precision, "repeats": repeats, "prune_chance": bool(kw["prune_chance"]),
         "pretrained": regime.pretrained, "adapters": regime.adapters,
@@ -425,5 +473,5 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
     _check_out(kw["out"], config.run_dir)
     if source is None:
         source = Source(kw["objective"], kw["examples"], kw["data"], kw["labels"], kw["epochs"],
-                        kw["batch_size"])  # fmt: skip
+                        kw["batch_size"], kw["validation"])  # fmt: skip
     return TunePlan(source, prep, config, splits, sug, (*notes, *lr_notes))

@@ -36,7 +36,7 @@ from .config import StudySpec, TuneConfig
 from .executor import DEFAULT_MEMBERS, Decision, refusal
 from .objective import ObjectiveFailed, TaskObjective
 from .progress import Progress
-from .source import Prepared, Source, prepare
+from .source import Prepared, Source, make_splits, prepare
 from .study import StudyStore, first_line
 from .summary import TuneSummary, build_summary, edge_text, verdict_text
 from .worker import Worker, quiet
@@ -149,7 +149,7 @@ def _cv_summary(spec: StudySpec, studies: Sequence[StudyStore]) -> cv.CVSummary:
     cands = sorted(
         (c for s in studies for c in s.candidates()), key=lambda c: (c.lr, c.weight_decay)
     )
-    return cv.summarize(cands, spec.folds, spec.repeats)
+    return cv.summarize(cands, spec.folds, spec.repeats, spec.val_fraction or 0.2)
 
 
 def wanted_refits(spec: StudySpec, summ: cv.CVSummary) -> dict[str, float]:
@@ -372,9 +372,9 @@ def _worker_process(source: Source, config: TuneConfig) -> None:
         with flush_denormals(), _optuna.quiet_logs():
             prep = prepare(source)
             spec = config.spec
-            splits = cv.Splits.make(
-                prep.n, prep.labels, spec.test_fraction, spec.folds, spec.seed, spec.repeats
-            )
+            splits = make_splits(prep, test_fraction=spec.test_fraction, folds=spec.folds,
+                                 seed=spec.seed, repeats=spec.repeats,
+                                 val_fraction=spec.val_fraction)  # fmt: skip
             worker = Worker(prep, config, splits, quiet())
             try:
                 rounds(worker, _open(config), lambda text: None)

@@ -17,9 +17,10 @@ import torch
 
 from .._checks import ArgumentError, check_whole
 from ..tasks import Task
+from . import cv
 from .objective import Objective, TaskObjective, resolve_source
 
-__all__ = ["Prepared", "Source", "fingerprint", "prepare"]
+__all__ = ["Prepared", "Source", "fingerprint", "make_splits", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Source:
     labels: Any = None
     epochs: int | None = None
     batch_size: int | None = None
+    validation: Any = None
 
 
 @dataclass
@@ -46,17 +48,21 @@ class Prepared:
     data: Any
     description: str
     metric_name: str
+    #: ``validation=`` as indices into ``data`` (one fixed split of it), or ``None``
+    val_idx: np.ndarray | None = None
+    #: ``validation=`` as a dataset of its own (scored on, never trained on), or ``None``
+    validation: Any = None
 
 
 def prepare(source: Source) -> Prepared:
     """Load the task or objective and check its examples (see :func:`tune`)."""
     task, fn, name = resolve_source(source.objective)
     if task is not None:
-        for arg in ("examples", "data", "labels"):
+        for arg in ("examples", "data", "labels", "validation"):
             if getattr(source, arg) is not None:
                 raise ValueError(
                     f"{arg} is invalid with task={task.name!r}: a Task brings its own data "
-                    "(examples, data and labels go with an objective)"
+                    "(examples, data, labels and validation go with an objective)"
                 )
         epochs = check_whole("epochs", task.epochs if source.epochs is None else source.epochs, 1)
         bs = check_whole(
@@ -86,6 +92,7 @@ def prepare(source: Source) -> Prepared:
                 f"labels has shape {labels.shape}: expected one label per example ({n})"
             )
     doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+    val_idx, validation = _validation(source.validation, source.data, n)
     return Prepared(
         name=name,
         task=None,
@@ -95,7 +102,82 @@ def prepare(source: Source) -> Prepared:
         data=source.data,
         description=doc[0] if doc else "",
         metric_name="metric",
+        val_idx=val_idx,
+        validation=validation,
     )
+
+
+def make_splits(
+    prep: Prepared,
+    *,
+    test_fraction: float,
+    folds: int,
+    seed: int,
+    repeats: int = 1,
+    val_fraction: float | None = None,
+) -> cv.Splits:
+    """The test split and the runs' (train, validation) splits, the same in every worker:
+    ``validation=`` as given (one run; the test split, if any, from the other examples);
+    else k folds, or for ``folds=1`` a random validation split of ``val_fraction``."""
+    if prep.val_idx is None and prep.validation is None:
+        return cv.Splits.make(prep.n, prep.labels, test_fraction, folds, seed, repeats,
+                              0.2 if val_fraction is None else val_fraction)  # fmt: skip
+    rest = np.arange(prep.n)
+    if prep.val_idx is not None:
+        rest = np.setdiff1d(rest, prep.val_idx)
+    labels = None if prep.labels is None else prep.labels[rest]
+    pool, test = cv.holdout_split(len(rest), labels, test_fraction, seed)
+    val = prep.val_idx if prep.val_idx is not None else np.arange(len(prep.validation))
+    return cv.Splits(rest[pool], rest[test], [(rest[pool], val)])
+
+
+def _validation(value: Any, data: Any, n: int) -> tuple[np.ndarray | None, Any]:
+    """``validation=`` as (indices into ``data``, ``None``) when it is a 1-D array, tensor or
+    list of whole numbers, else as (``None``, a dataset of its own)."""
+    if value is None:
+        return None, None
+    if data is None:
+        raise ArgumentError(
+            "validation goes with data: the examples it validates (indices into data, or a "
+            "dataset of its own beside the data trained on)",
+            "validation",
+            "data",
+        )
+    indices = _as_indices(value)
+    if indices is None:
+        try:
+            size = len(value)
+        except TypeError:
+            raise ArgumentError(
+                f"validation={type(value).__name__} is invalid: expected indices into data "
+                "or a dataset with a length",
+                "validation",
+            ) from None
+        if size < 1:
+            raise ArgumentError("validation is empty: expected at least one example", "validation")
+        return None, value
+    if len(indices) < 1 or len(indices) >= n:
+        raise ArgumentError(
+            f"validation has {len(indices)} indices: expected from 1 to {n - 1} of the "
+            f"{n} examples of data (the rest train)",
+            "validation",
+        )
+    if indices.min() < 0 or indices.max() >= n or len(np.unique(indices)) != len(indices):
+        raise ArgumentError(
+            f"validation is invalid: expected distinct indices in [0, {n - 1}]", "validation"
+        )
+    return np.sort(indices), None
+
+
+def _as_indices(value: Any) -> np.ndarray | None:
+    """``value`` as an integer index array when it is one (1-D, whole numbers), else None."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, list) and value and all(isinstance(v, (int, np.integer)) for v in value):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu":
+        return value.astype(np.int64)
+    return None
 
 
 def _examples(examples: int | None, data: Any) -> int:
@@ -135,4 +217,11 @@ def fingerprint(prep: Prepared) -> str:
         h.update(torch.as_tensor(part).detach().cpu().contiguous().numpy().tobytes())
     if prep.labels is not None:
         h.update(np.ascontiguousarray(prep.labels).tobytes())
+    if prep.val_idx is not None:
+        h.update(b"validation indices" + prep.val_idx.tobytes())
+    elif prep.validation is not None:
+        v = prep.validation
+        h.update(f"validation {type(v).__qualname__} {len(v)}".encode())
+        if isinstance(v, (torch.Tensor, np.ndarray)):
+            h.update(torch.as_tensor(v).detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -334,7 +334,7 @@ def build_summary(
     """
     cands = sorted(candidates, key=lambda c: (c.lr, c.weight_decay))
     _set_taus(cands, spec, n_train)
-    summ = cv.summarize(cands, spec.folds, spec.repeats)
+    summ = cv.summarize(cands, spec.folds, spec.repeats, spec.val_fraction or 0.2)
     lr, bs, scale = spec.lr, spec.batch_size, spec.decay_scale
     best_lr = summ.best.lr if summ.best else lr
     if decision is None:

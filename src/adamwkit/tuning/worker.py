@@ -128,7 +128,7 @@ class Worker:
         self.runner = Runner(
             prep.objective, decay_scale=spec.decay_scale, device=self.device,
             precision=spec.precision, epochs=spec.epochs, batch_size=spec.batch_size,
-            data=prep.data, bar=bar, prune_chance=spec.prune_chance,
+            data=prep.data, validation=prep.validation, bar=bar, prune_chance=spec.prune_chance,
             timeout=config.trial_timeout,
         )  # fmt: skip
         self.stacking = Stacking(self.runner, config, self.device, bar)
