@@ -24,8 +24,11 @@ from adamwkit.schedules import warmup_linear
 ISSUE = ["--lr", "2e-5", "--batch-size", "32", "--dataset-size", "10000", "--epochs", "3"]
 ISSUE_KW = {"lr": 2e-5, "batch_size": 32, "dataset_size": 10_000, "epochs": 3}
 ISSUE_STEPS = 3 * 10_000 / 32
-# What fine-tunes use at that lr (PyTorch convention): the provisional band.
-BAND = (0.01, 0.1)
+# The fine-tuning rule at that setup (PyTorch convention): D = 3e-3 (range 3e-4 to 3e-2)
+# over lr * steps = 2e-5 * 937.5 = 0.01875, so wd = 3e-3 / 0.01875 = 0.16 and the range is
+# 3e-4 / 0.01875 = 0.016 to 3e-2 / 0.01875 = 1.6.
+WD = 0.16
+BAND = (0.016, 1.6)
 
 
 def run(capsys, *argv):
@@ -121,7 +124,9 @@ def test_the_regime_flags_must_be_booleans(flag):
 def test_the_issue_with_pretrained_gives_a_fine_tune_value(capsys):
     sug = suggest(**ISSUE_KW, pretrained=True)
     assert sug.rule == "finetune" and sug.regime == "fine-tune" and sug.usable
-    assert BAND[0] <= sug.value <= BAND[1]
+    assert sug.value == pytest.approx(WD, rel=1e-12)
+    assert sug.low == pytest.approx(BAND[0], rel=1e-12)
+    assert sug.high == pytest.approx(BAND[1], rel=1e-12)
     assert BAND[0] * (1 - 1e-9) <= sug.low and sug.high <= BAND[1] * (1 + 1e-9)
     for wd in (sug.value, sug.low, sug.high):
         assert hand_d(wd, 2e-5, ISSUE_STEPS) <= D_MAX_FINETUNE
@@ -130,7 +135,12 @@ def test_the_issue_with_pretrained_gives_a_fine_tune_value(capsys):
     assert f"Suggested weight decay: {sug.value:.3g}" in out
     assert "assumes fine-tune (full, of pretrained weights)" in out
     assert f"Use it: AdamW(param_groups(model, weight_decay={sug.value:.3g})" in out
-    assert "decays the weights by 0.0593%" in out  # 0.0316 * 2e-5 * 937.5 = 5.93e-4
+    # 0.16 * 2e-5 * 937.5 = 3e-3; 1 - e^-0.003 = 0.2996%, printed to 3 digits
+    assert "decays the weights by 0.3% (factor exp(-D) 0.997004, D 0.003)" in out
+    assert "fine-tuning range 0.016 to 1.6;" in out
+    # the range's top sits on the bound: 1.6 * 2e-5 * 937.5 = 0.03, 1 - e^-0.03 = 2.96%
+    assert "1.6 by 2.96% (factor exp(-D) 0.970446, D 0.03)" in out
+    assert "provisional" not in out and "docs/evidence-finetune.md" in out
     assert "this looks like a fine-tune" not in out
     code, out, _ = run(capsys, "suggest", *ISSUE, "--pretrained", "--json")
     obj = __import__("json").loads(out)
@@ -154,22 +164,27 @@ def test_the_issue_without_pretrained_warns_and_prints_no_use_it_line(capsys):
 def test_the_issue_in_explain(capsys):
     code, out, _ = run(capsys, "explain", "--weight-decay", "92.4", *ISSUE, "--pretrained")
     assert code == 0
-    assert "above the bound D <= 0.01" in out and "82.3%" in out
+    assert "above the bound D <= 0.03" in out and "82.3%" in out
     ex = explain(92.4, **ISSUE_KW, pretrained=True)
     assert ex.verdict_code == "finetune-above-bound"
     assert explain(0.05, **ISSUE_KW, pretrained=True).verdict_code == "finetune-within-bound"
+    # either side of the bound D 0.03: 1.5 * 0.01875 = 0.028125, 1.7 * 0.01875 = 0.031875
+    assert explain(1.5, **ISSUE_KW, pretrained=True).verdict_code == "finetune-within-bound"
+    assert explain(1.7, **ISSUE_KW, pretrained=True).verdict_code == "finetune-above-bound"
     # without --pretrained the value is read from scratch, with the fine-tune warning
     code, out, _ = run(capsys, "explain", "--weight-decay", "92.4", *ISSUE)
     assert "this looks like a fine-tune" in out and "pass --pretrained" in out
 
 
 def test_adapters_are_a_fine_tune_of_their_own(capsys):
-    # LoRA at lr 2e-4: the same D band is wd 0.001 to 0.01.
+    # LoRA at lr 2e-4: lr * steps = 2e-4 * 937.5 = 0.1875, so D 3e-3 is wd 0.016 and the
+    # range 3e-4 to 3e-2 is wd 0.0016 to 0.16.
     kw = {**ISSUE_KW, "lr": 2e-4}
     sug = suggest(**kw, adapters=True)
     assert sug.regime == "fine-tune-adapters" and sug.setup.pretrained
     assert sug.rule == "finetune" and "frozen base" in sug.reason
-    assert 0.001 <= sug.value <= 0.01
+    assert sug.value == pytest.approx(0.016, rel=1e-12)
+    assert (sug.low, sug.high) == pytest.approx((0.0016, 0.16), rel=1e-12)
     code, out, _ = run(capsys, "suggest", *ISSUE[:1], "2e-4", *ISSUE[2:], "--adapters")
     assert code == 0 and "assumes fine-tune (adapters such as LoRA)" in out
     ex = explain(1.0, **kw, adapters=True)  # D = 1 * 2e-4 * 937.5 = 0.1875
@@ -181,7 +196,8 @@ def test_a_fine_tune_needs_its_length():
         suggest(lr=2e-5, batch_size=32, dataset_size=10_000, pretrained=True)
     # steps alone are enough
     sug = suggest(lr=2e-5, batch_size=32, steps=1000, pretrained=True)
-    assert sug.total_decay == pytest.approx(5.929e-4)
+    assert sug.total_decay == pytest.approx(3e-3)
+    assert sug.weight_decay == pytest.approx(0.15)  # 3e-3 / (2e-5 * 1000)
 
 
 # ---------------------------------------------------------------------------- from scratch
@@ -283,12 +299,12 @@ def test_no_printed_usable_value_of_a_fine_tune_exceeds_the_bound(regime, scale)
 def test_guard_names_the_bound_for_a_fine_tune_and_is_quiet_within_it():
     s = training_setup(**ISSUE_KW, pretrained=True)
     text = guard(92.4, s)
-    assert text is not None and "D <= 0.01" in text and "82.3%" in text
-    assert guard(0.1, s) is None  # D = 1.9e-3
+    assert text is not None and "D <= 0.03" in text and "82.3%" in text
+    assert guard(0.1, s) is None  # D = 0.1 * 0.01875 = 1.9e-3
     # in the paper's convention the same decay is 92.4 * 2e-5
     sched = training_setup(**ISSUE_KW, pretrained=True, decay_scale="schedule")
     assert guard(92.4 * 2e-5, sched) is not None and guard(0.1 * 2e-5, sched) is None
-    # a schedule's mean lr lowers D: 0.6 * 2e-5 * 937.5 = 0.01125 at the peak, 0.0056 at half
-    assert guard(0.6, s) is not None and guard(0.6, s, lr_mean_factor=0.5) is None
+    # a schedule's mean lr lowers D: 2.4 * 2e-5 * 937.5 = 0.045 at the peak, 0.0225 at half
+    assert guard(2.4, s) is not None and guard(2.4, s, lr_mean_factor=0.5) is None
     # unknown length: nothing to check
     assert guard(92.4, training_setup(lr=2e-5, batch_size=32, pretrained=True)) is None

@@ -24,8 +24,8 @@ from ._format import fmt as _fmt
 from ._safe_load import printable
 from .equilibrium import angular_update, equilibrium_norm
 from .rules import (
+    BOUND_SOURCE,
     D_MAX_FINETUNE,
-    PROVISIONAL,
     TrainingSetup,
     decays_by,
     guard,
@@ -237,7 +237,7 @@ def _finetune_verdict(s: TrainingSetup, d: float | None, basis: str) -> tuple[st
         )
         return "finetune-above-bound", (
             f"{what}: above the bound D <= {_fmt(D_MAX_FINETUNE)} adamwkit keeps to for "
-            f"fine-tunes ({PROVISIONAL}); {toward}"
+            f"fine-tunes ({BOUND_SOURCE}); {toward}"
         )
     return "finetune-within-bound", (
         f"{what}: within the bound D <= {_fmt(D_MAX_FINETUNE)} adamwkit keeps to for "
@@ -380,8 +380,8 @@ def explain(
     uses the schedule's mean multiplier when ``schedule`` is given, else the peak lr, and
     says which. ``pretrained=True`` (a fine-tune of pretrained weights) or ``adapters=True``
     (of adapters such as LoRA) judge the value against the fine-tune bound
-    :math:`D \le` :data:`adamwkit.rules.D_MAX_FINETUNE` (0.01, provisional until
-    benchmarks/evidence/finetune.py) instead of the from-scratch timescale window; a setup
+    :math:`D \le` :data:`adamwkit.rules.D_MAX_FINETUNE` (0.03, from
+    docs/evidence-finetune.md) instead of the from-scratch timescale window; a setup
     that only looks like a fine-tune gets the same check as a note
     (:func:`adamwkit.rules.guard`).
     """

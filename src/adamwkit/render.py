@@ -94,7 +94,7 @@ Block = Line | Table
 def _range(sug: Suggestion) -> str:
     if sug.low is None or sug.high is None:
         return ""
-    what = "provisional fine-tuning range" if sug.rule == "finetune" else "80% range"
+    what = "fine-tuning range" if sug.rule == "finetune" else "80% range"
     return f"; {what} {fmt(sug.low_value)} to {fmt(sug.high_value)}"
 
 
@@ -120,10 +120,7 @@ def _run_decay(sug: Suggestion) -> Line | None:
         "multiplier, about 0.5 for cosine or linear decay to zero)"
     )
     if sug.setup.finetune:
-        text += (
-            f"; a fine-tune is never proposed a value outside the bound {sug.bound_text}, "
-            "provisional until benchmarks/evidence/finetune.py"
-        )
+        text += f"; a fine-tune is never proposed a value outside the bound {sug.bound_text}"
     return Line(text + ".", label="Decay over the run:")
 
 
@@ -224,7 +221,7 @@ def _suggested(ex: Explanation) -> Line | None:
     if s.low is not None and s.high is not None:
         lo, hi = s.low, s.high
         inside = lo <= ex.weight_decay <= hi
-        what = "provisional fine-tuning range" if s.rule == "finetune" else "80% range"
+        what = "fine-tuning range" if s.rule == "finetune" else "80% range"
         where = (
             f"; {fmt(ex.weight_decay)} (PyTorch convention) is "
             + ("inside" if inside else "outside")

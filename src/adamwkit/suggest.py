@@ -10,9 +10,9 @@ Every value comes with the regime it assumes and its total decay over the run,
 schedule is not known here), with the factor :math:`e^{-D}` decay alone applies to the
 weights. Guard rails (:func:`adamwkit.rules.guard`): a fine-tune (``pretrained`` or
 ``adapters``) is never proposed a value with :math:`D` above
-:data:`adamwkit.rules.D_MAX_FINETUNE` (0.01, provisional until
-benchmarks/evidence/finetune.py); a setup that looks like a fine-tune but was not said to be
-one gets a warning, and no "Use it" line for a value above that bound.
+:data:`adamwkit.rules.D_MAX_FINETUNE` (0.03: no study of docs/evidence-finetune.md lost
+more than 1.4% against no decay up to it); a setup that looks like a fine-tune but was not
+said to be one gets a warning, and no "Use it" line for a value above that bound.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 from . import render
 from .equilibrium import angular_update
 from .rules import (
+    BOUND_SOURCE,
     D_MAX_FINETUNE,
     RuleValue,
     TrainingSetup,
@@ -47,7 +48,7 @@ class Suggestion:
     the one for the ``decay_scale`` asked for. ``low`` and ``high`` (PyTorch's convention;
     ``low_value`` and ``high_value`` in ``decay_scale``'s) bound the range that held 80% of
     the CV optima of the evidence studies around the rule's value, or, for a fine-tune, the
-    provisional fine-tuning band (``None`` when the rule used has no range).
+    fine-tuning rule's range (``None`` when the rule used has no range).
     ``total_decay``, ``low_total_decay``, ``high_total_decay``: :math:`D = \eta\lambda S` of
     each at the peak lr (``None`` when the run's length is unknown); ``usable`` is false
     when the value must not be copied as it is (a setup that looks like a fine-tune, with
@@ -209,16 +210,16 @@ def suggest(
     Multi-epoch training from scratch (``dataset_size`` with ``epochs`` or ``steps``) uses
     the calibrated rule (Wang & Aitchison's timescale); single-pass pre-training (``tokens``
     with ``params``) uses Power Lines. A fine-tune (``pretrained=True``, or
-    ``adapters=True`` for LoRA-style adapters) uses the provisional fine-tuning rule, a
+    ``adapters=True`` for LoRA-style adapters) uses the fine-tuning rule, a
     fixed total decay :math:`D = \eta\lambda S`, and no value whose :math:`D` exceeds
-    :data:`adamwkit.rules.D_MAX_FINETUNE` (0.01) is proposed or shown as usable. Every rule
+    :data:`adamwkit.rules.D_MAX_FINETUNE` (0.03) is proposed or shown as usable. Every rule
     that can run is computed side by side; a rule missing a quantity is skipped with a note
     naming it. Raises ``ValueError`` on bad input or when no rule can run.
 
     Example: ``suggest(lr=1e-3, batch_size=256, dataset_size=100_000, epochs=100)``
     gives tau_epoch = sqrt(100) = 10, so wd = 256 / (1e-3 * 10 * 100,000) = 0.256.
     ``suggest(lr=2e-5, batch_size=32, dataset_size=10_000, epochs=3, pretrained=True)``:
-    D = 5.93e-4 over 937.5 steps, so wd = 5.93e-4 / (2e-5 * 937.5) = 0.0316.
+    D = 3e-3 over 937.5 steps, so wd = 3e-3 / (2e-5 * 937.5) = 0.16.
     """
     s = training_setup(
         lr=lr,
@@ -287,6 +288,6 @@ def _looks_like_finetune(s: TrainingSetup, best: RuleValue) -> tuple[tuple[str, 
     if not usable:
         text += (
             f", above the bound D <= {D_MAX_FINETUNE:g} adamwkit keeps to for fine-tunes "
-            "(provisional until benchmarks/evidence/finetune.py)"
+            f"({BOUND_SOURCE})"
         )
     return (text,), usable
