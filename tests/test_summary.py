@@ -59,6 +59,7 @@ SUMMARY_KEYS = [
     "edge",
     "learned",  # added with the check that the model learned (not in older summaries)
     "baseline",
+    "uncertainty",
     "repeats",
     "extended",
     "pruned",

@@ -114,3 +114,50 @@ def test_the_command_line_takes_one_split(tmp_path, capsys):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "--validation-fraction=0.25 goes with --folds=1" in lines[0]
+
+
+def per_example(trial) -> float:
+    """Per-example losses 1 + |wd - 0.3| + a per-example term shared by every candidate
+    (the examples' difficulty, which pairing cancels) + a small candidate-example term."""
+    idx = trial.val_idx.double()
+    losses = (
+        1.0
+        + abs(trial.weight_decay - 0.3)
+        + 0.5 * torch.sin(idx)
+        + 1e-3 * torch.cos(idx * (1 + trial.weight_decay))
+    )
+    trial.report_example_losses(losses)
+    trial.report_baseline(10.0)
+    return float(losses.mean())
+
+
+def test_one_split_with_per_example_losses_pairs_over_the_examples(tmp_path):
+    r = adamwkit.tune(per_example, examples=200, lr=1e-3, grid=GRID, folds=1, out=tmp_path,
+                      progress=False, test=False)  # fmt: skip
+    s = r.summary
+    assert s["uncertainty"] == "examples" and r.best_weight_decay == 0.3
+    assert any(n.startswith("one validation split: the standard errors are over its 32")
+               for n in s["notes"]), s["notes"]  # fmt: skip
+    # the oracle: the same losses recomputed here, paired example by example
+    pool, _ = train_test_split(np.arange(200), test_size=0.2, random_state=0)
+    _, val = train_test_split(np.arange(len(pool)), test_size=0.2, random_state=0)
+    idx = torch.tensor(pool[val]).double()
+
+    def losses(wd: float) -> np.ndarray:
+        x = 1.0 + abs(wd - 0.3) + 0.5 * torch.sin(idx) + 1e-3 * torch.cos(idx * (1 + wd))
+        return x.numpy()
+
+    best = losses(0.3)
+    for c in s["candidates"]:
+        mine = losses(c["weight_decay"])
+        assert c["sem"] == pytest.approx(mine.std(ddof=1) / np.sqrt(len(mine)), rel=1e-9)
+        if c["weight_decay"] != 0.3:
+            d = mine - best
+            assert c["paired_sem"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-9)
+
+
+def test_one_split_without_them_says_there_is_no_error(tmp_path):
+    r = adamwkit.tune(bowl, examples=60, lr=1e-3, grid=GRID, folds=1, out=tmp_path,
+                      progress=False, test=False)  # fmt: skip
+    assert r.summary["uncertainty"] == "none"
+    assert any("there is no standard error" in n for n in r.summary["notes"])

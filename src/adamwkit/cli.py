@@ -188,7 +188,7 @@ def _add_setup(p: argparse.ArgumentParser, required: bool = True) -> None:
         "--pretrained",
         action="store_true",
         help="the run fine-tunes pretrained weights: the fine-tuning rule, and no value whose "
-        "total decay lr*wd*steps exceeds 0.01 (provisional bound)",
+        "total decay lr*wd*steps exceeds 0.03 (docs/evidence-finetune.md)",
     )
     g.add_argument(
         "--adapters",

@@ -186,6 +186,7 @@ class Candidate:
     fold_metrics: dict[int, float] = field(default_factory=dict)
     fold_curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     fold_baselines: dict[int, float] = field(default_factory=dict)  # untrained loss per run
+    example_losses: dict[int, list[float]] = field(default_factory=dict)  # per val example
     state: str = "complete"  # complete | pruned | failed | running | waiting
     reason: str = ""
     tau_epoch: float | None = None
@@ -264,6 +265,7 @@ class CVSummary:
     edge: str | None = None
     learned: bool | None = None
     baseline: float | None = None  # the untrained loss, mean over the runs
+    examples: int = 0  # one run each: the validation examples the SEs are over (0: none)
     lowest: Candidate | None = None  # the lowest mean loss (the best, unless a tie or no learning)
 
     @property
@@ -387,9 +389,29 @@ def summarize(
     )
     if best is not lowest:
         _pair_with(cands, best, folds, repeats, val_fraction)
+    examples = _example_errors(cands, best) if runs == 1 else 0
     out = _verdict(cands, complete, best, margin, folds, repeats, learned)
-    out.baseline, out.lowest = baseline, lowest
+    out.baseline, out.lowest, out.examples = baseline, lowest, examples
     return out
+
+
+def _example_errors(cands: Sequence[Candidate], best: Candidate) -> int:
+    """With one run per candidate, the standard errors over its validation examples:
+    each candidate's, and its paired difference's to ``best`` (the same examples, loss by
+    loss). Returns how many examples (0: not every candidate reported them)."""
+    ref = best.example_losses.get(0)
+    mine = [c for c in cands if c.fold_losses and 0 in c.example_losses]
+    if ref is None or len(mine) < sum(1 for c in cands if c.fold_losses):
+        return 0
+    theirs = np.asarray(ref)
+    for c in mine:
+        x = np.asarray(c.example_losses[0])
+        if len(x) != len(theirs) or len(x) < 2:
+            return 0
+        c.sem = float(x.std(ddof=1)) / math.sqrt(len(x))
+        if c is not best:
+            c.paired_sem = float((x - theirs).std(ddof=1)) / math.sqrt(len(x))
+    return len(theirs)
 
 
 def _pair_with(

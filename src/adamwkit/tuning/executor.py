@@ -120,6 +120,7 @@ class Runner:
             out = self.failed(err, job.label)
         out.curve = list(trial.curve)
         out.baseline = trial.baseline
+        out.example_losses = trial.example_losses
         trial.close_monitor()
         out.monitor_log = trial.monitor_log
         out.seconds = time.perf_counter() - start

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +52,10 @@ class NoResult(ValueError):
     """The runs ended, but they give nothing to recommend: a probe whose zero-decay runs
     failed or reported no curve, a transfer whose subsets show no trend. The command line
     says so in one line with exit code 1 (2 is for bad arguments)."""
+
+
+#: The most per-example validation losses one run may report (they are stored in the study).
+MAX_EXAMPLE_LOSSES = 100_000
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Trial:
     monitor_log: Any = field(default=None, init=False, repr=False)
     _monitor: Any = field(default=None, init=False, repr=False)
     baseline: float | None = field(default=None, init=False, repr=False)
+    example_losses: list[float] | None = field(default=None, init=False, repr=False)
 
     @property
     def is_refit(self) -> bool:
@@ -120,6 +126,28 @@ class Trial:
         from torch.utils.data import Subset
 
         return Subset(self.data, idx.tolist())
+
+    def report_example_losses(self, losses: Any) -> None:
+        """Record the loss of each validation example (in ``val_idx``'s order; their mean
+        should be the loss you return). With one validation split (``folds=1`` or
+        ``validation=``) ``tune`` then compares candidates paired over the examples, which
+        gives the standard errors one split otherwise lacks. At most
+        :data:`MAX_EXAMPLE_LOSSES` values (they are stored in the study)."""
+        values = np.asarray(
+            losses.detach().to(torch.float64).cpu() if isinstance(losses, Tensor) else losses,
+            dtype=float,
+        ).reshape(-1)
+        if len(values) != len(self.val_idx):
+            raise ValueError(
+                f"losses has {len(values)} values: expected one per validation example "
+                f"({len(self.val_idx)})"
+            )
+        if len(values) > MAX_EXAMPLE_LOSSES or not np.isfinite(values).all():
+            raise ValueError(
+                f"losses is invalid: expected at most {MAX_EXAMPLE_LOSSES:,} finite values "
+                "(report a sample of the validation examples' losses beyond that)"
+            )
+        self.example_losses = [float(v) for v in values]
 
     def report_baseline(self, loss: float) -> None:
         """Record the validation loss a model that learned nothing gets on this run's
@@ -203,6 +231,7 @@ class Outcome:
     metric: float | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
     baseline: float | None = None  # the untrained loss on the run's validation examples
+    example_losses: list[float] | None = None  # per validation example, when reported
     reason: str = ""
     error: BaseException | None = None
     seconds: float = 0.0

@@ -16,6 +16,7 @@ run folder's write check. ``TunePlan.run()`` then runs it; ``tune(...)`` is
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from collections.abc import Sequence
@@ -210,13 +211,6 @@ def _process(kw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ONE_SPLIT = (
-    "one validation split: there is no standard error across folds, so differences under "
-    "0.1% of the loss tie and the rest are taken as measured (repeats=N draws the split N "
-    "times for one)"
-)
-
-
 @dataclass(frozen=True)
 class _Split:
     """How the examples are split: the folds (1: one validation split), its fraction."""
@@ -240,10 +234,10 @@ def _split(prep: Prepared, kw: dict[str, Any], test_fraction: float, folds: int,
                 "validation", "folds", "repeats", "val_fraction",
             )  # fmt: skip
         asked = 0.0 if kw["test_fraction"] is None else test_fraction
-        return _Split(1, None, asked, (ONE_SPLIT,))
+        return _Split(1, None, asked)
     if folds == 1:
         fraction = 0.2 if given is None else float(check("val_fraction", given))
-        return _Split(1, fraction, test_fraction, (ONE_SPLIT,) if repeats == 1 else ())
+        return _Split(1, fraction, test_fraction)
     if given is not None:
         raise ArgumentError(
             f"val_fraction={given!r} goes with folds=1 (one validation split); with "
@@ -297,6 +291,13 @@ def _default_grid(
     grid = cv.default_grid(lr=p.lr, batch_size=p.batch_size, n_train=n_train, epochs=p.epochs,
                            decay_scale=p.decay_scale, anchor=sug.value, low=sug.low_value,
                            high=sug.high_value)  # fmt: skip
+    if regime.pretrained:  # never past the fine-tuning bound on the total decay
+        from ..rules import D_MAX_FINETUNE
+        from ..timescale import convert_weight_decay
+
+        steps = p.epochs * math.ceil(n_train / p.batch_size)
+        to_torch = convert_weight_decay(1.0, p.decay_scale, "torch", lr_peak=p.lr)
+        grid = [w for w in grid if w * to_torch * p.lr * steps <= D_MAX_FINETUNE * (1 + 1e-9)]
     return sug, grid
 
 

@@ -225,7 +225,7 @@ def summarize(plan: TunePlan, rounds_: Rounds, decision: Decision | None) -> Tun
         stack_refusal=config.stack_refusal,
     )  # fmt: skip
     summary.test = _test(rounds_, config.spec)
-    summary.notes = [*plan.notes, *rounds_.notes]
+    summary.notes = [*plan.notes, *rounds_.notes, *summary.notes]
     summary.verdict = verdict_text(summary)
     return summary
 

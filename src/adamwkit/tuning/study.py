@@ -96,10 +96,12 @@ RETRY_OF = "retry_of"  # the trial number this one retries
 METRIC = "metric_{run}"  # the run's metric, next to its loss (the intermediate value)
 CURVE = "curve_{run}"  # the run's learning curve, thinned to CURVE_POINTS
 BASELINE = "baseline_{run}"  # the untrained loss on the run's validation examples
+EXAMPLES = "examples_{run}"  # the run's loss per validation example, when reported
 MONITOR = "monitor"  # a refit's Monitor log file, in the run folder
 VERDICTS = "verdicts"  # a refit's Monitor verdicts
 _METRIC_PREFIX, _CURVE_PREFIX = METRIC.split("{")[0], CURVE.split("{")[0]
 _BASELINE_PREFIX = BASELINE.split("{")[0]
+_EXAMPLES_PREFIX = EXAMPLES.split("{")[0]
 
 
 # host[:port] as it follows the user part: a bracketed IPv6 address or a name, then an
@@ -518,6 +520,9 @@ def trial_candidates(study: optuna.Study, spec: StudySpec) -> list[Candidate]:
         for name, value in t.user_attrs.items():
             if name.startswith(_METRIC_PREFIX):
                 c.fold_metrics.setdefault(int(name[len(_METRIC_PREFIX) :]), float(value))
+            elif name.startswith(_EXAMPLES_PREFIX):
+                run = int(name[len(_EXAMPLES_PREFIX) :])
+                c.example_losses.setdefault(run, [float(v) for v in value])
             elif name.startswith(_BASELINE_PREFIX):
                 c.fold_baselines.setdefault(int(name[len(_BASELINE_PREFIX) :]), float(value))
             elif name.startswith(_CURVE_PREFIX):
@@ -596,11 +601,14 @@ class Claim:
         metric: float | None = None,
         curve: list[tuple[int, float]] | None = None,
         baseline: float | None = None,
+        examples: list[float] | None = None,
     ) -> bool:
         """Record a fold (its learning curve and untrained baseline first); True when the
         pruner says to stop."""
         if baseline is not None:
             self.trial.set_user_attr(BASELINE.format(run=fold), baseline)
+        if examples is not None:
+            self.trial.set_user_attr(EXAMPLES.format(run=fold), examples)
         if curve:
             self.trial.set_user_attr(CURVE.format(run=fold), [list(p) for p in _thin(curve)])
         if metric is not None:

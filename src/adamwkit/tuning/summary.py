@@ -114,6 +114,10 @@ class TuneSummary(MutableMapping[str, Any]):
     reported and the losses differ, so it cannot be told)."""
     baseline: float | None
     """The untrained baseline's loss, mean over the runs (``None``: none reported)."""
+    uncertainty: str
+    """What the standard errors are over: ``"runs"`` (folds and repeats), ``"examples"``
+    (one validation split, per-example losses reported: paired over its examples) or
+    ``"none"`` (one split without them: differences are taken as measured)."""
     repeats: int
     """How many times the k folds were drawn (repeated CV)."""
     extended: list[float]
@@ -294,6 +298,7 @@ def _statistics(summ: cv.CVSummary) -> dict[str, Any]:
         "edge": summ.edge,
         "learned": summ.learned,
         "baseline": summ.baseline,
+        "uncertainty": _uncertainty(summ),
         "repeats": summ.repeats,
     }
 
@@ -326,9 +331,9 @@ def build_summary(
     """The summary of ``candidates`` (those of the study and of its extensions).
 
     Sorts them by (lr, weight decay), sets each one's ``tau_epoch`` and statistics (in
-    place, through :func:`.cv.summarize`), and fills every key: ``test`` ``{}`` and
-    ``notes`` ``[]`` (the caller adds the refits and its notes), ``verdict`` by
-    :func:`verdict_text`, ``state`` ``"complete"`` when there is a best, else
+    place, through :func:`.cv.summarize`), and fills every key: ``test`` ``{}``, ``notes``
+    what one validation split means for the errors (the caller adds the refits and its
+    notes), ``verdict`` by :func:`verdict_text`, ``state`` ``"complete"`` when there is a best, else
     ``"failed"``. ``decision`` is how this process ran its jobs (``None``: it trained none;
     ``stack_refusal`` then says why nothing was stacked). ``created`` defaults to now.
     """
@@ -365,7 +370,8 @@ def build_summary(
     }
     values["verdict"] = verdict_text(values)
     values["state"] = _state(values)
-    values["notes"] = []
+    one_split = ONE_SPLIT.get(values["uncertainty"])
+    values["notes"] = [one_split.format(n=summ.examples)] if one_split else []
     return TuneSummary(**{k: values[k] for k in KEYS})
 
 
@@ -414,6 +420,23 @@ def _choice_text(s: Mapping[str, Any]) -> str:
         f"{s['one_se_weight_decay']:.4g} (PyTorch {o['torch']:.4g}, independent "
         f"{o['independent']:.3g}){suggested}."
     )
+
+
+def _uncertainty(summ: cv.CVSummary) -> str:
+    if summ.folds * summ.repeats > 1:
+        return "runs"
+    return "examples" if summ.examples else "none"
+
+
+#: What a summary says about one validation split, by its ``uncertainty``.
+ONE_SPLIT = {
+    "examples": "one validation split: the standard errors are over its {n} examples, "
+    "paired loss by loss",
+    "none": "one validation split and no per-example losses: there is no standard error, "
+    "so differences under 0.1% of the loss tie and the rest are taken as measured "
+    "(repeats=N draws the split N times; trial.report_example_losses gives errors over the "
+    "examples)",
+}
 
 
 def _state(s: Mapping[str, Any]) -> str:
