@@ -1,5 +1,5 @@
-"""tune's default grid in the fine-tuning regime: ``pretrained``/``adapters``, inferred
-from frozen tensors, and the note a fine-tune-looking setup gets without them.
+"""tune's default grid in the fine-tuning regime: ``pretrained``/``adapters``, and the note a
+fine-tune-looking setup gets without them.
 
 Oracle: the total decay of a run, D = lr * wd * steps in PyTorch's convention, worked out
 here by hand (steps = epochs * ceil(n_train / batch_size)), against the fine-tuning bound
@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-from adamwkit.tasks import Task, cross_entropy
 from adamwkit.tuning import plan
 
 LR, BS, EPOCHS, EXAMPLES = 2e-5, 32, 3, 12_500  # 10,000 train after a 0.2 test split
@@ -44,26 +40,3 @@ def test_without_the_flag_a_fine_tune_looking_setup_gets_a_note(tmp_path):
     assert not p.config.spec.pretrained
     assert _largest_d(p) > D_MAX  # the from-scratch grid, which the note warns about
     assert any("looks like a fine-tune" in n and "pretrained" in n for n in p.notes), p.notes
-
-
-def _frozen_base() -> nn.Module:
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-    for q in model[0].parameters():
-        q.requires_grad_(False)
-    return model
-
-
-def _task() -> Task:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 4, generator=g)
-    y = (x[:, 0] > 0).long()
-    return Task("frozen-base", _frozen_base, (x, y), cross_entropy, labels=y, epochs=2,
-                batch_size=16, lr=1e-3)  # fmt: skip
-
-
-def test_frozen_tensors_make_a_task_a_fine_tune_of_adapters(tmp_path):
-    before = torch.random.get_rng_state()
-    p = plan(_task(), out=tmp_path)
-    assert torch.equal(before, torch.random.get_rng_state())  # building the model to look
-    assert p.config.spec.pretrained and p.config.spec.adapters
-    assert any("2 frozen tensor(s) of 4" in n for n in p.notes), p.notes

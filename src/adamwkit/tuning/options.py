@@ -181,8 +181,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
            help="the model starts from pretrained weights (a fine-tune): the default grid "
                 "follows the fine-tuning rule, within its bound on the total decay"),
     Option("adapters", "--adapters", "study", False, kind="flag",
-           help="a fine-tune of adapters (LoRA) on a frozen base (implies --pretrained; "
-                "inferred for a task whose model has frozen tensors)"),
+           help="a fine-tune of adapters (LoRA) on a frozen base (implies --pretrained)"),
     Option("precision", "--precision", "study", "fp32", choices=PRECISIONS,
            help="bf16: the forward pass under bfloat16 autocast (weights stay float32)"),
     # this process

@@ -257,26 +257,10 @@ class _Regime:
 
 
 def _regime(prep: Prepared, kw: dict[str, Any]) -> _Regime:
-    """The regime as given; else, for a task whose model has frozen tensors, a fine-tune
-    of adapters (said in a note)."""
+    """The regime as given (``adapters`` implies ``pretrained``). It is not inferred from
+    the model: building one here would run the user's model factory outside a run."""
     adapters = bool(check("adapters", kw["adapters"]))
-    pretrained = bool(check("pretrained", kw["pretrained"])) or adapters
-    if pretrained or prep.task is None:
-        return _Regime(pretrained, adapters)
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
-        model = prep.task.model()
-    params = list(model.parameters())
-    frozen = sum(1 for q in params if not q.requires_grad)
-    if not frozen:
-        return _Regime(False, False)
-    note = (
-        f"the task's model has {frozen} frozen tensor(s) of {len(params)}: tuned as a "
-        "fine-tune of adapters (adapters=True), whose default grid keeps the total decay "
-        "within the fine-tuning bound"
-    )
-    return _Regime(True, True, note)
+    return _Regime(bool(check("pretrained", kw["pretrained"])) or adapters, adapters)
 
 
 def _default_grid(

@@ -143,8 +143,7 @@ def tune(
     ``adapters`` that only adapters (LoRA) on a frozen base train: the default grid then
     follows :func:`adamwkit.suggest`'s fine-tuning rule, whose values keep the total decay
     of the run (``lr x wd x steps``) within its bound, instead of the from-scratch rule,
-    which would decay the pretrained weights away. A task whose model has frozen tensors is
-    tuned as a fine-tune of adapters, with a note; a setup that looks like a fine-tune (a
+    which would decay the pretrained weights away. A setup that looks like a fine-tune (a
     few epochs at a small lr) without either gets a note that says so.
 
     Returns a :class:`TuneResult`; the files are ``summary.json``, ``cv_curve.png``,
