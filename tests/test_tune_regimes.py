@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from adamwkit.tuning import plan
 
 LR, BS, EPOCHS, EXAMPLES = 2e-5, 32, 3, 12_500  # 10,000 train after a 0.2 test split
@@ -40,3 +42,23 @@ def test_without_the_flag_a_fine_tune_looking_setup_gets_a_note(tmp_path):
     assert not p.config.spec.pretrained
     assert _largest_d(p) > D_MAX  # the from-scratch grid, which the note warns about
     assert any("looks like a fine-tune" in n and "pretrained" in n for n in p.notes), p.notes
+
+
+def test_the_probe_of_a_pretrained_model_gives_the_fine_tuning_rule(tmp_path):
+    """The turning-epoch law is fitted from scratch: for a fine-tune the probe gives
+    suggest's fine-tuning value and range (oracle: suggest(pretrained=True) itself)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import objectives
+    from adamwkit import suggest
+    from adamwkit.tuning.probe import probe
+
+    r = probe(objectives.turns_at_12, examples=200, lr=LR, batch_size=BS, epochs=40,
+              folds=2, out=tmp_path, progress=False, pretrained=True)  # fmt: skip
+    sug = suggest(lr=LR, batch_size=BS, dataset_size=r.n_train, epochs=40, pretrained=True)
+    assert r.rule == "finetune" and r.value == pytest.approx(sug.value, rel=1e-9)
+    assert r.low_value == pytest.approx(sug.low_value, rel=1e-9)
+    assert r.high_value == pytest.approx(sug.high_value, rel=1e-9)
+    assert r.verdict().startswith("A fine-tune of pretrained weights")

@@ -130,7 +130,13 @@ class ProbeResult:
     def verdict(self) -> str:
         """The suggestion and where it comes from, in plain words."""
         g = "{:.3g}".format
-        if self.turned:
+        if self.rule == "finetune":
+            why = (
+                "A fine-tune of pretrained weights: the probe's turning-epoch law is fitted on "
+                "training from scratch, so this is the fine-tuning rule's value, whose range "
+                "keeps the total decay lr x wd x steps within its bound"
+            )
+        elif self.turned:
             why = (
                 f"Without weight decay the validation loss is lowest at epoch {g(self.turn)} "
                 f"of {self.epochs} and {g(100 * self.rise)}% higher at the end; the evidence "
@@ -237,9 +243,11 @@ def probe(
     at = turning_epoch(curve) - 1
     turn = steps[at] * epochs / steps[-1]  # the reported steps, in epochs
     rise = curve[-1] / curve[at] - 1 if curve[at] > 0 else 0.0
-    found = probe_tau_epoch(turn, epochs)
+    found = None if s["settings"].get("pretrained") else probe_tau_epoch(turn, epochs)
     rule = "probe"
-    if found is None:
+    if s["settings"].get("pretrained"):  # the turning-epoch law is fitted from scratch
+        found, rule = _finetune_taus(s, epochs, factor), "finetune"
+    elif found is None:
         from ..rules import calibrated_tau_epoch, training_setup
 
         setup = training_setup(dataset_size=s["n_train"], batch_size=s["batch_size"],
@@ -260,6 +268,18 @@ def probe(
                               extend=extend, study=f"{name}.probe-confirm", out=out,
                               **tune_kwargs)  # fmt: skip
     return result
+
+
+def _finetune_taus(s: Mapping[str, Any], epochs: int, factor: float) -> tuple[float, float, float]:
+    """The fine-tuning rule's value and range (:func:`adamwkit.suggest` with
+    ``pretrained``), as tau_epoch (``factor / weight decay``)."""
+    from ..suggest import suggest
+
+    sug = suggest(lr=s["lr"], batch_size=s["batch_size"], dataset_size=s["n_train"],
+                  epochs=epochs, decay_scale=s["decay_scale"], pretrained=True,
+                  adapters=bool(s["settings"].get("adapters")))  # fmt: skip
+    assert sug.low_value is not None and sug.high_value is not None  # the rule has a range
+    return factor / sug.value, factor / sug.high_value, factor / sug.low_value
 
 
 def _is_objective(objective: Any) -> bool:
