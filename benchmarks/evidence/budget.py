@@ -48,6 +48,8 @@ FOLDS = 5
 BUDGETS = (3, 6, 10, 20)
 #: The done-when of the issue: this budget, this share of the studies.
 TARGET_BUDGET, TARGET_SHARE = 6, 0.8
+#: The fine-tuning guard rail on the total decay D = lr x wd x steps (peak lr).
+D_MAX = 0.03
 #: Optuna's WilcoxonPruner default.
 P_THRESHOLD = 0.1
 
@@ -80,6 +82,7 @@ class Study:
     rule: tuple[float, float, float]
     curves: np.ndarray | None  # zero decay's validation curves, (folds, epochs)
     probe_c: float
+    d_per_wd: float = math.nan  # fine-tuning: lr x steps (D = that x wd, at the peak lr)
 
     @property
     def name(self) -> str:
@@ -184,7 +187,8 @@ def load(consts: dict[str, float]) -> list[Study]:
             Study(d["family"], sid, finetune, wds, losses, imputed, hits, diffs, excess, best,
                   s.flat, float(cfg["epochs"]), factor,
                   (sug.value, sug.low_value, sug.high_value), curves,
-                  consts.get(d["family"], math.nan))
+                  consts.get(d["family"], math.nan),
+                  cfg["lr"] * d["steps"] if finetune else math.nan)
         )  # fmt: skip
     return studies
 
@@ -648,6 +652,11 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
     rec = best[TARGET_BUDGET]
     rec_rows = results[rec, TARGET_BUDGET]
     starts = _by_start(rec_rows)
+    fine_rows = [r for r in rec_rows if r.study.finetune]
+    rec_fine = _share(fine_rows)
+    rec_scratch = _share([r for r in rec_rows if not r.study.finetune])
+    above_best = sum(s.d_per_wd * s.wds[s.best] > D_MAX for s in studies if s.finetune)
+    above_rec = sum(r.study.d_per_wd * r.study.wds[r.chosen] > D_MAX for r in fine_rows)
     all_runs = [r for rows in results.values() for r in rows]
     imputed = sum(r.imputed for r in all_runs) / sum(r.runs for r in all_runs)
     out = [
@@ -665,7 +674,7 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         f"- **Studies.** {len(studies)}: {n_scratch} from scratch ({n_fam[0]} families,",
         "  `docs/evidence.md`: zero and a 2^0.5 grid in tau_epoch, extended past an edge) and",
         f"  {n_fine} fine-tuning ({n_fam[1]} families, each configuration with decay toward zero",
-        "  and toward the pretrained weights, `docs/evidence-fine-tune.md`: zero and a sqrt(10)",
+        "  and toward the pretrained weights, `docs/evidence-finetune.md`: zero and a sqrt(10)",
         "  grid in wd). One seed each, 5 folds.",
         "- **A strategy** chooses (candidate, fold) runs one at a time, reads their cached",
         "  fold losses, and names one of the grid's candidates; every run counts 1, a run",
@@ -762,7 +771,7 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
     for name in STRATEGIES:
         out.append(fam_row(name, results[name, TARGET_BUDGET]))
 
-    misses = sorted((r for r in rec_rows if not r.hit), key=lambda r: -r.study.excess[r.chosen])
+    misses = sorted((r for r in rec_rows if not r.hit), key=lambda r: -r.study.diffs[r.chosen])
     seen: dict[str, list[Outcome]] = {}
     for r in misses:
         seen.setdefault(r.study.name, []).append(r)
@@ -771,8 +780,8 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         f"## Worst misses of {rec} at B = {TARGET_BUDGET}",
         "",
         f"{len(misses)} misses of {len(rec_rows)} (studies x first folds), in "
-        f"{len(seen)} studies; the worst by the chosen candidate's full-grid loss over",
-        "the best's (paired SEs: its paired difference to the best over its paired SE):",
+        f"{len(seen)} studies; the worst by the chosen candidate's paired difference to the",
+        "full grid's best over its paired SE (loss: its full-grid mean over the best's):",
         "",
         "| study | misses (of 5 starts) | worst choice |",
         "|---|---:|---|",
@@ -788,8 +797,8 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "## Recommendation",
         "",
         f"**`--budget {TARGET_BUDGET}`: {rec}.** It hits on {_share(rec_rows):.0%} of the "
-        f"studies x first folds ({_split(rec_rows).split(' ', 1)[1]} from scratch / "
-        f"fine-tuning), spending {_runs(rec_rows):.1f} runs on average and never more than "
+        f"studies x first folds ({rec_scratch:.0%} from scratch, {rec_fine:.0%} fine-tuning), "
+        f"spending {_runs(rec_rows):.1f} runs on average and never more than "
         f"{max(r.runs for r in rec_rows)}; with a given fold first it ranges from "
         f"{min(starts):.0%} to {max(starts):.0%}. The full grid costs {_runs(grid):.0f} runs;"
         f" the plain probe hits {_share(probe):.0%} for 5. The done-when (80% at B = "
@@ -816,7 +825,7 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "   best (zero included) on fold 2, then fold 3, ...; choose the lowest mean on the",
         "   folds they share (ties within 0.1% to the least decay). With B >= 20 run the probe",
         "   and the search on 2 folds (*probe+confirm (2 folds)*).",
-        "2. **few folds**: round 1, zero and ceil-spaced candidates over the whole grid on",
+        "2. **few folds**: round 1, zero and evenly spaced candidates over the whole grid on",
         "   fold 1 (or folds 1-2); round 2, the neighbours of the best; then as above. Too",
         "   coarse below B = 10: the grid spans 30 steps.",
         "3. **successive halving**: round r runs the survivors on fold r, keeps the best half",
@@ -848,6 +857,10 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "  fine-tuning studies some hits (charlm-code decaying toward zero) sit above the",
         "  fine-tuning guard rail D <= 0.03 that tune's default `--pretrained` grid keeps to.",
         f"- Runs of candidates the cached grid pruned are imputed ({imputed:.1%} of runs).",
+        f"- Fine-tuning: {above_best} of {n_fine} studies have their full grid's best above the",
+        f"  guard rail D = lr x wd x steps <= {D_MAX:g}; {above_rec} of the recommended",
+        f"  strategy's {len(fine_rows)} fine-tuning choices (studies x starts) at B = "
+        f"{TARGET_BUDGET} are above it, which `tune --pretrained`'s default grid would not offer.",
         "",
     ]
     return out
