@@ -62,3 +62,29 @@ def test_the_probe_of_a_pretrained_model_gives_the_fine_tuning_rule(tmp_path):
     assert r.low_value == pytest.approx(sug.low_value, rel=1e-9)
     assert r.high_value == pytest.approx(sug.high_value, rel=1e-9)
     assert r.verdict().startswith("A fine-tune of pretrained weights")
+
+
+def adapter_objective(trial) -> float:
+    """A frozen base layer and a trainable head, optimized through trial.optimizer."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(trial.seed)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1))
+    for q in model[0].parameters():
+        q.requires_grad_(False)
+    trial.optimizer(model)
+    trial.report_baseline(10.0)
+    return 1.0 + abs(trial.weight_decay - 0.3)
+
+
+def test_frozen_tensors_seen_by_the_optimizer_bring_a_note(tmp_path):
+    r = __import__("adamwkit").tune(adapter_objective, examples=40, lr=1e-3,
+                                    grid=[0.0, 0.3, 1.0], folds=2, out=tmp_path,
+                                    progress=False, test=False)  # fmt: skip
+    assert any("2 frozen tensor(s)" in n and "adapters=True" in n for n in r.summary["notes"])
+    again = __import__("adamwkit").tune(adapter_objective, examples=40, lr=1e-3,
+                                        grid=[0.0, 0.3, 1.0], folds=2, out=tmp_path,
+                                        study="said", progress=False, test=False,
+                                        adapters=True)  # fmt: skip
+    assert not any("frozen tensor" in n for n in again.summary["notes"])

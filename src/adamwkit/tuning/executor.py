@@ -74,6 +74,7 @@ class Runner:
     prune_chance: bool = False
     timeout: float | None = None
     errors: list[BaseException] = field(default_factory=list)
+    frozen_tensors: int = 0  # the most frozen tensors a run's trial.optimizer() saw
     _seen: set[str] = field(default_factory=set)
 
     def trial(self, job: Job) -> Trial:
@@ -120,6 +121,7 @@ class Runner:
             out = self.failed(err, job.label)
         out.curve = list(trial.curve)
         out.baseline = trial.baseline
+        self.frozen_tensors = max(self.frozen_tensors, trial.frozen_tensors)
         out.example_losses = trial.example_losses
         trial.close_monitor()
         out.monitor_log = trial.monitor_log

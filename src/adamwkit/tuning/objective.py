@@ -95,6 +95,7 @@ class Trial:
     _monitor: Any = field(default=None, init=False, repr=False)
     baseline: float | None = field(default=None, init=False, repr=False)
     example_losses: list[float] | None = field(default=None, init=False, repr=False)
+    frozen_tensors: int = field(default=0, init=False, repr=False)  # seen by optimizer()
 
     @property
     def is_refit(self) -> bool:
@@ -186,6 +187,7 @@ class Trial:
         from ..adamw import AdamW
         from ..groups import param_groups
 
+        self.frozen_tensors = sum(1 for q in model.parameters() if not q.requires_grad)
         groups = param_groups(
             model,
             self.weight_decay,

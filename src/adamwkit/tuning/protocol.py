@@ -319,6 +319,13 @@ def _work(plan: TunePlan, store: StudyStore) -> tuple[TuneSummary, list[BaseExce
         procs = start_processes(config.workers - 1, _worker_process, (plan.source, config))
         done = rounds(worker, store, lambda text: bar.say(f"note: {text}"))
         _join(procs, bar)
+        frozen = worker.runner.frozen_tensors
+        if frozen and not spec.pretrained:
+            done.notes.append(
+                f"the objective's model has {frozen} frozen tensor(s) (seen by "
+                "trial.optimizer): if it fine-tunes adapters on a pretrained base, pass "
+                "adapters=True (--adapters), whose grid keeps within the fine-tuning bound"
+            )
         summary = summarize(plan, done, worker.stacking.decision)
     finally:
         stop_processes(procs)
