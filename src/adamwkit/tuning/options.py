@@ -138,7 +138,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     Option("folds", "--folds", "study", 5, kind="int", low=1,
            help="k of k-fold CV (default 5); 1: one validation split (--validation-fraction)"),
     Option("val_fraction", "--validation-fraction", "study", None, kind="float", low=0.0,
-           high=1.0, low_open=True, high_open=True,
+           high=1.0, low_open=True, high_open=True, metavar="FRACTION",
            help="with --folds 1: the share of the training pool held out for validation "
                 "(default 0.2)"),
     Option("repeats", "--repeats", "study", 1, kind="int", low=1, high=MAX_REPEATS,
