@@ -62,6 +62,8 @@ SUMMARY_KEYS = [
     "uncertainty",
     "repeats",
     "extended",
+    "budget",  # added with budget= (not in older summaries)
+    "spent_runs",
     "pruned",
     "failed",
     "candidates",

@@ -46,6 +46,10 @@ class StudySpec:
     pretrained: bool = False
     adapters: bool = False
     val_fraction: float | None = None
+    budget: int | None = None
+    #: the splits this study's runs use, in order (``None``: every fold and repeat); a
+    #: budget's rounds run a candidate on one fold at a time
+    runs_on: tuple[int, ...] | None = None
 
     def attrs(self) -> dict[str, Any]:
         """The spec as stored in the study (JSON values: tuples become lists)."""
@@ -68,8 +72,8 @@ class StudySpec:
 
     @property
     def runs(self) -> int:
-        """Runs per candidate: the folds, times the repeats of the CV."""
-        return self.folds * self.repeats
+        """Runs per candidate: the folds, times the repeats of the CV (or ``runs_on``)."""
+        return len(self.runs_on) if self.runs_on is not None else self.folds * self.repeats
 
     @property
     def n_candidates(self) -> int:
@@ -113,5 +117,7 @@ class TuneConfig:
 
     @property
     def total_runs(self) -> int:
-        """Candidates x folds x repeats."""
+        """Candidates x folds x repeats (a budget: the budget)."""
+        if self.spec.budget is not None:
+            return self.spec.budget
         return self.spec.n_candidates * self.spec.runs

@@ -163,6 +163,10 @@ TUNE_OPTIONS: tuple[Option, ...] = (
            help="largest candidate"),
     Option("points", "--points", "study", None, kind="int", low=1, high=MAX_CANDIDATES - 1,
            help="log-spaced candidates from --min to --max (default 8)"),
+    Option("budget", "--budget", "study", None, kind="int", low=3, high=MAX_CANDIDATES,
+           metavar="RUNS",
+           help="spend about this many training runs instead of the full grid: the probe, "
+                "a search on one fold, the two best on more folds (docs/evidence-budget.md)"),
     Option("sampler", "--sampler", "study", "grid", choices=SAMPLERS,
            help="grid: every candidate; tpe or gp: a search of --trials candidates over the "
                 "default grid's range (default grid)"),

@@ -16,6 +16,7 @@ run folder's write check. ``TunePlan.run()`` then runs it; ``tune(...)`` is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tempfile
@@ -363,6 +364,40 @@ def _lr_grid(kw: dict[str, Any], sampler: str) -> tuple[list[float] | None, list
     return lrs, notes
 
 
+def _budget(
+    spec: StudySpec, kw: dict[str, Any], sug: Suggestion | None
+) -> tuple[StudySpec, tuple[dict[str, float], ...]]:
+    """A budget's study: its first round is zero decay on the first fold (the probe); the
+    next rounds are chosen from the results (:mod:`.budget`)."""
+    budget = int(check("budget", kw["budget"]))
+    probe = dataclasses.replace(spec, grid=(0.0,), budget=budget, runs_on=(0,))
+    return probe, ({"weight_decay": 0.0},)
+
+
+def _check_budget(kw: dict[str, Any], sug: Suggestion | None) -> None:
+    """What a budget needs: the weight decay alone on a grid, a suggestion to fall back on,
+    and no candidates of the user's."""
+    check("budget", kw["budget"])
+    if kw["sampler"] != "grid" or kw["lr_grid"] is not None:
+        raise ArgumentError(
+            "budget searches the weight decay alone: it goes with sampler='grid' and no "
+            "lr_grid",
+            "budget", "sampler", "lr_grid",
+        )  # fmt: skip
+    if sug is None:
+        raise ArgumentError(
+            "budget needs epochs and batch_size with an objective: the probe turns the "
+            "curve's epochs into a weight decay, and the suggestion is its fallback",
+            "budget", "epochs", "batch_size",
+        )  # fmt: skip
+    ranged = [n for n in ("grid", "grid_min", "grid_max", "points") if kw[n] is not None]
+    if ranged:
+        raise ArgumentError(
+            f"budget and {' and '.join(ranged)} are exclusive: a budget chooses its own "
+            "candidates", "budget", *ranged,
+        )  # fmt: skip
+
+
 def _check_size(candidates: list[float], lrs: list[float] | None, lr: float, sampler: str) -> None:
     n_candidates = len(candidates) * len(lrs or [lr])
     if sampler == "grid" and n_candidates > MAX_CANDIDATES:
@@ -437,6 +472,8 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
         )
     regime = _regime(prep, kw)
     sug, default = _default_grid(p, splits.n_train, regime)
+    if kw["budget"] is not None:
+        _check_budget(kw, sug)
     candidates, notes = _candidates(kw, default)
     notes = [*([regime.note] if regime.note else []), *_fine_tune_warning(sug), *split.notes,
              *notes]  # fmt: skip
@@ -453,6 +490,9 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
         "pretrained": regime.pretrained, "adapters": regime.adapters,
     }  # fmt: skip
     spec, enqueue = _spec(common, candidates, lrs, sug, kw)
+    if kw["budget"] is not None:
+        spec, enqueue = _budget(spec, kw, sug)
+        extend = 0
     config = TuneConfig(spec=spec, enqueue=enqueue, study=name, run_dir=Path(kw["out"]) / name,
                         extend=extend if sampler == "grid" else 0, **process)  # fmt: skip
     _check_out(kw["out"], config.run_dir)

@@ -31,7 +31,7 @@ from .._checks import listing
 from ..rules import TORCH_DEFAULT
 from ..timescale import convert_weight_decay
 from ..train import flush_denormals, keeps_random_state
-from . import _optuna, cv, report
+from . import _optuna, budget, cv, report
 from .config import StudySpec, TuneConfig
 from .executor import DEFAULT_MEMBERS, Decision, refusal
 from .objective import ObjectiveFailed, TaskObjective
@@ -166,6 +166,8 @@ def refit_round(worker: Worker, rounds_: Rounds) -> StudyStore | None:
     own (``<study>.refits``, one run per weight decay), so a rerun or another worker does
     not refit again. ``None`` when the run has no test split or no best."""
     first = rounds_.studies[0]
+    if first.spec.budget is not None:
+        return None
     summ = _cv_summary(first.spec, rounds_.studies)
     if summ.best is None or not worker.config.test or not len(worker.splits.test):
         return None
@@ -179,8 +181,26 @@ def refit_round(worker: Worker, rounds_: Rounds) -> StudyStore | None:
     return store
 
 
+def budget_start(worker: Worker, cands: dict[float, cv.Candidate]) -> float:
+    """A budget's first value: the probe's reading of zero decay's curve (not for a
+    pretrained model: the law is fitted from scratch), else the suggestion's value."""
+    from ..suggest import suggest
+
+    spec, n_train = worker.config.spec, worker.splits.n_train
+    assert spec.batch_size is not None and spec.epochs is not None  # checked by plan()
+    sug = suggest(lr=spec.lr, batch_size=spec.batch_size, dataset_size=n_train,
+                  epochs=spec.epochs, decay_scale=spec.decay_scale, pretrained=spec.pretrained,
+                  adapters=spec.adapters)  # fmt: skip
+    to_torch = convert_weight_decay(1.0, spec.decay_scale, "torch", lr_peak=spec.lr)
+    factor = spec.batch_size / (spec.lr * n_train) / to_torch  # tau_epoch = factor / wd
+    return budget.start(cands, None if spec.pretrained else factor, spec.epochs, sug.value)
+
+
 def rounds(worker: Worker, store: StudyStore, say: Callable[[str], None]) -> Rounds:
     """Every round, in order, as every worker runs them."""
+    if store.spec.budget is not None:
+        studies = budget.run(store, worker.work, lambda c: budget_start(worker, c), say)
+        return Rounds(studies, notes=["there are no refits under a budget"])
     cv_round(worker, store)
     done = Rounds([store])
     done.notes = extension_rounds(worker, done.studies, worker.config.extend, say)
@@ -217,13 +237,21 @@ def _test(rounds_: Rounds, spec: StudySpec) -> dict[str, Any]:
 
 def summarize(plan: TunePlan, rounds_: Rounds, decision: Decision | None) -> TuneSummary:
     """The typed summary of every round (what summary.json holds)."""
-    prep, config = plan.prepared, plan.config
+    prep, config, spec = plan.prepared, plan.config, plan.config.spec
+    cands, compared = rounds_.candidates(), spec
+    if spec.budget is not None:  # the finalists, over the folds they share
+        cands, m = budget.for_summary(rounds_.studies)
+        compared = dataclasses.replace(spec, folds=m, repeats=1, runs_on=None)
     summary = build_summary(
         task=prep.name, description=prep.description, metric_name=prep.metric_name,
-        spec=config.spec, device=config.device, n_train=plan.splits.n_train,
-        suggestion=plan.suggestion, candidates=rounds_.candidates(), decision=decision,
+        spec=compared, device=config.device, n_train=plan.splits.n_train,
+        suggestion=plan.suggestion, candidates=cands, decision=decision,
         stack_refusal=config.stack_refusal,
     )  # fmt: skip
+    summary.settings = spec.attrs()
+    summary.spent_runs = sum(s.runs_done() for s in rounds_.studies)
+    if rounds_.refits is not None:
+        summary.spent_runs += rounds_.refits.runs_done()
     summary.test = _test(rounds_, config.spec)
     summary.notes = [*plan.notes, *rounds_.notes, *summary.notes]
     summary.verdict = verdict_text(summary)

@@ -46,6 +46,7 @@ def tune(
     grid_min: float | None = None,
     grid_max: float | None = None,
     points: int | None = None,
+    budget: int | None = None,
     sampler: str = "grid",
     trials: int = 12,
     lr_grid: Sequence[float] | None = None,
@@ -139,6 +140,13 @@ def tune(
     across folds: differences under 0.1% of the loss tie, the rest are taken as measured,
     and a note says so.
 
+    ``budget=B`` spends about B training runs instead of the full grid (chosen offline on
+    the evidence studies, docs/evidence-budget.md): zero decay on the first fold, whose
+    curve's turning epoch gives a first value (else the suggestion's), a search around it
+    on that fold, then the two best on further folds; the choice is the lower mean over
+    the folds they share. ``summary.json`` has ``budget`` and ``spent_runs``; there are no
+    refits.
+
     ``pretrained`` says the model starts from pretrained weights (a fine-tune), and
     ``adapters`` that only adapters (LoRA) on a frozen base train: the default grid then
     follows :func:`adamwkit.suggest`'s fine-tuning rule, whose values keep the total decay
@@ -154,7 +162,8 @@ def tune(
         folds=folds, repeats=repeats, val_fraction=val_fraction,
         epochs=epochs, lr=lr, batch_size=batch_size, decay_scale=decay_scale,
         test_fraction=test_fraction, grid=grid, grid_min=grid_min, grid_max=grid_max,
-        points=points, sampler=sampler, trials=trials, lr_grid=lr_grid, search_lr=search_lr,
+        points=points, budget=budget, sampler=sampler, trials=trials, lr_grid=lr_grid,
+        search_lr=search_lr,
         storage=storage, study=study, out=out, seed=seed, prune=prune,
         prune_chance=prune_chance, pretrained=pretrained, adapters=adapters, extend=extend,
         heartbeat_interval=heartbeat_interval,

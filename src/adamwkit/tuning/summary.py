@@ -122,6 +122,10 @@ class TuneSummary(MutableMapping[str, Any]):
     """How many times the k folds were drawn (repeated CV)."""
     extended: list[float]
     """The weight decays added past the grid's edge (sorted)."""
+    budget: int | None
+    """The budget in training runs (``budget=``), or ``None`` (the full grid)."""
+    spent_runs: int
+    """The training runs the study recorded (a failed candidate's missing runs count)."""
     pruned: int
     """How many candidates were pruned."""
     failed: int
@@ -307,7 +311,9 @@ def _candidate_keys(summ: cv.CVSummary, spec: StudySpec) -> dict[str, Any]:
     """The candidates, those added past the grid, and how many were pruned or failed."""
     cands = summ.candidates
     return {
-        "extended": sorted({c.weight_decay for c in cands} - set(spec.grid)),
+        "extended": [] if spec.budget else sorted({c.weight_decay for c in cands} - set(spec.grid)),
+        "budget": spec.budget,
+        "spent_runs": sum(len(c.fold_losses) for c in cands),
         "pruned": sum(c.state == "pruned" for c in cands),
         "failed": sum(c.state == "failed" for c in cands),
         "candidates": [c.to_dict() for c in cands],

@@ -160,8 +160,9 @@ class Worker:
                 self.splits.pool, self.splits.test, spec.seed, None, f"refit wd {wd:.3g}"
             )  # fmt: skip
         else:
-            train, val = self.splits.folds[run]
-            seed, fold, label = spec.seed + run, run, f"wd {wd:.3g} {self._where(run)}"
+            split = run if spec.runs_on is None else spec.runs_on[run]
+            train, val = self.splits.folds[split]
+            seed, fold, label = spec.seed + split, split, f"wd {wd:.3g} {self._where(split)}"
         train_idx, val_idx = torch.as_tensor(train), torch.as_tensor(val)
         return Job(wd, lr, fold, train_idx, val_idx, seed, claim, label, run=run)
 
