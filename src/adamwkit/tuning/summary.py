@@ -480,7 +480,8 @@ def verdict_text(s: Mapping[str, Any]) -> str:
         lines.append(_flat_text(s))
     if s.get("edge") is not None:
         why = edge_text(s["best_weight_decay"], s["edge"])
-        lines.append(f"{why[0].upper()}{why[1:]}: the optimum may lie beyond it (widen the grid).")
+        fix = "a larger budget searches further" if s.get("budget") else "widen the grid"
+        lines.append(f"{why[0].upper()}{why[1:]}: the optimum may lie beyond it ({fix}).")
     lines.append(_choice_text(s))
     test = s.get("test") or {}
     if test.get("best", {}).get("loss") is not None:
