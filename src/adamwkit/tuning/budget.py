@@ -184,6 +184,6 @@ def for_summary(studies: Sequence[StudyStore]) -> tuple[list[cv.Candidate], int]
             i: c.fold_baselines[s] for i, s in enumerate(keep) if s in c.fold_baselines
         }
         if w not in top and c.state == "complete":
-            c.state, c.reason = "screened", "tried on the first fold only (budget)"
+            c.state, c.reason = "screened", "tried on one fold, under the budget"
         out.append(c)
     return out, len(shared)
