@@ -15,6 +15,8 @@ corruption level (read below). ``run_wide.py`` runs them with ``run.py``'s proto
 - ``friedman-mlp``: an MLP regressing scikit-learn's synthetic Friedman #1 function (10
   features, 5 of them used) with Gaussian label noise of standard deviation ``noise``
   (the clean target's is about 4.9); the target is standardised.
+- ``cancer-labelnoise``: the breast-cancer MLP with a share ``noise`` of the labels
+  flipped.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from families import Family, _classification, _digits, _mlp, _regression, _SmallCNN
+from families import (
+    Family,
+    _classification,
+    _digits,
+    _mlp,
+    _regression,
+    _SmallCNN,
+    _standardise,
+    _subset,
+)
 from torch import Tensor, nn
 
 from adamwkit.tasks import Task
@@ -139,6 +150,18 @@ def friedman_mlp(n: int, epochs: int, width: int, batch_size: int, lr: float,
                        f"noise {noise:g})")  # fmt: skip
 
 
+def cancer_labelnoise(n: int, epochs: int, width: int, batch_size: int, lr: float,
+                      noise: float, seed: int = 0) -> Task:  # fmt: skip
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x, y = _subset(_standardise(x), y, n, seed, True)
+    y = _flip(y, noise, 2, seed)
+    return _classification("cancer-labelnoise", x, y, _mlp(30, width, 2), epochs,
+                           batch_size, lr, f"MLP 30-{width}-{width}-2 on {len(y)} "
+                           f"breast-cancer cases, {noise:g} labels flipped")  # fmt: skip
+
+
 WIDE: dict[str, Family] = {
     f.name: f
     for f in [
@@ -146,7 +169,7 @@ WIDE: dict[str, Family] = {
             "text-transformer",
             text_transformer,
             dict(n=400, epochs=20, width=32, batch_size=16, lr=3e-3, noise=0.0),
-            dict(n=(200, 800), noise=(0.2,), epochs=(40,)),
+            dict(n=(200,), noise=(0.2,), epochs=(10,)),
             "a 1-layer transformer classifying docstring windows by module",
         ),
         Family(
@@ -167,8 +190,15 @@ WIDE: dict[str, Family] = {
             "friedman-mlp",
             friedman_mlp,
             dict(n=400, epochs=100, width=64, batch_size=32, lr=1e-3, noise=1.0),
-            dict(n=(200, 800), noise=(0.3, 3.0), epochs=(50,)),
+            dict(n=(100, 200, 800), noise=(0.3, 3.0), epochs=(50,)),
             "an MLP regressing Friedman #1 at several label-noise levels",
+        ),
+        Family(
+            "cancer-labelnoise",
+            cancer_labelnoise,
+            dict(n=569, epochs=100, width=64, batch_size=32, lr=1e-3, noise=0.1),
+            dict(n=(142, 284), noise=(0.3,), epochs=(50,)),
+            "the breast-cancer MLP with labels flipped at random",
         ),
     ]
 }

@@ -1,0 +1,103 @@
+"""How the shipped probe law does on the wider evidence (``run_wide.py``'s cache).
+
+    python benchmarks/evidence/check_wide.py
+
+Reads ``results-wide/`` and ``probes-wide/`` with ``analyze.load_studies`` (so a study
+is *located*, its tau_epoch* and one-SE band, exactly as ``analyze.py`` reads them) and
+predicts each study's tau_epoch* with ``adamwkit.tuning.turning.probe_tau_epoch`` and the
+shipped constants, from the turning epoch read three ways on the zero-decay probe's mean
+validation curve over the folds: per epoch (as ``analyze.py``), within epochs (the
+``fine_val_losses`` points), and on that fine curve smoothed by a running mean over one
+epoch. A probe that did not turn falls back to the rule without training (sqrt(T) and
+its range, as ``tune`` does). Nothing is refitted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from analyze import load_studies  # noqa: E402
+
+from adamwkit import _calibration as cal  # noqa: E402
+from adamwkit.tuning.turning import probe_tau_epoch  # noqa: E402
+
+RESULTS = HERE / "results-wide"
+PROBES = HERE / "probes-wide"
+
+
+def turns(path: Path) -> dict[str, float]:
+    """The turning epoch per epoch, within epochs, and on the smoothed fine curve."""
+    d = json.loads(path.read_text())
+    per_epoch = np.mean(d["val_losses"], 0)
+    fine = np.mean(d["fine_val_losses"], 0)
+    k = d["fine_points_per_epoch"]
+    w = max(1, round(k))
+    smooth = np.convolve(fine, np.ones(w) / w, mode="valid")  # point i+w-1's window
+    return {
+        "epoch": float(np.nanargmin(per_epoch) + 1),
+        "fine": float((np.nanargmin(fine) + 1) / k),
+        "smooth": float((np.nanargmin(smooth) + w) / k),
+    }
+
+
+def predict(turn: float, epochs: float) -> tuple[float, float, float]:
+    got = probe_tau_epoch(turn, epochs)
+    if got is not None:
+        return got
+    mid = math.exp(cal.FIXED["log_T"] * math.log(epochs) + cal.COEF["const"])
+    return mid, mid * math.exp(cal.BAND[0]), mid * math.exp(cal.BAND[1])
+
+
+def main() -> None:
+    studies = load_studies(RESULTS, PROBES)
+    rows = []
+    for s in studies:
+        path = PROBES / s.family / f"{s.id}-s{s.seeds[0]}.json"
+        if not path.exists():
+            continue
+        t = turns(path)
+        row = {"s": s, "turns": t}
+        for how, turn in t.items():
+            pred, lo, hi = predict(turn, s.epochs)
+            row[how] = {
+                "turned": turn < cal.PROBE_TURNED * s.epochs,
+                "ratio": s.tau_star / pred,
+                "within_2x": s.located and 0.5 <= s.tau_star / pred <= 2.0,
+                "range_holds": s.located and lo <= s.tau_star <= hi,
+                "usable": s.band[0] <= 2 * pred and pred / 2 <= s.band[1],
+            }
+        rows.append(row)
+    print("| family | study | located | flat | tau* | band | turn (epoch / fine / smooth)"
+          " | tau* / prediction (epoch / fine / smooth) |")  # fmt: skip
+    print("|---|---|---|---|---:|---|---|---|")
+    for r in rows:
+        s, t = r["s"], r["turns"]
+        ratios = " / ".join(f"{r[h]['ratio']:.2f}" for h in t)
+        print(f"| {s.family} | {s.id} | {'yes' if s.located else 'no'} | "
+              f"{'yes' if s.flat else 'no'} | {s.tau_star:.3g} | {s.band[0]:.3g}-"
+              f"{s.band[1]:.3g} | {t['epoch']:g} / {t['fine']:.3g} / {t['smooth']:.3g} | "
+              f"{ratios} |")  # fmt: skip
+    located = [r for r in rows if r["s"].located]
+    print(f"\n{len(rows)} studies with a probe, {len(located)} located.\n")
+    print("| turning point read | turned | within 2x (located) | range holds (located) "
+          "| usable (all) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    for how in ("epoch", "fine", "smooth"):
+        n_t = sum(r[how]["turned"] for r in rows)
+        w2 = sum(r[how]["within_2x"] for r in located)
+        rh = sum(r[how]["range_holds"] for r in located)
+        us = sum(r[how]["usable"] for r in rows)
+        print(f"| {how} | {n_t}/{len(rows)} | {w2}/{len(located)} | {rh}/{len(located)} "
+              f"| {us}/{len(rows)} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
