@@ -98,6 +98,18 @@ def main() -> None:
         print(f"| {how} | {n_t}/{len(rows)} | {w2}/{len(located)} | {rh}/{len(located)} "
               f"| {us}/{len(rows)} |")  # fmt: skip
 
+    print("\nFamily by family (turning epoch read per epoch):\n")
+    print("| family | studies | located | turned | median tau* / prediction (located) "
+          "| within 2x | range holds |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for fam in sorted({r["s"].family for r in rows}):
+        rs = [r for r in rows if r["s"].family == fam]
+        loc = [r for r in rs if r["s"].located]
+        med = float(np.median([r["epoch"]["ratio"] for r in loc])) if loc else math.nan
+        print(f"| {fam} | {len(rs)} | {len(loc)} | {sum(r['epoch']['turned'] for r in rs)} | "
+              f"{med:.2f} | {sum(r['epoch']['within_2x'] for r in loc)} | "
+              f"{sum(r['epoch']['range_holds'] for r in loc)} |")  # fmt: skip
+
 
 if __name__ == "__main__":
     main()
