@@ -60,10 +60,12 @@ def main() -> None:
     studies = load_studies(RESULTS, PROBES)
     rows = []
     for s in studies:
-        path = PROBES / s.family / f"{s.id}-s{s.seeds[0]}.json"
-        if not path.exists():
+        paths = [PROBES / s.family / f"{s.id}-s{seed}.json" for seed in s.seeds]
+        got = [turns(p) for p in paths if p.exists()]
+        if not got:
             continue
-        t = turns(path)
+        # the geometric mean over the seeds probed, as analyze.load_studies reads them
+        t = {k: float(np.exp(np.mean([np.log(g[k]) for g in got]))) for k in got[0]}
         row = {"s": s, "turns": t}
         for how, turn in t.items():
             pred, lo, hi = predict(turn, s.epochs)
@@ -83,7 +85,7 @@ def main() -> None:
         ratios = " / ".join(f"{r[h]['ratio']:.2f}" for h in t)
         print(f"| {s.family} | {s.id} | {'yes' if s.located else 'no'} | "
               f"{'yes' if s.flat else 'no'} | {s.tau_star:.3g} | {s.band[0]:.3g}-"
-              f"{s.band[1]:.3g} | {t['epoch']:g} / {t['fine']:.3g} / {t['smooth']:.3g} | "
+              f"{s.band[1]:.3g} | {t['epoch']:.3g} / {t['fine']:.3g} / {t['smooth']:.3g} | "
               f"{ratios} |")  # fmt: skip
     located = [r for r in rows if r["s"].located]
     print(f"\n{len(rows)} studies with a probe, {len(located)} located.\n")
