@@ -52,12 +52,12 @@ def _fine_fit(task, members, cfg: dict, every: int):
     fine: list[list[float]] = []
 
     class Engine(pop.StackedEngine):
-        steps = 0
+        fine_count = 0
 
         def train_step(self, index):
             out = super().train_step(index)
-            self.steps += 1
-            if self.steps % every == 0:
+            self.fine_count += 1
+            if self.fine_count % every == 0:
                 self.set_training(False)
                 fine.append(list(self.validate()[0]))
                 self.set_training(True)
