@@ -113,3 +113,20 @@ def test_the_command_line_takes_a_budget(tmp_path, capsys):
                  str(tmp_path), "--quiet", "--json"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["budget"] == 6 and out["spent_runs"] <= 6
+
+
+def test_the_start_reads_the_turn_at_the_step_it_was_reported():
+    """A curve reported unevenly (epochs 1, 2, 4, 8, 10) that turns at epoch 4 starts where
+    the same curve reported every epoch does (counting points would read epoch 6)."""
+
+    def zero(points: list[tuple[int, float]]) -> dict[float, cv.Candidate]:
+        c = cv.Candidate(0.0, 1e-3, fold_losses={0: 1.0})
+        c.fold_curves[0] = points
+        return {0.0: c}
+
+    def at(e: int) -> float:
+        return 1.0 + 0.01 * (e - 4) ** 2
+
+    every = budget.start(zero([(e, at(e)) for e in range(1, 11)]), 100.0, 10, fallback=1.0)
+    uneven = budget.start(zero([(e, at(e)) for e in (1, 2, 4, 8, 10)]), 100.0, 10, fallback=1.0)
+    assert every == uneven != 1.0

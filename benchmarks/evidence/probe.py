@@ -35,21 +35,29 @@ PROBES = HERE / "probes"
 FOLDS = 5
 
 
-def probe(study: dict) -> dict:
-    """Train the zero-decay candidate of ``study`` on its folds and return its curves."""
+def zero_members(task, cfg: dict, seed: int) -> list:
+    """The zero-decay candidate on the study's folds, one member per fold (the same
+    splits, seeds and batch orders as the study's runs)."""
     import torch
 
-    from adamwkit.train import Member, fit_population
+    from adamwkit.train import Member
     from adamwkit.tuning.cv import Splits
+
+    splits = Splits.make(len(task), task.label_array(), 0.0, FOLDS, seed)
+    return [
+        Member(0.0, cfg["lr"], torch.as_tensor(tr), torch.as_tensor(va), seed + i)
+        for i, (tr, va) in enumerate(splits.folds)
+    ]
+
+
+def probe(study: dict) -> dict:
+    """Train the zero-decay candidate of ``study`` on its folds and return its curves."""
+    from adamwkit.train import fit_population
 
     cfg = study["config"]
     task = FAMILIES[study["family"]].build(**cfg, seed=0)
     seed = study["seed"]
-    splits = Splits.make(len(task), task.label_array(), 0.0, FOLDS, seed)
-    members = [
-        Member(0.0, cfg["lr"], torch.as_tensor(tr), torch.as_tensor(va), seed + i)
-        for i, (tr, va) in enumerate(splits.folds)
-    ]
+    members = zero_members(task, cfg, seed)
     start = time.perf_counter()
     results: list = [None] * len(members)
     for size in sorted({len(m.train_idx) for m in members}):  # a population trains one size

@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402
 from families import configs  # noqa: E402
 from families_wide import WIDE, config_id  # noqa: E402
+from probe import zero_members  # noqa: E402
 
 RESULTS = HERE / "results-wide"
 PROBES = HERE / "probes-wide"
@@ -78,19 +79,10 @@ def _fine_fit(task, members, cfg: dict, every: int):
 
 def probe(study: dict) -> dict:
     """``probe.probe`` with the validation loss read ``FINE_POINTS`` times an epoch."""
-    import torch
-
-    from adamwkit.train import Member
-    from adamwkit.tuning.cv import Splits
-
     cfg = study["config"]
     task = WIDE[study["family"]].build(**cfg, seed=0)
     seed = study["seed"]
-    splits = Splits.make(len(task), task.label_array(), 0.0, FOLDS, seed)
-    members = [
-        Member(0.0, cfg["lr"], torch.as_tensor(tr), torch.as_tensor(va), seed + i)
-        for i, (tr, va) in enumerate(splits.folds)
-    ]
+    members = zero_members(task, cfg, seed)
     start = time.perf_counter()
     hist: list = [None] * len(members)
     fine: list = [None] * len(members)

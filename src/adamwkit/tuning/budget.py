@@ -82,10 +82,12 @@ def start(cands: dict[float, cv.Candidate], factor: float | None, epochs: int | 
     """The search's first value: from zero decay's curve on the first fold (its turning
     epoch), else ``fallback`` (the suggestion's value)."""
     zero = cands.get(0.0)
-    curve = [v for t, v in (zero.fold_curves.get(0, []) if zero else []) if t > 0]
+    points = [(t, v) for t, v in (zero.fold_curves.get(0, []) if zero else []) if t > 0]
+    curve = [v for _, v in points]
     if factor is None or not epochs or len(curve) < 3 or not any(map(math.isfinite, curve)):
         return _round(fallback)
-    turn = turning_epoch(curve) * epochs / len(curve)
+    # the reported steps, in epochs (an objective may report per step), as the probe reads them
+    turn = points[turning_epoch(curve) - 1][0] * epochs / points[-1][0]
     found = probe_tau_epoch(turn, epochs)
     return _round(fallback if found is None else factor / found[0])
 

@@ -254,7 +254,6 @@ class _Regime:
 
     pretrained: bool
     adapters: bool
-    note: str | None = None
 
 
 def _regime(prep: Prepared, kw: dict[str, Any]) -> _Regime:
@@ -475,7 +474,7 @@ def configure(prep: Prepared, source: Source | None = None, **kw: Any) -> TunePl
     if kw["budget"] is not None:
         _check_budget(kw, sug)
     candidates, notes = _candidates(kw, default)
-    notes = [*([regime.note] if regime.note else []), *_fine_tune_warning(sug), *split.notes,
+    notes = [*_fine_tune_warning(sug), *split.notes,
              *notes]  # fmt: skip
     lrs, lr_notes = _lr_grid(kw, sampler)
     _check_size(candidates, lrs, p.lr, sampler)
