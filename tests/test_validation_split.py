@@ -9,6 +9,7 @@ objective zero times.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,100 @@ def test_one_split_without_them_says_there_is_no_error(tmp_path):
                       progress=False, test=False)  # fmt: skip
     assert r.summary["uncertainty"] == "none"
     assert any("there is no standard error" in n for n in r.summary["notes"])
+
+
+# ------------------------------------------------- a Task's per-example losses, --validation
+
+
+def test_example_losses_are_cross_entropy_example_by_example():
+    from adamwkit.tasks import get_task
+    from adamwkit.train import evaluate, example_losses
+
+    for name in ("digits", "charlm"):
+        task = get_task(name)
+        torch.manual_seed(0)
+        model = task.model()
+        idx = torch.arange(0, 40, 3)
+        got = np.array(example_losses(model, task, idx, batch_size=7))
+        x, y = task.data[0][idx], task.data[1][idx]
+        with torch.no_grad():
+            out = model(x)
+        # the oracle: PyTorch's unreduced cross-entropy, averaged over each example's positions
+        ce = torch.nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
+        ).reshape(len(idx), -1).mean(dim=1)
+        np.testing.assert_allclose(got, ce.double().numpy(), rtol=1e-5)
+        assert got.mean() == pytest.approx(evaluate(model, task, idx)[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("vectorize", ["off", "on"])
+def test_a_task_with_one_split_reports_errors_over_its_examples(tmp_path, vectorize):
+    r = adamwkit.tune("digits", folds=1, epochs=2, grid=[0.0, 0.1, 1.0], vectorize=vectorize,
+                      out=tmp_path, progress=False, test=False)  # fmt: skip
+    s = r.summary
+    assert s["uncertainty"] == "examples"
+    cands = {c["weight_decay"]: c for c in s["candidates"]}
+    assert all(c["sem"] > 0 for c in cands.values())
+    TASK_SEMS[vectorize] = {wd: (c["mean"], c["sem"]) for wd, c in cands.items()}
+    if len(TASK_SEMS) == 2:  # one model at a time and stacked agree (two implementations)
+        for wd, (mean, sem) in TASK_SEMS["off"].items():
+            assert TASK_SEMS["on"][wd][0] == pytest.approx(mean, rel=1e-5)
+            assert TASK_SEMS["on"][wd][1] == pytest.approx(sem, rel=1e-4)
+
+
+TASK_SEMS: dict[str, dict[float, tuple[float, float]]] = {}
+
+
+def test_the_command_line_takes_a_validation_split(tmp_path, capsys):
+    SEEN.clear()
+    args = ["tune", "test_validation_split:per_example", "--examples", "80", "--lr", "1e-3",
+            "--grid", "0,0.1,0.3,1", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main([*args, "--validation", "60:80"]) == 0
+    out = capsys.readouterr().out
+    assert "one validation split: the standard errors are over its 20 examples" in out
+    summary = json.loads((tmp_path / "per_example" / "summary.json").read_text())
+    assert summary["uncertainty"] == "examples" and summary["best_weight_decay"] == 0.3
+    # the same split from a text file resumes the study: nothing trains again
+    f = tmp_path / "val.txt"
+    f.write_text(", ".join(str(i) for i in range(60, 80)))
+    calls = []
+    import test_validation_split as me
+
+    real = me.per_example
+    me.per_example = lambda trial: calls.append(1) or real(trial)
+    np.save(tmp_path / "val.npy", np.arange(60, 80))
+    try:
+        assert main([*args, "--validation", str(f)]) == 0
+        assert calls == []
+        # a new study trains (the patched objective is the one called) ...
+        assert main([*args, "--study", "again", "--validation", "test_validation_split:VAL"]) == 0
+        assert len(calls) == 4
+        # ... and the same indices from a .npy file resume it
+        assert main([*args, "--study", "again", "--validation", str(tmp_path / "val.npy")]) == 0
+        assert len(calls) == 4
+    finally:
+        me.per_example = real
+    capsys.readouterr()
+
+
+VAL = list(range(60, 80))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("70:90", "expected START:STOP with 0 <= START < STOP <= 80"),
+        ("nothing-here", "expected START:STOP, a file of indices"),
+    ],
+)
+def test_a_bad_validation_spec_is_one_line_with_exit_2(tmp_path, spec, message):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    bad = subprocess.run([sys.executable, "-m", "adamwkit.cli", "tune",
+                          "test_validation_split:bowl", "--examples", "80", "--lr", "1e-3",
+                          "--validation", spec, "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
+    assert "--validation" in lines[0]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        adamwkit.tune(bowl, examples=80, lr=1e-3, validation=spec, out=tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["count", "fmt"]
+__all__ = ["count", "fmt", "splits"]
 
 
 def fmt(x: float | None) -> str:
@@ -19,3 +19,11 @@ def fmt(x: float | None) -> str:
 
 def count(x: float) -> str:
     return f"{x:,.0f}" if x == int(x) else f"{x:,.3g}"
+
+
+def splits(folds: int, repeats: int = 1) -> str:
+    """How the runs split the examples, in words: ``"5-fold CV"``, ``"5-fold CV x 3"``,
+    ``"one validation split"`` or ``"3 validation splits"`` (repeated holdout)."""
+    if folds == 1:
+        return "one validation split" if repeats == 1 else f"{repeats} validation splits"
+    return f"{folds}-fold CV" + (f" x {repeats}" if repeats > 1 else "")

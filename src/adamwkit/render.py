@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._format import fmt
+from ._format import fmt, splits
 
 if TYPE_CHECKING:
     from .explain import Explanation, RunExplanation
@@ -324,7 +324,7 @@ def tune_summary(
     epochs = f", {s['epochs']} epochs" if s.get("epochs") else ""
     out: list[Block] = [
         Table(
-            f"{s['task']}: {s['folds']}-fold CV{epochs}",
+            f"{s['task']}: {splits(s['folds'], s.get('repeats') or 1)}{epochs}",
             ("weight_decay", "lr", "tau_epoch", "CV loss +- SE", "paired diff +- SE", "state"),
             tuple(_candidate_row(c, s, r) for c in s["candidates"]),
             align="rrrrrl",

@@ -9,7 +9,7 @@
 
 from .loop import History, TrainingDiverged, flush_denormals, keeps_random_state
 from .population import Member, MemberResult, fit_population
-from .single import FitResult, evaluate, fit
+from .single import FitResult, evaluate, example_losses, fit
 
 __all__ = [
     "FitResult",
@@ -18,6 +18,7 @@ __all__ = [
     "MemberResult",
     "TrainingDiverged",
     "evaluate",
+    "example_losses",
     "fit",
     "fit_population",
     "flush_denormals",

@@ -37,7 +37,7 @@ from .loop import (
     run_epochs,
 )
 
-__all__ = ["FitResult", "evaluate", "fit"]
+__all__ = ["FitResult", "evaluate", "example_losses", "fit"]
 
 
 @dataclass
@@ -126,6 +126,58 @@ def evaluate(
     device = _model_device(model)
     check_precision(precision, device)
     return _mean_loss(model, task, DeviceData(task, device), idx, batch_size, precision)
+
+
+@torch.no_grad()
+def example_losses(
+    model: nn.Module,
+    task: Task,
+    index: Sequence[int] | Tensor,
+    batch_size: int = 512,
+    *,
+    precision: str = "fp32",
+) -> list[float]:
+    r"""The loss of each example at ``index`` (in its order), in eval mode: ``task.loss``
+    applied to one example at a time, :math:`\ell_i = \mathrm{loss}(f(x_i), y_i)`, so
+    that their mean is :func:`evaluate`'s loss when every example weighs the same (one
+    label each, or sequences of equal length). ``torch.func.vmap`` computes them a batch
+    at a time; a loss it cannot batch is called example by example.
+
+    Example::
+
+        from adamwkit.tasks import get_task
+        from adamwkit.train import example_losses, fit
+        task = get_task("digits")
+        model = fit(task, 0.72, epochs=2).model
+        losses = example_losses(model, task, range(100))  # 100 floats
+    """
+    from torch.func import vmap
+
+    idx = check_index("index", index, len(task))
+    assert idx is not None
+    device = _model_device(model)
+    check_precision(precision, device)
+    data = DeviceData(task, device)
+
+    def one(out: Tensor, y: Tensor) -> Tensor:
+        return task.loss(out.unsqueeze(0), y.unsqueeze(0))
+
+    was_training = model.training
+    model.eval()
+    parts: list[Tensor] = []
+    try:
+        for start in range(0, idx.numel(), batch_size):
+            x, y = data.batch(idx[start : start + batch_size])
+            with autocast(device, precision):
+                out = model(x)
+            out = out.float()
+            try:
+                parts.append(vmap(one)(out, y).reshape(-1))
+            except Exception:  # a loss torch.func cannot batch: one example at a time
+                parts.append(torch.stack([one(out[i], y[i]) for i in range(len(y))]))
+    finally:
+        model.train(was_training)
+    return torch.cat(parts).double().cpu().tolist() if parts else []
 
 
 class _SingleEngine:

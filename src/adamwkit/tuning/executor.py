@@ -70,6 +70,7 @@ class Runner:
     batch_size: int | None = None
     data: Any = None
     validation: Any = None
+    single_split: bool = False  # one validation split: Tasks report per-example losses
     bar: Any = None
     prune_chance: bool = False
     timeout: float | None = None
@@ -92,6 +93,7 @@ class Runner:
             batch_size=self.batch_size,
             data=self.data,
             validation=self.validation,
+            single_split=self.single_split,
         )
         if self.bar is not None:
             t._progress = self.bar.epoch

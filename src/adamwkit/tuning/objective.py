@@ -73,6 +73,9 @@ class Trial:
       and ``batch_size`` (``None`` when not given to ``tune``).
     - ``data``: what you passed to ``tune(data=...)``; :attr:`train_data` and
       :attr:`val_data` are its ``torch.utils.data.Subset`` for this run.
+    - ``single_split``: True when the study has one validation split (``folds=1`` or
+      ``validation=``), where :meth:`report_example_losses` gives the standard errors
+      (a Task reports them on its own).
     """
 
     weight_decay: float
@@ -88,6 +91,7 @@ class Trial:
     batch_size: int | None = None
     data: Any = None
     validation: Any = None
+    single_split: bool = False
     curve: list[tuple[int, float]] = field(default_factory=list, init=False, repr=False)
     _on_report: Callable[[int, float], None] | None = field(default=None, init=False, repr=False)
     _progress: Callable[[int, int], Any] | None = field(default=None, init=False, repr=False)
@@ -348,9 +352,21 @@ class TaskObjective:
         trial.monitor_log = result.monitor
         if result.initial_val_loss is not None and math.isfinite(result.initial_val_loss):
             trial.report_baseline(result.initial_val_loss)
+        self.report_examples(trial, result.model)
         for epoch, loss in enumerate(result.val_losses, start=1):
             trial.report(loss, epoch)
         return {"loss": result.val_loss, self.task.metric_name: result.val_metric}
+
+    def report_examples(self, trial: Trial, model: nn.Module) -> None:
+        """With one validation split, each validation example's loss under ``model``
+        (:func:`adamwkit.train.example_losses`): the standard errors of that split."""
+        if not trial.single_split or trial.is_refit or len(trial.val_idx) > MAX_EXAMPLE_LOSSES:
+            return
+        from ..train import example_losses
+
+        losses = example_losses(model, self.task, trial.val_idx, precision=trial.precision)
+        if all(math.isfinite(v) for v in losses):
+            trial.report_example_losses(losses)
 
     def monitor_every(self, trial: Trial) -> int:
         """Record about 200 points of a refit: every steps / 200 steps."""
@@ -413,7 +429,7 @@ class TaskObjective:
         )
         seconds = (time.perf_counter() - start) / len(trials)
         out = []
-        for r in results:
+        for trial, r in zip(trials, results, strict=True):
             curve = [(e + 1, v) for e, v in enumerate(r.val_losses)]
             if r.diverged:
                 out.append(Outcome(reason=r.diverged, curve=curve, seconds=seconds))
@@ -422,5 +438,15 @@ class TaskObjective:
             o.curve, o.seconds, o.pruned = curve, seconds, r.pruned
             if r.initial_val_loss is not None and math.isfinite(r.initial_val_loss):
                 o.baseline = r.initial_val_loss
+            if trial.single_split and r.state and not r.pruned:
+                self.report_examples(trial, self.member_model(r.state, first.device))
+                o.example_losses = trial.example_losses
             out.append(o)
         return out
+
+    def member_model(self, state: Mapping[str, Tensor], device: torch.device) -> nn.Module:
+        """A fresh ``task.model()`` on ``device`` holding a stacked member's weights."""
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
+            model = self.task.model()
+        model.load_state_dict(dict(state))
+        return model.to(device)

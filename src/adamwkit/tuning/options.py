@@ -133,7 +133,10 @@ TUNE_OPTIONS: tuple[Option, ...] = (
            help="with an objective: how many examples the folds split"),
     Option("data", None, "input", None),
     Option("labels", None, "input", None),
-    Option("validation", None, "input", None),
+    Option("validation", "--validation", "input", None, metavar="SPEC",
+           help="one fixed validation split instead of folds: START:STOP (example indices), "
+                "a file of indices (.npy or text), or module:attribute (indices, or a "
+                "dataset of its own)"),
     # the study's identity
     Option("folds", "--folds", "study", 5, kind="int", low=1,
            help="k of k-fold CV (default 5); 1: one validation split (--validation-fraction)"),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import render
 from .._checks import listing
+from .._format import splits
 from ..rules import TORCH_DEFAULT
 from ..timescale import convert_weight_decay
 from ..train import flush_denormals, keeps_random_state
@@ -333,9 +334,8 @@ def _work(plan: TunePlan, store: StudyStore) -> tuple[TuneSummary, list[BaseExce
     """This process's rounds, alongside the worker processes it starts; the summary."""
     config, spec = plan.config, plan.config.spec
     retried = store.retry_errors()
-    repeated = f" x {spec.repeats}" if spec.repeats > 1 else ""
     bar = Progress(config.progress, config.total_runs,
-                   f"{plan.prepared.name}: {spec.folds}-fold CV{repeated}")  # fmt: skip
+                   f"{plan.prepared.name}: {splits(spec.folds, spec.repeats)}")  # fmt: skip
     worker: Worker | None = None
     procs: list[Any] = []
     try:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._format import splits
 from .._io import WriteFailed, atomic_write, json_safe
 
 __all__ = [
@@ -101,7 +102,7 @@ def plot_cv_curve(summary: Mapping[str, Any]) -> bytes:
     if cands and all(c["mean"] > 0 for c in cands):
         ax.set_yscale("log")
     ax.set_xlabel(f"weight decay ({summary['decay_scale']!r} convention)")
-    ax.set_ylabel(f"held-out loss, {summary['folds']}-fold CV")
+    ax.set_ylabel(f"held-out loss, {splits(summary['folds'], summary.get('repeats') or 1)}")
     _mark_choices(ax, summary)
     _decay_axis(ax, summary, [c["weight_decay"] for c in cands if c["weight_decay"] > 0])
     title = "weight decay barely matters here" if summary["flat"] else "CV loss"

@@ -132,13 +132,16 @@ def tune(
     measures both ways for a few steps and stacks when that is faster. ``max_memory``
     (GiB) caps the members trained together.
 
-    The validation data you already have: ``validation=`` (with ``data=``) is one fixed
-    split, indices into ``data`` or a dataset of its own (``trial.val_data`` is then its
-    subset), with no test split unless ``test_fraction`` asks for one. ``folds=1`` draws one
-    random validation split of ``val_fraction`` (default 0.2) of the training pool;
-    ``repeats`` redraws it (repeated holdout). With one split there is no standard error
-    across folds: differences under 0.1% of the loss tie, the rest are taken as measured,
-    and a note says so.
+    The validation data you already have: ``validation=`` is one fixed split, indices into
+    the examples (``data`` or ``examples``) or a dataset of its own (``trial.val_data`` is
+    then its subset), with no test split unless ``test_fraction`` asks for one; as text
+    (the command line's ``--validation``) it is ``"START:STOP"``, a file of indices
+    (``.npy`` or text) or ``"module:attribute"``. ``folds=1`` draws one random validation
+    split of ``val_fraction`` (default 0.2) of the training pool; ``repeats`` redraws it
+    (repeated holdout). With one split there is no standard error across folds unless the
+    runs report per-example losses (``trial.report_example_losses``; a Task does): the
+    candidates are then compared paired over the examples. Without them differences under
+    0.1% of the loss tie, the rest are taken as measured, and a note says so.
 
     ``budget=B`` spends about B training runs instead of the full grid (chosen offline on
     the evidence studies, docs/evidence-budget.md): zero decay on the first fold, whose

@@ -9,7 +9,9 @@ data cannot share a study.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from ..tasks import Task
 from . import cv
 from .objective import Objective, TaskObjective, resolve_source
 
-__all__ = ["Prepared", "Source", "fingerprint", "make_splits", "prepare"]
+__all__ = ["Prepared", "Source", "fingerprint", "make_splits", "prepare", "validation_spec"]
 
 
 @dataclass(frozen=True)
@@ -132,17 +134,13 @@ def make_splits(
 
 
 def _validation(value: Any, data: Any, n: int) -> tuple[np.ndarray | None, Any]:
-    """``validation=`` as (indices into ``data``, ``None``) when it is a 1-D array, tensor or
-    list of whole numbers, else as (``None``, a dataset of its own)."""
+    """``validation=`` as (indices into the examples, ``None``) when it is a 1-D array,
+    tensor or list of whole numbers, else as (``None``, a dataset of its own); text is read
+    by :func:`validation_spec` first."""
     if value is None:
         return None, None
-    if data is None:
-        raise ArgumentError(
-            "validation goes with data: the examples it validates (indices into data, or a "
-            "dataset of its own beside the data trained on)",
-            "validation",
-            "data",
-        )
+    if isinstance(value, str):
+        value = validation_spec(value, n)
     indices = _as_indices(value)
     if indices is None:
         try:
@@ -159,7 +157,7 @@ def _validation(value: Any, data: Any, n: int) -> tuple[np.ndarray | None, Any]:
     if len(indices) < 1 or len(indices) >= n:
         raise ArgumentError(
             f"validation has {len(indices)} indices: expected from 1 to {n - 1} of the "
-            f"{n} examples of data (the rest train)",
+            f"{n} examples (the rest train)",
             "validation",
         )
     if indices.min() < 0 or indices.max() >= n or len(np.unique(indices)) != len(indices):
@@ -167,6 +165,62 @@ def _validation(value: Any, data: Any, n: int) -> tuple[np.ndarray | None, Any]:
             f"validation is invalid: expected distinct indices in [0, {n - 1}]", "validation"
         )
     return np.sort(indices), None
+
+
+#: ``validation="START:STOP"``: a range of example indices.
+_RANGE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def validation_spec(spec: str, n: int) -> Any:
+    """``validation=`` given as text (the command line's ``--validation``): ``"START:STOP"``
+    (the examples ``START`` to ``STOP - 1``), a file of indices (``.npy``, or text with
+    whole numbers separated by commas or white space), or ``"module:attribute"`` naming
+    indices or a dataset of its own."""
+    match = _RANGE.match(spec)
+    if match:
+        start, stop = int(match[1]), int(match[2])
+        if not 0 <= start < stop <= n:
+            raise ArgumentError(
+                f"validation={spec!r} is invalid: expected START:STOP with "
+                f"0 <= START < STOP <= {n} (the examples)",
+                "validation",
+            )
+        return np.arange(start, stop)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _indices_file(path, spec)
+    if ":" in spec:
+        from .._loading import load_object
+
+        return load_object(spec, "validation")
+    raise ArgumentError(
+        f"validation={spec!r} is invalid: expected START:STOP, a file of indices (.npy or "
+        "text) or module:attribute",
+        "validation",
+    )
+
+
+def _indices_file(path: Path, spec: str) -> np.ndarray:
+    """The whole numbers in a ``.npy`` or text file of indices."""
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            text = path.read_text(encoding="utf-8").replace(",", " ").split()
+            values = np.array([int(t) for t in text], dtype=np.int64)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ArgumentError(
+            f"validation={spec!r} is invalid: the file does not hold whole numbers ({err})",
+            "validation",
+        ) from None
+    values = np.asarray(values).reshape(-1)
+    if values.dtype.kind not in "iu":
+        raise ArgumentError(
+            f"validation={spec!r} is invalid: the file holds {values.dtype} values, "
+            "expected whole numbers (example indices)",
+            "validation",
+        )
+    return values.astype(np.int64)
 
 
 def _as_indices(value: Any) -> np.ndarray | None:

@@ -129,7 +129,7 @@ class Worker:
             prep.objective, decay_scale=spec.decay_scale, device=self.device,
             precision=spec.precision, epochs=spec.epochs, batch_size=spec.batch_size,
             data=prep.data, validation=prep.validation, bar=bar, prune_chance=spec.prune_chance,
-            timeout=config.trial_timeout,
+            timeout=config.trial_timeout, single_split=spec.folds * spec.repeats == 1,
         )  # fmt: skip
         self.stacking = Stacking(self.runner, config, self.device, bar)
 
