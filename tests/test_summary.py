@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from adamwkit import suggest
 from adamwkit.tuning import cv
@@ -50,6 +51,7 @@ SUMMARY_KEYS = [
     "best_weight_decay_conventions",
     "one_se_weight_decay_conventions",
     "suggested_weight_decay_conventions",
+    "best_total_decay",  # added with the total decay in the verdict (not in older summaries)
     "best_mean",
     "best_sem",
     "flat",
@@ -398,7 +400,10 @@ def test_verdict_of_a_built_summary() -> None:
     # from the hand derivation: best 1e-3, one-SE 1e-2, decay_scale "lr"
     assert s["verdict"] == (
         "Best weight decay 0.001 (PyTorch convention 0.001, independent 1e-05); largest "
-        "within one standard error 0.01 (PyTorch 0.01, independent 0.0001)."
+        "within one standard error 0.01 (PyTorch 0.01, independent 0.0001). Over a run of "
+        # 10 epochs x 800 / 32 steps; D = 1e-3 x 0.01 x 250 = 0.0025, exp(-D) = 0.997503
+        "250 steps the best takes 0.25% (factor exp(-D) 0.997503, D 0.0025) off the weights "
+        "by decay alone (D = lr x wd x steps at the peak lr)."
     )
     assert verdict_text(s) == s["verdict"]  # a TuneSummary is a Mapping
 
@@ -535,3 +540,43 @@ def test_equals_run_summarize(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     for key in old:  # as JSON text: NaN (a one-fold SE) and key order compare too
         assert json.dumps(new.to_dict()[key]) == json.dumps(old[key]), key
     assert new["pruned"] == 1 and new["failed"] == 1 and new["extended"] == [0.1, 0.3, 0.5]
+
+
+# ------------------------------------------------------------------ (e) the total decay
+
+
+def _shrink_by_torch_adamw(wd: float, lr: float, steps: int, cosine: bool) -> float:
+    """The factor torch.optim.AdamW's decay alone multiplies a weight by over ``steps``
+    steps (zero gradients: the Adam update is 0), with a constant lr or cosine to zero."""
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = torch.optim.AdamW([p], lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)) if cosine else 1.0
+    )
+    for _ in range(steps):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+        sched.step()
+    return float(p.detach())
+
+
+@pytest.mark.parametrize(("scale", "schedule"), [("lr", None), ("schedule", "cosine")])
+def test_best_total_decay_is_what_adamw_does_to_the_weights(scale: str, schedule: Any) -> None:
+    spec = dataclasses.replace(make_spec(scale), schedule=schedule)
+    td = build(scale, spec=spec)["best_total_decay"]
+    steps = EPOCHS * math.ceil(N_TRAIN / BS)
+    wd_torch = 1e-3 if scale == "lr" else 1e-3 / LR
+    assert td["steps"] == steps
+    assert td["lr_mean_factor"] == (1.0 if schedule is None else pytest.approx(0.5, abs=0.01))
+    oracle = _shrink_by_torch_adamw(wd_torch, LR, steps, cosine=schedule is not None)
+    # exp(-D) against the product of (1 - lr_t wd): equal to first order in lr wd
+    assert td["shrink"] == pytest.approx(oracle, rel=1e-3)
+    assert td["D"] == pytest.approx(-math.log(td["shrink"]))
+
+
+def test_verdict_states_the_total_decay() -> None:
+    s = build()
+    d = s["best_total_decay"]["D"]
+    assert f"{100 * -math.expm1(-d):.3g}% (factor exp(-D)" in s["verdict"]
+    assert "D = lr x wd x steps at the peak lr" in s["verdict"]
+    assert build(spec=dataclasses.replace(make_spec(), batch_size=None))["best_total_decay"] is None

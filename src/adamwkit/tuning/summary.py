@@ -90,6 +90,14 @@ class TuneSummary(MutableMapping[str, Any]):
     """``one_se_weight_decay`` in both conventions (at ``best_lr``)."""
     suggested_weight_decay_conventions: Conventions
     """``suggested_weight_decay`` in both conventions (at ``lr``)."""
+    best_total_decay: dict[str, float] | None
+    r"""What the best weight decay does to the weights over a run: ``{"D", "shrink",
+    "steps", "lr_mean_factor"}`` with :math:`D = \lambda\,\eta\,S\,\bar m` in PyTorch's
+    convention (:func:`adamwkit.rules.total_decay`; ``steps`` :math:`S` of a run on
+    ``n_train`` examples, ``lr_mean_factor`` :math:`\bar m` the schedule's mean lr over
+    its peak, 1 when the schedule is unknown) and ``shrink`` :math:`e^{-D}`, the factor
+    decay alone multiplies the weights by. ``None`` without epochs and a batch size, or
+    without a best."""
     best_mean: float | None
     """The best candidate's mean held-out loss."""
     best_sem: float | None
@@ -267,6 +275,24 @@ def _suggested(sug: Suggestion | None, lr: float, scale: str) -> dict[str, Any]:
     }
 
 
+def _total_decay(
+    summ: cv.CVSummary, spec: StudySpec, n_train: int, best_lr: float
+) -> dict[str, float] | None:
+    """``best_total_decay``: the best's total decay over a run, and its shrink factor."""
+    if summ.best is None or spec.epochs is None or spec.batch_size is None:
+        return None
+    from ..rules import total_decay
+    from ..schedules import make_schedule
+
+    steps = spec.epochs * math.ceil(n_train / spec.batch_size)
+    mean = 1.0
+    if spec.schedule is not None:
+        mean = float(make_schedule(spec.schedule, steps).sample().mean())
+    wd = convert_weight_decay(summ.best.weight_decay, spec.decay_scale, "torch", lr_peak=best_lr)
+    d = total_decay(wd, best_lr, steps, "lr", mean)
+    return {"D": d, "shrink": math.exp(-d), "steps": float(steps), "lr_mean_factor": mean}
+
+
 def _tau_epoch_factor(spec: StudySpec, n_train: int) -> float | None:
     """``tau_epoch = factor / weight_decay`` at the lr asked for (``None``: no batch size)."""
     if spec.batch_size is None:
@@ -363,6 +389,7 @@ def build_summary(
         "decay_scale": scale,
         **_chosen(summ, best_lr, scale),
         **_suggested(suggestion, lr, scale),
+        "best_total_decay": _total_decay(summ, spec, n_train, best_lr),
         **_statistics(summ),
         **_candidate_keys(summ, spec),
         "tau_epoch_factor": _tau_epoch_factor(spec, n_train),
@@ -424,7 +451,22 @@ def _choice_text(s: Mapping[str, Any]) -> str:
         f"Best weight decay {s['best_weight_decay']:.4g} (PyTorch convention {b['torch']:.4g}, "
         f"independent {b['independent']:.3g}); largest within one standard error "
         f"{s['one_se_weight_decay']:.4g} (PyTorch {o['torch']:.4g}, independent "
-        f"{o['independent']:.3g}){suggested}."
+        f"{o['independent']:.3g}){suggested}.{_decay_text(s)}"
+    )
+
+
+def _decay_text(s: Mapping[str, Any]) -> str:
+    """What the best does to the weights over the run, in words (or nothing)."""
+    td = s.get("best_total_decay")
+    if not td or not s.get("best_weight_decay"):
+        return ""
+    from ..rules import decays_by
+
+    m = td["lr_mean_factor"]
+    at = "the peak lr" if m == 1.0 else f"the schedule's mean lr, {m:.3g} of the peak"
+    return (
+        f" Over a run of {td['steps']:.0f} steps the best takes {decays_by(td['D'])} off "
+        f"the weights by decay alone (D = lr x wd x steps at {at})."
     )
 
 
