@@ -207,31 +207,37 @@ def consistency(d: dict, out: dict) -> float | None:
 _STUDIES: dict[str, sim.Study] = {}
 
 
+def _fingerprint(family: str, wds: list[float], losses: list[float]) -> tuple:
+    return family, tuple(sorted(wds)), tuple(sorted(round(v, 9) for v in losses))
+
+
 def grid_studies() -> dict[str, sim.Study]:
-    """``budget.load``'s studies (the full grid's verdict), by :func:`name_of`: its own
-    sources, then the wide ones read the same way (``budget.py`` reads its directories
-    from module globals)."""
+    """``budget.load``'s studies (the full grid's verdict), by :func:`name_of`, matched to
+    their files by content (family, candidates, fold losses). When ``budget.load`` does
+    not read ``results-wide/``, it is read again with its directories pointed there."""
     if _STUDIES:
         return _STUDIES
     consts = sim.probe_constants()
-    saved = sim.RESULTS, sim.FINETUNE, sim.PROBES
-    try:
-        for results, finetune, probes in (
-            (HERE / "results", HERE / "results-finetune", HERE / "probes"),
-            (HERE / "results-wide", HERE / "no-such-directory", HERE / "probes-wide"),
-        ):
-            sim.RESULTS, sim.FINETUNE, sim.PROBES = results, finetune, probes
-            paths = [("results-wide" if results.name == "results-wide" else "results", p)
-                     for p in sorted(results.glob("*/*.json"))]  # fmt: skip
-            paths += [("results-finetune", p) for p in sorted(finetune.glob("*/*.json"))]
-            loaded = sim.load(consts)
-            assert len(loaded) == len(paths)
-            for (src, p), s in zip(paths, loaded, strict=True):
-                assert s.family == p.parent.name
-                assert p.stem == s.id or p.stem.startswith(f"{s.id}-s"), (p, s.id)
-                _STUDIES[name_of(src, p)] = s
-    finally:
-        sim.RESULTS, sim.FINETUNE, sim.PROBES = saved
+    loaded = sim.load(consts)
+    if not any(p.parent.name == s.family for s in loaded
+               for p in (HERE / "results-wide").glob("*/*.json")):  # fmt: skip
+        saved = sim.RESULTS, sim.FINETUNE, sim.PROBES
+        try:
+            sim.RESULTS, sim.PROBES = HERE / "results-wide", HERE / "probes-wide"
+            sim.FINETUNE = HERE / "no-such-directory"
+            loaded += sim.load(consts)
+        finally:
+            sim.RESULTS, sim.FINETUNE, sim.PROBES = saved
+    by_print = {}
+    for s in loaded:
+        key = _fingerprint(s.family, list(s.wds), list(s.losses[~s.imputed]))
+        assert key not in by_print, s.name
+        by_print[key] = s
+    for src, path in cached_studies():
+        d = json.loads(path.read_text())
+        wds = [c["weight_decay"] for c in d["candidates"]]
+        losses = [v for c in d["candidates"] for v in c["fold_losses"] if v is not None]
+        _STUDIES[name_of(src, path)] = by_print[_fingerprint(d["family"], wds, losses)]
     return _STUDIES
 
 
