@@ -718,11 +718,12 @@ def probe_section(studies: list[Study], probe: ProbeRule, chosen: str,
         law = (f"tau_epoch* = {math.exp(fc['const']):.2f} x turn"
                if set(fc) == {"const", "log_turn"} and fc["log_turn"] == 1.0
                else first.fit.name)  # fmt: skip
-        out.append(
+        out += [
             f"On the six first families alone the same analysis gives {law}, within 2x "
-            f"{first.check.share('within_2x'):.0%} and range holds "
-            f"{first.check.share('range_holds'):.0%}, with the range [{f_lo:.3f}, {f_hi:.3f}]."
-        )
+            f"{first.check.share('within_2x'):.0%}",
+            f"and range holds {first.check.share('range_holds'):.0%}, with the range "
+            f"[{f_lo:.3f}, {f_hi:.3f}].",
+        ]
     if weak:
         out += ["", "Where the law does not hold (fewer than half within 2x):", ""]
     for fam, mine, rows in weak:
@@ -745,9 +746,9 @@ def probe_section(studies: list[Study], probe: ProbeRule, chosen: str,
         "The 80% range is the 10% to 90% quantiles of the law's errors on families left out of",
         f"its fit, over all {_number(len(families))}: [{lo:.3f}, {hi:.3f}], {hi / lo:.1f}x wide"
         + (f" (the six first families alone: [{math.exp(first.band[0]):.3f}, "
-           f"{math.exp(first.band[1]):.3f}], {math.exp(first.band[1] - first.band[0]):.1f}x)"
-           if first is not None else "")
-        + ". It is that wide so that it stays honest for a new kind of task: the law misses",
+           f"{math.exp(first.band[1]):.3f}], {math.exp(first.band[1] - first.band[0]):.1f}x)."
+           if first is not None else "."),
+        "It is that wide so that it stays honest for a new kind of task: the law misses",
         "whole families rather than scattering within them, so the probe's value is a start,",
         "and the range is what to confirm over (`tune --probe --confirm`, or `tune --budget`).",
         "",

@@ -1,15 +1,19 @@
-"""How the shipped probe law does on the wider evidence (``run_wide.py``'s cache).
+"""How the probe law does on the wider evidence (``run_wide.py``'s cache), each family
+predicted by the law fitted without it.
 
     python benchmarks/evidence/check_wide.py
 
 Reads ``results-wide/`` and ``probes-wide/`` with ``analyze.load_studies`` (so a study
-is *located*, its tau_epoch* and one-SE band, exactly as ``analyze.py`` reads them) and
-predicts each study's tau_epoch* with ``adamwkit.tuning.turning.probe_tau_epoch`` and the
-shipped constants, from the turning epoch read three ways on the zero-decay probe's mean
-validation curve over the folds: per epoch (as ``analyze.py``), within epochs (the
-``fine_val_losses`` points), and on that fine curve smoothed by a running mean over one
-epoch. A probe that did not turn falls back to the rule without training (sqrt(T) and
-its range, as ``tune`` does). Nothing is refitted.
+is *located*, its tau_epoch* and one-SE band, exactly as ``analyze.py`` reads them). The
+shipped law (``adamwkit._calibration.PROBE_MODEL``) is fitted as ``analyze.py`` fits it,
+on the located, turned studies of all eleven families *but the study's own*, with the
+nested 80% range of the other families' errors: the numbers read per epoch are
+``analyze.py``'s leave-one-family-out check of the probe for these families. It predicts
+from the turning epoch read three ways on the zero-decay probe's mean validation curve
+over the folds: per epoch (as ``analyze.py``), within epochs (the ``fine_val_losses``
+points, which only these probes cached), and on that fine curve smoothed by a running
+mean over one epoch. A probe that did not turn falls back to the rule without training
+(``analyze.py``'s leave-one-family-out prediction and range).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +29,19 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from analyze import load_studies  # noqa: E402
+from analyze import (  # noqa: E402
+    MODELS,
+    PROBE_MODELS,
+    Fit,
+    Study,
+    fit,
+    leave_one_family_out,
+    load_studies,
+    turned,
+    unseen_residuals,
+)
 
 from adamwkit import _calibration as cal  # noqa: E402
-from adamwkit.tuning.turning import probe_tau_epoch  # noqa: E402
 
 RESULTS = HERE / "results-wide"
 PROBES = HERE / "probes-wide"
@@ -48,16 +62,39 @@ def turns(path: Path) -> dict[str, float]:
     }
 
 
-def predict(turn: float, epochs: float) -> tuple[float, float, float]:
-    got = probe_tau_epoch(turn, epochs)
-    if got is not None:
-        return got
-    mid = math.exp(cal.FIXED["log_T"] * math.log(epochs) + cal.COEF["const"])
-    return mid, mid * math.exp(cal.BAND[0]), mid * math.exp(cal.BAND[1])
+Law = tuple[Fit, float, float]  # the fit and its 80% band in log(tau* / prediction)
+
+
+def laws(everyone: list[Study], families: set[str]) -> dict[str, Law]:
+    """Per family, the shipped probe model fitted without it (located, turned studies of
+    every other family) and its nested band, as ``analyze.probe_check`` does."""
+    terms = PROBE_MODELS[cal.PROBE_MODEL]
+    out = {}
+    for fam in sorted(families):
+        train = [s for s in everyone if s.located and turned(s) and s.family != fam]
+        r = unseen_residuals(terms, cal.PROBE_MODEL, train)
+        out[fam] = (fit(cal.PROBE_MODEL, terms, train), float(np.quantile(r, 0.1)),
+                    float(np.quantile(r, 0.9)))  # fmt: skip
+    return out
+
+
+def predict(s: Study, turn: float, law: Law, fallback: dict) -> tuple[float, float, float]:
+    """tau_epoch* and its 80% range from ``turn``; the rule without training's (its
+    ``fallback`` row) when the probe did not turn."""
+    if turn >= cal.PROBE_TURNED * s.epochs:
+        return fallback["pred"], *fallback["range"]
+    f, lo, hi = law
+    x = f.predict_log(replace(s, turn=turn))
+    return math.exp(x), math.exp(x + lo), math.exp(x + hi)
 
 
 def main() -> None:
+    everyone = load_studies()  # all eleven families: the fits leave one out
+    clear = [s for s in everyone if s.located]
+    rule = leave_one_family_out(cal.MODEL, MODELS[cal.MODEL], clear, everyone)
+    fallback = {(r["family"], r["id"]): r for r in rule.rows}
     studies = load_studies(RESULTS, PROBES)
+    law = laws(everyone, {s.family for s in studies})
     rows = []
     for s in studies:
         paths = [PROBES / s.family / f"{s.id}-s{seed}.json" for seed in s.seeds]
@@ -68,7 +105,7 @@ def main() -> None:
         t = {k: float(np.exp(np.mean([np.log(g[k]) for g in got]))) for k in got[0]}
         row = {"s": s, "turns": t}
         for how, turn in t.items():
-            pred, lo, hi = predict(turn, s.epochs)
+            pred, lo, hi = predict(s, turn, law[s.family], fallback[s.family, s.id])
             row[how] = {
                 "turned": turn < cal.PROBE_TURNED * s.epochs,
                 "ratio": s.tau_star / pred,
