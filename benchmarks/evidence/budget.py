@@ -2,8 +2,9 @@
 
     python benchmarks/evidence/budget.py     # prints the tables, writes docs/evidence-budget.md
 
-Nothing is trained. Each cached study (``results/`` from scratch, ``results-finetune/``
-fine-tuning) holds every candidate's loss on each of its 5 folds, and ``probes/`` holds the
+Nothing is trained. Each cached study (``results/`` and ``results-wide/`` from scratch,
+``results-finetune/`` fine-tuning; one study per configuration and seed) holds every
+candidate's loss on each of its 5 folds, and ``probes/`` and ``probes-wide/`` hold the
 zero-decay candidate's validation curve, epoch by epoch, on each fold. A strategy chooses
 which (candidate, fold) runs to "train", reads their cached losses, and names a weight
 decay; one run of one candidate on one fold costs one full-run equivalent.
@@ -39,8 +40,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
+RESULTS_WIDE = HERE / "results-wide"
 FINETUNE = HERE / "results-finetune"
 PROBES = HERE / "probes"
+PROBES_WIDE = HERE / "probes-wide"
+#: The caches from scratch and their probes (``analyze.EVIDENCE``).
+SCRATCH = ((RESULTS, PROBES), (RESULTS_WIDE, PROBES_WIDE))
 DOC = ROOT / "docs" / "evidence-budget.md"
 sys.path.insert(0, str(HERE))
 
@@ -83,6 +88,7 @@ class Study:
     curves: np.ndarray | None  # zero decay's validation curves, (folds, epochs)
     probe_c: float
     d_per_wd: float = math.nan  # fine-tuning: lr x steps (D = that x wd, at the peak lr)
+    wide: bool = False  # from the wider families (results-wide/)
 
     @property
     def name(self) -> str:
@@ -121,7 +127,7 @@ def _candidates(d: dict):
 def probe_constants() -> dict[str, float]:
     """c of the probe rule tau_epoch* = c * turn, fitted leave-one-family-out: for each
     family, exp(mean log(tau*/turn)) over the other families' located, turned studies
-    (``analyze.py``'s fit of ``c * turn``)."""
+    of all eleven families from scratch (``analyze.py``'s fit of ``c * turn``)."""
     from analyze import TURNED, load_studies
 
     studies = [
@@ -137,15 +143,17 @@ def probe_constants() -> dict[str, float]:
 
 
 def load(consts: dict[str, float]) -> list[Study]:
-    """Every cached study, from scratch and fine-tuning, with the full grid's verdict."""
+    """Every cached study, from scratch (both caches) and fine-tuning, one per
+    configuration and seed, with the full grid's verdict."""
     from adamwkit import suggest
     from adamwkit.tuning.cv import PRACTICAL_FRACTION, summarize
 
-    paths = sorted(RESULTS.glob("*/*.json")) + sorted(FINETUNE.glob("*/*.json"))
+    paths = [(p, probes) for results, probes in SCRATCH for p in sorted(results.glob("*/*.json"))]
+    paths += [(p, None) for p in sorted(FINETUNE.glob("*/*.json"))]
     studies = []
-    for path in paths:
+    for path, probes in paths:
         d = json.loads(path.read_text())
-        finetune = path.is_relative_to(FINETUNE)
+        finetune = probes is None
         cands = _candidates(d)
         s = summarize(cands, FOLDS)
         best = cands.index(s.best)
@@ -180,15 +188,19 @@ def load(consts: dict[str, float]) -> list[Study]:
         sug = suggest(lr=cfg["lr"], batch_size=cfg["batch_size"], dataset_size=n_train,
                       epochs=cfg["epochs"], decay_scale="lr", pretrained=finetune,
                       adapters=d["family"].endswith("-lora"))  # fmt: skip
-        probe = PROBES / d["family"] / f"{d['id']}-s{d.get('seed', 0)}.json"
-        curves = np.array(json.loads(probe.read_text())["val_losses"]) if probe.exists() else None
-        sid = d["id"] + (f"-{d['kind']}" if finetune else "")
+        seed = d.get("seed", 0)
+        probe = None if probes is None else probes / d["family"] / f"{d['id']}-s{seed}.json"
+        curves = (np.array(json.loads(probe.read_text())["val_losses"])
+                  if probe is not None and probe.exists() else None)  # fmt: skip
+        # a fine-tune names its kind; a wider study its seed (most have two)
+        sid = d["id"] + (f"-{d['kind']}" if finetune else f"-s{seed}" if probes == PROBES_WIDE
+                         else "")  # fmt: skip
         studies.append(
             Study(d["family"], sid, finetune, wds, losses, imputed, hits, diffs, excess, best,
                   s.flat, float(cfg["epochs"]), factor,
                   (sug.value, sug.low_value, sug.high_value), curves,
                   consts.get(d["family"], math.nan),
-                  cfg["lr"] * d["steps"] if finetune else math.nan)
+                  cfg["lr"] * d["steps"] if finetune else math.nan, probes == PROBES_WIDE)
         )  # fmt: skip
     return studies
 
@@ -648,11 +660,14 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
     n_fine = len(studies) - n_scratch
     n_fam = (len({s.family for s in studies if not s.finetune}),
              len({s.family for s in studies if s.finetune}))  # fmt: skip
+    wide = [s for s in studies if s.wide]
+    n_wide_fam = len({s.family for s in wide})
     best = {b: _best(results, b) for b in BUDGETS}
     rec = best[TARGET_BUDGET]
     rec_rows = results[rec, TARGET_BUDGET]
     starts = _by_start(rec_rows)
     fine_rows = [r for r in rec_rows if r.study.finetune]
+    wide_rows = [r for r in rec_rows if r.study.wide]
     rec_fine = _share(fine_rows)
     rec_scratch = _share([r for r in rec_rows if not r.study.finetune])
     above_best = sum(s.d_per_wd * s.wds[s.best] > D_MAX for s in studies if s.finetune)
@@ -663,7 +678,8 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "# Evidence: tuning weight decay on a budget",
         "",
         "Generated by `python benchmarks/evidence/budget.py` from the cached evidence studies",
-        "(`benchmarks/evidence/results/`, `results-finetune/`, `probes/`); nothing is trained.",
+        "(`benchmarks/evidence/results/`, `results-wide/`, `results-finetune/`, `probes/`,",
+        "`probes-wide/`); nothing is trained.",
         "The question (the issue's item 6): which runs should `tune --budget B` make so that",
         "about B full-run equivalents (one candidate trained on one fold = 1) reach the full",
         "grid's answer? Done when `--budget 6` reaches it on at least 80% of the studies,",
@@ -672,10 +688,12 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "## Protocol",
         "",
         f"- **Studies.** {len(studies)}: {n_scratch} from scratch ({n_fam[0]} families,",
-        "  `docs/evidence.md`: zero and a 2^0.5 grid in tau_epoch, extended past an edge) and",
+        "  `docs/evidence.md`: zero and a 2^0.5 grid in tau_epoch, extended past an edge;",
+        f"  {len(wide)} of them from the {_number(n_wide_fam)} wider families, whose",
+        "  configurations mostly ran with two seeds, each seed a study here) and",
         f"  {n_fine} fine-tuning ({n_fam[1]} families, each configuration with decay toward zero",
         "  and toward the pretrained weights, `docs/evidence-finetune.md`: zero and a sqrt(10)",
-        "  grid in wd). One seed each, 5 folds.",
+        "  grid in wd). One seed per study, 5 folds.",
         "- **A strategy** chooses (candidate, fold) runs one at a time, reads their cached",
         "  fold losses, and names one of the grid's candidates; every run counts 1, a run",
         "  already made is free, and none may pass the budget. Values it predicts (the probe,",
@@ -808,7 +826,13 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
             if min(starts) >= TARGET_SHARE
             else f", not for every first fold (worst {min(starts):.0%})"
         )
-        + ".",
+        + "."
+        + (
+            f" On the {len(wide)} studies of the wider families alone, which played no part in"
+            f" designing the strategies, it hits {_share(wide_rows):.0%}."
+            if wide_rows
+            else ""
+        ),
         "",
         f"Best at each budget: {scale[:-1]}.",
         "",
@@ -851,7 +875,8 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "  paired SE, 1.5x) is loose on flat studies; a miss means far from *this* grid's best.",
         "- The strategies were designed and compared on these same studies (a handful of",
         "  variants: reserving two runs for a second fold, a step-1 search, dropping zero",
-        "  once the probe turned were tried and did no better); c is fitted without the",
+        "  once the probe turned were tried and did no better), all but the wider families'",
+        f"  {len(wide)}, which played no part in their design; c is fitted without the",
         "  study's family, the rest of the rules were calibrated on all of them.",
         "- Searches may move past the grid's edge only as far as the cache reaches; in the",
         "  fine-tuning studies some hits (charlm-code decaying toward zero) sit above the",
@@ -864,6 +889,11 @@ def report(studies: list[Study], consts: dict[str, float]) -> list[str]:
         "",
     ]
     return out
+
+
+def _number(n: int) -> str:
+    words = "zero one two three four five six seven eight nine ten eleven twelve".split()
+    return words[n] if n < len(words) else str(n)
 
 
 def main() -> None:
