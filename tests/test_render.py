@@ -95,12 +95,16 @@ def _same_content(blocks: list[render.Block]) -> str:
 def _candidate(wd, state="complete", reason=None, **kw):
     return {"weight_decay": wd, "lr": 1e-3, "tau_epoch": None if wd == 0 else 10 / wd,
             "mean": 0.5 + wd, "sem": 0.01, "paired_diff": wd, "paired_sem": 0.02,
+            "fold_metrics": [0.9 - wd / 10, 0.92 - wd / 10],
             "state": state, "reason": reason, **kw}  # fmt: skip
 
 
 SUMMARY = MappingProxyType(
-    {"task": "digits", "folds": 5, "epochs": 30, "best_lr": 1e-3, "best_weight_decay": 0.01,
-     "one_se_weight_decay": 0.1, "flat": False, "verdict": "Best weight decay 0.01.",
+    {"task": "digits", "folds": 5, "epochs": 30, "lr": 1e-3, "best_lr": 1e-3,
+     "best_weight_decay": 0.01, "one_se_weight_decay": 0.1, "flat": False,
+     "decay_scale": "lr", "metric_name": "accuracy",
+     "verdict": "Best weight decay 0.01.\nSecond line.",
+     "test": {"best": {"loss": 0.4, "metric": 0.93}, "zero": {"loss": 0.5, "metric": 0.91}},
      "vectorize": "off (one run)", "notes": ["trial_timeout=3 was short"],
      "candidates": [_candidate(0.0), _candidate(0.01), _candidate(0.1),
                     _candidate(1.0, "failed", "exceeded trial_timeout of 3 s")]}
@@ -113,12 +117,65 @@ def test_a_tune_summary_read_only_with_its_marks_notes_and_paths():
     text = _same_content(blocks)
     assert "digits: 5-fold CV, 30 epochs" in text
     lines = text.splitlines()
-    assert next(ln for ln in lines if ln.lstrip().startswith("0.01 ")).endswith("complete best")
-    assert next(ln for ln in lines if ln.lstrip().startswith("0.1 ")).endswith("one-SE")
-    assert "failed (EXCEEDED TRIAL_TIMEOUT OF 3 S)" in text
+    row = {ln.split()[0]: ln for ln in lines if ln.startswith(("  ", "> "))}
+    assert row["0.01"].endswith("best") and row["0.1"].endswith("one-SE")
+    assert row["1"].endswith("failed [1]")
+    assert "[1] failed: EXCEEDED TRIAL_TIMEOUT OF 3 S" in lines
+    # the accuracy column: each candidate's mean over its folds
+    assert "accuracy" in lines[1] and "0.91" in row["0"].split() and "0.909" in row["0.01"].split()
     assert "note: TRIAL_TIMEOUT=3 WAS SHORT" in text
     assert "Report: r.html  (summary: s.json)" in text
-    assert "Best weight decay 0.01." in text
+    assert "BEST WEIGHT DECAY 0.01.\nSECOND LINE." in text  # a verdict line per fact
+    # the answer comes last, with the copy-paste line and the test metric beside it
+    assert lines[-3:] == [
+        "Use weight_decay=0.01 (PyTorch's convention) with lr=0.001:",
+        "    AdamW(param_groups(model, weight_decay=0.01), lr=0.001, decay_scale='lr')",
+        "    one-SE alternative 0.1 (more decay, within one SE); test accuracy 0.93 (zero "
+        "decay: 0.91)",
+    ]
+
+
+def test_the_candidates_table_fits_80_columns_a_row_per_line():
+    wide = dict(
+        SUMMARY,
+        candidates=[
+            _candidate(
+                w,
+                tau_epoch=3.922e6 * w,
+                mean=0.31734567,
+                sem=0.0371234,
+                paired_diff=0.00833,
+                paired_sem=0.0066,
+            )
+            for w in (0.000123456, 1.23456, 12.3456)
+        ]
+        + [_candidate(46.19, "pruned", "at chance level after 75 of 300 epochs: " + "x " * 60)],
+    )
+    table = render.candidate_table(wide)
+    assert table.width() > 80  # as it is, too wide: tau_epoch gives way first
+    fitted = table.fit(80)
+    assert fitted.width() <= 80 and "tau_epoch" not in fitted.columns
+    assert fitted.columns == ("weight_decay", "CV loss ± SE", "vs best ± SE", "accuracy",
+                              "state")  # fmt: skip
+    console = Console(width=80, highlight=False, file=io.StringIO(), record=True)
+    render.to_rich(render.tune_summary(wide), console)
+    out = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in out)
+    rows = [ln for ln in out if ln.lstrip().startswith(("0.0001235", "1.235", "12.35", "46.19"))]
+    assert len(rows) == 4 and rows[-1].endswith("pruned [1]")
+    # one number format: zero's tau is inf, a missing SE shows no nan
+    zero = render.candidate_table(dict(SUMMARY, candidates=[
+        _candidate(0.0, tau_epoch=float("inf"), sem=float("nan"), paired_diff=0.1,
+                   paired_sem=None)]))  # fmt: skip
+    assert zero.rows[0][:3] == ("0", "inf", "0.5") and "nan" not in "".join(zero.rows[0])
+
+
+def test_notebook_html_has_a_header_cell_per_column():
+    html = render.to_html(render.tune_summary(SUMMARY))
+    table = render.candidate_table(SUMMARY)
+    assert html.count("<th>") == len(table.columns) == 6
+    assert '<tr class="marked">' not in html  # marks are words in the state column
+    assert "<code>AdamW(param_groups(model, weight_decay=0.01), lr=0.001" in html
 
 
 def test_no_result_is_one_line_with_the_first_reason():
@@ -183,3 +240,24 @@ def test_str_of_a_result_is_its_blocks():
     assert str(sug) == render.plain(sug.blocks()) == _same_content(sug.blocks())
     ex = explain(0.05, lr=1e-3, batch_size=256, dataset_size=100_000, epochs=100)
     assert str(ex) == render.plain(ex.blocks()) == _same_content(ex.blocks())
+
+
+def test_a_tune_result_in_a_notebook_is_short_and_shows_its_table(tmp_path):
+    import adamwkit
+
+    def objective(trial) -> dict[str, float]:
+        loss = 1.0 + (trial.weight_decay - 0.3) ** 2 + 0.01 * trial.fold
+        return {"loss": loss, "accuracy": 0.9 - abs(trial.weight_decay - 0.3)}
+
+    result = adamwkit.tune(objective, examples=60, lr=1e-3, grid=[0.0, 0.1, 0.3, 1.0],
+                           folds=3, out=tmp_path, progress=False, test=False)  # fmt: skip
+    assert len(repr(result)) < 2000 and "best_weight_decay=0.3" in repr(result)
+    page = result._repr_html_()
+    for column in ("weight_decay", "CV loss ± SE", "vs best ± SE", "accuracy", "state"):
+        assert f"<th>{column}</th>" in page
+    assert "AdamW(param_groups(model, weight_decay=0.3), lr=0.001" in page
+    text = str(result)
+    assert text.splitlines()[-1].startswith("    AdamW(param_groups(model, weight_decay=0.3)")
+    # the accuracy column: the mean of the folds' accuracy, 0.9 at 0.3
+    row = next(ln for ln in text.splitlines() if ln.split()[:1] == ["0.3"])
+    assert "0.9" in row.split() and row.rstrip().endswith("best, one-SE")

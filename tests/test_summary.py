@@ -27,6 +27,7 @@ from adamwkit.tuning.summary import (
     TuneSummary,
     build_summary,
     edge_text,
+    verdict_lines,
     verdict_text,
 )
 
@@ -303,14 +304,16 @@ def hand_summary(**kw: Any) -> dict[str, Any]:
     return s
 
 
-CHOICE = (
-    "Best weight decay 0.01 (PyTorch convention 0.01, independent 0.0001); largest within "
-    "one standard error 0.1 (PyTorch 0.1, independent 0.001)"
+CHOICE = "Best weight decay 0.01; the largest within one standard error: 0.1."
+CONVENTIONS = (
+    'Conventions: 0.01 in PyTorch\'s (decay_scale "lr": each step multiplies the weights by '
+    "1 - lr x wd) is 0.0001 in the AdamW paper's, independent of the lr (decay_scale "
+    '"schedule": wd x lr).'
 )
 
 
 def test_verdict_clear_best() -> None:
-    assert verdict_text(hand_summary()) == CHOICE + "."
+    assert verdict_text(hand_summary()) == CHOICE + "\n" + CONVENTIONS
 
 
 def test_verdict_failed() -> None:
@@ -328,58 +331,77 @@ def test_verdict_flat_with_suggestion_test_losses_and_failures() -> None:
         suggested_weight_decay=0.05,
         suggested_weight_decay_conventions={"torch": 0.05, "independent": 0.0005},
         suggested_range=[0.02, 0.2],
+        metric_name="accuracy",
         test={
-            "best": {"loss": 0.51234},
-            "one_se": {"loss": 0.52},
+            "best": {"loss": 0.51234, "weight_decay": 0.01, "metric": 0.91},
+            "one_se": {"loss": 0.52, "weight_decay": 0.1},
             "zero": {"loss": None},
-            "torch_default": {"loss": 0.6},
+            "torch_default": {"loss": 0.6, "weight_decay": 0.01},
         },
         failed=2,
     )
-    assert verdict_text(s) == (
+    assert verdict_lines(s) == [
+        CHOICE,
         "Weight decay barely matters here: zero decay is within noise of the best "
-        "(0.0123 +- 0.0057 worse, paired); from 0.5 up it hurts. "
-        + CHOICE
-        + "; adamwkit suggest predicted 0.05 (PyTorch 0.05, 80% range 0.02 to 0.2). "
-        "Test loss after refitting: best 0.5123, one_se 0.52, torch_default 0.6. "
-        "2 candidate(s) failed: their reasons are in the report."
-    )
+        "(0.0123 ± 0.0057 worse, paired); from 0.5 up it hurts.",
+        "adamwkit suggest predicted 0.05 (80% range 0.02 to 0.2).",
+        CONVENTIONS,
+        "Test loss after refitting on the training pool: the best: 0.5123 (accuracy 0.91); "
+        "the one-SE choice: 0.52; PyTorch's default 0.01: 0.6.",
+        "2 candidate(s) failed: their reasons are in the report.",
+    ]
+    assert verdict_text(s) == "\n".join(verdict_lines(s))
 
 
 def test_verdict_no_test_line_without_the_best_refit() -> None:
     s = hand_summary(test={"best": {"loss": None}, "zero": {"loss": 0.7}})
-    assert verdict_text(s) == CHOICE + "."
+    assert verdict_lines(s) == [CHOICE, CONVENTIONS]
     g = {"torch": 0.05, "independent": None}
     s = hand_summary(
         suggested_weight_decay=0.05, suggested_range=None, suggested_weight_decay_conventions=g
     )
-    assert verdict_text(s) == CHOICE + "; adamwkit suggest predicted 0.05 (PyTorch 0.05)."
+    assert verdict_lines(s) == [CHOICE, "adamwkit suggest predicted 0.05.", CONVENTIONS]
 
 
-def test_verdict_flat_zero_best_at_the_low_edge() -> None:
-    s = hand_summary(
-        flat=True,
-        best_weight_decay=0.0,
-        one_se_weight_decay=0.0,
-        best_weight_decay_conventions={"torch": 0.0, "independent": 0.0},
-        one_se_weight_decay_conventions={"torch": 0.0, "independent": 0.0},
-        edge="low",
+ZERO_BEST = {
+    "flat": True,
+    "best_weight_decay": 0.0,
+    "one_se_weight_decay": 0.0,
+    "best_weight_decay_conventions": {"torch": 0.0, "independent": 0.0},
+    "one_se_weight_decay_conventions": {"torch": 0.0, "independent": 0.0},
+    "edge": "low",
+    "candidates": [{"weight_decay": w, "mean": 1.0} for w in (0.0, 1e-3, 1e-2)],
+}
+
+
+def test_verdict_zero_best_at_the_low_edge_never_contradicts_the_run() -> None:
+    s = hand_summary(**ZERO_BEST)
+    assert verdict_lines(s) == [
+        "Best weight decay 0; the largest within one standard error: the same.",
+        "Weight decay barely matters here: zero decay is the best candidate.",
+        "Zero decay is the best: even the smallest decay tried, 0.001, is worse; a smaller "
+        "one may still help (lower grid_min).",
+    ]
+    # after the grid was extended down, nothing more to try is proposed
+    s = hand_summary(**ZERO_BEST, extended=[1e-3])
+    assert verdict_lines(s)[2] == (
+        "Zero decay is the best: even the smallest decay tried, 0.001, is worse (after "
+        "extending the grid down)."
     )
-    assert verdict_text(s) == (
-        "Weight decay barely matters here: zero decay is the best candidate. "
-        "Zero decay is the best and the smallest decay tried already hurts: the optimum "
-        "may lie beyond it (widen the grid). "
-        "Best weight decay 0 (PyTorch convention 0, independent 0); largest within one "
-        "standard error 0 (PyTorch 0, independent 0)."
-    )
+    assert "widen" not in verdict_text(s) and "may lie beyond" not in verdict_text(s)
 
 
 def test_verdict_flat_without_zero_and_high_edge() -> None:
     s = hand_summary(flat=True, best_weight_decay=0.1, edge="high")
-    assert verdict_text(s).startswith(
+    assert verdict_lines(s)[1:3] == [
         "Weight decay barely matters here: no candidate is worse than the best by more than "
-        "two paired standard errors. The best weight decay 0.1 is the largest positive "
-        "candidate: the optimum may lie beyond it (widen the grid). Best weight decay 0.1 "
+        "two paired standard errors.",
+        "The best weight decay 0.1 is the largest positive candidate: the optimum may lie "
+        "beyond it (widen the grid with grid_max).",
+    ]
+    s = hand_summary(best_weight_decay=0.1, edge="high", extended=[0.2, 0.4])
+    assert verdict_lines(s)[1].endswith(
+        "(the grid was extended and the best is still at its edge: widen it with grid_max)."
     )
 
 
@@ -398,13 +420,17 @@ def test_edge_text() -> None:
 def test_verdict_of_a_built_summary() -> None:
     s = build()
     # from the hand derivation: best 1e-3, one-SE 1e-2, decay_scale "lr"
-    assert s["verdict"] == (
-        "Best weight decay 0.001 (PyTorch convention 0.001, independent 1e-05); largest "
-        "within one standard error 0.01 (PyTorch 0.01, independent 0.0001). Over a run of "
+    assert verdict_lines(s) == [
+        # mean and SE over the 3 folds: 0.6 +- 0.0577; zero decay's mean 0.9
+        "Best weight decay 0.001 (held-out loss 0.6 ± 0.058; zero decay 0.9); the largest "
+        "within one standard error: 0.01.",
         # 10 epochs x 800 / 32 steps; D = 1e-3 x 0.01 x 250 = 0.0025, exp(-D) = 0.997503
-        "250 steps the best takes 0.25% (factor exp(-D) 0.997503, D 0.0025) off the weights "
-        "by decay alone (D = lr x wd x steps at the peak lr)."
-    )
+        "Over a run of 250 steps the best takes 0.25% (factor exp(-D) 0.997503, D 0.0025) off "
+        "the weights by decay alone (D = lr x wd x steps at the peak lr).",
+        'Conventions: 0.001 in PyTorch\'s (decay_scale "lr": each step multiplies the weights '
+        "by 1 - lr x wd) is 1e-05 in the AdamW paper's, independent of the lr (decay_scale "
+        '"schedule": wd x lr at lr 0.01).',
+    ]
     assert verdict_text(s) == s["verdict"]  # a TuneSummary is a Mapping
 
 

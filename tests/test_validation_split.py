@@ -181,9 +181,13 @@ def test_example_losses_are_cross_entropy_example_by_example():
         with torch.no_grad():
             out = model(x)
         # the oracle: PyTorch's unreduced cross-entropy, averaged over each example's positions
-        ce = torch.nn.functional.cross_entropy(
-            out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
-        ).reshape(len(idx), -1).mean(dim=1)
+        ce = (
+            torch.nn.functional.cross_entropy(
+                out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
+            )
+            .reshape(len(idx), -1)
+            .mean(dim=1)
+        )
         np.testing.assert_allclose(got, ce.double().numpy(), rtol=1e-5)
         assert got.mean() == pytest.approx(evaluate(model, task, idx)[0], rel=1e-5)
 

@@ -567,8 +567,9 @@ def _floats(name: str, text: str | None) -> list[float] | None:
         ) from None
 
 
-# Settings a run's recorded reason may name (``exceeded trial_timeout of 60 s``).
-_RUN_LIMITS = ("trial_timeout",)
+# Settings a run's messages may name (``exceeded trial_timeout of 60 s``, ``widen the grid
+# with grid_max``).
+_RUN_LIMITS = ("trial_timeout", "grid_min", "grid_max")
 
 
 def _run_names(text: str) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._format import fmt, splits
+from ._format import fmt, plus_minus, sig, splits
 
 if TYPE_CHECKING:
     from .explain import Explanation, RunExplanation
@@ -36,6 +36,8 @@ __all__ = [
     "Line",
     "Rename",
     "Table",
+    "answer",
+    "candidate_table",
     "checkpoint_report",
     "explanation",
     "monitor_log",
@@ -43,6 +45,7 @@ __all__ = [
     "plain",
     "probe_result",
     "suggestion",
+    "to_html",
     "to_rich",
     "transfer_result",
     "tune_summary",
@@ -72,7 +75,10 @@ class Line:
 class Table:
     """Rows under column names (``header=False``: a key/value list); row ``marked`` is
     the one the result uses. ``align``: one letter per column, ``"l"`` or ``"r"``
-    (``None``: the first and last columns left, the others right)."""
+    (``None``: the first and last columns left, the others right). ``drop`` names the
+    columns that may be left out, first first, when the rows are wider than the screen
+    (:meth:`fit`); ``notes`` are lines under the table (the long reasons its cells point
+    to as ``[1]``, ``[2]``...)."""
 
     title: str
     columns: tuple[str, ...]
@@ -80,12 +86,77 @@ class Table:
     marked: int | None = None
     header: bool = True
     align: str | None = None
+    drop: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def left(self, i: int) -> bool:
         """Whether column ``i`` is aligned left."""
         if self.align is not None:
             return self.align[i] == "l"
         return i == 0 or i == len(self.columns) - 1
+
+    def width(self) -> int:
+        """The characters a row takes (two spaces between columns, two before the first)."""
+        rows = [self.columns, *self.rows] if self.header else list(self.rows)
+        widths = [max((len(r[i]) for r in rows), default=0) for i in range(len(self.columns))]
+        return 2 + sum(widths) + 2 * (len(widths) - 1)
+
+    def without(self, column: str) -> Table:
+        """The table without ``column``."""
+        i = self.columns.index(column)
+        keep = [j for j in range(len(self.columns)) if j != i]
+        return Table(
+            self.title,
+            tuple(self.columns[j] for j in keep),
+            tuple(tuple(r[j] for j in keep) for r in self.rows),
+            self.marked,
+            self.header,
+            None if self.align is None else "".join(self.align[j] for j in keep),
+            tuple(d for d in self.drop if d != column),
+            self.notes,
+        )
+
+    def fit(self, width: int | None) -> Table:
+        """The table with the columns of ``drop`` left out, in order, until a row fits in
+        ``width`` characters (``None``: as it is). A table that still does not fit keeps
+        its other columns: its rows then wrap."""
+        out = self
+        while width is not None and out.width() > width and out.drop:
+            out = out.without(out.drop[0])
+        return out
+
+    def lines(self) -> list[tuple[str, str]]:
+        """The table as aligned text: ``(line, kind)`` with kind ``"title"``,
+        ``"header"``, ``"row"``, ``"marked"`` or ``"note"``."""
+        out: list[tuple[str, str]] = [(self.title, "title")] if self.title else []
+        rows = [self.columns, *self.rows] if self.header else list(self.rows)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
+        for k, r in enumerate(rows):
+            row = k - int(self.header)
+            kind = "header" if row < 0 else ("marked" if row == self.marked else "row")
+            mark = "> " if kind == "marked" else "  "
+            cells = [
+                c.ljust(w) if self.left(i) else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ]
+            out.append(((mark + "  ".join(cells)).rstrip(), kind))
+        out += [(note, "note") for note in self.notes]
+        return out
+
+    def html(self) -> str:
+        """The table as HTML: a header cell for every column, the marked row in bold."""
+        from html import escape
+
+        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns) if self.header else ""
+        marked = ' class="marked"'
+        body = "".join(
+            f"<tr{marked if k == self.marked else ''}>"
+            + "".join(f"<td>{escape(c)}</td>" for c in r)
+            + "</tr>"
+            for k, r in enumerate(self.rows)
+        )
+        notes = "".join(f'<p class="note">{escape(n)}</p>' for n in self.notes)
+        return f"<table><tr>{head}</tr>{body}</table>{notes}"
 
 
 Block = Line | Table
@@ -291,24 +362,111 @@ def explanation(ex: Explanation) -> list[Block]:
 # ---------------------------------------------------------------------------- tune
 
 
-def _candidate_row(c: Mapping[str, Any], s: Mapping[str, Any], rename: Rename) -> tuple[str, ...]:
-    """One candidate of a tune summary as a table row; its state says best or one-SE."""
-    g = "{:.4g}".format
-    mark = ""
-    if c["lr"] == s["best_lr"] and c["weight_decay"] == s["best_weight_decay"]:
-        mark = " best"
-    elif c["lr"] == s["best_lr"] and c["weight_decay"] == s["one_se_weight_decay"]:
-        mark = " one-SE"
-    mean = "-" if c["mean"] is None else f"{g(c['mean'])} +- {(c['sem'] or 0):.2g}"
-    diff = (
-        "-"
-        if c["paired_diff"] is None
-        else f"{c['paired_diff']:+.3g} +- {(c['paired_sem'] or 0):.2g}"
+def _metric_mean(c: Mapping[str, Any]) -> float | None:
+    values = [v for v in c.get("fold_metrics") or () if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _choice(c: Mapping[str, Any], s: Mapping[str, Any]) -> str:
+    """``"best"``, ``"one-SE"`` or both for the chosen candidates, else ``""``."""
+    if c["lr"] != s["best_lr"]:
+        return ""
+    marks = [m for m, key in (("best", "best_weight_decay"), ("one-SE", "one_se_weight_decay"))
+             if c["weight_decay"] == s[key]]  # fmt: skip
+    return ", ".join(marks)
+
+
+#: The columns of the candidates' table left out first when it is wider than the screen.
+TUNE_DROP = ("tau_epoch", "lr", "metric")
+
+
+def candidate_table(summary: Mapping[str, Any], rename: Rename | None = None) -> Table:
+    """The candidates of a tune summary, a row each: weight decay, lr (when several were
+    tried), tau_epoch, the held-out loss and its paired difference to the best (each with
+    its standard error), the mean of the objective's metric (named as it named it), and a
+    state that says best, one-SE, or why a candidate stopped (its reason as a numbered
+    note under the table). Columns in :data:`TUNE_DROP` give way, in that order, on a
+    narrow screen. The terminal and the HTML report both show this table."""
+    r = rename or _same
+    s = summary
+    cands = s["candidates"]
+    several_lrs = len({c["lr"] for c in cands}) > 1
+    metric = s.get("metric_name") or "metric"
+    has_metric = any(_metric_mean(c) is not None for c in cands)
+    one = s["folds"] * (s.get("repeats") or 1) == 1
+    notes: list[str] = []
+    rows = []
+    for c in cands:
+        choice = _choice(c, s)
+        state = "" if c["state"] == "complete" else c["state"]
+        if c.get("reason"):
+            text = f"{c['state']}: {r(c['reason'])}"
+            if text not in notes:
+                notes.append(text)
+            state += f" [{notes.index(text) + 1}]"
+        best = choice.startswith("best")
+        diff = "" if best else plus_minus(c["paired_diff"], c["paired_sem"], 3, signed=True)
+        row = [sig(c["weight_decay"])]
+        row += [sig(c["lr"], 3)] if several_lrs else []
+        row += [sig(c["tau_epoch"], 3), plus_minus(c["mean"], c["sem"]), diff]
+        row += [sig(_metric_mean(c))] if has_metric else []
+        row.append(", ".join(x for x in (choice, state) if x))
+        rows.append(tuple(row))
+    columns = ["weight_decay", *(["lr"] if several_lrs else []), "tau_epoch",
+               "val loss ± SE" if one else "CV loss ± SE", "vs best ± SE",
+               *([metric] if has_metric else []), "state"]  # fmt: skip
+    drop = tuple(metric if d == "metric" else d for d in TUNE_DROP)
+    epochs = f", {s['epochs']} epochs" if s.get("epochs") else ""
+    return Table(
+        f"{s['task']}: {splits(s['folds'], s.get('repeats') or 1)}{epochs}",
+        tuple(columns),
+        tuple(rows),
+        align="r" * (len(columns) - 1) + "l",
+        drop=tuple(d for d in drop if d in columns),
+        notes=tuple(f"[{i}] {n}" for i, n in enumerate(notes, start=1)),
     )
-    tau = "-" if c["tau_epoch"] is None else g(c["tau_epoch"])
-    reason = rename(c["reason"]) if c.get("reason") else ""
-    state = c["state"] + (f" ({reason})" if reason else "") + mark
-    return (g(c["weight_decay"]), g(c["lr"]), tau, mean, diff, state)
+
+
+def answer(summary: Mapping[str, Any]) -> list[Line]:
+    """The answer of a tune summary, to copy: the weight decay in the run's convention with
+    its lr and the ``AdamW(param_groups(...))`` line, then the one-SE alternative and the
+    test metric beside it; nothing when no weight decay is named."""
+    s = summary
+    best = s.get("best_weight_decay")
+    if best is None or s.get("learned") is False:
+        return []
+    lr, scale = s.get("best_lr") or s["lr"], s["decay_scale"]
+    convention = "PyTorch's convention" if scale == "lr" else "the AdamW paper's convention"
+    out = [
+        Line(
+            f"weight_decay={sig(best)} ({convention}) with lr={sig(lr)}:",
+            label="Use",
+            style="alert" if s.get("flat") else "good",
+        ),
+        Line(
+            f"    AdamW(param_groups(model, weight_decay={sig(best)}), lr={sig(lr)}, "
+            f"decay_scale={scale!r})",
+            style="good",
+        ),
+    ]
+    extra = []
+    one_se = s.get("one_se_weight_decay")
+    if one_se is not None and one_se != best:
+        extra.append(f"one-SE alternative {sig(one_se)} (more decay, within one SE)")
+    test = s.get("test") or {}
+    metric = s.get("metric_name") or "metric"
+    t_best, t_zero = test.get("best", {}), test.get("zero", {})
+    if t_best.get("metric") is not None:
+        zero = f" (zero decay: {sig(t_zero['metric'])})" if t_zero.get("metric") is not None else ""
+        extra.append(f"test {metric} {sig(t_best['metric'])}{zero}")
+    elif t_best.get("loss") is not None:
+        zero = f" (zero decay: {sig(t_zero['loss'])})" if t_zero.get("loss") is not None else ""
+        extra.append(f"test loss {sig(t_best['loss'])}{zero}")
+    if s.get("flat"):
+        extra.append("weight decay barely matters here")
+    if extra:
+        out.append(Line("    " + "; ".join(extra), style="dim"))
+    return out
 
 
 def tune_summary(
@@ -317,25 +475,19 @@ def tune_summary(
     rename: Rename | None = None,
 ) -> list[Block]:
     """The blocks of a :func:`adamwkit.tune` summary (``TuneResult.summary``, or
-    summary.json read back): every candidate, the verdict, the notes, and where the report
-    is (``paths``, ``TuneResult.paths``)."""
+    summary.json read back): every candidate (:func:`candidate_table`), the verdict a line
+    per fact, the notes, where the report is, and last the answer to copy
+    (:func:`answer`)."""
     r = rename or _same
     s = summary
-    epochs = f", {s['epochs']} epochs" if s.get("epochs") else ""
-    out: list[Block] = [
-        Table(
-            f"{s['task']}: {splits(s['folds'], s.get('repeats') or 1)}{epochs}",
-            ("weight_decay", "lr", "tau_epoch", "CV loss +- SE", "paired diff +- SE", "state"),
-            tuple(_candidate_row(c, s, r) for c in s["candidates"]),
-            align="rrrrrl",
-        ),
-        Line(s["verdict"], style="alert" if s["flat"] else "good"),
-        Line(f"vectorize: {s['vectorize']}", style="dim"),
-    ]
+    out: list[Block] = [candidate_table(s, r)]
+    style = "alert" if s["flat"] or s.get("learned") is False else ""
+    out += [Line(r(line), style=style) for line in str(s["verdict"]).split("\n") if line]
     out += [Line(r(note), label="note:", style="dim") for note in s.get("notes") or ()]
+    out.append(Line(f"vectorize: {s['vectorize']}", style="dim"))
     if paths:
         out.append(Line(f"Report: {paths['report']}  (summary: {paths['summary']})"))
-    return out
+    return out + answer(s)
 
 
 def no_result(summary: Mapping[str, Any], report: Any, rename: Rename | None = None) -> str:
@@ -517,35 +669,47 @@ def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
     return out
 
 
-def plain(blocks: Sequence[Block]) -> str:
-    """The blocks as plain text (tables as aligned columns)."""
+def plain(blocks: Sequence[Block], width: int | None = None) -> str:
+    """The blocks as plain text (tables as aligned columns, fitted to ``width``)."""
     lines: list[str] = []
     for b in blocks:
         if isinstance(b, Line):
             lines.append(f"{b.label} {b.text}" if b.label else b.text)
             continue
-        if b.title:
-            lines.append(b.title)
-        rows = [b.columns, *b.rows] if b.header else list(b.rows)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(b.columns))]
-        for k, r in enumerate(rows):
-            mark = "> " if b.marked is not None and k - int(b.header) == b.marked else "  "
-            cells = [
-                c.ljust(w) if b.left(i) else c.rjust(w)
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            ]
-            lines.append((mark + "  ".join(cells)).rstrip())
+        lines += [line for line, _ in b.fit(width).lines()]
     return "\n".join(lines)
+
+
+def to_html(blocks: Sequence[Block]) -> str:
+    """The blocks as an HTML fragment (a notebook's ``_repr_html_``): a paragraph per line,
+    each table with a header cell per column."""
+    from html import escape
+
+    out = []
+    for b in blocks:
+        if isinstance(b, Line):
+            label = f"<b>{escape(b.label)}</b> " if b.label else ""
+            text = escape(b.text)
+            text = f"<code>{text.strip()}</code>" if b.text.startswith("    ") else text
+            out.append(f"<p>{label}{text}</p>")
+        else:
+            title = f"<p><b>{escape(b.title)}</b></p>" if b.title else ""
+            out.append(title + b.html())
+    return "<div>" + "".join(out) + "</div>"
 
 
 _STYLES = {"dim": "dim", "good": "bold green", "warn": "yellow", "alert": "bold yellow", "": ""}
 
 
+_TABLE_STYLES = {"title": "bold", "header": "bold", "marked": "bold green", "row": "",
+                 "note": "dim"}  # fmt: skip
+
+
 def to_rich(blocks: Sequence[Block], console: Any) -> None:
     """Print the blocks on a ``rich`` console. Every string goes in as ``rich.text.Text``,
     never as markup: a name read from a file (``[red]x[/red]``, ``:fire:``) shows as
-    written, neither styled nor turned into an emoji."""
-    from rich.table import Table as RichTable
+    written, neither styled nor turned into an emoji. A table is fitted to the console's
+    width (:meth:`Table.fit`) and printed a row per line, on a terminal or piped."""
     from rich.text import Text
 
     for b in blocks:
@@ -558,19 +722,8 @@ def to_rich(blocks: Sequence[Block], console: Any) -> None:
             parts.append((b.text, style))
             console.print(Text.assemble(*parts))
             continue
-        title = Text(b.title) if b.title else None
-        if b.header:
-            table = RichTable(title=title, title_justify="left")
-            for i, col in enumerate(b.columns):
-                table.add_column(Text(col), justify="left" if b.left(i) else "right")
-        else:
-            table = RichTable(show_header=False, box=None, padding=(0, 2))
-            table.add_column(style="bold")
-            table.add_column()
-        for k, row in enumerate(b.rows):
-            cells = [Text(c) for c in row]
-            if b.marked is not None:
-                chosen = k == b.marked
-                cells[0] = Text(("> " if chosen else "  ") + row[0], style="bold" if chosen else "")
-            table.add_row(*cells)
-        console.print(table)
+        for line, kind in b.fit(console.width).lines():
+            if kind == "note":
+                console.print(Text(line, style=_TABLE_STYLES[kind]))
+            else:
+                console.print(Text(line, style=_TABLE_STYLES[kind]), soft_wrap=True)

@@ -235,6 +235,7 @@ class Outcome:
 
     loss: float | None = None
     metric: float | None = None
+    metric_name: str | None = None  # the key the objective returned the metric under
     curve: list[tuple[int, float]] = field(default_factory=list)
     baseline: float | None = None  # the untrained loss on the run's validation examples
     example_losses: list[float] | None = None  # per validation example, when reported
@@ -251,13 +252,14 @@ class Outcome:
 
 def outcome_of(value: Any) -> Outcome:
     """An objective's return value as an :class:`Outcome` (a non-finite loss fails it)."""
-    metric = None
+    metric, name = None, None
     if isinstance(value, Mapping):
         if "loss" not in value:
             keys = ", ".join(map(repr, value)) or "none"
             return Outcome(reason=f"the objective returned a mapping without 'loss' (keys: {keys})")
-        others = [v for k, v in value.items() if k != "loss" and v is not None]
-        metric = float(others[0]) if others else None
+        others = [(k, v) for k, v in value.items() if k != "loss" and v is not None]
+        if others:
+            name, metric = str(others[0][0]), float(others[0][1])
         value = value["loss"]
     try:
         loss = float(value)
@@ -268,7 +270,7 @@ def outcome_of(value: Any) -> Outcome:
         )
     if not math.isfinite(loss):
         return Outcome(reason=f"the validation loss is {loss}")
-    return Outcome(loss=loss, metric=metric)
+    return Outcome(loss=loss, metric=metric, metric_name=name)
 
 
 def _takes_one_argument(fn: Callable[..., Any]) -> bool:
@@ -434,7 +436,7 @@ class TaskObjective:
             if r.diverged:
                 out.append(Outcome(reason=r.diverged, curve=curve, seconds=seconds))
                 continue
-            o = outcome_of({"loss": r.val_loss, "metric": r.val_metric})
+            o = outcome_of({"loss": r.val_loss, self.task.metric_name: r.val_metric})
             o.curve, o.seconds, o.pruned = curve, seconds, r.pruned
             if r.initial_val_loss is not None and math.isfinite(r.initial_val_loss):
                 o.baseline = r.initial_val_loss

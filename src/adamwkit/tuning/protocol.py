@@ -90,6 +90,18 @@ class TuneResult:
     def __str__(self) -> str:
         return render.plain(self.blocks())
 
+    def __repr__(self) -> str:
+        s = self.summary
+        best = "none" if s.best_weight_decay is None else f"{s.best_weight_decay:.4g}"
+        return (
+            f"TuneResult(task={s.task!r}, best_weight_decay={best}, "
+            f"candidates={len(s.candidates)}, state={s.state!r}, run_dir={str(self.run_dir)!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        """The table, the verdict and the answer, for a notebook cell."""
+        return render.to_html(self.blocks())
+
 
 @dataclass
 class Rounds:
@@ -137,10 +149,11 @@ def extension_rounds(
         worker.bar.phase(f"{worker.prep.name}: past the grid's edge ({i})", len(new) * spec.runs)
         worker.work(studies[-1])
     summ = _cv_summary(spec, studies)
-    if extend and summ.edge is not None and summ.best is not None:
+    if extend and summ.edge is not None and summ.best is not None and summ.best.weight_decay:
+        arg = "grid_max" if summ.edge == "high" else "grid_min"
         notes.append(
             f"after {extend} extension(s), {edge_text(summ.best.weight_decay, summ.edge)}: "
-            "widen the grid (grid_min, grid_max)"
+            f"widen the grid with {arg}"
         )
         say(notes[-1])
     return notes
@@ -243,8 +256,10 @@ def summarize(plan: TunePlan, rounds_: Rounds, decision: Decision | None) -> Tun
     if spec.budget is not None:  # the finalists, over the folds they share
         cands, m = budget.for_summary(rounds_.studies)
         compared = dataclasses.replace(spec, folds=m, repeats=1, runs_on=None)
+    named = (name for store in rounds_.studies if (name := store.metric_name()))
     summary = build_summary(
-        task=prep.name, description=prep.description, metric_name=prep.metric_name,
+        task=prep.name, description=prep.description,
+        metric_name=next(named, prep.metric_name),
         spec=compared, device=config.device, n_train=plan.splits.n_train,
         suggestion=plan.suggestion, candidates=cands, decision=decision,
         stack_refusal=config.stack_refusal,

@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._format import splits
+from .. import render
+from .._format import sig, splits
 from .._io import WriteFailed, atomic_write, json_safe
 
 __all__ = [
@@ -51,9 +52,26 @@ REPORT_FILES = ("report.html", "cv_curve.png", "learning_curves.png", "monitor.p
 
 
 def _g(x: float | None, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}g}"
+    return sig(x, digits)
+
+
+def _plain_ticks(axis: Any) -> None:
+    """Tick labels of a log axis as plain numbers (``0.3``, not ``3 x 10^-1``)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v: float, _pos: Any) -> str:  # 2, 3 and 5 of each decade
+        lead = round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
+        return f"{v:.3g}" if lead in (2, 3, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _legend_below(ax: Any, columns: int, size: int) -> None:
+    """The legend under the plot, where it covers no curve."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=size, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=columns, frameon=False)  # fmt: skip
 
 
 def shown(value: float | None) -> bool:
@@ -101,14 +119,14 @@ def plot_cv_curve(summary: Mapping[str, Any]) -> bytes:
     ax.set_xscale("log")
     if cands and all(c["mean"] > 0 for c in cands):
         ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
     ax.set_xlabel(f"weight decay ({summary['decay_scale']!r} convention)")
     ax.set_ylabel(f"held-out loss, {splits(summary['folds'], summary.get('repeats') or 1)}")
     _mark_choices(ax, summary)
     _decay_axis(ax, summary, [c["weight_decay"] for c in cands if c["weight_decay"] > 0])
     title = "weight decay barely matters here" if summary["flat"] else "CV loss"
     ax.set_title(f"{summary['task']}: {title}", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
+    _legend_below(ax, 3, 8)
     left_out = off_scale(summary)
     if left_out:
         fig.text(0.01, 0.005, "; ".join(left_out)[:300], fontsize=6, va="bottom", wrap=True)
@@ -165,7 +183,7 @@ def _png(fig: Any) -> bytes:
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -213,11 +231,11 @@ def plot_learning_curves(summary: Mapping[str, Any]) -> bytes | None:
                 label=label + (" (best)" if best else ""))  # fmt: skip
     if all(v > 0 for _, _, vals in lines for v in vals):
         ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
     ax.set_xlabel("step reported (trial.report); epochs for built-in tasks")
     ax.set_ylabel("validation loss, mean over folds")
     ax.set_title(f"{summary['task']}: learning curves", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best", ncol=2)
+    _legend_below(ax, 4, 7)
     return _png(fig)
 
 
@@ -293,13 +311,18 @@ def render_html(
         image_html = f'<img alt="CV loss against weight decay" src="data:image/png;base64,{image}">'
     state = summary.get("state", "complete")
     state_html = "" if state == "complete" else f'<p class="state">State: {html.escape(state)}</p>'
+    verdict = "".join(
+        f"<p>{html.escape(line)}</p>" for line in str(summary["verdict"]).split("\n") if line
+    )
+    answer = render.to_html(render.answer(summary)) if "best_lr" in summary else ""
     return _PAGE.format(
         task=html.escape(summary["task"]),
         state_html=state_html,
-        verdict=html.escape(summary["verdict"]),
+        answer=answer,
+        verdict=verdict,
         image_html=image_html,
         curves_html=_curves_html(curves),
-        rows="".join(_candidate_row(summary, c) for c in summary["candidates"]),
+        candidates=_candidates_html(summary),
         metric_name=html.escape(summary["metric_name"]),
         test_rows=_test_rows(summary),
         monitor_html=_monitor_html(summary, monitor),
@@ -308,8 +331,27 @@ def render_html(
             f"device {summary.get('device', '?')}, precision {summary.get('precision', 'fp32')}, "
             f"vectorize {summary.get('vectorize', '?')}"
         ),
-        settings=html.escape(json.dumps(summary["settings"], indent=2)),
+        settings=_settings_html(summary),
     )
+
+
+def _candidates_html(summary: Mapping[str, Any]) -> str:
+    """The candidates' table, the one the terminal shows (:func:`render.candidate_table`)."""
+    return '<div class="wide">' + render.candidate_table(summary).html() + "</div>"
+
+
+def _settings_html(summary: Mapping[str, Any]) -> str:
+    """The study's settings as a two-column table, with when it was made and by which
+    version of adamwkit."""
+    from .. import __version__
+
+    rows = [("created", summary.get("created", "-")), ("adamwkit", __version__)]
+    rows += [(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+             for k, v in (summary.get("settings") or {}).items()]  # fmt: skip
+    body = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+    )
+    return f'<table class="settings">{body}</table>'
 
 
 #: The report page; :func:`render_html` fills in the fields (each already HTML).
@@ -317,49 +359,39 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>adamwkit tune: {task}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222;
+        padding: 0 1em; }}
+img {{ max-width: 100%; height: auto; }}
+.wide {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }}
+td:last-child {{ text-align: left; }}
 th {{ background: #f3f3f3; }}
-.verdict {{ font-size: 1.1em; background: #f6f8fa; padding: 0.8em; border-radius: 6px; }}
+tr.marked td {{ font-weight: bold; }}
+p.note {{ color: #555; font-size: 0.9em; margin: 0.2em 0; }}
+.settings th {{ text-align: left; }}
+.settings td {{ text-align: left; white-space: normal; word-break: break-word; }}
+.answer {{ font-size: 1.1em; background: #eef6ee; padding: 0.2em 0.8em; border-radius: 6px; }}
+.answer code {{ font-size: 1em; }}
+.verdict {{ background: #f6f8fa; padding: 0.2em 0.8em; border-radius: 6px; }}
 .state {{ font-weight: bold; color: #a40000; }}
 </style></head><body>
 <h1>Weight decay for {task}</h1>
 {state_html}
-<p class="verdict">{verdict}</p>
+<div class="answer">{answer}</div>
+<div class="verdict">{verdict}</div>
 {image_html}
 {curves_html}
 <h2>Candidates</h2>
-<table><tr><th>weight decay</th><th>lr</th><th>tau_epoch</th><th>CV loss &plusmn; SE</th>
-<th>paired diff to best &plusmn; SE</th><th>state</th><th></th></tr>
-{rows}</table>
+{candidates}
 <h2>Held-out test split</h2>
 <table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
 <th>{metric_name}</th></tr>{test_rows}</table>
 {monitor_html}
 {notes_html}
-<h2>Settings</h2><p>{how}</p><pre>{settings}</pre>
+<h2>Settings</h2><p>{how}</p>{settings}
 </body></html>
 """
-
-
-def _candidate_row(summary: Mapping[str, Any], c: Mapping[str, Any]) -> str:
-    """One candidate's row of the page's table, marked best and/or one-SE."""
-    marks = []
-    if c["weight_decay"] == summary["best_weight_decay"] and c["lr"] == summary["best_lr"]:
-        marks.append("best")
-    if c["weight_decay"] == summary["one_se_weight_decay"] and c["lr"] == summary["best_lr"]:
-        marks.append("one-SE")
-    mean = "-" if c["mean"] is None else f"{_g(c['mean'])} &plusmn; {_g(c['sem'], 2)}"
-    diff = (
-        "-"
-        if c["paired_diff"] is None
-        else f"{_g(c['paired_diff'], 3)} &plusmn; {_g(c['paired_sem'], 2)}"
-    )
-    state = html.escape(c["state"] + (f": {c['reason']}" if c["reason"] else ""))
-    cells = (_g(c["weight_decay"]), _g(c["lr"]), _g(c["tau_epoch"]), mean, diff, state,
-             ", ".join(marks))  # fmt: skip
-    return "<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>"
 
 
 def _test_rows(summary: Mapping[str, Any]) -> str:

@@ -85,6 +85,7 @@ ORPHAN_GRACE_S = 60.0
 SETTINGS = "adamwkit_settings"  # StudySpec.attrs(): the study's identity
 READY = "adamwkit_ready"  # the creator has enqueued every candidate
 STACKING = "adamwkit_vectorize_{device}"  # the measured stacking decision, per device type
+METRIC_NAME = "adamwkit_metric_name"  # the key the objective returned its metric under
 # A trial's attributes (one trial is one candidate; its runs are steps 0..k-1).
 WORKER = "worker"  # the claiming worker's id (its lock file, with a journal)
 HOST = "host"  # the claiming worker's machine
@@ -602,9 +603,12 @@ class Claim:
         curve: list[tuple[int, float]] | None = None,
         baseline: float | None = None,
         examples: list[float] | None = None,
+        metric_name: str | None = None,
     ) -> bool:
-        """Record a fold (its learning curve and untrained baseline first); True when the
-        pruner says to stop."""
+        """Record a fold (its learning curve and untrained baseline first, and the study's
+        metric name when it is new); True when the pruner says to stop."""
+        if metric_name and self.study.user_attrs.get(METRIC_NAME) != metric_name:
+            self.study.set_user_attr(METRIC_NAME, metric_name)
         if baseline is not None:
             self.trial.set_user_attr(BASELINE.format(run=fold), baseline)
         if examples is not None:
@@ -856,6 +860,11 @@ class StudyStore:
         """The stacking decision measured on this kind of device, if one was stored."""
         stored = self.study.user_attrs.get(STACKING.format(device=device_type))
         return dict(stored) if stored else None
+
+    def metric_name(self) -> str | None:
+        """The key the objective returned its metric under (``None``: none yet)."""
+        name = self.study.user_attrs.get(METRIC_NAME)
+        return str(name) if name else None
 
     def record_stacking(self, device_type: str, decision: dict[str, Any]) -> None:
         self.study.set_user_attr(STACKING.format(device=device_type), decision)

@@ -32,7 +32,7 @@ from . import cv
 from .config import StudySpec
 from .executor import Decision
 
-__all__ = ["KEYS", "TuneSummary", "build_summary", "edge_text", "verdict_text"]
+__all__ = ["KEYS", "TuneSummary", "build_summary", "edge_text", "verdict_lines", "verdict_text"]
 
 Conventions = dict[str, float | None]
 
@@ -422,7 +422,7 @@ def edge_text(best: float, edge: str | None) -> str:
 def _flat_text(s: Mapping[str, Any]) -> str:
     """The sentence that says weight decay barely matters, and why."""
     if s.get("zero_paired_diff") is not None:
-        z = f"{s['zero_paired_diff']:.3g} +- {s['zero_paired_sem'] or 0:.2g}"
+        z = f"{s['zero_paired_diff']:.3g} ± {s['zero_paired_sem'] or 0:.2g}"
         why = f"zero decay is within noise of the best ({z} worse, paired)"
     elif s.get("best_weight_decay") == 0:
         why = "zero decay is the best candidate"
@@ -432,27 +432,24 @@ def _flat_text(s: Mapping[str, Any]) -> str:
     return f"Weight decay barely matters here: {why}{hurts}."
 
 
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
 def _choice_text(s: Mapping[str, Any]) -> str:
-    """The sentence with the best and one-SE choices, and the suggestion."""
-    b, o, g = (
-        s["best_weight_decay_conventions"],
-        s["one_se_weight_decay_conventions"],
-        s["suggested_weight_decay_conventions"],
-    )
-    suggested = ""
-    if s.get("suggested_weight_decay") is not None:
-        rng = s.get("suggested_range")
-        within = f", 80% range {rng[0]:.3g} to {rng[1]:.3g}" if rng else ""
-        suggested = (
-            f"; adamwkit suggest predicted {s['suggested_weight_decay']:.4g} (PyTorch "
-            f"{g['torch']:.4g}{within})"
-        )
-    return (
-        f"Best weight decay {s['best_weight_decay']:.4g} (PyTorch convention {b['torch']:.4g}, "
-        f"independent {b['independent']:.3g}); largest within one standard error "
-        f"{s['one_se_weight_decay']:.4g} (PyTorch {o['torch']:.4g}, independent "
-        f"{o['independent']:.3g}){suggested}.{_decay_text(s)}"
-    )
+    """The line with the best and one-SE choices (in the run's convention), each once."""
+    best, one_se = s["best_weight_decay"], s["one_se_weight_decay"]
+    mean, sem = s.get("best_mean"), s.get("best_sem")
+    loss = ""
+    if mean is not None:
+        err = f" ± {sem:.2g}" if sem is not None and math.isfinite(sem) else ""
+        zero = next((c for c in s.get("candidates", ()) if c["weight_decay"] == 0), None)
+        vs = ""
+        if best != 0 and zero is not None and zero.get("mean") is not None:
+            vs = f"; zero decay {_g(zero['mean'])}"
+        loss = f" (held-out loss {_g(mean)}{err}{vs})"
+    same = "the same" if one_se == best else _g(one_se)
+    return f"Best weight decay {_g(best)}{loss}; the largest within one standard error: {same}."
 
 
 def _decay_text(s: Mapping[str, Any]) -> str:
@@ -465,9 +462,56 @@ def _decay_text(s: Mapping[str, Any]) -> str:
     m = td["lr_mean_factor"]
     at = "the peak lr" if m == 1.0 else f"the schedule's mean lr, {m:.3g} of the peak"
     return (
-        f" Over a run of {td['steps']:.0f} steps the best takes {decays_by(td['D'])} off "
+        f"Over a run of {td['steps']:,.0f} steps the best takes {decays_by(td['D'])} off "
         f"the weights by decay alone (D = lr x wd x steps at {at})."
     )
+
+
+def _suggested_text(s: Mapping[str, Any]) -> str:
+    if s.get("suggested_weight_decay") is None:
+        return ""
+    rng = s.get("suggested_range")
+    within = f" (80% range {rng[0]:.3g} to {rng[1]:.3g})" if rng else ""
+    return f"adamwkit suggest predicted {_g(s['suggested_weight_decay'])}{within}."
+
+
+def _conventions_text(s: Mapping[str, Any]) -> str:
+    """The best in both conventions, once."""
+    b = s["best_weight_decay_conventions"]
+    if not s["best_weight_decay"] or b.get("torch") is None:
+        return ""
+    lr = s.get("best_lr") or s.get("lr")
+    at = f" at lr {lr:.3g}" if lr else ""
+    return (
+        f'Conventions: {_g(b["torch"])} in PyTorch\'s (decay_scale "lr": each step '
+        f"multiplies the weights by 1 - lr x wd) is {b['independent']:.4g} in the AdamW "
+        f'paper\'s, independent of the lr (decay_scale "schedule": wd x lr{at}).'
+    )
+
+
+#: How the summary names each refit in words.
+REFIT_WORDS = {
+    "best": "the best",
+    "one_se": "the one-SE choice",
+    "zero": "zero decay",
+    "torch_default": "PyTorch's default 0.01",
+}
+
+
+def _test_text(s: Mapping[str, Any]) -> str:
+    """The refits' test losses (and metric), each refit once."""
+    test = s.get("test") or {}
+    if test.get("best", {}).get("loss") is None:
+        return ""
+    metric = s.get("metric_name") or "metric"
+    parts, seen = [], set()
+    for label, v in test.items():
+        if v.get("loss") is None or (label == "one_se" and v.get("weight_decay") in seen):
+            continue
+        seen.add(v.get("weight_decay"))
+        m = f" ({metric} {v['metric']:.4g})" if v.get("metric") is not None else ""
+        parts.append(f"{REFIT_WORDS.get(label, label)}: {_g(v['loss'])}{m}")
+    return "Test loss after refitting on the training pool: " + "; ".join(parts) + "."
 
 
 def _uncertainty(summ: cv.CVSummary) -> str:
@@ -511,26 +555,50 @@ def _not_learned_text(s: Mapping[str, Any]) -> str:
     )
 
 
-def verdict_text(s: Mapping[str, Any]) -> str:
-    """The recommendation in plain words."""
+def _edge_line(s: Mapping[str, Any]) -> str:
+    """Why the best sits at the grid's edge, and what to do, as the run's own actions
+    allow: nothing more after the grid was extended down to a zero best; otherwise the
+    argument that widens the grid (``grid_min``/``grid_max``: the command line shows
+    its flags), or a larger budget."""
+    best, edge = s["best_weight_decay"], s["edge"]
+    extended = bool(s.get("extended"))
+    positive = sorted(c["weight_decay"] for c in s.get("candidates", ()) if c["weight_decay"] > 0)
+    if best == 0:
+        smallest = f", {_g(positive[0])}," if positive else ""
+        after = " (after extending the grid down)" if extended else ""
+        text = f"Zero decay is the best: even the smallest decay tried{smallest} is worse{after}"
+        if extended or s.get("budget"):
+            return text + "."
+        return text + "; a smaller one may still help (lower grid_min)."
+    why = edge_text(best, edge)
+    arg = "grid_max" if edge == "high" else "grid_min"
+    if s.get("budget"):
+        fix = "a larger budget searches further"
+    elif extended:
+        fix = f"the grid was extended and the best is still at its edge: widen it with {arg}"
+    else:
+        fix = f"widen the grid with {arg}"
+    return f"{why[0].upper()}{why[1:]}: the optimum may lie beyond it ({fix})."
+
+
+def verdict_lines(s: Mapping[str, Any]) -> list[str]:
+    """The recommendation in plain words, a short line per fact, each number once (in the
+    run's convention; the other in the conventions line)."""
     if s.get("learned") is False:
-        return _not_learned_text(s)
+        return [_not_learned_text(s)]
     if s["best_weight_decay"] is None:
-        return "No candidate finished every fold: nothing to recommend yet."
-    lines = []
+        return ["No candidate finished every fold: nothing to recommend yet."]
+    lines = [_choice_text(s)]
     if s["flat"]:
         lines.append(_flat_text(s))
     if s.get("edge") is not None:
-        why = edge_text(s["best_weight_decay"], s["edge"])
-        fix = "a larger budget searches further" if s.get("budget") else "widen the grid"
-        lines.append(f"{why[0].upper()}{why[1:]}: the optimum may lie beyond it ({fix}).")
-    lines.append(_choice_text(s))
-    test = s.get("test") or {}
-    if test.get("best", {}).get("loss") is not None:
-        parts = [
-            f"{label} {v['loss']:.4g}" for label, v in test.items() if v.get("loss") is not None
-        ]
-        lines.append("Test loss after refitting: " + ", ".join(parts) + ".")
+        lines.append(_edge_line(s))
+    lines += [_decay_text(s), _suggested_text(s), _conventions_text(s), _test_text(s)]
     if s.get("failed"):
         lines.append(f"{s['failed']} candidate(s) failed: their reasons are in the report.")
-    return " ".join(lines)
+    return [line for line in lines if line]
+
+
+def verdict_text(s: Mapping[str, Any]) -> str:
+    """:func:`verdict_lines`, one per line."""
+    return "\n".join(verdict_lines(s))

@@ -208,9 +208,8 @@ class Worker:
                 claim.note(VERDICTS, [{"layer": v.layer, "code": v.code, "text": v.text}
                                       for v in out.monitor_log.verdicts()])  # fmt: skip
             assert out.loss is not None  # an ok outcome has its loss
-            pruned = claim.report(
-                job.run, out.loss, out.metric, out.curve, out.baseline, out.example_losses
-            )
+            pruned = claim.report(job.run, out.loss, out.metric, out.curve, out.baseline,
+                                  out.example_losses, out.metric_name)  # fmt: skip
             pruned = pruned or bool(out.pruned)
             if pruned:
                 claim.prune(out.pruned)
