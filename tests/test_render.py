@@ -261,3 +261,31 @@ def test_a_tune_result_in_a_notebook_is_short_and_shows_its_table(tmp_path):
     # the accuracy column: the mean of the folds' accuracy, 0.9 at 0.3
     row = next(ln for ln in text.splitlines() if ln.split()[:1] == ["0.3"])
     assert "0.9" in row.split() and row.rstrip().endswith("best, one-SE")
+
+
+def _at_80(blocks: list[render.Block]) -> list[str]:
+    console = Console(width=80, highlight=False, file=io.StringIO(), record=True)
+    render.to_rich(blocks, console)
+    return console.export_text().splitlines()
+
+
+def test_suggest_and_inspect_tables_fit_80_columns():
+    from adamwkit import suggest
+
+    sug = suggest(lr=2e-5, batch_size=32, dataset_size=10_000, epochs=3)
+    lines = _at_80(sug.blocks())
+    assert all(len(line) <= 80 for line in lines)
+    assert any(line.startswith("> calibrated") and "92.4" in line for line in lines)
+    name = "bert.encoder.layer.11.attention.output.LayerNorm.weight"
+    row = SimpleNamespace(name=name, shape=(768,), dtype="float32", norm=27.7, rms=0.9993,
+                          decays=False, rule="normalisation layer", equilibrium_norm=3.2,
+                          norm_ratio=8.66)  # fmt: skip
+    info = {"path": "bert.safetensors", "format": "safetensors", "tensors": [row] * 3,
+            "parameters": 2304, "decayed_parameters": 0, "optimizer": None, "extra": {},
+            "notes": [], "lr": 1e-4}  # fmt: skip
+    lines = _at_80(render.checkpoint_report(info, printable))
+    rows = [line for line in lines if "LayerNorm.weight" in line]
+    assert len(rows) == 3 and all(len(line) <= 80 for line in rows)
+    # the name is cut in the middle; the numbers and the decision stay whole
+    assert rows[0].split()[0].startswith("bert.encoder.") and "…" in rows[0].split()[0]
+    assert rows[0].split()[1:] == ["27.7", "no:", "normalisation", "layer"]

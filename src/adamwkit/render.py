@@ -18,6 +18,7 @@ caller passes (:func:`adamwkit._safe_load.printable`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class Table:
     align: str | None = None
     drop: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    shorten: str | None = None
 
     def left(self, i: int) -> bool:
         """Whether column ``i`` is aligned left."""
@@ -102,7 +104,10 @@ class Table:
         return 2 + sum(widths) + 2 * (len(widths) - 1)
 
     def without(self, column: str) -> Table:
-        """The table without ``column``."""
+        """The table without ``column`` (as it is, less the wish to drop it, when it has
+        no such column)."""
+        if column not in self.columns:
+            return dataclasses.replace(self, drop=tuple(d for d in self.drop if d != column))
         i = self.columns.index(column)
         keep = [j for j in range(len(self.columns)) if j != i]
         return Table(
@@ -114,6 +119,7 @@ class Table:
             None if self.align is None else "".join(self.align[j] for j in keep),
             tuple(d for d in self.drop if d != column),
             self.notes,
+            None if self.shorten == column else self.shorten,
         )
 
     def fit(self, width: int | None) -> Table:
@@ -123,7 +129,13 @@ class Table:
         out = self
         while width is not None and out.width() > width and out.drop:
             out = out.without(out.drop[0])
-        return out
+        if width is None or out.width() <= width or out.shorten not in out.columns:
+            return out
+        i = out.columns.index(out.shorten)  # names cut in the middle: ``bert.enc…Norm.weight``
+        longest = max(len(r[i]) for r in out.rows)
+        keep = max(16, longest - (out.width() - width))
+        rows = tuple((*r[:i], _middle(r[i], keep), *r[i + 1 :]) for r in out.rows)
+        return dataclasses.replace(out, rows=rows)
 
     def lines(self) -> list[tuple[str, str]]:
         """The table as aligned text: ``(line, kind)`` with kind ``"title"``,
@@ -162,6 +174,14 @@ class Table:
 Block = Line | Table
 
 
+def _middle(text: str, size: int) -> str:
+    """``text`` in at most ``size`` characters, cut in the middle with an ellipsis."""
+    if len(text) <= size:
+        return text
+    head = (size - 1) // 2
+    return text[:head] + "…" + text[len(text) - (size - 1 - head) :]
+
+
 def _range(sug: Suggestion) -> str:
     if sug.low is None or sug.high is None:
         return ""
@@ -195,12 +215,16 @@ def _run_decay(sug: Suggestion) -> Line | None:
     return Line(text + ".", label="Decay over the run:")
 
 
+RULE_COLUMNS = ("rule", "assumes", "weight_decay (torch)", "independent",
+                "decays the weights by", "tau_epoch")  # fmt: skip
+
+
 def _rule_row(r: Any) -> tuple[str, ...]:
     if not r.ran:
-        return (r.name, r.assumes, "skipped", "", "", "", r.fitted_on)
+        return (r.name, r.assumes, "skipped", "", "", "")
     decay = _decay(r.total_decay) + (": blocked" if r.blocked else "")
     return (r.name, r.assumes, fmt(r.weight_decay), fmt(r.weight_decay_independent), decay,
-            fmt(r.tau_epoch), r.fitted_on)  # fmt: skip
+            fmt(r.tau_epoch))  # fmt: skip
 
 
 def _use_it(sug: Suggestion) -> Line:
@@ -252,23 +276,16 @@ def suggestion(sug: Suggestion) -> list[Block]:
         Table(
             "Every rule, side by side (> the one used; decays: what decay alone takes off the "
             "weights over the run at the peak lr)",
-            (
-                "rule",
-                "assumes",
-                "weight_decay (torch)",
-                "independent",
-                "decays the weights by",
-                "tau_epoch",
-                "fitted on",
-            ),
+            RULE_COLUMNS,
             tuple(_rule_row(r) for r in sug.rules),
             marked,
-            align="llrrrrl",
+            align="llrrrr",
+            drop=("independent", "assumes", "tau_epoch"),
         )
     )
     for r in sug.rules:
         note = f"{r.note}. " if r.note else ""
-        out.append(Line(f"{r.name}: {note}{r.source}", style="dim"))
+        out.append(Line(f"{r.name}: {note}fitted on {r.fitted_on}. {r.source}", style="dim"))
     for r in sug.rules:
         if r.name == sug.rule:
             continue
@@ -353,6 +370,7 @@ def explanation(ex: Explanation) -> list[Block]:
                     )
                     for layer in ex.layers
                 ),
+                drop=("elements", "weight_decay"),
             )
         )
     out += [Line(n, label="note:", style="dim") for n in ex.notes]
@@ -584,7 +602,8 @@ def _optimizer_table(groups: Sequence[Mapping[str, Any]], shown: Printable) -> T
         for g in groups
     )
     columns = ("group", "params", "lr", "weight_decay", "decay_scale", "step", "saved by")
-    return Table("Optimizer groups", columns, rows, align="lllllll")
+    return Table("Optimizer groups", columns, rows, align="lllllll",
+                 drop=("saved by", "decay_scale", "step"))  # fmt: skip
 
 
 def checkpoint_report(
@@ -616,6 +635,8 @@ def checkpoint_report(
             columns,
             tuple(_tensor_row(r, several, eq, printable) for r in shown_rows),
             align="ll" + ("l" if several else "") + "rrl" + ("rr" if eq else ""),
+            drop=("norm/eq", "eq. norm", "RMS", "dtype", "shape"),
+            shorten="tensor",
         )
     )
     if len(shown_rows) < len(rows):
@@ -658,6 +679,7 @@ def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
                 for r in run.layers
             ),
             align="lrrrr",
+            drop=("predicted angle", "angle rad/step"),
         )
     )
     for v in run.verdicts:
@@ -723,7 +745,6 @@ def to_rich(blocks: Sequence[Block], console: Any) -> None:
             console.print(Text.assemble(*parts))
             continue
         for line, kind in b.fit(console.width).lines():
-            if kind == "note":
-                console.print(Text(line, style=_TABLE_STYLES[kind]))
-            else:
-                console.print(Text(line, style=_TABLE_STYLES[kind]), soft_wrap=True)
+            # titles and notes wrap at words; a row stays one line when it fits
+            console.print(Text(line, style=_TABLE_STYLES[kind]),
+                          soft_wrap=kind not in ("title", "note"))  # fmt: skip
