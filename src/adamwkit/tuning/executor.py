@@ -97,7 +97,7 @@ class Runner:
         )
         if self.bar is not None:
             t._progress = self.bar.epoch
-            t._on_report = lambda step, value: self.bar.note(f"step {step}: {value:.4g}")
+            t._on_report = self.bar.reported
         return t
 
     def call(self, job: Job) -> Outcome:
@@ -105,9 +105,7 @@ class Runner:
         limit or a non-finite loss fails only the job."""
         trial = self.trial(job)
         if self.bar is not None:
-            self.bar.run(
-                job.label, self.epochs if isinstance(self.objective, TaskObjective) else None
-            )
+            self.bar.run(job.label, self.epochs)
         start = time.perf_counter()
         try:
             with time_limit(self.timeout):

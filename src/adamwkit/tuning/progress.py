@@ -29,16 +29,20 @@ class Progress:
         from rich.progress import (
             Progress as RichProgress,
         )
+        from rich.table import Column
 
+        whole = Column(no_wrap=True, min_width=7)  # times never cut to "0:00:…"
         self._p = RichProgress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.description}",
+                       table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=whole),
+            TimeRemainingColumn(table_column=whole),
             console=Console(stderr=True),
             transient=False,
-        )
+            expand=True,
+        )  # fmt: skip
         self._p.start()
         self._all = self._p.add_task(f"{title} (candidates x folds)", total=total)
         self._run = self._p.add_task("", total=1, visible=False)
@@ -75,6 +79,18 @@ class Progress:
         """What the run in hand last reported."""
         if self._p is not None:
             self._p.update(self._run, description=f"{self._run_text} ({text})")
+
+    def reported(self, step: int, value: float) -> None:
+        """An objective's report at ``step``: the bar counts its steps while they fit the
+        epochs it was given (beyond them it counts reports, with no total)."""
+        if self._p is None:
+            return
+        task = self._p.tasks[self._run]
+        if task.total is not None and 0 <= step <= task.total:
+            self._p.update(self._run, completed=step)
+        else:
+            self._p.update(self._run, total=None, completed=task.completed + 1)
+        self.note(f"step {step}: {value:.4g}")
 
     def close(self) -> None:
         if self._p is not None:
