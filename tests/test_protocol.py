@@ -37,7 +37,7 @@ def test_plan_validates_everything_and_runs_nothing(tmp_path):
     assert isinstance(p, TunePlan) and not CALLS
     assert p.config.spec.grid == (0.0, 1e-3, 1e-2) and p.config.total_runs == 6
     assert p.config.spec.folds == 2 and p.config.extend == 1
-    assert [f.name for f in (tmp_path / "bowl").iterdir()] == []  # only the write check ran
+    assert [f.name for f in (tmp_path / "test_protocol.bowl").iterdir()] == []  # the write check
     with pytest.raises(TypeError, match="'fold'"):
         plan(bowl, fold=3, out=tmp_path, **KW)
     with pytest.raises(ValueError, match=r"^folds=0 is invalid"):

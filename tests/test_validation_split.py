@@ -217,7 +217,9 @@ def test_the_command_line_takes_a_validation_split(tmp_path, capsys):
     assert main([*args, "--validation", "60:80"]) == 0
     out = capsys.readouterr().out
     assert "one validation split: the standard errors are over its 20 examples" in out
-    summary = json.loads((tmp_path / "per_example" / "summary.json").read_text())
+    summary = json.loads(
+        (tmp_path / "test_validation_split.per_example" / "summary.json").read_text()
+    )
     assert summary["uncertainty"] == "examples" and summary["best_weight_decay"] == 0.3
     # the same split from a text file resumes the study: nothing trains again
     f = tmp_path / "val.txt"

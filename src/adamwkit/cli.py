@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from . import __version__, render
 from ._checks import ArgumentError, is_subnormal
 from ._constants import CONVENTION_NAMES, DECAY_SCALES
+from ._extras import MissingExtra
 from .tuning.options import (
     CLI_MODES,
     MODE_FLAGS,
@@ -578,16 +579,15 @@ def _run_names(text: str) -> str:
 
 
 def _tune_failures() -> tuple[type[Exception], ...]:
-    """The errors that end a run for a reason outside the user's code (exit 1); importing
-    them checks that tune's dependencies are installed."""
-    try:
-        from .tuning.journal import JournalDamaged, JournalLockUnusable
-        from .tuning.storage import StorageUnavailable
-        from .tuning.workers import FolderUnusable
-    except ImportError as err:
-        raise ValueError(
-            f"tune needs Optuna, scikit-learn and matplotlib ({err}): pip install 'adamwkit[tune]'"
-        ) from err
+    """The errors that end a run for a reason outside the user's code (exit 1), once tune's
+    dependencies are known to be installed (:class:`MissingExtra`, one line, otherwise)."""
+    from ._extras import require
+
+    require("tune", "adamwkit tune")
+    from .tuning.journal import JournalDamaged, JournalLockUnusable
+    from .tuning.storage import StorageUnavailable
+    from .tuning.workers import FolderUnusable
+
     return (StorageUnavailable, JournalDamaged, JournalLockUnusable, FolderUnusable)
 
 
@@ -733,7 +733,7 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         resume = "; run the same command again to resume" if name == "adamwkit tune" else ""
         print(f"{name}: interrupted{resume}", file=sys.stderr)
         return 130
-    except RunFailed as err:
+    except (RunFailed, MissingExtra) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:

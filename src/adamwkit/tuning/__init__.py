@@ -24,6 +24,9 @@ __all__ = ["ObjectiveFailed", "Trial", "TunePlan", "TuneResult", "TuneSummary", 
 def __getattr__(name: str) -> Any:
     # The study needs Optuna, scikit-learn and matplotlib: load them only when asked for.
     if name in ("tune", "TuneResult", "TunePlan", "TuneSummary", "plan"):
+        from .._extras import require
+
+        require("tune", f"adamwkit.{name}")
         from . import run
 
         return getattr(run, name)

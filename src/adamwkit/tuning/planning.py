@@ -139,9 +139,15 @@ def _study_name(name: str) -> str:
 
 
 def default_study_name(name: str) -> str:
-    """A folder-safe study name from a task or objective name (``pkg.train:objective``)."""
-    tail = name.rsplit(":", 1)[-1].rsplit(".", 1)[-1] if ":" in name else name
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-.") or "study"
+    """A folder-safe study name from a task or objective name: the module's last part and
+    the function (``pkg.train:objective`` gives ``train.objective``, so two projects'
+    objectives do not share a study); a script's (``__main__``) is the function alone."""
+    if ":" in name:
+        module, _, qual = name.rpartition(":")
+        func = qual.rsplit(".", 1)[-1]
+        last = module.rsplit(".", 1)[-1]
+        name = func if last in ("__main__", "?", "") else f"{last}.{func}"
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", name).strip("-.") or "study"
     return cleaned[:100]
 
 
