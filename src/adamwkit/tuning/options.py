@@ -197,7 +197,8 @@ TUNE_OPTIONS: tuple[Option, ...] = (
                 "file); leave the password out and set PGPASSWORD or ~/.pgpass, so that ps "
                 "does not show it"),
     Option("study", "--study", "process", None,
-           help="study name (default: the task's name); names the run folder"),
+           help="study name (default: the task's name, or the objective's module and function: "
+                "train.objective); names the run folder"),
     Option("out", "--out", "process", "adamwkit-runs", help="folder of run folders"),
     Option("prune", "--prune", "process", False, kind="flag",
            help="stop hopeless candidates (Wilcoxon)"),
