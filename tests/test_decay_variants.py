@@ -292,3 +292,28 @@ def test_weight_decay_scheduler_takes_groups_added_later():
     opt.add_param_group({"params": [b], "weight_decay": 0.2})
     sched.step()
     assert sched.get_last_weight_decay() == pytest.approx([0.2, 0.4])
+
+
+def test_a_schedule_value_that_looks_like_pytorchs_warns_once_at_the_first_step():
+    """0.05 with decay_scale="schedule" at lr 1e-3 takes 5% off per step (the oracle: one
+    step of zero gradient multiplies the weights by 1 - 0.05); a warning says so, once."""
+    import warnings
+
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = adamwkit.AdamW([p], lr=1e-3, weight_decay=0.05, decay_scale="schedule")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            p.grad = torch.zeros_like(p)
+            opt.step()
+    texts = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    assert len(texts) == 1 and "takes 5% off the weights at every step" in texts[0]
+    assert "weight_decay=5e-05 with 'schedule'" in texts[0]
+    assert torch.allclose(p.detach(), torch.full((4,), 0.95**3))
+    for kw in ({"weight_decay": 5e-5, "decay_scale": "schedule"}, {"weight_decay": 0.05}):
+        q = torch.nn.Parameter(torch.ones(2))
+        quiet = adamwkit.AdamW([q], lr=1e-3, **kw)
+        q.grad = torch.zeros_like(q)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet.step()

@@ -156,6 +156,7 @@ class AdamW(Optimizer):
         if fused:
             # GradScaler unscales into the fused kernel, as for torch.optim.AdamW(fused=True).
             self._step_supports_amp_scaling = True
+        self._convention_checked = False  # the first step looks at the groups' values once
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as ``torch.optim.Optimizer``), validating its hyperparameters."""
@@ -374,7 +375,13 @@ class AdamW(Optimizer):
         return not all(bool(torch.stack(flags).all()) for flags in finite.values())
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss.
+        The first step warns once when a ``decay_scale="schedule"`` value looks like a
+        PyTorch-convention one (after any ``load_state_dict``, so a resumed run is judged
+        by its saved values)."""
+        if not getattr(self, "_convention_checked", True):
+            self._convention_checked = True
+            _warn_if_torch_value(self.param_groups)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -549,3 +556,30 @@ def _check_group(group: dict[str, Any], where: str) -> None:
                 "must be > 0; build the optimizer "
                 "with the peak lr, or set the group's 'lr_peak' to it"
             )
+
+
+#: ``decay_scale="schedule"`` values above this, at an lr below :data:`_SMALL_LR`, look like
+#: PyTorch-convention values (0.01 to 0.1 are PyTorch's usual ones, 1e-5 to 1e-4 the
+#: paper's at lr 1e-3).
+_SCHEDULE_LOOKS_TORCH = 1e-3
+_SMALL_LR = 1e-2
+
+
+def _warn_if_torch_value(groups: list[dict[str, Any]]) -> None:
+    r"""One ``UserWarning`` when a ``decay_scale="schedule"`` group's weight decay looks
+    like a PyTorch-convention value (above 1e-3 at an lr below 1e-2): in that convention
+    each step multiplies the weights by :math:`1 - (\eta_t/\eta)\lambda`, so 0.05 takes 5%
+    off at every step at the peak lr, where PyTorch's 0.05 takes :math:`0.05\eta`."""
+    for group in groups:
+        wd, lr = float(group["weight_decay"]), AdamW.lr_peak(group)
+        if group["decay_scale"] != "schedule" or wd <= _SCHEDULE_LOOKS_TORCH or lr >= _SMALL_LR:
+            continue
+        warnings.warn(
+            f"weight_decay={wd:g} with decay_scale='schedule' takes {100 * min(wd, 1):.3g}% off "
+            f"the weights at every step at the peak lr (it is not multiplied by lr={lr:g}; "
+            f"PyTorch's convention would call it {wd / lr:.4g}). If you meant PyTorch's "
+            f"{wd:g}, pass decay_scale='lr', or weight_decay={wd * lr:.4g} with 'schedule'.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
