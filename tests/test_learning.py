@@ -72,6 +72,18 @@ def test_learned_means_clearly_below_the_untrained_baseline(gain, learned):
     assert (s.best is None) is (not learned) and (s.edge is None or learned)
 
 
+def test_two_runs_that_both_gain_clearly_learned_however_unequal():
+    """A budget's two shared folds: gains of 0.30 and 0.94 below baselines 1.08 and 1.07
+    (28% and 88%). Their mean gain 0.62 is under two paired SEs (0.64, the gap between
+    the two gains), yet every run is far below its own baseline: the model learned. One
+    run at its baseline is not enough."""
+    base = [1.08, 1.07]
+    cands = [_cand(wd, [1.08 - 0.30 + 1e-3 * wd, 1.07 - 0.94 + 1e-3 * wd], base) for wd in GRID]
+    assert cv.summarize(cands, 2).learned is True
+    cands = [_cand(wd, [1.08 - 0.001, 1.07 - 0.94 + 1e-3 * wd], base) for wd in GRID]
+    assert cv.summarize(cands, 2).learned is False
+
+
 def constant(trial) -> float:
     """Returns the same loss whatever it is given."""
     return 0.7

@@ -61,7 +61,12 @@ def test_a_turning_curve_gives_the_closed_form_weight_decay(tmp_path):
     assert r.curve[11] == pytest.approx(1.2)
     assert r.rise == pytest.approx(r.curve[-1] / 1.2 - 1)
     assert "lowest at epoch 12 of 40" in r.verdict()
-    assert (tmp_path / "turns_at_12.probe" / "summary.json").exists()
+    run_dir = tmp_path / "objectives.turns_at_12.probe"
+    assert (run_dir / "summary.json").exists()
+    # its page shows the value, its range and the turning epoch, not an empty CV plot
+    page = (run_dir / "report.html").read_text()
+    assert f"weight_decay={r.value:.4g} (80% range {r.low_value:.4g} to" in page
+    assert "lowest at epoch 12 of 40" in page and "<title>adamwkit probe:" in page
     assert [c["weight_decay"] for c in r.summary["candidates"]] == [0.0]
 
 
@@ -110,7 +115,7 @@ def test_cli_probe_and_confirm(tmp_path):
     assert grid[0] == 0.0  # the range's ends are candidates (extension rounds may add more)
     for end in (out["low_value"], out["high_value"]):
         assert min(abs(g / end - 1) for g in grid[1:]) < 1e-5
-    assert (tmp_path / "turns_at_12.probe-confirm" / "summary.json").exists()
+    assert (tmp_path / "objectives.turns_at_12.probe-confirm" / "summary.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,18 @@
 """tune's budget: about ``B`` training runs instead of the full grid (``budget=B``).
 
-The strategy was chosen offline on the 97 cached evidence studies (docs/evidence-budget.md:
-at B = 6 it chose within 1.5x, or one paired SE, of the full grid's optimum in 87% of them;
-the full grid costs about 123 runs, the plain probe 5 runs for 75%):
+The strategy was chosen offline on the 157 cached evidence studies (docs/evidence-budget.md:
+at B = 6 it chose within 1.5x, or one paired SE, of the full grid's optimum in 83% of them;
+the full grid costs about 121 runs, the plain probe 5 runs for 61%); run as shipped on them,
+docs/evidence-budget-live.md:
 
 1. the probe: zero decay on the first fold; its validation curve's turning epoch is read
    into a weight decay (``tau_epoch = c * turn``, :mod:`.turning`), or, when the curve did
    not turn, the model is pretrained or it reported no curve, the suggestion's value;
 2. a pattern search on that fold: the value and 2x either side; while the best is an end
    and beats its neighbour, one more 2x step past it; at a local minimum, its 2^0.5
-   neighbours; two runs are kept for step 3 (from B = 6);
-3. while two runs are left: the two best (zero included) on the next fold;
+   neighbours; until it settles or the budget is spent (the evidence: keeping runs back
+   for a second fold missed more often at small budgets);
+3. with two runs or more left: the two best (zero included) on the next fold, and so on;
 4. the choice: among those two, the lower mean over the folds they share (ties within
    0.1% of the loss go to the lesser decay, as in :func:`.cv.summarize`).
 
@@ -128,11 +130,10 @@ def next_step(
     cands: dict[float, cv.Candidate], used: int, budget: int, folds: int, first: float
 ) -> Step | None:
     """The next round under ``budget`` given the results so far (``None``: done)."""
-    reserve = 2 if budget >= 6 and folds > 1 else 0
     if 0.0 not in cands:
         return Step((0.0,), 0)
     search = _search(cands, first)
-    room = budget - reserve - used
+    room = budget - used
     if search and room > 0:
         return Step(tuple(search[:room]), 0)
     top = finalists(cands)

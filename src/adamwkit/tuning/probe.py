@@ -236,6 +236,10 @@ def probe(
         decay_scale=s["decay_scale"], lr=s["lr"], batch_size=s["batch_size"],
         n_train=s["n_train"], run_dir=run.run_dir, summary=s,
     )  # fmt: skip
+    if run.run_dir is not None:
+        from .report import write_probe_report
+
+        run.paths["report"] = write_probe_report(run.run_dir, result)
     if confirm:
         result.confirm = tune(objective, grid=cv.range_grid(result.low_value, result.high_value),
                               extend=extend, study=f"{name}.probe-confirm", out=out,

@@ -115,11 +115,20 @@ def plot_cv_curve(summary: Mapping[str, Any]) -> bytes:
         )
         zero = [c for c in cands if c["lr"] == this_lr and c["weight_decay"] == 0]
         if zero:
-            ax.axhline(zero[0]["mean"], color=f"C{i}", ls=":", lw=1, label="weight decay 0")
+            best = summary.get("best_weight_decay") == 0 and summary.get("best_lr") == this_lr
+            ax.axhline(zero[0]["mean"], color="C3" if best else f"C{i}", ls="-" if best else ":",
+                       lw=2 if best else 1,
+                       label="best: weight decay 0" if best else "weight decay 0")  # fmt: skip
     ax.set_xscale("log")
-    if cands and all(c["mean"] > 0 for c in cands):
+    means = [c["mean"] for c in cands]
+    spread = (max(means) - min(means)) / abs(min(means)) if means and min(means) else 1.0
+    if cands and all(m > 0 for m in means) and spread > 0.05:
         ax.set_yscale("log")
         _plain_ticks(ax.yaxis)
+    elif spread <= 0.05:  # the axis zooms in on a small spread: say how small it is
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+        ax.text(0.01, 0.98, f"every candidate within {100 * spread:.2g}% of the lowest loss",
+                transform=ax.transAxes, fontsize=8, va="top", color="0.3")  # fmt: skip
     ax.set_xlabel(f"weight decay ({summary['decay_scale']!r} convention)")
     ax.set_ylabel(f"held-out loss, {splits(summary['folds'], summary.get('repeats') or 1)}")
     _mark_choices(ax, summary)
@@ -439,6 +448,62 @@ def _monitor_html(summary: Mapping[str, Any], monitor: bytes | None) -> str:
         '<img alt="weight norms and angular updates against their equilibrium" '
         f'src="data:image/png;base64,{data}"><ul>{items}</ul>'
     )
+
+
+def write_probe_report(run_dir: Path, result: Any) -> Path:
+    """The probe's page (``report.html`` of its run folder, atomically): its value and
+    range to copy, the verdict, and the zero-decay curve with the turning epoch marked."""
+    fig = figure(figsize=(7.5, 4.2), dpi=110)
+    ax = fig.subplots()
+    epochs = [t * result.epochs / result.steps[-1] for t in result.steps]
+    ax.plot(epochs, result.curve, "o-", ms=3, color="C0", label="no weight decay (mean of folds)")
+    if result.turned:
+        ax.axvline(result.turn, color="C3", lw=1.2, label=f"turns at epoch {result.turn:.3g}")
+        ax.axvline(result.tau_epoch, color="0.4", ls="-.", lw=1.2,
+                   label=f"tau_epoch {result.tau_epoch:.3g} (the suggestion)")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    if all(v > 0 for v in result.curve):
+        ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
+    ax.set_title(f"{result.task}: the validation loss without weight decay", fontsize=10)
+    _legend_below(ax, 3, 8)
+    image = base64.b64encode(_png(fig)).decode("ascii")
+    e = html.escape
+    lr = result.lr
+    code = (f"AdamW(param_groups(model, weight_decay={result.value:.4g}), lr={lr:g}, "
+            f"decay_scale={result.decay_scale!r})")  # fmt: skip
+    page = _PROBE_PAGE.format(
+        study=e(run_dir.name), task=e(result.task), value=f"{result.value:.4g}",
+        low=f"{result.low_value:.4g}", high=f"{result.high_value:.4g}", code=e(code),
+        verdict=e(result.verdict()), image=image,
+        rule=e({"probe": "the probe's law (tau_epoch = c x turning epoch)",
+                "calibrated": "the calibrated rule (the curve did not turn)",
+                "finetune": "the fine-tuning rule"}.get(result.rule, result.rule)),
+    )  # fmt: skip
+    return atomic_write(run_dir / "report.html", page)
+
+
+#: The probe's page; :func:`write_probe_report` fills in the fields.
+_PROBE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>adamwkit probe: {study}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222;
+        padding: 0 1em; }}
+img {{ max-width: 100%; height: auto; }}
+.answer {{ font-size: 1.1em; background: #eef6ee; padding: 0.2em 0.8em; border-radius: 6px; }}
+.verdict {{ background: #f6f8fa; padding: 0.2em 0.8em; border-radius: 6px; }}
+</style></head><body>
+<h1>Weight decay for {study}: the probe</h1>
+<p>{task}</p>
+<div class="answer"><p><b>Try</b> weight_decay={value} (80% range {low} to {high}), from
+{rule}:</p><p><code>{code}</code></p></div>
+<div class="verdict"><p>{verdict}</p></div>
+<img alt="validation loss without weight decay, with its turning epoch"
+ src="data:image/png;base64,{image}">
+</body></html>
+"""
 
 
 def write_reports(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Path]:
