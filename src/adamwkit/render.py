@@ -381,7 +381,9 @@ def explanation(ex: Explanation) -> list[Block]:
 
 
 def _metric_mean(c: Mapping[str, Any]) -> float | None:
-    values = [v for v in c.get("fold_metrics") or () if v is not None]
+    if c.get("metric") is not None:
+        return float(c["metric"])
+    values = [v for v in c.get("fold_metrics") or () if v is not None and v == v]
     return sum(values) / len(values) if values else None
 
 

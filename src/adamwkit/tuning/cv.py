@@ -195,6 +195,11 @@ class Candidate:
     paired_diff: float | None = None
     paired_sem: float | None = None
 
+    def metric_mean(self) -> float | None:
+        """The mean of the runs' metric (``None``: no run reported one)."""
+        values = [v for v in self.fold_metrics.values() if v is not None and math.isfinite(v)]
+        return float(np.mean(values)) if values else None
+
     def losses(self) -> np.ndarray:
         return np.array([self.fold_losses[f] for f in sorted(self.fold_losses)], dtype=float)
 
@@ -211,6 +216,7 @@ class Candidate:
             "fold_metrics": [
                 self.fold_metrics.get(f) for f in range(max(self.fold_metrics, default=-1) + 1)
             ],
+            "metric": self.metric_mean(),
             "fold_curves": {
                 str(f): [list(p) for p in c] for f, c in sorted(self.fold_curves.items())
             },

@@ -140,8 +140,9 @@ class TuneSummary(MutableMapping[str, Any]):
     """How many candidates failed (their reasons are in ``candidates``)."""
     candidates: list[dict[str, Any]]
     """Every candidate, by (lr, weight decay): ``weight_decay``, ``lr``, ``tau_epoch``,
-    ``mean``, ``sem``, ``fold_losses``, ``fold_metrics``, ``fold_curves``, ``paired_diff``,
-    ``paired_sem``, ``state``, ``reason`` (:meth:`.cv.Candidate.to_dict`)."""
+    ``mean``, ``sem``, ``fold_losses``, ``fold_metrics``, ``metric`` (their mean),
+    ``fold_curves``, ``paired_diff``, ``paired_sem``, ``state``, ``reason``
+    (:meth:`.cv.Candidate.to_dict`)."""
     tau_epoch_factor: float | None
     """``tau_epoch = tau_epoch_factor / weight_decay`` at ``lr`` (``None`` without a batch
     size)."""
