@@ -71,6 +71,15 @@ def test_summary_fields_report_and_plot(tmp_path):
     page = (run / "report.html").read_text()
     embedded = re.search(r'src="data:image/png;base64,([^"]+)"', page)
     assert embedded and base64.b64decode(embedded.group(1)) == png
+    # titled by the study, a header cell for every column, the answer on top, settings
+    assert "<title>adamwkit tune: tiny</title>" in page
+    head = page.index('<div class="answer">')
+    assert head < page.index("<h2>Candidates</h2>")
+    assert "AdamW(param_groups(model, weight_decay=" in page[head : head + 2000]
+    table = page[page.index("<h2>Candidates</h2>") : page.index("<h2>Held-out test split</h2>")]
+    header = re.search(r"<tr>(.*?)</tr>", table).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header)[-1] == "state" and "<th></th>" not in header
+    assert "<th>created</th>" in page and "<th>adamwkit</th>" in page
     complete = result.summary["candidates"]
     lowest = min(complete, key=lambda c: sum(c["fold_losses"]) / len(c["fold_losses"]))
     assert result.best_weight_decay == lowest["weight_decay"]

@@ -312,8 +312,10 @@ def render_html(
     png: bytes,
     curves: bytes | None = None,
     monitor: bytes | None = None,
+    study: str | None = None,
 ) -> str:
-    """A self-contained page: the recommendation, the plot (embedded), the table, the settings."""
+    """A self-contained page: the recommendation, the plot (embedded), the table, the
+    settings; titled by the ``study`` (the run folder's name), the task below it."""
     image_html = ""
     if png:
         image = base64.b64encode(png).decode("ascii")
@@ -325,7 +327,10 @@ def render_html(
     )
     answer = render.to_html(render.answer(summary)) if "best_lr" in summary else ""
     return _PAGE.format(
-        task=html.escape(summary["task"]),
+        title=html.escape(study or summary["task"]),
+        task=html.escape(
+            summary["task"] + (f": {summary['description']}" if summary.get("description") else "")
+        ),
         state_html=state_html,
         answer=answer,
         verdict=verdict,
@@ -349,12 +354,23 @@ def _candidates_html(summary: Mapping[str, Any]) -> str:
     return '<div class="wide">' + render.candidate_table(summary).html() + "</div>"
 
 
+def _command_line() -> str:
+    """This process's command line, with any password in a URL (a storage's) left out."""
+    import re
+    import shlex
+    import sys
+
+    text = shlex.join(sys.argv)
+    return re.sub(r"(://[^:/@\s]+):[^@\s]+@", r"\1:***@", text)
+
+
 def _settings_html(summary: Mapping[str, Any]) -> str:
     """The study's settings as a two-column table, with when it was made and by which
     version of adamwkit."""
     from .. import __version__
 
-    rows = [("created", summary.get("created", "-")), ("adamwkit", __version__)]
+    rows = [("created", summary.get("created", "-")), ("adamwkit", __version__),
+            ("command", _command_line())]  # fmt: skip
     rows += [(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
              for k, v in (summary.get("settings") or {}).items()]  # fmt: skip
     body = "".join(
@@ -366,7 +382,7 @@ def _settings_html(summary: Mapping[str, Any]) -> str:
 #: The report page; :func:`render_html` fills in the fields (each already HTML).
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>adamwkit tune: {task}</title>
+<title>adamwkit tune: {title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222;
         padding: 0 1em; }}
@@ -385,7 +401,8 @@ p.note {{ color: #555; font-size: 0.9em; margin: 0.2em 0; }}
 .verdict {{ background: #f6f8fa; padding: 0.2em 0.8em; border-radius: 6px; }}
 .state {{ font-weight: bold; color: #a40000; }}
 </style></head><body>
-<h1>Weight decay for {task}</h1>
+<h1>Weight decay for {title}</h1>
+<p class="task">{task}</p>
 {state_html}
 <div class="answer">{answer}</div>
 <div class="verdict">{verdict}</div>
@@ -528,7 +545,7 @@ def write_reports(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Path]:
     if monitor is not None:
         paths["monitor"] = atomic_write(run_dir / "monitor.png", monitor)
     paths["report"] = atomic_write(
-        run_dir / "report.html", render_html(written, png, curves, monitor)
+        run_dir / "report.html", render_html(written, png, curves, monitor, run_dir.name)
     )
     return paths
 
