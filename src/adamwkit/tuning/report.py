@@ -260,11 +260,17 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
 
     from ..monitor import load_log
 
-    logs = {}
+    logs, titles = {}, {}
+    test = summary.get("test") or {}
     for label in MONITORED:
-        name = (summary.get("test") or {}).get(label, {}).get("monitor")
+        name = test.get(label, {}).get("monitor")
+        same = label == "one_se" and test.get("best", {}).get("monitor") == name
+        if same and "best" in logs:  # one refit: drawn once, named for both
+            titles["best"] = "best = one_se"
+            continue
         if name and (run_dir / name).exists():
             logs[label] = load_log(run_dir / name).layers()
+            titles[label] = label
     if not logs:
         return None
     ref = logs.get("best") or next(iter(logs.values()))
@@ -284,7 +290,7 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
             steps = log.steps
             norm_ax, angle_ax = axes[row]
             norm_ax.plot(steps, log.values[:, j, 1], color=color, lw=1.2,
-                         label=f"{label} (wd {wd:.3g})")  # fmt: skip
+                         label=f"{titles[label]} (wd {wd:.3g})")  # fmt: skip
             pred = log.pred_norm[:, j]
             if np.any(np.isfinite(pred)):
                 norm_ax.plot(steps, pred, "--", color=color, lw=0.9)
@@ -301,9 +307,11 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
                 ax.set_xlabel("step", fontsize=8)
     axes[0][0].set_title("weight norm (dashed: equilibrium norm)", fontsize=9)
     axes[0][1].set_title("angular update, rad/step (dashed: prediction)", fontsize=9)
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    if handles:  # under the plots, where it covers no curve
+        fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=3, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))  # fmt: skip
     return _png(fig)
 
 
@@ -371,7 +379,7 @@ def _settings_html(summary: Mapping[str, Any]) -> str:
 
     rows = [("created", summary.get("created", "-")), ("adamwkit", __version__),
             ("command", _command_line())]  # fmt: skip
-    rows += [(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    rows += [(k, "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
              for k, v in (summary.get("settings") or {}).items()]  # fmt: skip
     body = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
@@ -454,10 +462,14 @@ def _monitor_html(summary: Mapping[str, Any], monitor: bytes | None) -> str:
         return ""
     e = html.escape
     data = base64.b64encode(monitor).decode("ascii")
+    test = summary.get("test") or {}
+    same = test.get("one_se", {}).get("monitor") == test.get("best", {}).get("monitor")
+    labels = [m for m in MONITORED if not (m == "one_se" and same)]  # one refit, listed once
     items = "".join(
-        f"<li><b>{e(label)}</b>, {e(v['layer'])}: {e(v['text'])}</li>"
-        for label in MONITORED
-        for v in (summary.get("test") or {}).get(label, {}).get("verdicts", [])
+        f"<li><b>{e('best = one_se' if label == 'best' and same else label)}</b>, "
+        f"{e(v['layer'])}: {e(v['text'])}</li>"
+        for label in labels
+        for v in test.get(label, {}).get("verdicts", [])
         if v["code"] != "no-decay"
     )
     return (
