@@ -72,7 +72,7 @@ def test_cli_tunes_resumes_and_retries_a_failed_candidate(tmp_path, setup):
     assert first.returncode == 0, first.stderr
     assert "Traceback" in first.stderr and "injected failure" in first.stderr
     summary = json.loads(first.stdout.strip().splitlines()[-1])
-    check_first_run(summary, tmp_path / setup, SETUPS[setup][3])
+    check_first_run(summary, tmp_path / f"objectives.{setup}", SETUPS[setup][3])
     ran = calls(log)
     assert len(ran) == len(GRID) * FOLDS - 1  # the failing candidate stopped at its first fold
 

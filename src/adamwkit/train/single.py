@@ -240,6 +240,7 @@ def single_engine(
         lr=lr,
         decay_scale=settings.decay_scale,
     )
+    opt._convention_checked = True  # a value the caller chose in its convention on purpose
     total = settings.total_steps(n_train)
     shape = make_schedule(settings.schedule, total, min(settings.warmup_steps, total - 1))
     data = data if data is not None else DeviceData(task, settings.device)

@@ -201,7 +201,9 @@ class Trial:
         )
         # decay_scale: one of DECAY_SCALES, checked with the study's spec
         scale = cast(DecayScale, self.decay_scale)
-        return AdamW(groups, lr=self.lr, decay_scale=scale, **adamw_kwargs)
+        opt = AdamW(groups, lr=self.lr, decay_scale=scale, **adamw_kwargs)
+        opt._convention_checked = True  # a candidate of the study, in its convention
+        return opt
 
     def monitor(
         self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None, every: int = 10
