@@ -127,11 +127,12 @@ def test_a_tune_summary_read_only_with_its_marks_notes_and_paths():
     assert "Report: r.html  (summary: s.json)" in text
     assert "BEST WEIGHT DECAY 0.01.\nSECOND LINE." in text  # a verdict line per fact
     # the answer comes last, with the copy-paste line and the test metric beside it
-    assert lines[-3:] == [
+    assert lines[-4:] == [
         "Use weight_decay=0.01 (PyTorch's convention) with lr=0.001:",
         "    AdamW(param_groups(model, weight_decay=0.01), lr=0.001, decay_scale='lr')",
         "    one-SE alternative 0.1 (more decay, within one SE); test accuracy 0.93 (zero "
         "decay: 0.91)",
+        "    why: the lowest held-out loss of 3 candidates (5-fold CV)",
     ]
 
 
@@ -257,7 +258,7 @@ def test_a_tune_result_in_a_notebook_is_short_and_shows_its_table(tmp_path):
         assert f"<th>{column}</th>" in page
     assert "AdamW(param_groups(model, weight_decay=0.3), lr=0.001" in page
     text = str(result)
-    assert text.splitlines()[-1].startswith("    AdamW(param_groups(model, weight_decay=0.3)")
+    assert text.splitlines()[-2].startswith("    AdamW(param_groups(model, weight_decay=0.3)")
     # the accuracy column: the mean of the folds' accuracy, 0.9 at 0.3
     row = next(ln for ln in text.splitlines() if ln.split()[:1] == ["0.3"])
     assert "0.9" in row.split() and row.rstrip().endswith("best, one-SE")

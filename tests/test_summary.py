@@ -78,6 +78,7 @@ SUMMARY_KEYS = [
     "stacking",
     "test",
     "created",
+    "seconds",  # added with the report's run time (not in older summaries)
     "verdict",
     "state",
     "notes",

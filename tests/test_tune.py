@@ -80,6 +80,7 @@ def test_summary_fields_report_and_plot(tmp_path):
     header = re.search(r"<tr>(.*?)</tr>", table).group(1)
     assert re.findall(r"<th>(.*?)</th>", header)[-1] == "state" and "<th></th>" not in header
     assert "<th>created</th>" in page and "<th>adamwkit</th>" in page
+    assert "<th>device</th><td>cpu</td>" in page and result.summary["seconds"] > 0
     complete = result.summary["candidates"]
     lowest = min(complete, key=lambda c: sum(c["fold_losses"]) / len(c["fold_losses"]))
     assert result.best_weight_decay == lowest["weight_decay"]

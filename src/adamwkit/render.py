@@ -482,10 +482,14 @@ def answer(summary: Mapping[str, Any]) -> list[Line]:
     elif t_best.get("loss") is not None:
         zero = f" (zero decay: {sig(t_zero['loss'])})" if t_zero.get("loss") is not None else ""
         extra.append(f"test loss {sig(t_best['loss'])}{zero}")
-    if s.get("flat"):
-        extra.append("weight decay barely matters here")
     if extra:
         out.append(Line("    " + "; ".join(extra), style="dim"))
+    n = sum(1 for c in s.get("candidates", ()) if c.get("state") in ("complete", "pruned"))
+    how = splits(s["folds"], s.get("repeats") or 1)
+    why = f"the lowest held-out loss of {n} candidates ({how})"
+    if s.get("flat"):
+        why += ", but weight decay barely matters here"
+    out.append(Line(f"    why: {why}", style="dim"))
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,8 +322,10 @@ def _run_study(plan: TunePlan) -> TuneResult:
     config = plan.config
     store = _open(config)
     report.begin(config.run_dir, config.study)
+    start = time.perf_counter()
     try:
         summary, errors = _work(plan, store)
+        summary.seconds = round(time.perf_counter() - start, 3)
         summary.state = "failed" if _no_result(summary) else "complete"
         summary.notes += [n for n in report.off_scale(summary) if n not in summary.notes]
         paths = report.write_reports(config.run_dir, summary)

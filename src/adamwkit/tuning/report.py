@@ -376,9 +376,16 @@ def _settings_html(summary: Mapping[str, Any]) -> str:
     """The study's settings as a two-column table, with when it was made and by which
     version of adamwkit."""
     from .. import __version__
+    from .._device import resolve_device
 
-    rows = [("created", summary.get("created", "-")), ("adamwkit", __version__),
-            ("command", _command_line())]  # fmt: skip
+    try:
+        device = str(resolve_device(summary.get("device", "auto")))
+    except (ValueError, RuntimeError):  # a device this process cannot see
+        device = str(summary.get("device", "-"))
+    seconds = summary.get("seconds")
+    rows = [("created", summary.get("created", "-")),
+            ("run time", f"{seconds:.1f} s" if seconds else "-"), ("device", device),
+            ("adamwkit", __version__), ("command", _command_line())]  # fmt: skip
     rows += [(k, "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
              for k, v in (summary.get("settings") or {}).items()]  # fmt: skip
     body = "".join(

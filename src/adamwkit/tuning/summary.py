@@ -162,6 +162,9 @@ class TuneSummary(MutableMapping[str, Any]):
     ``curve``, and perhaps ``reason``, ``monitor`` and ``verdicts``; ``{}`` when none."""
     created: str
     """When the summary was made (local time, ``YYYY-mm-ddTHH:MM:SS``)."""
+    seconds: float
+    """How long the call that wrote the summary took, in seconds (a resumed call counts its
+    own time only; ``0.0`` until the caller sets it)."""
     verdict: str
     """The recommendation in plain words (:func:`verdict_text`)."""
     state: str
@@ -401,6 +404,7 @@ def build_summary(
         "stacking": decision.to_dict(),
         "test": {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S") if created is None else created,
+        "seconds": 0.0,
     }
     values["verdict"] = verdict_text(values)
     values["state"] = _state(values)
