@@ -335,6 +335,7 @@ def render_html(
     )
     answer = render.to_html(render.answer(summary)) if "best_lr" in summary else ""
     return _PAGE.format(
+        style=_STYLE,
         title=html.escape(study or summary["task"]),
         task=html.escape(
             summary["task"] + (f": {summary['description']}" if summary.get("description") else "")
@@ -394,14 +395,20 @@ def _settings_html(summary: Mapping[str, Any]) -> str:
     return f'<table class="settings">{body}</table>'
 
 
+#: The style both pages share (a column that fits 700 px, plots scaled to it, the answer).
+_STYLE = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em;
+       color: #222; padding: 0 1em; }
+img { max-width: 100%; height: auto; }
+.answer { font-size: 1.1em; background: #eef6ee; padding: 0.2em 0.8em; border-radius: 6px; }
+.answer code { font-size: 1em; }
+.verdict { background: #f6f8fa; padding: 0.2em 0.8em; border-radius: 6px; }"""
+
 #: The report page; :func:`render_html` fills in the fields (each already HTML).
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>adamwkit tune: {title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222;
-        padding: 0 1em; }}
-img {{ max-width: 100%; height: auto; }}
+{style}
 .wide {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }}
@@ -411,9 +418,6 @@ tr.marked td {{ font-weight: bold; }}
 p.note {{ color: #555; font-size: 0.9em; margin: 0.2em 0; }}
 .settings th {{ text-align: left; }}
 .settings td {{ text-align: left; white-space: normal; word-break: break-word; }}
-.answer {{ font-size: 1.1em; background: #eef6ee; padding: 0.2em 0.8em; border-radius: 6px; }}
-.answer code {{ font-size: 1em; }}
-.verdict {{ background: #f6f8fa; padding: 0.2em 0.8em; border-radius: 6px; }}
 .state {{ font-weight: bold; color: #a40000; }}
 </style></head><body>
 <h1>Weight decay for {title}</h1>
@@ -510,7 +514,7 @@ def write_probe_report(run_dir: Path, result: Any) -> Path:
     code = (f"AdamW(param_groups(model, weight_decay={result.value:.4g}), lr={lr:g}, "
             f"decay_scale={result.decay_scale!r})")  # fmt: skip
     page = _PROBE_PAGE.format(
-        study=e(run_dir.name), task=e(result.task), value=f"{result.value:.4g}",
+        style=_STYLE, study=e(run_dir.name), task=e(result.task), value=f"{result.value:.4g}",
         low=f"{result.low_value:.4g}", high=f"{result.high_value:.4g}", code=e(code),
         verdict=e(result.verdict()), image=image,
         rule=e({"probe": "the probe's law (tau_epoch = c x turning epoch)",
@@ -525,11 +529,7 @@ _PROBE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>adamwkit probe: {study}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222;
-        padding: 0 1em; }}
-img {{ max-width: 100%; height: auto; }}
-.answer {{ font-size: 1.1em; background: #eef6ee; padding: 0.2em 0.8em; border-radius: 6px; }}
-.verdict {{ background: #f6f8fa; padding: 0.2em 0.8em; border-radius: 6px; }}
+{style}
 </style></head><body>
 <h1>Weight decay for {study}: the probe</h1>
 <p>{task}</p>
