@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import adamwkit
+from adamwkit import monitor as monitor_module
 from adamwkit.monitor import Monitor, load_log
 
 LR, WD = 3e-3, 0.1  # tau_iter = 1/(lr*wd) = 3333 steps
@@ -24,7 +25,7 @@ TAU = 1 / (LR * WD)
 
 
 def scale_invariant_run(make_opt, init_scale, steps, seed=0, every=100, grad_scale=1.0,
-                        lr_at=None):  # fmt: skip
+                        lr_at=None, grad_at=None):  # fmt: skip
     """A 64x64 weight whose gradients are random and orthogonal to it (as behind a
     normalisation layer): the setting Kosson et al.'s equilibrium is exact for."""
     g = torch.Generator().manual_seed(seed)
@@ -32,7 +33,7 @@ def scale_invariant_run(make_opt, init_scale, steps, seed=0, every=100, grad_sca
     opt = make_opt([w])
     mon = Monitor(opt, every=every, names={w: "block.weight"})
     for t in range(steps):
-        r = torch.randn(64, 64, generator=g) * grad_scale
+        r = torch.randn(64, 64, generator=g) * grad_scale * (grad_at(t) if grad_at else 1.0)
         with torch.no_grad():
             r -= (r * w).sum() / (w * w).sum() * w
         w.grad = r
@@ -177,33 +178,39 @@ def test_verdict_late_gradient_rise():
     def cosine(t):
         return LR * 0.5 * (1 + math.cos(math.pi * t / steps))
 
-    g = torch.Generator().manual_seed(0)
-    w = nn.Parameter(torch.randn(64, 64, generator=g) * 0.05)
-    opt = torch.optim.AdamW([w], lr=LR, weight_decay=WD)
-    mon = Monitor(opt, every=20, names={w: "norm_layer.weight"})
-    for t in range(steps):
-        w.grad = torch.randn(64, 64, generator=g) * (3.0 if t > 0.9 * steps else 1.0)
-        opt.param_groups[0]["lr"] = cosine(t)
-        opt.step()
+    _, mon = scale_invariant_run(
+        CONVENTIONS["torch"], 1.0, steps, every=20, lr_at=cosine,
+        grad_at=lambda t: 3.0 if t > 0.9 * steps else 1.0,
+    )  # fmt: skip
     text = verdict(mon, "late-gradient-rise")
     assert "rises 3" in text and "AdamC" in text
 
 
-def test_verdict_embedding_rows_without_gradient():
+@pytest.mark.parametrize("steps", [50, 200])
+def test_verdict_embedding_rows_without_gradient(steps):
+    """Rows no token reaches shrink by the decay alone, (1 - lr*wd)^steps: 95% of their
+    start after 50 steps (a 5% fall, under the 10% threshold: no verdict), 82% after 200."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(100, 8), nn.Linear(8, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     mon = Monitor(opt, model=model)
     before = model[0].weight[50:].detach().norm().item()
-    for _ in range(50):
+    for _ in range(steps):
         opt.zero_grad()
         tokens = torch.randint(0, 50, (32,))  # rows 50..99 never appear
         model(tokens).square().mean().backward()
         opt.step()
-    text = verdict(mon, "unseen-rows")
-    assert text.startswith("50 of 100 rows of 0.weight got no gradient")
     after = model[0].weight[50:].detach().norm().item()
-    assert f"{after / before:.0%}" in text  # the decay alone, (1 - lr*wd)^50
+    fell = 1 - after / before
+    assert fell == pytest.approx(1 - (1 - 1e-2 * 0.1) ** steps, rel=1e-3)
+    assert mon.log().embeddings["0.weight"]["unseen_norm_ratio"] == pytest.approx(after / before)
+    found = [v.text for v in mon.verdicts() if v.code == "unseen-rows"]
+    if fell < monitor_module.UNSEEN_FALL:
+        assert found == []
+    else:
+        assert len(found) == 1
+        assert found[0].startswith("50 of 100 rows of 0.weight got no gradient")
+        assert f"fell to {after / before:.0%} of its start" in found[0]
 
 
 def test_verdict_for_an_l2_optimizer():
@@ -303,10 +310,13 @@ def test_sparse_gradients_are_recorded_as_their_dense_twin(make):
         dense.zero_grad()
         dense(ids).square().sum().backward()
         expected = float(dense.weight.grad.norm())
+        w = dense.weight.detach()
+        cos = float((w * dense.weight.grad).sum() / (w.norm() * dense.weight.grad.norm()))
         opt.step()
         with torch.no_grad():
             dense.weight.copy_(sparse.weight)
         assert monitor.latest()[0]["grad_norm"] == pytest.approx(expected, rel=1e-6)
+        assert monitor.latest()[0]["grad_cos"] == pytest.approx(cos, rel=1e-5)
     assert monitor.recorded == 3
     assert monitor.log().embeddings["weight"]["unseen"] == 7
 

@@ -39,6 +39,8 @@ from .timescale import convert_weight_decay, tau_epoch, tau_iter, tau_run
 if TYPE_CHECKING:
     from torch import nn
 
+    from .monitor import MonitorLog
+
 __all__ = ["Explanation", "LayerEquilibrium", "RunExplanation", "explain", "explain_run"]
 
 
@@ -138,11 +140,19 @@ class Explanation:
 
 @dataclass(frozen=True)
 class RunExplanation:
-    """What :func:`explain_run` returns: a monitored run's last numbers per layer and its
-    verdicts. ``layers``: per tensor, its norm and Kosson et al.'s equilibrium norm at the
-    last record, its angular update (the mean over the last tenth of the records) and the
-    predicted one (``None`` when the log has no records); ``verdicts``: per tensor, a code
-    and a sentence (:meth:`adamwkit.monitor.MonitorLog.verdicts`)."""
+    """What :func:`explain_run` returns: a monitored run's numbers per layer and its
+    verdicts. ``layers``: per layer, taken where its verdict judges it
+    (:meth:`adamwkit.monitor.MonitorLog.judged`: the last record whose lr is at least a tenth
+    of the largest, since at the end of a schedule the equilibrium norm falls toward zero
+    with the lr while the norm freezes), ``step`` that record's step, ``norm`` and
+    Kosson et al.'s ``pred_norm`` there, ``norm_ratio`` their ratio (the number the verdict
+    quotes; ``None`` for a layer that is not decayed), ``angle`` the angular update (the
+    mean over the tenth of the records that ends there) and ``pred_angle`` the predicted
+    one, ``scale_invariant`` whether the equilibrium applies to it (``True``/``False``
+    measured from the gradient's cosine with the weights, ``None`` unknown) and
+    ``grad_cos`` that cosine's median size over the records; the numbers are ``None``
+    when the log has no records. ``verdicts``: per layer, a code and a sentence
+    (:meth:`adamwkit.monitor.MonitorLog.verdicts`)."""
 
     run: str
     steps: int
@@ -174,9 +184,11 @@ class RunExplanation:
 def explain_run(path: str | Path) -> RunExplanation:
     """Read a monitor log (``monitor.jsonl`` from :meth:`adamwkit.Monitor.save`,
     ``fit(monitor=...)``, the Trainer or Lightning callback, or tune's
-    ``monitor-*.jsonl``): each layer's last numbers and the verdicts. The file is read as
+    ``monitor-*.jsonl``): each layer's numbers at the record its verdict judges, and the
+    verdicts (:class:`RunExplanation`). The file is read as
     :func:`adamwkit.monitor.load_log` reads it (a regular file of bounded size); a file that
-    is not a monitor log raises ``ValueError`` naming it.
+    is not a monitor log, or a damaged one, raises ``ValueError`` naming it (and the line
+    where it is damaged).
 
     Example: ``print(explain_run("runs/monitor.jsonl"))``.
     """
@@ -185,27 +197,52 @@ def explain_run(path: str | Path) -> RunExplanation:
     from .monitor import load_log
 
     log = load_log(path)
-    layers = log.layers()
-    recorded = len(layers.steps) > 0
-    tail = max(1, len(layers.steps) // 10)
-    rows = tuple(
-        {
-            "layer": t.name,
-            "norm": float(layers.values[-1, j, 1]) if recorded else None,
-            "pred_norm": float(layers.pred_norm[-1, j]) if recorded else None,
-            "angle": float(np.mean(layers.angle[-tail:, j])) if recorded else None,
-            "pred_angle": float(layers.pred_angle[-1, j]) if recorded else None,
-        }
-        for j, t in enumerate(layers.tensors)
-    )
+    with np.errstate(all="ignore"):  # a diverged run's inf and NaN read as they are
+        layers = _run_layers(log)
     return RunExplanation(
         run=str(path),
         steps=int(log.steps[-1]) if len(log.steps) else 0,
         every=log.every,
         optimizer=log.optimizer,
-        layers=rows,
+        layers=layers,
         verdicts=tuple({"layer": v.layer, "code": v.code, "text": v.text} for v in log.verdicts()),
     )
+
+
+def _run_layers(log: MonitorLog) -> tuple[dict[str, Any], ...]:
+    """Each layer's row of :class:`RunExplanation`, at the record its verdict judges."""
+    import numpy as np
+
+    layers = log.layers()
+    if not len(layers.steps):
+        return tuple(
+            {"layer": t.name, "step": None, "norm": None, "pred_norm": None, "norm_ratio": None,
+             "angle": None, "pred_angle": None, "scale_invariant": None, "grad_cos": None}
+            for t in layers.tensors
+        )  # fmt: skip
+    at, invariant = layers.judged(), layers.scale_invariant()
+    norm, pred, angle = layers.values[:, :, 1], layers.pred_norm, layers.angle
+    cos = np.abs(layers.grad_cos)
+    rows = []
+    for j, t in enumerate(layers.tensors):
+        k = int(at[j])
+        tail = max(1, (k + 1) // 10)
+        known = cos[:, j][np.isfinite(cos[:, j])]
+        p = float(pred[k, j])
+        rows.append(
+            {
+                "layer": t.name,
+                "step": int(layers.steps[k]),
+                "norm": float(norm[k, j]),
+                "pred_norm": p,
+                "norm_ratio": float(norm[k, j]) / p if 0 < p < math.inf else None,
+                "angle": float(np.mean(angle[k + 1 - tail : k + 1, j])),
+                "pred_angle": float(layers.pred_angle[k, j]),
+                "scale_invariant": invariant[j],
+                "grad_cos": float(np.median(known)) if len(known) else None,
+            }
+        )
+    return tuple(rows)
 
 
 def _weights_remaining(s: TrainingSetup, wd: float, sched: Schedule | None) -> float | None:

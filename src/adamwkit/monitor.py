@@ -16,10 +16,22 @@ PyTorch's convention (``decay_scale="schedule"`` divides by ``lr_peak`` first), 
 
 :class:`Monitor` attaches to any ``torch.optim.Optimizer`` through its step hooks and, every
 ``every`` steps, records per tensor the weight norm, the update's norm and angle, the
-gradient norm and the decay of that step, next to the predicted norm and angle. Norms are
-computed with multi-tensor kernels and stay on the device until they are read (no host
-synchronisation per tensor). :meth:`Monitor.log` returns a :class:`MonitorLog`, which
-gives the records (:meth:`MonitorLog.history`), a per-layer view, plain-word verdicts
+gradient norm, the cosine between the weight and its gradient and the decay of that step,
+next to the predicted norm and angle. Norms are computed with multi-tensor kernels and stay
+on the device until they are read (no host synchronisation per tensor).
+
+The equilibrium holds for scale-invariant weights only: those whose loss does not change
+when they are scaled (a weight followed by a normalisation). For such a weight the gradient
+is orthogonal to it, :math:`w \cdot g = 0` at every step and every batch, so the monitor
+measures it rather than guessing. A tensor (or layer) of :math:`C` elements whose
+:math:`|\cos(w, g)|` is below :data:`SCALE_INVARIANT_LIMIT` :math:`/\sqrt{C}` (a tenth of
+what a gradient of random direction shows) at more than half of its recorded steps (its
+median below it) is scale-invariant and judged against the equilibrium; any other decayed
+layer gets one ``reference`` verdict, its norm beside the equilibrium norm as a reference
+only.
+
+:meth:`Monitor.log` returns a :class:`MonitorLog`, which gives the records
+(:meth:`MonitorLog.history`), a per-layer view, plain-word verdicts
 (:meth:`MonitorLog.verdicts`) and a compact JSON-lines file (:meth:`MonitorLog.save`,
 read back by :func:`load_log` and ``adamwkit explain --run PATH``).
 
@@ -49,11 +61,28 @@ from torch import Tensor, nn
 from ._checks import check_whole
 from ._io import atomic_write, read_regular
 
-__all__ = ["Monitor", "MonitorLog", "Verdict", "load_log"]
+__all__ = ["SCALE_INVARIANT_LIMIT", "Monitor", "MonitorLog", "Verdict", "load_log"]
 
-LOG_VERSION = 1
-# The per-tensor quantities recorded at each recorded step, in this order.
-_FIELDS = ("norm_before", "norm", "update_norm", "dot", "grad_norm")
+# Version 2 added the field grad_dot (<w, g>); version 1 logs still load, their
+# scale-invariance unknown.
+LOG_VERSION = 2
+# The per-tensor quantities recorded at each recorded step, in this order: the weight norm
+# before and after the step, the update's norm, <update, w before>, the gradient's norm and
+# <w before, g>.
+_FIELDS = ("norm_before", "norm", "update_norm", "dot", "grad_norm", "grad_dot")
+
+SCALE_INVARIANT_LIMIT = 0.1
+"""A tensor or layer of :math:`C` elements is scale-invariant when
+:math:`|\\cos(w, g)|\\sqrt{C}` is below this at more than half of its recorded steps. A
+gradient of random direction gives about 1 (its cosine with any fixed vector is about
+:math:`1/\\sqrt{C}`); a scale-invariant weight's is zero but for rounding and the
+normalisation's eps. Measured (median over the recorded steps): weights followed by a
+LayerNorm, an RMSNorm or a BatchNorm give 7e-7 to 6e-4 in float32 and 2e-3 to 3e-3 under
+bf16 autocast, for 864 to 1M elements; the layers of an MLP, of a small transformer and of
+a conv net that no normalisation follows give 0.5 to 14 (``|cos|`` 0.006 to 0.2). An
+absolute limit on ``|cos|`` cannot separate them: a large layer that is not scale-invariant
+shows ``|cos|`` near 0.006, because a gradient's cosine with its weights shrinks with their
+size. docs/monitor.md has the table."""
 
 
 # ---------------------------------------------------------------------------- the log
@@ -98,6 +127,34 @@ class MonitorLog:
         return _angle(self._field("norm_before"), self._field("update_norm"), self._field("dot"))
 
     @property
+    def grad_cos(self) -> np.ndarray:
+        """Cosine between the weights and their gradient at each recorded step, before the
+        step: zero for a scale-invariant weight; NaN where the log does not hold it (a
+        version 1 log) or the weight or gradient is zero."""
+        w, g = self._field("norm_before"), self._field("grad_norm")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where((w > 0) & (g > 0), self._field("grad_dot") / (w * g), np.nan)
+
+    def scale_invariant(self) -> list[bool | None]:
+        """Per tensor of this view (:meth:`layers` for the layers): whether its weights are
+        scale-invariant, measured: ``|cos(w, g)| * sqrt(C)`` (:attr:`grad_cos`, ``C`` its
+        element count) below :data:`SCALE_INVARIANT_LIMIT` at more than half of the
+        recorded steps where it is known (its median below the limit); ``None`` where it
+        was never known (a log written before adamwkit recorded the cosine)."""
+        size = np.array([math.prod(t.shape) for t in self.tensors], dtype=np.float64)
+        cos = np.abs(self.grad_cos) * np.sqrt(size)
+        known = np.isfinite(cos).sum(axis=0)
+        below = (cos < SCALE_INVARIANT_LIMIT).sum(axis=0)
+        return [_invariant(int(b), int(k)) for b, k in zip(below, known, strict=True)]
+
+    def judged(self) -> np.ndarray:
+        """Per tensor of this view, the record its verdict and ``explain --run``'s table
+        read the norm at: the last one whose lr is at least :data:`LIVE_LR` of the
+        tensor's largest (at the end of a schedule the equilibrium norm falls toward zero
+        with the lr while the norm freezes, so that tail is not judged)."""
+        return np.array([_judged(self.lr[:, t]) for t in range(len(self.tensors))], dtype=int)
+
+    @property
     def pred_norm(self) -> np.ndarray:
         """Kosson et al.'s equilibrium norm :math:`\\eta_t\\sqrt{C/(2\\eta_t\\lambda)}`."""
         c = np.array([t.numel for t in self.tensors], dtype=np.float64)
@@ -113,13 +170,14 @@ class MonitorLog:
     def history(self, by: str = "tensor") -> list[dict[str, Any]]:
         """The records as dicts, one per recorded step and tensor (``by="tensor"``) or layer
         (``by="layer"``: the layer's tensors taken as one vector). Keys: ``step``,
-        ``name``, ``norm``, ``update_norm``, ``angle``, ``grad_norm``, ``decay``, ``lr``,
-        ``pred_norm``, ``pred_angle``."""
+        ``name``, ``norm``, ``update_norm``, ``angle``, ``grad_norm``, ``grad_cos`` (the
+        cosine between the weights and their gradient, NaN in a log without it), ``decay``,
+        ``lr``, ``pred_norm``, ``pred_angle``."""
         if by not in ("tensor", "layer"):
             raise ValueError(f"by={by!r} is invalid: expected one of 'tensor', 'layer'")
         view = self if by == "tensor" else self.layers()
         names = [t.name for t in view.tensors]
-        angle, pred_n, pred_a = view.angle, view.pred_norm, view.pred_angle
+        angle, pred_n, pred_a, cos = view.angle, view.pred_norm, view.pred_angle, view.grad_cos
         norm, upd, grad = view._field("norm"), view._field("update_norm"), view._field("grad_norm")
         rows = []
         for r, step in enumerate(view.steps.tolist()):
@@ -132,6 +190,7 @@ class MonitorLog:
                         "update_norm": float(upd[r, t]),
                         "angle": float(angle[r, t]),
                         "grad_norm": float(grad[r, t]),
+                        "grad_cos": float(cos[r, t]),
                         "decay": float(view.decay[r, t]),
                         "lr": float(view.lr[r, t]),
                         "pred_norm": float(pred_n[r, t]),
@@ -162,7 +221,8 @@ class MonitorLog:
             for f in ("norm_before", "norm", "update_norm", "grad_norm"):
                 k = _FIELDS.index(f)
                 values[:, j, k] = np.sqrt((v[:, :, k] ** 2).sum(axis=1))
-            values[:, j, _FIELDS.index("dot")] = v[:, :, _FIELDS.index("dot")].sum(axis=1)
+            for f in ("dot", "grad_dot"):
+                values[:, j, _FIELDS.index(f)] = v[:, :, _FIELDS.index(f)].sum(axis=1)
             numel = sum(self.tensors[i].numel for i in idx)
             # The layer's decay: the one whose prediction for the decayed tensors' elements
             # is their summed squared prediction (undecayed biases and gains add nothing).
@@ -184,10 +244,18 @@ class MonitorLog:
     # -- verdicts
 
     def verdicts(self) -> list[Verdict]:
-        """Per layer, in plain words: whether and when its norm reached the equilibrium,
-        whether the run was too short for the decay to act, a collapsing norm, a late rise
-        of the gradient norm, and embedding rows decayed without gradients."""
-        return _verdicts(self)
+        """Per layer, in plain words (:class:`Verdict`). A scale-invariant layer
+        (:meth:`scale_invariant`) is judged against the equilibrium: whether and when its
+        norm reached it, whether the run was too short for the decay to act, a collapsing
+        norm, a late rise of the gradient norm (by :data:`GRADIENT_RISE` or more). Any
+        other decayed layer gets one ``reference`` verdict, its norm beside the equilibrium
+        norm as a reference only, or ``collapsing`` when its norm falls below a tenth of
+        its first record's and keeps falling. Embedding rows decayed without gradients get
+        a verdict when their norm fell by :data:`UNSEEN_FALL` (10%) or more. Every ratio
+        quoted is the one at the layer's :meth:`judged` record, and says its step.
+        Non-finite numbers (a diverged run) raise no numpy warnings."""
+        with np.errstate(all="ignore"):
+            return _verdicts(self)
 
     # -- the file
 
@@ -229,6 +297,27 @@ class MonitorLog:
         return atomic_write(path, "\n".join(lines) + "\n")
 
 
+def _invariant(below: int, known: int) -> bool | None:
+    """Scale-invariant when ``|cos(w, g)| * sqrt(C)`` was below :data:`SCALE_INVARIANT_LIMIT`
+    at more than half of the ``known`` recorded steps; ``None`` when it was never known."""
+    return None if known == 0 else 2 * below > known
+
+
+LIVE_LR = 0.1
+"""The verdicts judge each layer at its last record whose lr is at least this fraction of
+the layer's largest lr."""
+
+
+def _judged(lr: np.ndarray) -> int:
+    """The last record whose lr is at least :data:`LIVE_LR` of the largest (the last
+    record when no lr is known)."""
+    finite = np.isfinite(lr)
+    if not finite.any():
+        return len(lr) - 1
+    live = np.nonzero(finite & (lr >= LIVE_LR * lr[finite].max()))[0]
+    return int(live[-1])
+
+
 def _round(a: np.ndarray) -> Any:
     return np.vectorize(lambda x: float(f"{x:.7g}"), otypes=[float])(a).tolist() if a.size else []
 
@@ -242,68 +331,186 @@ def _angle(norm_before: np.ndarray, update: np.ndarray, dot: np.ndarray) -> np.n
         return np.arctan2(across, norm_before + along)
 
 
+_WRITERS = "Monitor, fit(monitor=...), the Trainer or Lightning callback"
+
+
+class _Damaged(Exception):
+    """What is wrong with one line of a log (``load_log`` adds the file and the line)."""
+
+
 def load_log(path: str | Path) -> MonitorLog:
-    """Read a log written by :meth:`MonitorLog.save`; a ``ValueError`` names what is wrong."""
-    not_a_log = ValueError(
-        f"run={str(path)!r} is invalid: expected a monitor log written by adamwkit "
-        "(Monitor, fit(monitor=...), the Trainer or Lightning callback)"
-    )
+    """Read a log written by :meth:`MonitorLog.save` (this version's, or version 1's, whose
+    tensors' scale-invariance reads as unknown). A torn last line (a crash while writing
+    it) is dropped and the records before it stand. Anything else wrong is a
+    ``ValueError`` naming the file, the line (counted from 1) and what is wrong there: a
+    file that is not a monitor log, a header or a record that is not a JSON object, a
+    missing or wrong-typed field, a record whose tables do not hold one row per tensor."""
+    run = f"run={str(path)!r}"
     try:
         lines = read_regular(path, "run").decode("utf-8").splitlines()
     except UnicodeDecodeError:
-        raise not_a_log from None
+        raise ValueError(f"{run} is invalid: it is not text: expected a monitor log written "
+                         f"by adamwkit ({_WRITERS})") from None  # fmt: skip
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{run} is invalid: line 1 is empty: expected a monitor log "
+                         f"written by adamwkit ({_WRITERS})")  # fmt: skip
     try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
-        header = {}
-    if not isinstance(header, dict) or header.get("adamwkit_monitor") != LOG_VERSION:
-        raise not_a_log
+        header = json.loads(lines[0])
+    except (json.JSONDecodeError, RecursionError):
+        header = None
+    if not isinstance(header, dict) or "adamwkit_monitor" not in header:
+        got = "not JSON" if header is None else f"{_kind(header)}"
+        raise ValueError(f"{run} is invalid: line 1 is {got}, not a monitor log's header: "
+                         f"expected a monitor log written by adamwkit ({_WRITERS})")  # fmt: skip
+    line = 1
     try:
-        tensors = [
-            TensorInfo(
-                str(t["name"]),
-                int(t["numel"]),
-                tuple(map(int, t["shape"])),
-                str(t["layer"]),
-                bool(t["embedding"]),
-            )
-            for t in header["tensors"]
-        ]
-        return _log_from(header, tensors, lines, path)
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        if isinstance(err, ValueError) and str(err).startswith("run="):
-            raise
-        raise ValueError(f"run={str(path)!r} is damaged: {type(err).__name__}: {err}") from None
+        every, optimizer, fields, tensors, embeddings = _header(header)
+        records: list[tuple[Any, ...]] = []
+        for line in range(2, len(lines) + 1):
+            text = lines[line - 1]
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):
+                if line == len(lines):
+                    break  # a torn last line: the records before it stand
+                raise _Damaged("it is not JSON") from None
+            records.append(_record(obj, len(tensors), fields, records[-1][0] if records else -1))
+    except _Damaged as err:
+        raise ValueError(f"{run} is damaged at line {line}: {err}") from None
+    return _log_from(every, optimizer, tensors, embeddings, records)
+
+
+def _kind(obj: Any) -> str:
+    """The JSON type of ``obj``, in words."""
+    for kind, types in (("an object", dict), ("a list", list), ("a string", str),
+                        ("true or false", bool), ("a number", (int, float))):  # fmt: skip
+        if isinstance(obj, types):
+            return kind
+    return "null"
+
+
+def _get(obj: Mapping[str, Any], key: str) -> Any:
+    _want(key in obj, f"{key!r} is missing")
+    return obj[key]
+
+
+def _want(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Damaged(what)
+
+
+def _whole(obj: Mapping[str, Any], key: str, low: int = 0) -> int:
+    value = _get(obj, key)
+    _want(isinstance(value, int) and not isinstance(value, bool),
+          f"{key!r} is {_kind(value)}, expected a whole number")  # fmt: skip
+    _want(low <= value < 2**63, f"{key!r} is {value}, expected a whole number >= {low}")
+    return int(value)
+
+
+def _text(obj: Mapping[str, Any], key: str) -> str:
+    value = _get(obj, key)
+    _want(isinstance(value, str), f"{key!r} is {_kind(value)}, expected a string")
+    return str(value)
+
+
+def _header(h: dict[str, Any]) -> tuple[int, str, int, list[TensorInfo], dict[str, Any]]:
+    """The header's settings: ``every``, the optimizer, how many fields a record holds, the
+    tensors and the embedding summary."""
+    version = h["adamwkit_monitor"]
+    _want(version in (1, LOG_VERSION) and not isinstance(version, bool),
+          f"'adamwkit_monitor' is {version!r}: this adamwkit reads versions 1 and "
+          f"{LOG_VERSION} (a newer adamwkit wrote it?)")  # fmt: skip
+    fields = h.get("fields", list(_FIELDS[:5] if version == 1 else _FIELDS))
+    expected = list(_FIELDS[:5]) if version == 1 else list(_FIELDS)
+    _want(fields == expected, f"'fields' is {str(fields)[:80]}, expected {expected}")
+    tensors = _get(h, "tensors")
+    _want(isinstance(tensors, list), f"'tensors' is {_kind(tensors)}, expected a list")
+    infos = []
+    for k, t in enumerate(tensors):
+        _want(isinstance(t, dict), f"tensor {k} is {_kind(t)}, expected an object")
+        shape = t.get("shape")
+        _want(isinstance(shape, list) and all(isinstance(x, int) and not isinstance(x, bool)
+                                              and x >= 0 for x in shape),
+              f"tensor {k}'s 'shape' is not a list of whole numbers")  # fmt: skip
+        embedding = t.get("embedding", False)
+        _want(isinstance(embedding, bool), f"tensor {k}'s 'embedding' is not true or false")
+        try:
+            infos.append(TensorInfo(_text(t, "name"), _whole(t, "numel"), tuple(shape),
+                                    _text(t, "layer"), embedding))  # fmt: skip
+        except _Damaged as err:
+            raise _Damaged(f"tensor {k}: {err}") from None
+    embeddings = h.get("embeddings", {})
+    _want(isinstance(embeddings, dict), f"'embeddings' is {_kind(embeddings)}, expected an object")
+    for name, e in embeddings.items():
+        _want(isinstance(e, dict), f"embedding {name!r} is {_kind(e)}, expected an object")
+        ratio = e.get("unseen_norm_ratio")
+        _want(
+            ratio is None or (isinstance(ratio, (int, float)) and not isinstance(ratio, bool)),
+            f"embedding {name!r}'s 'unseen_norm_ratio' is {_kind(ratio)}, expected a number",
+        )
+        try:
+            _whole(e, "rows"), _whole(e, "unseen")
+        except _Damaged as err:
+            raise _Damaged(f"embedding {name!r}: {err}") from None
+    return _whole(h, "every", 1), _text(h, "optimizer"), len(fields), infos, embeddings
+
+
+def _numbers(obj: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``obj[key]`` as a float array of ``shape`` (``null`` reads as NaN)."""
+    value = _get(obj, key)
+    _want(isinstance(value, list), f"{key!r} is {_kind(value)}, expected a list")
+    _want(
+        len(value) > 0 or shape[0] == 0,
+        f"{key!r} holds no tensors, expected {shape[0]} (one per tensor in the header)",
+    )
+    try:
+        a = np.asarray(value)
+        if a.dtype == object:  # nulls among the numbers
+            flat = a.reshape(-1)
+            _want(all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+                      for x in flat), f"{key!r} holds something other than numbers")  # fmt: skip
+            a = np.array([math.nan if x is None else x for x in flat], dtype=np.float64)
+            a = a.reshape(np.asarray(value, dtype=object).shape)
+    except ValueError:  # lists of unequal lengths
+        raise _Damaged(f"{key!r} is not a table of numbers (rows of unequal length)") from None
+    _want(a.dtype.kind in "iuf" or a.size == 0,
+          f"{key!r} holds something other than numbers")  # fmt: skip
+    what = " x ".join(map(str, shape))
+    _want(a.shape == shape or (a.size == 0 and math.prod(shape) == 0),
+          f"{key!r} has shape {' x '.join(map(str, a.shape))}, expected {what} (one row per "
+          "tensor in the header)")  # fmt: skip
+    return a.astype(np.float64).reshape(shape)
+
+
+def _record(obj: Any, tensors: int, fields: int, previous: int) -> tuple[Any, ...]:
+    """One record line's step and tables, checked against the header."""
+    _want(isinstance(obj, dict), f"the record is {_kind(obj)}, expected an object")
+    step = _whole(obj, "step")
+    _want(step > previous, f"step {step} comes after step {previous}: steps must increase")
+    values = _numbers(obj, "values", (tensors, fields))
+    if fields < len(_FIELDS):  # an older log: the fields it lacks are unknown
+        pad = np.full((tensors, len(_FIELDS) - fields), np.nan)
+        values = np.concatenate([values, pad], axis=1)
+    return (step, values, *(_numbers(obj, k, (tensors,)) for k in ("decay", "lr", "beta1")))
 
 
 def _log_from(
-    header: dict[str, Any], tensors: list[TensorInfo], lines: list[str], path: str | Path
+    every: int,
+    optimizer: str,
+    tensors: list[TensorInfo],
+    embeddings: dict[str, Any],
+    records: list[tuple[Any, ...]],
 ) -> MonitorLog:
-    """The log's records, after its header (``load_log`` maps every malformed field to one
-    ``ValueError``)."""
-    records = []
-    for i, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):
-                break  # a torn last line: the records before it stand
-            raise ValueError(f"run={str(path)!r} is damaged at line {i}") from None
-    n = len(tensors)
-    shape = (len(records), n)
-    return MonitorLog(
-        tensors,
-        int(header["every"]),
-        str(header["optimizer"]),
-        np.array([r["step"] for r in records], dtype=np.int64),
-        np.array([r["values"] for r in records], dtype=np.float64).reshape(*shape, len(_FIELDS)),
-        np.array([r["decay"] for r in records], dtype=np.float64).reshape(shape),
-        np.array([r["lr"] for r in records], dtype=np.float64).reshape(shape),
-        np.array([r["beta1"] for r in records], dtype=np.float64).reshape(shape),
-        dict(header.get("embeddings", {})),
-    )
+    n, r = len(tensors), len(records)
+
+    def stack(k: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.stack([rec[k] for rec in records]) if r else np.zeros((0, *shape))
+
+    return MonitorLog(tensors, every, optimizer, np.array([rec[0] for rec in records],
+                      dtype=np.int64), stack(1, (n, len(_FIELDS))), stack(2, (n,)),
+                      stack(3, (n,)), stack(4, (n,)), dict(embeddings))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the monitor
@@ -343,8 +550,10 @@ class Monitor:
     layers and finds the embedding tables; without either, tensors are named
     ``group<g>.param<i>``. Attaching costs nothing on the steps that are not recorded; on a
     recorded step the parameters are copied before the step (into buffers kept for the next
-    recorded step: the monitor holds one copy of the parameters) and a few multi-tensor
-    norms and a dot product per tensor are taken after it. :meth:`close` detaches it and
+    recorded step: the monitor holds one copy of the parameters), the gradients' norms
+    (a multi-tensor kernel) and each weight's dot product with its gradient are taken, and a
+    few multi-tensor norms and a dot product per tensor after it; every number stays on the
+    device until it is read. :meth:`close` detaches it and
     frees the buffers.
 
     The prediction uses each group's ``lr``, ``weight_decay`` and ``decay_scale`` at that
@@ -387,8 +596,9 @@ class Monitor:
         self._tensors: list[TensorInfo] = []
         self._index: dict[int, int] = {}
         self._pending: tuple[Any, ...] | None = None
-        self._records: list[tuple[int, Tensor, list[int], list[float], list[float], list[float]]]
-        self._records = []
+        # (step, the (tensors, fields) block: on the device until read, then on the host,
+        # the tensors' slots, decay, lr, beta1)
+        self._records: list[tuple[Any, ...]] = []
         self._rows_seen: dict[int, Tensor] = {}
         self._rows_start: dict[int, Tensor] = {}
         self._buffers: dict[int, Tensor] = {}
@@ -444,10 +654,11 @@ class Monitor:
             grads = [p.grad for p in params]
             before = self._snapshot(params, slots)
             grad_norms = _norms(grads)
+            grad_dots = _dots(params, grads)  # <w, g>: zero for a scale-invariant weight
             for p, slot in zip(params, slots, strict=True):
                 if self._tensors[slot].embedding:
                     self._track_rows(p, slot)
-        self._pending = (params, slots, before, grad_norms, decay, lr, beta1)
+        self._pending = (params, slots, before, grad_norms, grad_dots, decay, lr, beta1)
 
     def _snapshot(self, params: list[Tensor], slots: list[int]) -> list[Tensor]:
         """The parameters' values before the step, copied into buffers kept from one
@@ -486,7 +697,7 @@ class Monitor:
     def _after(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._pending is None:
             return
-        params, slots, before, grad_norms, decay, lr, beta1 = self._pending
+        params, slots, before, grad_norms, grad_dots, decay, lr, beta1 = self._pending
         self._pending = None
         with torch.no_grad():
             after = [p.detach() for p in params]
@@ -504,13 +715,15 @@ class Monitor:
                 (a * a + 2 * x + n * n).clamp_min(0).sqrt()
                 for a, x, n in zip(norms_after, minus, norms_delta, strict=True)
             ]
+            device = grad_norms[0].device
             block = torch.stack(
                 [
                     torch.stack(norms_before),
                     torch.stack(norms_after),
                     torch.stack(norms_delta),
-                    torch.stack(dots).to(grad_norms[0].device),
+                    torch.stack(dots).to(device),
                     torch.stack(grad_norms),
+                    torch.stack(grad_dots).to(device),
                 ],
                 dim=1,
             )  # (tensors, fields), on the parameters' device until read
@@ -528,10 +741,14 @@ class Monitor:
         :meth:`history`; ``[]`` before the first record."""
         return self.log(last=True).history(by) if self._records else []
 
-    def log(self, last: bool = False) -> MonitorLog:
-        """Everything recorded so far (reads the device once); ``last``: the last record
-        only, without the embedding summary."""
-        records = self._records[-1:] if last else self._records
+    def log(self, last: bool = False, since: int = 0) -> MonitorLog:
+        """Everything recorded so far; ``last``: the last record only, ``since``: the
+        records from that one on (counted from 0), either without the embedding summary.
+        Records are read from the device once, in one transfer for all those not read
+        yet, and kept on the host: calling it again costs only the new records."""
+        start = max(0, len(self._records) - 1) if last else check_whole("since", since, 0)
+        self._read(start)
+        records = self._records[start:]
         n = len(self._tensors)
         r = len(records)
         values = np.full((r, n, len(_FIELDS)), np.nan)
@@ -539,11 +756,27 @@ class Monitor:
         steps = np.zeros(r, dtype=np.int64)
         for k, (step, block, slots, d, a, b) in enumerate(records):
             steps[k] = step
-            values[k, slots, :] = block.detach().double().cpu().numpy()
+            values[k, slots, :] = block
             decay[k, slots], lr[k, slots], beta1[k, slots] = d, a, b
-        embeddings = {} if last else self._embedding_summary()
+        embeddings = {} if last or since else self._embedding_summary()
         return MonitorLog(list(self._tensors), self.every, type(self.optimizer).__name__,
                           steps, values, decay, lr, beta1, embeddings)  # fmt: skip
+
+    def _read(self, start: int) -> None:
+        """Bring the records from ``start`` on to the host: one transfer per device for all
+        those still on it."""
+        unread: dict[torch.device, list[int]] = {}
+        for k in range(max(0, start), len(self._records)):
+            block = self._records[k][1]
+            if isinstance(block, Tensor):
+                unread.setdefault(block.device, []).append(k)
+        for ks in unread.values():
+            blocks = [self._records[k][1] for k in ks]
+            flat = torch.cat(blocks).detach().cpu().double().numpy()
+            rows = np.cumsum([len(b) for b in blocks])[:-1]
+            for k, part in zip(ks, np.split(flat, rows), strict=True):
+                step, _, *rest = self._records[k]
+                self._records[k] = (step, part, *rest)
 
     def history(self, by: str = "tensor") -> list[dict[str, Any]]:
         """The records as dicts (see :meth:`MonitorLog.history`)."""
@@ -613,6 +846,21 @@ def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [n for n in out if n is not None]
 
 
+def _dots(weights: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
+    """``<w, g>`` per tensor, each left on the device (no host synchronisation); a sparse
+    gradient's dot takes only the rows it holds."""
+    out = []
+    for w, g in zip(weights, grads, strict=True):
+        w, g = w.detach(), g.detach()
+        if g.is_sparse:
+            g = g.coalesce()
+            rows = w[tuple(g.indices())]
+            out.append((rows * g.values().to(w.dtype)).sum().float())
+        else:
+            out.append(torch.vdot(w.reshape(-1), g.to(w.dtype).reshape(-1)).float())
+    return out
+
+
 def _looks_like_embedding(name: str) -> bool:
     leaf = name.lower()
     return any(k in leaf for k in ("embed", "wte", "tok_emb", "word_emb"))
@@ -620,16 +868,56 @@ def _looks_like_embedding(name: str) -> bool:
 
 # ---------------------------------------------------------------------------- verdicts
 
+UNSEEN_FALL = 0.1
+"""The ``unseen-rows`` verdict needs the norm of an embedding's rows that got no gradient to
+have fallen by at least this fraction of its start (a smaller change says nothing)."""
+
+GRADIENT_RISE = 1.5
+"""The ``late-gradient-rise`` verdict needs the gradient norm of the run's last tenth to be
+at least this multiple of its middle's (from 40% to 70% of the records)."""
+
 
 @dataclass(frozen=True)
 class Verdict:
     """One finding about a layer: ``code`` (``equilibrium``, ``too-short``, ``collapsing``,
-    ``off-equilibrium``, ``no-decay``, ``not-decoupled``, ``late-gradient-rise``,
-    ``unseen-rows``) and the sentence that says it."""
+    ``off-equilibrium``, ``reference``, ``no-decay``, ``not-decoupled``,
+    ``late-gradient-rise``, ``unseen-rows``) and the sentence that says it."""
 
     layer: str
     code: str
     text: str
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One layer's recorded numbers, as the verdicts read them."""
+
+    layer: str
+    steps: np.ndarray
+    decay: np.ndarray
+    lr: np.ndarray
+    norm: np.ndarray
+    pred: np.ndarray
+    grad: np.ndarray
+    at: int  # the judged record (MonitorLog.judged)
+    invariant: bool | None  # MonitorLog.scale_invariant
+    cos: float  # the median |cos(w, g)| over the records that know it
+
+    @property
+    def elapsed(self) -> np.ndarray:
+        """The run's length in tau_iter at each record: the decay summed over every step
+        (a recorded step stands for the ``every`` steps before it)."""
+        gaps = np.diff(np.concatenate([[0.0], self.steps]))
+        return np.cumsum(gaps * np.nan_to_num(self.decay))
+
+    @property
+    def ratio(self) -> float:
+        """The norm over the equilibrium norm at the judged record."""
+        return float(self.norm[self.at] / self.pred[self.at])
+
+    @property
+    def where(self) -> str:
+        return f"at step {int(self.steps[self.at]):,}"
 
 
 def _verdicts(log: MonitorLog) -> list[Verdict]:
@@ -638,105 +926,48 @@ def _verdicts(log: MonitorLog) -> list[Verdict]:
     out: list[Verdict] = []
     layers = log.layers()
     norm, grad = layers._field("norm"), layers._field("grad_norm")
-    pred = layers.pred_norm
+    pred, at, invariant = layers.pred_norm, layers.judged(), layers.scale_invariant()
+    cos = np.abs(layers.grad_cos)
     steps = layers.steps.astype(np.float64)
     for j, info in enumerate(layers.tensors):
-        out += _layer_verdicts(info.layer, steps, layers.decay[:, j], layers.lr[:, j],
-                               norm[:, j], pred[:, j], grad[:, j])  # fmt: skip
+        known = cos[:, j][np.isfinite(cos[:, j])]
+        median = float(np.median(known)) if len(known) else math.nan
+        out += _layer_verdicts(_Series(info.layer, steps, layers.decay[:, j], layers.lr[:, j],
+                                       norm[:, j], pred[:, j], grad[:, j], int(at[j]),
+                                       invariant[j], median))  # fmt: skip
     for name, e in log.embeddings.items():
-        if e.get("unseen"):
-            ratio = e.get("unseen_norm_ratio", math.nan)
-            shrink = f", and their norm fell to {ratio:.0%} of its start" if ratio == ratio else ""
-            out.append(
-                Verdict(
-                    _layer(name),
-                    "unseen-rows",
-                    f"{e['unseen']:,} of {e['rows']:,} rows of {name} got no gradient in the "
-                    f"recorded steps but are decayed all the same{shrink} (rare tokens fade "
-                    "toward zero): exclude embeddings from decay (param_groups(..., "
-                    "exclude=[...])) if those rows matter",
-                )
+        ratio = e.get("unseen_norm_ratio")
+        if not e.get("unseen") or ratio is None or not ratio <= 1.0 - UNSEEN_FALL:
+            continue
+        out.append(
+            Verdict(
+                _layer(name),
+                "unseen-rows",
+                f"{e['unseen']:,} of {e['rows']:,} rows of {name} got no gradient in the "
+                f"recorded steps but are decayed all the same, and their norm fell to "
+                f"{ratio:.0%} of its start (rare tokens fade toward zero): exclude embeddings "
+                "from decay (param_groups(..., exclude=[...])) if those rows matter",
             )
+        )
     return out
 
 
-def _layer_verdicts(
-    layer: str,
-    steps: np.ndarray,
-    decay: np.ndarray,
-    lr: np.ndarray,
-    norm: np.ndarray,
-    pred: np.ndarray,
-    grad: np.ndarray,
-) -> list[Verdict]:
-    if np.all(np.isnan(decay)):
-        return [Verdict(layer, "not-decoupled", "the optimizer's weight decay is an L2 penalty, "
-                        "not AdamW's decoupled decay: no equilibrium to compare with")]  # fmt: skip
-    if not np.any(decay > 0):
-        return [Verdict(layer, "no-decay", "not decayed: its norm drifts freely (no "
+def _layer_verdicts(s: _Series) -> list[Verdict]:
+    if np.all(np.isnan(s.decay)):
+        return [Verdict(s.layer, "not-decoupled", "the optimizer's weight decay is an L2 "
+                        "penalty, not AdamW's decoupled decay: no equilibrium to compare "
+                        "with")]  # fmt: skip
+    if not np.any(s.decay > 0):
+        return [Verdict(s.layer, "no-decay", "not decayed: its norm drifts freely (no "
                         "equilibrium)")]  # fmt: skip
-    out: list[Verdict] = []
-    # The run's length in tau_iter: the decay summed over every step (recorded steps stand
-    # for the `every` steps around them).
-    gaps = np.diff(np.concatenate([[0.0], steps]))
-    elapsed = np.cumsum(gaps * decay)
-    length = float(elapsed[-1])
-    live = lr >= 0.1 * lr.max()  # the end of a schedule (lr -> 0) freezes the norm: not judged
-    ratio = norm / pred
-    if length < 1.0:
-        out.append(
-            Verdict(
-                layer,
-                "too-short",
-                f"never reaches equilibrium: the run is {length:.2g} tau_iter long (tau_iter = "
-                "1/(lr*weight_decay) steps), so the decay did little; its norm is "
-                f"{ratio[-1]:.2g}x the equilibrium norm",
-            )
-        )
-    elif norm[-1] < 0.5 * pred[live][-1] and norm[-1] < 0.5 * norm[0] and _falling(norm):
-        out.append(
-            Verdict(
-                layer,
-                "collapsing",
-                f"norm collapsing: {norm[-1]:.3g}, {ratio[live][-1]:.2g}x the equilibrium norm and "
-                f"still falling after {length:.2g} tau_iter: the decay is too strong for the "
-                "gradients it gets",
-            )
-        )
-    else:
-        r = ratio[live]
-        final = float(np.median(r[-max(1, len(r) // 10) :]))
-        inside = np.abs(r / final - 1.0) <= 0.1
-        # The first record after which the ratio stays within 10% of its final value.
-        outside = np.nonzero(~inside)[0]
-        first = int(outside[-1] + 1) if len(outside) else 0
-        if first >= len(r) - 1:
-            out.append(
-                Verdict(
-                    layer,
-                    "off-equilibrium",
-                    f"its norm has not settled after {length:.2g} tau_iter: "
-                    f"{r[-1]:.2g}x the equilibrium norm and still moving",
-                )
-            )
-        else:
-            at = float(steps[live][first])
-            taus = float(elapsed[live][first])
-            where = "at the equilibrium norm" if 0.8 <= final <= 1.25 else (
-                f"at {final:.2g}x the equilibrium norm (the prediction is exact for "
-                "scale-invariant weights, those followed by a normalisation)")  # fmt: skip
-            out.append(
-                Verdict(
-                    layer,
-                    "equilibrium",
-                    f"reached equilibrium at step ~{at:,.0f} (about {taus:.2g} tau_iter), {where}",
-                )
-            )
-    rise = _late_rise(grad, lr)
+    if not s.invariant:
+        return [_reference_verdict(s)]
+    out = [_equilibrium_verdict(s)]
+    rise = _late_rise(s.grad, s.lr)
     if rise is not None:
         out.append(
             Verdict(
-                layer,
+                s.layer,
                 "late-gradient-rise",
                 f"its gradient norm rises {rise:.2g}x over the last tenth of the run as the lr "
                 "falls: the rise Defazio (arXiv:2506.02285, AdamC) traces to normalised layers "
@@ -744,6 +975,70 @@ def _layer_verdicts(
             )
         )
     return out
+
+
+def _reference_verdict(s: _Series) -> Verdict:
+    """A layer that is not scale-invariant (or not known to be): its norm beside the
+    equilibrium norm, or a norm that collapses toward zero (below a tenth of its first
+    record's and still falling)."""
+    length = float(s.elapsed[-1])
+    norm = s.norm[: s.at + 1]
+    if norm[-1] < 0.1 * norm[0] and _falling(norm):
+        return Verdict(
+            s.layer,
+            "collapsing",
+            f"norm collapsing: {norm[-1]:.3g} {s.where}, {norm[-1] / norm[0]:.0%} of its first "
+            f"record's and still falling after {length:.2g} tau_iter: the decay is too strong "
+            "for the gradients it gets",
+        )
+    why = (
+        "its scale-invariance is unknown (the log does not hold the gradient's cosine with "
+        "the weights)"
+        if s.invariant is None
+        else f"not scale-invariant (its gradient is not orthogonal to it: |cos| {s.cos:.2g})"
+    )
+    return Verdict(
+        s.layer,
+        "reference",
+        f"{why}: the equilibrium norm is a reference only; its norm is {s.ratio:.2g}x it "
+        f"{s.where}, {length:.2g} tau_iter into the run",
+    )
+
+
+def _equilibrium_verdict(s: _Series) -> Verdict:
+    """A scale-invariant layer against its equilibrium, at its judged record."""
+    elapsed = s.elapsed
+    length = float(elapsed[-1])
+    ratio = s.norm / s.pred
+    if length < 1.0:
+        return Verdict(s.layer, "too-short",
+                       f"never reaches equilibrium: the run is {length:.2g} tau_iter long "
+                       "(tau_iter = 1/(lr*weight_decay) steps), so the decay did little; its "
+                       f"norm is {s.ratio:.2g}x the equilibrium norm {s.where}")  # fmt: skip
+    k = s.at
+    if s.norm[k] < 0.5 * s.pred[k] and s.norm[k] < 0.5 * s.norm[0] and _falling(s.norm[: k + 1]):
+        return Verdict(s.layer, "collapsing",
+                       f"norm collapsing: {s.norm[k]:.3g}, {s.ratio:.2g}x the equilibrium norm "
+                       f"{s.where} and still falling after {length:.2g} tau_iter: the decay is "
+                       "too strong for the gradients it gets")  # fmt: skip
+    live = np.isfinite(s.lr) & (s.lr >= LIVE_LR * np.nanmax(s.lr))
+    r = ratio[live]
+    final = float(np.median(r[-max(1, len(r) // 10) :]))
+    inside = np.abs(r / final - 1.0) <= 0.1
+    # The first record after which the ratio stays within 10% of its final value.
+    outside = np.nonzero(~inside)[0]
+    first = int(outside[-1] + 1) if len(outside) else 0
+    if first >= len(r) - 1:
+        return Verdict(s.layer, "off-equilibrium",
+                       f"its norm has not settled after {length:.2g} tau_iter: {s.ratio:.2g}x "
+                       f"the equilibrium norm {s.where} and still moving")  # fmt: skip
+    at = float(s.steps[live][first])
+    taus = float(elapsed[live][first])
+    where = (f"at the equilibrium norm: {s.ratio:.2g}x it {s.where}" if 0.8 <= s.ratio <= 1.25
+             else f"at {s.ratio:.2g}x the equilibrium norm {s.where}")  # fmt: skip
+    return Verdict(s.layer, "equilibrium",
+                   f"reached equilibrium at step ~{at:,.0f} (about {taus:.2g} tau_iter), "
+                   f"{where}")  # fmt: skip
 
 
 def _falling(x: np.ndarray) -> bool:
@@ -757,6 +1052,6 @@ def _late_rise(grad: np.ndarray, lr: np.ndarray) -> float | None:
         return None
     middle = float(np.median(grad[int(0.4 * n) : int(0.7 * n)]))
     last = float(np.median(grad[-max(2, n // 10) :]))
-    if middle > 0 and last > 1.5 * middle:
+    if middle > 0 and last > GRADIENT_RISE * middle:
         return last / middle
     return None

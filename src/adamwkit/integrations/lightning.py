@@ -176,10 +176,19 @@ class _LightningMonitor(_MonitorCore):
         path: where the log goes at the end of training (default
             ``<trainer.default_root_dir>/monitor.jsonl``; read it with
             :func:`adamwkit.monitor.load_log` or ``adamwkit explain --run PATH``).
-        log_layers: after each recorded step, send its per-layer numbers to the trainer's
-            loggers (``logger.log_metrics``, at the recorded step): ``monitor/<layer>/norm``,
-            ``monitor/<layer>/norm_ratio`` (norm over the equilibrium norm, for layers that
-            have one) and ``monitor/<layer>/angle`` in radians.
+        per_layer: also send the recorded step's numbers per layer
+            (``monitor/<layer>/norm``, ``monitor/<layer>/norm_ratio``,
+            ``monitor/<layer>/angle``, ``monitor/<layer>/grad_cos``): four keys a layer.
+        log_summary: after each recorded step, send five summary keys to the trainer's
+            loggers (``logger.log_metrics``, at the recorded step):
+            ``monitor/layers_equilibrium``, ``monitor/layers_off_equilibrium``,
+            ``monitor/layers_reference``, ``monitor/norm_ratio_median``,
+            ``monitor/decay_per_step`` (see
+            :class:`adamwkit.integrations._monitor.MonitorCore` and docs/monitor.md).
+
+    The layers at or off equilibrium are those whose weights are scale-invariant (measured:
+    their gradient is orthogonal to them), the only ones the equilibrium holds for; the
+    other decayed layers count as ``reference``.
 
     After training, ``log`` holds the :class:`~adamwkit.MonitorLog`, ``verdicts`` its
     :class:`~adamwkit.Verdict` list and ``saved`` the file written (on global rank 0).

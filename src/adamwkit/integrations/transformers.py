@@ -152,11 +152,19 @@ class _TrainerMonitor(_MonitorCore):
         path: where the log goes at the end of training (default
             ``<args.output_dir>/monitor.jsonl``; read it with :func:`adamwkit.monitor.load_log`
             or ``adamwkit explain --run PATH``).
-        log_layers: at each log event with a new record, add the last record's per-layer
-            numbers to the Trainer's logs (``monitor/<layer>/norm``,
-            ``monitor/<layer>/norm_ratio`` (norm over the equilibrium norm, for layers that
-            have one), ``monitor/<layer>/angle`` in radians): they go to
-            ``trainer.state.log_history`` and to every ``report_to`` logger.
+        per_layer: also add the last record's numbers per layer
+            (``monitor/<layer>/norm``, ``monitor/<layer>/norm_ratio``,
+            ``monitor/<layer>/angle``, ``monitor/<layer>/grad_cos``): four keys a layer.
+        log_summary: at each log event with a new record, add five summary keys to the
+            Trainer's logs (``monitor/layers_equilibrium``,
+            ``monitor/layers_off_equilibrium``, ``monitor/layers_reference``,
+            ``monitor/norm_ratio_median``, ``monitor/decay_per_step``; see
+            :class:`adamwkit.integrations._monitor.MonitorCore` and docs/monitor.md).
+
+    The keys go to ``trainer.state.log_history`` and to every ``report_to`` logger. The
+    layers at or off equilibrium are those whose weights are scale-invariant (measured: their
+    gradient is orthogonal to them), the only ones the equilibrium holds for; the other
+    decayed layers count as ``reference``.
 
     After training, ``log`` holds the :class:`~adamwkit.MonitorLog`, ``verdicts`` its
     :class:`~adamwkit.Verdict` list and ``saved`` the file written (on the main process).
