@@ -64,3 +64,13 @@ def test_the_framework_extras_bring_tunes_dependencies():
     extras = extras["project"]["optional-dependencies"]
     for name in ("transformers", "lightning"):
         assert "adamwkit[tune]" in extras[name], name
+
+
+def test_the_version_is_one_number():
+    from pathlib import Path
+
+    import adamwkit
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert adamwkit.__version__ == project["project"]["version"]

@@ -19,6 +19,7 @@ Public API (everything else is internal):
 - :mod:`adamwkit.reference`: NumPy reference of Loshchilov & Hutter's Algorithm 2.
 """
 
+from ._version import __version__
 from .adamw import AdamW
 from .checkpoint import LoadReport, inspect_checkpoint, load_weights, read_checkpoint
 from .explain import Explanation, explain
@@ -40,8 +41,6 @@ def __getattr__(name: str) -> object:
         return getattr(tuning, name)
     raise AttributeError(f"module 'adamwkit' has no attribute {name!r}")
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AdamW",

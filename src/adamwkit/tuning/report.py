@@ -376,8 +376,8 @@ def _command_line() -> str:
 def _settings_html(summary: Mapping[str, Any]) -> str:
     """The study's settings as a two-column table, with when it was made and by which
     version of adamwkit."""
-    from .. import __version__
     from .._device import resolve_device
+    from .._version import __version__
 
     try:
         device = str(resolve_device(summary.get("device", "auto")))
