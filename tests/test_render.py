@@ -224,14 +224,16 @@ def test_a_checkpoint_report_escapes_the_files_strings():
 def test_a_monitor_log():
     run = SimpleNamespace(
         run="m.jsonl", optimizer="AdamW", steps=1200, every=10,
-        layers=[{"layer": "w", "norm": 1.0, "pred_norm": 2.0, "angle": None,
-                 "pred_angle": 0.1}],
+        layers=[{"layer": "w", "step": 1190, "norm": 1.0, "pred_norm": 2.0, "norm_ratio": 0.5,
+                 "angle": None, "pred_angle": 0.1, "scale_invariant": False}],
         verdicts=[{"layer": "w", "code": "below", "text": "below its equilibrium"},
                   {"layer": "b", "code": "no-decay", "text": "not decayed"}],
     )  # fmt: skip
     text = _same_content(render.monitor_log(run, printable))
     assert text.startswith("m.jsonl: AdamW, 1,200 steps, recorded every 10\n")
     assert "w: below its equilibrium" in text and "not decayed: b" in text
+    row = next(ln for ln in text.splitlines() if ln.split()[:1] == ["w"])
+    assert row.split() == ["w", "1,190", "1", "2", "0.5", "-", "0.1", "no:", "reference"]
 
 
 def test_str_of_a_result_is_its_blocks():

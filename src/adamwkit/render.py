@@ -664,6 +664,10 @@ def checkpoint_report(
     return out
 
 
+MONITOR_COLUMNS = ("layer", "step", "norm", "equilibrium norm", "ratio", "angle rad/step",
+                   "predicted angle", "scale-invariant")  # fmt: skip
+
+
 def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
     """The blocks of a monitored run (:func:`adamwkit.explain.explain_run`): each layer's
     last numbers against Kosson et al.'s equilibrium, and the verdicts. ``printable(text,
@@ -675,17 +679,25 @@ def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
             style="dim",
         )
     ]
-    keys = ("norm", "pred_norm", "angle", "pred_angle")
+    keys = ("norm", "pred_norm", "norm_ratio", "angle", "pred_angle")
+    applies = {True: "yes", False: "no: reference", None: "unknown"}
+
+    def row(r: Mapping[str, Any]) -> tuple[str, ...]:
+        step = "-" if r.get("step") is None else f"{r['step']:,}"
+        values = ("-" if r.get(k) is None else fmt(r[k]) for k in keys)
+        invariant = applies.get(r.get("scale_invariant"), "unknown")
+        return (printable(r["layer"], 200), step, *values, invariant)
+
     out.append(
         Table(
-            "Each layer at the end of the run (Kosson et al.'s equilibrium)",
-            ("layer", "norm", "equilibrium norm", "angle rad/step", "predicted angle"),
-            tuple(
-                (printable(r["layer"], 200), *("-" if r[k] is None else fmt(r[k]) for k in keys))
-                for r in run.layers
-            ),
-            align="lrrrr",
-            drop=("predicted angle", "angle rad/step"),
+            "Each layer where its verdict judges it (its last record at 10% of the peak lr or "
+            "more), against Kosson et al.'s equilibrium, which holds for scale-invariant "
+            "weights (a normalisation follows them)",
+            MONITOR_COLUMNS,
+            tuple(row(r) for r in run.layers),
+            align="lrrrrrrl",
+            drop=("predicted angle", "angle rad/step", "equilibrium norm", "step"),
+            shorten="layer",
         )
     )
     for v in run.verdicts:

@@ -254,8 +254,9 @@ _LABEL_COLORS = {"best": "tab:blue", "one_se": "tab:orange", "zero": "black"}
 
 def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> bytes | None:
     """For the refits of best, one-SE and zero: each of the largest decayed layers' weight
-    norm against its equilibrium norm (dashed), and its angular update per step against
-    the prediction (Kosson et al.), as PNG; ``None`` when no refit was monitored."""
+    norm against its equilibrium norm (dashed, where the layer is scale-invariant: the
+    theory holds there), and its angular update per step against the prediction (Kosson
+    et al.), as PNG; ``None`` when no refit was monitored."""
     import numpy as np
 
     from ..monitor import load_log
@@ -279,6 +280,7 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
     names = [ref.tensors[j].name for j in chosen[:layers]]
     fig = figure(figsize=(9, 2.4 * len(names)), dpi=100)
     axes = fig.subplots(len(names), 2, squeeze=False)
+    invariant = {label: log.scale_invariant() for label, log in logs.items()}
     for label, log in logs.items():
         index = {t.name: j for j, t in enumerate(log.tensors)}
         wd = summary["test"][label]["weight_decay"]
@@ -292,8 +294,8 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
             norm_ax.plot(steps, log.values[:, j, 1], color=color, lw=1.2,
                          label=f"{titles[label]} (wd {wd:.3g})")  # fmt: skip
             pred = log.pred_norm[:, j]
-            if np.any(np.isfinite(pred)):
-                norm_ax.plot(steps, pred, "--", color=color, lw=0.9)
+            if np.any(np.isfinite(pred)) and invariant[label][j] is not False:
+                norm_ax.plot(steps, pred, "--", color=color, lw=0.9)  # where the theory holds
             angle_ax.plot(steps, log.angle[:, j], color=color, lw=0.8, alpha=0.8)
             if np.any(log.decay[:, j] > 0):
                 angle_ax.plot(steps, log.pred_angle[:, j], "--", color=color, lw=0.9)
@@ -305,7 +307,8 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
             ax.tick_params(labelsize=7)
             if row == len(names) - 1:
                 ax.set_xlabel("step", fontsize=8)
-    axes[0][0].set_title("weight norm (dashed: equilibrium norm)", fontsize=9)
+    axes[0][0].set_title("weight norm (dashed: equilibrium norm, scale-invariant layers)",
+                         fontsize=9)  # fmt: skip
     axes[0][1].set_title("angular update, rad/step (dashed: prediction)", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
