@@ -35,7 +35,9 @@ class DigitsMLP(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> None:
         x, y = batch
-        self.log("val_loss", F.cross_entropy(self.net(x), y))
+        logits = self.net(x)
+        self.log("val_loss", F.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(dim=1) == y).float().mean())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:  # replaced while tuning
         return adamwkit.AdamW(adamwkit.param_groups(self, 0.01), lr=1e-3)
@@ -47,7 +49,7 @@ def load_data(n: int = 500) -> TensorDataset:
 
 
 DATA = load_data()
-objective = lightning_objective(DigitsMLP, DATA, batch_size=32, max_epochs=5)
+objective = lightning_objective(DigitsMLP, DATA, batch_size=32, max_epochs=5, metric="val_acc")
 
 
 def main(argv: list[str] | None = None) -> adamwkit.TuneResult:

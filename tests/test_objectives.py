@@ -123,6 +123,10 @@ def test_examples_run_as_scripts(tmp_path, name):
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Best weight decay" in proc.stdout
+    if name == "lightning_module":  # the logged accuracy is the table's metric column
+        summary = json.loads((tmp_path / "lightning-module" / "summary.json").read_text())
+        assert summary["metric_name"] == "val_acc"
+        assert all(0 <= c["metric"] <= 1 for c in summary["candidates"])
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (run / "report.html").exists() and (run / "learning_curves.png").exists()
 

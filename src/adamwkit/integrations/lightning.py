@@ -68,11 +68,13 @@ def lightning_objective(
     max_epochs: int | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     monitor: str = "val_loss",
+    metric: str | None = None,
     lr_scheduler: Callable[[torch.optim.Optimizer, Trial], Any] | None = None,
     optimizer_kwargs: dict[str, Any] | None = None,
     **trainer_kwargs: Any,
-) -> Callable[[Trial], float]:
-    """An objective that trains a LightningModule per trial; returns the validation loss.
+) -> Callable[[Trial], dict[str, float | None]]:
+    """An objective that trains a LightningModule per trial; returns the validation loss
+    (and ``metric``'s last value beside it, named as logged).
 
     Args:
         module_init: returns a fresh ``LightningModule`` that logs ``monitor`` in its
@@ -81,6 +83,9 @@ def lightning_objective(
         batch_size, max_epochs: per trial, ``tune(batch_size=, epochs=)`` when given, else
             these.
         collate_fn: for the data loaders.
+        monitor: the logged validation loss the trials are compared on.
+        metric: another logged value (``"val_acc"``) shown beside the loss in tune's
+            tables and report (``None``: none).
         lr_scheduler: ``lr_scheduler(optimizer, trial)`` returns a scheduler stepped every
             optimizer step (``None``: a constant lr).
         optimizer_kwargs: keywords for :meth:`adamwkit.Trial.optimizer`.
@@ -100,7 +105,7 @@ def lightning_objective(
         )
     optimizer_kwargs = dict(optimizer_kwargs or {})
 
-    def objective(trial: Trial) -> float:
+    def objective(trial: Trial) -> dict[str, float | None]:
         class Report(lightning.Callback):  # type: ignore[misc,name-defined]
             def on_validation_epoch_end(self, trainer: Any, _module: Any) -> None:
                 value = trainer.callback_metrics.get(monitor)
@@ -161,7 +166,11 @@ def lightning_objective(
                 f"monitor={monitor!r} was never logged: log it in validation_step "
                 f"(self.log({monitor!r}, loss)); logged: {sorted(trainer.callback_metrics)}"
             )
-        return float(value)
+        out: dict[str, float | None] = {"loss": float(value)}
+        if metric is not None:
+            extra = trainer.callback_metrics.get(metric)
+            out[metric] = None if extra is None else float(extra)
+        return out
 
     objective.__qualname__ = objective.__name__ = "lightning_objective"
     return objective
