@@ -4,7 +4,7 @@
     python benchmarks/evidence/budget_live.py --only digits-mlp/n250 --deadline 1700000000
     python benchmarks/evidence/budget_live.py --list          # what is cached
     python benchmarks/evidence/budget_live.py --report        # the tables, nothing trained
-    python benchmarks/evidence/budget_live.py --rejudge       # judge the cached ones again
+    python benchmarks/evidence/budget_live.py --rejudge       # judge, simulate the cached again
 
 ``budget.py`` chose the budget's strategy by simulating it on the cached full grids; this
 measures the strategy as ``tune`` ships it. Each cached study (``results/``, from scratch;
@@ -21,13 +21,15 @@ The choice *hits* by ``docs/evidence-budget.md``'s test: the full grid's best (`
 on the cached candidates x 5 folds), or within 1.5x of it in weight decay (zero only
 matching zero); or the cached candidate nearest the choice in log weight decay (if within
 2^0.25) has a full-grid loss within one paired SE of the best's, or within ``summarize``'s
-0.1% tie margin. ``budget.py``'s loader gives the full grid's verdict; its simulations at
-B = 6, fold 0 first as ``tune`` takes it, are recorded beside the live outcome: the
-strategy its page recommends (``probe+confirm (1 fold)``) and ``probe+trio (1 fold)``,
-which the shipped rounds amount to at B = 6. A *looser* count also takes a choice between
-two neighbouring cached candidates that both pass the standard-error test (the
-fine-tuning grids' sqrt(10) steps leave values more than 2^0.25 from either), and, where
-``tune`` named no value, the finalists' lower mean.
+0.1% tie margin. ``budget.py``'s loader gives the full grid's verdict. Its simulation of
+the strategy the shipped budget follows, ``probe+confirm (1 fold)`` at B = 6 with fold 0
+first (as ``tune`` takes it), is recorded beside the live outcome, twice: with the probe's
+constant fitted without the study's family (as ``budget.py`` reports it) and with the
+shipped constant (as the live run reads the curve); the report compares the live runs
+with it study by study. A *looser* count also takes a choice between two neighbouring
+cached candidates that both pass the standard-error test (the fine-tuning grids'
+sqrt(10) steps leave values more than 2^0.25 from either), and, where ``tune`` named no
+value, the finalists' lower mean.
 
 Each study's outcome is one JSON in ``results-budget-live/<source>/<family>/`` (written
 atomically; a rerun skips it): the choice, the runs spent, the seconds, the hit, every run
@@ -37,6 +39,7 @@ the budget made, the simulation's prediction, and the git commit of the calibrat
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -45,6 +48,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +96,22 @@ def _git(*args: str) -> str:
                           check=False).stdout.strip()  # fmt: skip
 
 
+#: The budget's code: its last commit is recorded beside the calibration's.
+BUDGET_CODE = tuple(f"src/adamwkit/tuning/{m}.py" for m in ("budget", "cv", "turning", "protocol"))
+
+
+@functools.cache
 def provenance() -> dict[str, Any]:
-    """The commits this run used: the repository's, and the last one of the calibration
-    (with whether its file differs from that commit, and the files of ``src/`` that differ
-    from the repository's commit)."""
+    """The commits this run used, read once, before the process's first study (the code a
+    process runs is what it imported then): the repository's; the last one of the
+    calibration (with whether its file differs from that commit) and of the budget's code;
+    the files of ``src/`` that differ from the repository's commit."""
     from adamwkit import _calibration as cal
 
     path = "src/adamwkit/_calibration.py"
     return {
         "head": _git("rev-parse", "HEAD"),
+        "budget_code_commit": _git("log", "-1", "--format=%H", "--", *BUDGET_CODE),
         "calibration_commit": _git("log", "-1", "--format=%H", "--", path),
         "calibration_modified": bool(_git("status", "--porcelain", "--", path)),
         "src_modified": _git("status", "--porcelain", "--", "src").splitlines(),
@@ -307,29 +318,112 @@ def judge(s: sim.Study, wd: float | None) -> dict[str, Any]:
     }
 
 
-#: ``budget.py``'s strategies recorded beside the live run: the one its page recommends,
-#: and the simpler one the shipped rounds amount to at B = 6 (two runs kept for a second
-#: fold leave the search its first three values).
-SIMULATED = {"confirm": "probe+confirm (1 fold)", "trio": "probe+trio (1 fold)"}
+#: ``budget.py``'s strategy that the shipped budget follows, simulated beside the live run:
+#: with the probe's constant fitted without the study's family (as budget.py reports it),
+#: and with the shipped constant (the one the live run used); and the shipped search itself
+#: run on the cached grid (:func:`replay`).
+SIMULATED = {
+    "confirm": "probe+confirm (1 fold)",
+    "shipped_c": "probe+confirm (1 fold), shipped c",
+    "replay": "shipped search on the cached grid",
+}
+STRATEGY = "probe+confirm (1 fold)"
+
+
+def shipped_c() -> float:
+    """The shipped probe's constant c of tau_epoch = c * turn."""
+    from adamwkit import _calibration as cal
+
+    coef = cal.PROBE_COEF
+    assert set(coef) == {"const", "log_turn"} and coef["log_turn"] == 1.0, coef
+    return math.exp(coef["const"])
+
+
+def replay(s: sim.Study, fold: int = 0) -> dict[str, Any]:
+    """The shipped search (:func:`adamwkit.tuning.budget.next_step`) run on the cached grid:
+    each value it asks for reads the fold loss of the cached candidate nearest it (zero:
+    zero), from the probe's value with the shipped constant (the fine-tuning rule's for a
+    fine-tune) taken from ``fold``'s cached curve; its choice as the summary makes it (the
+    finalists' lower mean over the folds they share, ties within 0.1% to the lesser
+    decay), snapped to the grid."""
+    from adamwkit.tuning import budget as shipped
+    from adamwkit.tuning.cv import PRACTICAL_FRACTION, Candidate
+
+    order = [(fold + f) % FOLDS for f in range(FOLDS)]
+    s = replace(sim.rotate(s, fold), probe_c=shipped_c())
+    first = shipped._round(sim.probe_wd(s, [0]))
+
+    def idx(w: float) -> int:
+        return 0 if w == 0 else s.snap(w)
+
+    cands: dict[float, Candidate] = {}
+    ran: list[list[float]] = []
+    while (step := shipped.next_step(cands, len(ran), BUDGET, FOLDS, first)) is not None:
+        for w in step.weight_decays:
+            c = cands.setdefault(w, Candidate(w, 1.0))
+            c.fold_losses[step.split] = float(s.losses[idx(w), step.split])
+            ran.append([float(s.wds[idx(w)]), order[step.split]])
+    top = shipped.finalists(cands)
+    shared = sorted(set.intersection(*(set(cands[w].fold_losses) for w in top)))
+    means = {w: float(np.mean([cands[w].fold_losses[f] for f in shared])) for w in top}
+    low = min(means.values())
+    chosen = idx(min(w for w in top if means[w] <= low + PRACTICAL_FRACTION * abs(low)))
+    return {"chosen": float(s.wds[chosen]), "hit": bool(s.hits[chosen]), "runs": len(ran),
+            "order": ran, "probe_value": first}  # fmt: skip
 
 
 def simulated(s: sim.Study) -> dict[str, Any]:
-    """``budget.py``'s predictions at the same budget: fold 0 first (as ``tune`` takes it)
-    and the hit rate over the 5 first folds."""
-    out: dict[str, Any] = {"probe_c": s.probe_c}
+    """``budget.py``'s prediction at the same budget, fold 0 first (as ``tune`` takes it):
+    the choice, whether it hits, the runs in the order made (weight decay, fold), and the
+    hit rate over the 5 first folds; with each constant of :data:`SIMULATED`; and
+    :func:`replay`, the shipped search on the cached grid."""
+    strategy = sim.STRATEGIES[STRATEGY][0]
+    out: dict[str, Any] = {"probe_c": s.probe_c, "shipped_c": shipped_c()}
     for key, name in SIMULATED.items():
-        strategy = sim.STRATEGIES[name][0]
-        run = sim.Sim(s, BUDGET)
+        if key == "replay":
+            share = float(np.mean([replay(s, k)["hit"] for k in range(FOLDS)]))
+            out[key] = {"strategy": name, **replay(s), "hit_share_5_starts": share}
+            continue
+        study_ = s if key == "confirm" else replace(s, probe_c=shipped_c())
+        run = sim.Sim(study_, BUDGET)
         chosen = strategy(run)
-        starts = sim.simulate([s], strategy, BUDGET)
+        starts = sim.simulate([study_], strategy, BUDGET)
+        first = None if s.finetune or s.curves is None else sim.probe_wd(study_, [0])
         out[key] = {
             "strategy": name,
             "chosen": float(s.wds[chosen]),
             "hit": bool(s.hits[chosen]),
             "runs": len(run.ran),
+            "order": [[float(s.wds[i]), f] for i, f in run.ran],
+            "probe_value": first,
             "hit_share_5_starts": sum(o.hit for o in starts) / len(starts),
         }
     return out
+
+
+def agreement(r: dict, key: str = "shipped_c") -> dict[str, Any]:
+    """How the live run compares with the simulation ``key``: the same hit outcome; the
+    same choice (zero and zero, or the cached candidate nearest the live value is the
+    simulation's); the same values on fold 0 (each live value's nearest cached candidate)
+    and the same number of runs."""
+    s = grid_studies()[r["study"]]
+    p = r["simulation"][key]
+    live = r.get("chosen")
+
+    def snap(w: float) -> float:
+        return 0.0 if w == 0 else float(s.wds[s.snap(w)])
+
+    fold0 = sorted({snap(x["weight_decay"]) for x in r.get("runs", [])
+                    if x["fold_losses"] and x["fold_losses"][0] is not None})  # fmt: skip
+    sim0 = sorted({w for w, f in p["order"] if f == 0})
+    return {
+        "same_hit": r["judged"]["hit"] == p["hit"],
+        "same_choice": live is not None and snap(live) == p["chosen"],
+        "same_fold0": fold0 == sim0,
+        "same_runs": r.get("spent_runs") == p["runs"],
+        "live_fold0": fold0,
+        "sim_fold0": sim0,
+    }
 
 
 # ---------------------------------------------------------------------------- the study
@@ -508,12 +602,101 @@ def misses(rows: list[dict]) -> list[str]:
     return out
 
 
+def agreements(rows: list[dict]) -> list[str]:
+    """The live runs against the simulation, by group (:func:`agreement`), then every study
+    where the two differ in hit or in choice."""
+    cols = ["n", "same hit or miss", "same choice", "same values on the first fold", "same runs",
+            "both hit", "live only", "simulation only", "both miss"]  # fmt: skip
+    out = ["| simulation | studies | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    for key, name in SIMULATED.items():
+        for label, keep in GROUPS:
+            sel = [r for r in rows if keep(r) and "error" not in r]
+            if not sel:
+                continue
+            a = [agreement(r, key) for r in sel]
+            live = [r["judged"]["hit"] for r in sel]
+            simh = [r["simulation"][key]["hit"] for r in sel]
+            pairs = list(zip(live, simh, strict=True))
+            cells = [len(sel), sum(x["same_hit"] for x in a), sum(x["same_choice"] for x in a),
+                     sum(x["same_fold0"] for x in a), sum(x["same_runs"] for x in a),
+                     sum(x and y for x, y in pairs), sum(x and not y for x, y in pairs),
+                     sum(y and not x for x, y in pairs),
+                     sum(not x and not y for x, y in pairs)]  # fmt: skip
+            out.append(f"| {name} | {label.strip()} | " + " | ".join(map(str, cells)) + " |")
+    out += ["", "| study | live: first-fold values (snapped) -> choice "
+            "| simulated (shipped c): first-fold values -> choice | live | simulated |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            continue
+        a, p = agreement(r), r["simulation"]["shipped_c"]
+        if a["same_hit"] and a["same_choice"]:
+            continue
+        out.append(
+            f"| {r['study'].split('/', 1)[1]} | {', '.join(map(_g, a['live_fold0']))} -> "
+            f"{'none' if r['chosen'] is None else _g(r['chosen'])} ({r['spent_runs']} runs) | "
+            f"{', '.join(map(_g, a['sim_fold0']))} -> {_g(p['chosen'])} ({p['runs']} runs) | "
+            f"{r['judged']['how']} | {'hit' if p['hit'] else 'miss'} |"
+        )
+    return out
+
+
+def one_fold(rows: list[dict]) -> list[str]:
+    """What a budget spent on the first fold alone can reach: the full grid's best on fold
+    0 (every cached candidate, ties within 0.1% to the lesser decay), judged by the same
+    test; and the live misses it misses too (fold 0 ranks the candidates otherwise than
+    the 5 folds do)."""
+    from adamwkit.tuning.cv import PRACTICAL_FRACTION
+
+    def hit(r: dict) -> bool:
+        s = grid_studies()[r["study"]]
+        loss = np.where(s.imputed[:, 0], np.inf, s.losses[:, 0])
+        low = float(loss.min())
+        i = min(j for j in range(len(loss)) if loss[j] <= low + PRACTICAL_FRACTION * abs(low))
+        return bool(s.hits[i])
+
+    out = ["| studies | n | live hits | the full grid on the first fold alone | live misses | "
+           "of them also missed by it |",
+           "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for label, keep in GROUPS:
+        sel = [r for r in rows if keep(r)]
+        if not sel:
+            continue
+        missed = [r for r in sel if not r["judged"]["hit"]]
+        out.append(f"| {label.strip()} | {len(sel)} | {_hits(sel)} | "
+                   f"{sum(map(hit, sel))} ({sum(map(hit, sel)) / len(sel):.0%}) | {len(missed)} "
+                   f"| {sum(not hit(r) for r in missed)} |")  # fmt: skip
+    return out
+
+
+def near_pairs(rows: list[dict]) -> str:
+    """How much a fold's loss moves with a small change of weight decay: the live runs
+    within 1% in weight decay of a cached candidate, against its loss on the same fold."""
+    gaps = []
+    for r in rows:
+        s = grid_studies()[r["study"]]
+        for x in r.get("runs", []):
+            w, losses = x["weight_decay"], x["fold_losses"]
+            if w == 0 or not losses or losses[0] is None:
+                continue
+            i = s.snap(w)
+            if abs(math.log(s.wds[i] / w)) < 0.01 and not s.imputed[i, 0]:
+                gaps.append(abs(losses[0] / s.losses[i, 0] - 1.0))
+    if not gaps:
+        return "no live run within 1% of a cached candidate"
+    return (f"{len(gaps)} live runs within 1% in weight decay of a cached candidate (not zero): "
+            f"their first-fold loss differs from the candidate's by a median "
+            f"{100 * np.median(gaps):.2g}%, 90% of them under "
+            f"{100 * np.percentile(gaps, 90):.2g}%, at most {100 * max(gaps):.2g}%")  # fmt: skip
+
+
 def rejudge() -> None:
-    """Judge every cached outcome again against the full grid, and compare its runs with
-    the cached ones again; the runs, the choice and the simulation are kept."""
+    """Judge every cached outcome again against the full grid, simulate it again, and
+    compare its runs with the cached ones again; the runs and the choice are kept."""
     for path in sorted(OUT.glob("*/*/*.json")):
         r = json.loads(path.read_text())
         s = grid_studies()[r["study"]]
+        r["simulation"] = simulated(s)
         r["judged"] = judge(s, r.get("chosen"))
         r["judged_unnamed"] = judge(s, r["unnamed"]) if r.get("unnamed") is not None else None
         r["matches_cache"] = consistency(json.loads((HERE / f"{r['study']}.json").read_text()), r)
@@ -539,6 +722,12 @@ def report() -> None:
     print("calibration commits:", commits)
     print()
     print("\n".join(misses(rows)))
+    print()
+    print("\n".join(agreements(rows)))
+    print()
+    print(near_pairs(rows))
+    print()
+    print("\n".join(one_fold(rows)))
     print()
     print("\n".join(details(rows)))
 
@@ -586,9 +775,9 @@ def main() -> None:
             f"chose {_g(out['chosen'])} (grid best {_g(out['grid']['best'])}), "
             f"{out['judged']['how']}, {out['spent_runs']} runs"
         )
-        trio = out["simulation"]["trio"]
-        print(f"{name}: {what}, {out['seconds']} s; simulated (trio) {_g(trio['chosen'])} "
-              f"({'hit' if trio['hit'] else 'miss'}); cache gap {_g(out['matches_cache'])}",
+        p = out["simulation"]["shipped_c"]
+        print(f"{name}: {what}, {out['seconds']} s; simulated {_g(p['chosen'])} "
+              f"({'hit' if p['hit'] else 'miss'}); cache gap {_g(out['matches_cache'])}",
               flush=True)  # fmt: skip
     if not args.list:
         report()
