@@ -2,8 +2,8 @@
 
 The strategy was chosen offline on the 157 cached evidence studies (docs/evidence-budget.md:
 at B = 6 it chose within 1.5x, or one paired SE, of the full grid's optimum in 83% of them;
-the full grid costs about 121 runs, the plain probe 5 runs for 61%); run as shipped on them,
-docs/evidence-budget-live.md:
+the full grid costs about 121 runs, the plain probe 5 runs for 61%); run as shipped on them
+(docs/evidence-budget-live.md), B = 6 hit 86 of the 97 evidence studies and 128 of all 157:
 
 1. the probe: zero decay on the first fold; its validation curve's turning epoch is read
    into a weight decay (``tau_epoch = c * turn``, :mod:`.turning`), or, when the curve did
