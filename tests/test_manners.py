@@ -74,3 +74,19 @@ def test_the_version_is_one_number():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert adamwkit.__version__ == project["project"]["version"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["adamwkit", "tune", "t", "--storage", "postgresql://role:p@ss#w0:rd/@db:5432/x"],
+        ["adamwkit", "tune", "t", "--storage=postgresql://role:p@ss#w0:rd/@db:5432/x"],
+        ["adamwkit", "tune", "t", "postgresql://role:p@ss#w0:rd/@db/x?password=p@ss#w0:rd"],
+    ],
+)
+def test_the_reports_command_line_never_shows_a_password(monkeypatch, argv):
+    from adamwkit.tuning.report import _command_line
+
+    monkeypatch.setattr("sys.argv", argv)
+    text = _command_line()
+    assert "w0" not in text and "p@ss" not in text and text.startswith("adamwkit tune t")

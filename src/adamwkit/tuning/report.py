@@ -367,13 +367,23 @@ def _candidates_html(summary: Mapping[str, Any]) -> str:
 
 
 def _command_line() -> str:
-    """This process's command line, with any password in a URL (a storage's) left out."""
+    """This process's command line, with the storage URL (which may hold a password) left
+    out, and any URL's user and password or ``password=`` value masked elsewhere."""
     import re
     import shlex
     import sys
 
-    text = shlex.join(sys.argv)
-    return re.sub(r"(://[^:/@\s]+):[^@\s]+@", r"\1:***@", text)
+    args, hide = [], False
+    for arg in sys.argv:
+        if hide:
+            args.append("***")
+        elif arg.startswith("--storage="):
+            args.append("--storage=***")
+        else:
+            masked = re.sub(r"(\w+://)\S*@", r"\1***@", arg)
+            args.append(re.sub(r"(password=)[^&\s]*", r"\1***", masked, flags=re.I))
+        hide = arg == "--storage"
+    return shlex.join(args)
 
 
 def _settings_html(summary: Mapping[str, Any]) -> str:
