@@ -380,8 +380,8 @@ def _command_line() -> str:
         elif arg.startswith("--storage="):
             args.append("--storage=***")
         else:
-            masked = re.sub(r"(\w+://)\S*@", r"\1***@", arg)
-            args.append(re.sub(r"(password=)[^&\s]*", r"\1***", masked, flags=re.I))
+            masked = re.sub(r"(password=)[^&\s]*", r"\1***", arg, flags=re.I)
+            args.append(re.sub(r"(\w+://)\S*@", r"\1***@", masked))
         hide = arg == "--storage"
     return shlex.join(args)
 
