@@ -229,15 +229,21 @@ def test_a_log_without_the_cosine_reads_as_unknown(tmp_path):
     assert [r["scale_invariant"] for r in explain_run(old).layers] == [None, None, None]
 
 
-def test_log_since_gives_the_later_records_and_rereads_nothing():
+def _monitored(steps: int) -> Monitor:
+    """A Monitor on torch's AdamW over ``steps`` steps of the LayerNorm model."""
     model = ln_model()
     x, y, _ = regression()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     mon = Monitor(opt, model=model)
-    for _ in range(6):
+    for _ in range(steps):
         opt.zero_grad()
         ((model(x[:32]) - y[:32]) ** 2).mean().backward()
         opt.step()
+    return mon
+
+
+def test_log_since_gives_the_later_records_and_rereads_nothing():
+    mon = _monitored(6)
     full = mon.log()
     part = mon.log(since=4)
     assert part.steps.tolist() == [5, 6]
@@ -252,15 +258,7 @@ def test_log_since_gives_the_later_records_and_rereads_nothing():
 
 @pytest.fixture(scope="module")
 def good_lines(tmp_path_factory):
-    model = ln_model()
-    x, y, _ = regression()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    mon = Monitor(opt, model=model)
-    for _ in range(3):
-        opt.zero_grad()
-        ((model(x[:32]) - y[:32]) ** 2).mean().backward()
-        opt.step()
-    path = mon.save(tmp_path_factory.mktemp("good") / "monitor.jsonl")
+    path = _monitored(3).save(tmp_path_factory.mktemp("good") / "monitor.jsonl")
     return path.read_text().splitlines()
 
 
