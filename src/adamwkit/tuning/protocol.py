@@ -140,7 +140,8 @@ def extension_rounds(
             return notes
         notes.append(
             f"{edge_text(summ.best.weight_decay, summ.edge)}, so the optimum may lie past "
-            f"it: trying {listing(new)} on the same folds ({len(new) * spec.runs} more runs)"
+            f"it: trying {listing([float(f'{w:.4g}') for w in new])} on the same folds "
+            f"({len(new) * spec.runs} more runs)"
         )
         say(notes[-1])
         lr = summ.best.lr
