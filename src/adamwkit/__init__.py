@@ -21,6 +21,7 @@ Public API (everything else is internal):
 
 from ._version import __version__
 from .adamw import AdamW
+from .audit import Audit, audit
 from .checkpoint import LoadReport, inspect_checkpoint, load_weights, read_checkpoint
 from .explain import Explanation, explain
 from .functional import adamw_step, effective_weight_decay
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AdamW",
+    "Audit",
     "DecayPlan",
     "Explanation",
     "FitResult",
@@ -60,6 +62,7 @@ __all__ = [
     "Verdict",
     "__version__",
     "adamw_step",
+    "audit",
     "convert_weight_decay",
     "effective_weight_decay",
     "explain",

@@ -38,6 +38,7 @@ __all__ = [
     "Rename",
     "Table",
     "answer",
+    "audit_report",
     "candidate_table",
     "checkpoint_report",
     "explanation",
@@ -707,6 +708,41 @@ def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
     if quiet:
         out.append(Line(f"not decayed: {printable(', '.join(quiet), 200)}", style="dim"))
     return out
+
+
+def _audit_row(r: Any) -> tuple[str, ...]:
+    shape = "x".join(map(str, r.shape)) or "scalar"
+    return (r.name, shape, r.dtype, str(r.group), r.decay_kind, fmt(r.weight_decay),
+            fmt(r.per_step), fmt(r.over_run), r.rule)  # fmt: skip
+
+
+def audit_report(a: Any) -> list[Block]:
+    """The blocks of an :class:`adamwkit.audit.Audit`: a row per tensor, then each finding
+    (its severity, code, tensors and what to do)."""
+    steps = f", {a.total_steps:,} steps" if a.total_steps else ""
+    out: list[Block] = [
+        Table(
+            f"{a.optimizer}: {len(a.rows)} tensors{steps}",
+            AUDIT_COLUMNS,
+            tuple(_audit_row(r) for r in a.rows),
+            align="llllrrrrl",
+            drop=("dtype", "group", "weight_decay", "shape", "over the run"),
+            shorten="tensor",
+        )
+    ]
+    if not a.findings:
+        out.append(Line("no finding: the optimizer decays what param_groups would", style="good"))
+    for f in a.findings:
+        more = f" and {len(f.tensors) - 5} more" if len(f.tensors) > 5 else ""
+        style = "alert" if f.severity == "error" else "warn"
+        text = f"{f.text} ({', '.join(f.tensors[:5])}{more})"
+        out.append(Line(text, label=f"{f.severity} [{f.code}]:", style=style))
+    return out
+
+
+#: The audit table's columns: per step and over the run are the decoupled decay's share.
+AUDIT_COLUMNS = ("tensor", "shape", "dtype", "group", "decay", "weight_decay", "per step",
+                 "over the run", "param_groups")  # fmt: skip
 
 
 def plain(blocks: Sequence[Block], width: int | None = None) -> str:
