@@ -169,3 +169,38 @@ def test_bad_arguments_are_one_line(kw, message):
     with pytest.raises(ValueError, match=message) as err:
         audit(args.pop("optimizer"), **args)
     assert "\n" not in str(err.value)
+
+
+def build_adam() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """For the command line: a model and Adam with L2 weight decay."""
+    model = transformer()
+    return model, torch.optim.Adam(param_groups(model, 0.01), lr=1e-3)
+
+
+def build_left_out() -> dict:
+    """For the command line: a tensor left out of the optimizer (an error)."""
+    model = transformer()
+    params = list(model.parameters())[1:]
+    return {"model": model, "optimizer": AdamW(params, lr=1e-3), "total_steps": STEPS}
+
+
+def build_nothing() -> int:
+    return 5
+
+
+def test_the_command_line_audits_a_module_function(capsys):
+    from adamwkit.cli import main
+
+    assert main(["audit", "test_audit:build_adam", "--steps", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "warning [l2-not-decoupled]:" in out and "Adam: 15 tensors, 1,000 steps" in out
+    assert main(["audit", "test_audit:build_left_out", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    codes = {f["code"]: f["severity"] for f in data["findings"]}
+    assert codes["not-in-optimizer"] == "error"  # beside the biases decayed and D = 0.5
+    assert data["total_steps"] == STEPS
+    assert main(["audit", "test_audit:build_left_out", "--strict"]) == 1
+    capsys.readouterr()
+    assert main(["audit", "test_audit:build_nothing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected (model, optimizer)" in err[0]

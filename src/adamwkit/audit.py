@@ -46,7 +46,7 @@ from torch import nn
 from . import render
 from ._checks import check_whole
 
-__all__ = ["Audit", "AuditRow", "Finding", "audit"]
+__all__ = ["Audit", "AuditRow", "Finding", "audit", "audit_spec"]
 
 #: Optimizers whose step divides the gradient by a running second moment: L2 decay through
 #: them is not decoupled decay.
@@ -157,6 +157,28 @@ def audit(
     params = {id(p): p for group in optimizer.param_groups for p in group["params"]}
     out.findings = [f for f in _findings(out, model, names, where, params) if f is not None]
     return out
+
+
+def audit_spec(spec: str, total_steps: int | None = None) -> Audit:
+    """:func:`audit` of what ``spec`` (``"module:attribute"``, the command line's argument)
+    names: a function of no arguments (or its result) giving ``(model, optimizer)``,
+    ``(model, optimizer, total_steps)`` or a mapping with ``model``, ``optimizer`` and
+    optionally ``total_steps``; ``total_steps`` given here wins. An error inside the user's
+    function keeps its traceback; anything else it returns is a ``ValueError``."""
+    from ._loading import load_object
+
+    obj = load_object(spec, "spec")
+    built = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    if isinstance(built, Mapping):
+        model, opt, steps = built.get("model"), built.get("optimizer"), built.get("total_steps")
+    elif isinstance(built, tuple) and len(built) in (2, 3):
+        model, opt, steps = built[0], built[1], built[2] if len(built) == 3 else None
+    else:
+        raise ValueError(
+            f"spec={spec!r} is invalid: it gave {type(built).__name__}; expected (model, "
+            "optimizer), (model, optimizer, total_steps) or a mapping with model and optimizer"
+        )
+    return audit(opt, model, total_steps=total_steps if total_steps is not None else steps)  # type: ignore[arg-type]
 
 
 def _names(model: nn.Module | None) -> dict[int, str]:

@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"adamwkit {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
-    for add in (_add_suggest, _add_explain, _add_tune, _add_inspect, _add_convert):
+    for add in (_add_suggest, _add_explain, _add_tune, _add_inspect, _add_convert, _add_audit):
         add(sub)
     return parser
 
@@ -346,6 +346,23 @@ def _add_inspect(sub: Any) -> None:
         "checked as declared, before anything is allocated; default: half of the memory "
         "this process may use)",
     )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_audit(sub: Any) -> None:
+    """``adamwkit audit``."""
+    p = sub.add_parser(
+        "audit",
+        help="does an optimizer decay what you think? a live set-up, before the first step",
+        description="Build your model and optimizer with module:attribute (a function "
+        "returning (model, optimizer), (model, optimizer, total_steps) or a dict with those "
+        "keys) and print each tensor's decay (decoupled, L2 or none; its share per step and "
+        "over the run) and what looks wrong, each finding with a code and what to do.",
+    )
+    p.add_argument("spec", metavar="MODULE:FUNCTION", help="returns the model and optimizer")
+    p.add_argument("--steps", type=_number, help="the run's optimizer steps (total decay)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a finding of severity error is present")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -690,7 +707,20 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(a: argparse.Namespace) -> int:
+    from .audit import audit_spec
+
+    steps = None if a.steps is None else _whole("steps", a.steps)
+    report = audit_spec(a.spec, total_steps=steps)
+    if a.json:
+        _print_json(report.to_dict())
+    else:
+        _show(report.blocks())
+    return 1 if a.strict and any(f.severity == "error" for f in report.findings) else 0
+
+
 _COMMANDS = {
+    "audit": _cmd_audit,
     "suggest": _cmd_suggest,
     "explain": _cmd_explain,
     "tune": _cmd_tune,
