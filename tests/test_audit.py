@@ -115,6 +115,9 @@ def test_decay_lost_in_bf16_is_what_a_real_step_does():
     opt.step()
     assert torch.equal(w0.detach(), before["0.weight"])  # flagged: nothing moved
     assert not torch.equal(w1.detach(), before["1.weight"])  # not flagged: it decayed
+    # without the model, the tensors go by their place in the optimizer
+    report = audit(opt)
+    assert found(report, "decay-lost-in-precision") == {"param_groups[0]['params'][0]"}
 
 
 def test_lora_adapters_decayed_toward_zero_and_a_run_too_short():

@@ -146,7 +146,9 @@ def audit(
     for g, group in enumerate(optimizer.param_groups):
         kind, wd, per_step = _decay(optimizer, group)
         for i, p in enumerate(group["params"]):
-            name = names.get(id(p), f"param_groups[{g}]['params'][{i}]")
+            # its name in the model, else where it first sits in the optimizer (a tensor in
+            # two groups keeps one name, which every finding uses)
+            name = names.setdefault(id(p), f"param_groups[{g}]['params'][{i}]")
             where.setdefault(id(p), []).append(g)
             rows.append(AuditRow(
                 name, tuple(p.shape), str(p.dtype).replace("torch.", ""), g, family, kind, wd,
@@ -285,7 +287,7 @@ def _not_in_optimizer(model: nn.Module | None, where: Mapping[int, list[int]]) -
 
 
 def _in_two_groups(where: Mapping[int, list[int]], names: Mapping[int, str]) -> Finding | None:
-    hit = [names.get(i, f"tensor {i}") for i, groups in where.items() if len(groups) > 1]
+    hit = [names[i] for i, groups in where.items() if len(groups) > 1]
     if not hit:
         return None
     return Finding(
@@ -316,7 +318,7 @@ def _lost_in_precision(
 ) -> Finding | None:
     """Low-precision tensors whose one decay step, applied to a copy in their own dtype
     (``w * (1 - f)``), leaves most elements unchanged."""
-    by_name = {names.get(i, ""): p for i, p in params.items()}
+    by_name = {names[i]: p for i, p in params.items()}
     hit = []
     for r in a.rows:
         p = by_name.get(r.name)

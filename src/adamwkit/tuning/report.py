@@ -51,10 +51,6 @@ LOSS_SHOWN_MAX = 1e30
 REPORT_FILES = ("report.html", "cv_curve.png", "learning_curves.png", "monitor.png")
 
 
-def _g(x: float | None, digits: int = 4) -> str:
-    return sig(x, digits)
-
-
 def _plain_ticks(axis: Any) -> None:
     """Tick labels of a log axis as plain numbers (``0.3``, not ``3 x 10^-1``)."""
     from matplotlib.ticker import FuncFormatter
@@ -456,8 +452,8 @@ def _test_rows(summary: Mapping[str, Any]) -> str:
     """The rows of the held-out test table: one per refit."""
     e = html.escape
     return "".join(
-        f"<tr><td>{e(name)}</td><td>{_g(t['weight_decay'])}</td><td>{_g(t['loss'])}</td>"
-        f"<td>{_g(t.get('metric'))}</td></tr>"
+        f"<tr><td>{e(name)}</td><td>{sig(t['weight_decay'])}</td><td>{sig(t['loss'])}</td>"
+        f"<td>{sig(t.get('metric'))}</td></tr>"
         for name, t in summary.get("test", {}).items()
     )
 
