@@ -51,7 +51,7 @@ def test_a_correct_set_up_has_no_finding():
     report = audit(AdamW(param_groups(model, 0.1), lr=1e-3), model, total_steps=STEPS)
     assert report.findings == [], report.codes()
     assert len(report.rows) == len(list(model.parameters()))
-    assert "no finding" in str(report)
+    assert "no mistake found" in str(report)
 
 
 def test_torch_adamw_over_every_parameter_decays_norms_biases_and_tables():
@@ -207,3 +207,261 @@ def test_the_command_line_audits_a_module_function(capsys):
     assert main(["audit", "test_audit:build_nothing"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "expected (model, optimizer)" in err[0]
+
+
+# --- optimizers, schedules, hybrids, aliases, scale invariance --------------------------
+
+
+def _zero_grad_step(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+
+
+@pytest.mark.parametrize(
+    ("build", "kind"),
+    [
+        (lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1), "decoupled"),
+        (lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.1), "L2"),
+        (
+            lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.1, decoupled_weight_decay=True),
+            "decoupled",
+        ),
+        (lambda ps: torch.optim.NAdam(ps, lr=0.1, weight_decay=0.1), "L2"),
+        (
+            lambda ps: torch.optim.NAdam(ps, lr=0.1, weight_decay=0.1, decoupled_weight_decay=True),
+            "decoupled",
+        ),
+        (lambda ps: torch.optim.RAdam(ps, lr=0.1, weight_decay=0.1), "L2"),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.1, momentum=0.9), "L2"),
+        (lambda ps: torch.optim.RMSprop(ps, lr=0.1, weight_decay=0.1), "L2"),
+        (lambda ps: torch.optim.Adagrad(ps, lr=0.1, weight_decay=0.1), "L2"),
+        (lambda ps: torch.optim.Adamax(ps, lr=0.1, weight_decay=0.1), "L2"),
+        (lambda ps: torch.optim.Muon(ps, lr=0.1, weight_decay=0.1), "decoupled"),
+        (lambda ps: AdamW(ps, lr=0.1, weight_decay=0.1), "decoupled"),
+        (lambda ps: AdamW(ps, lr=0.1, weight_decay=0.01, decay_scale="schedule"), "decoupled"),
+        (lambda ps: AdamW(ps, lr=0.1, weight_decay=0.1, decay_scale="corrected"), "decoupled"),
+    ],
+)
+def test_each_optimizer_s_kind_and_per_step_decay_match_a_real_step(build, kind):
+    """The oracle: one real step on zero gradients in float64. Decoupled decay alone moves
+    the weights, by exactly the audited fraction, and leaves the optimizer's state at zero;
+    L2 goes through the gradient, so it lands in the state (momentum, second moment)."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(6, 5, dtype=torch.float64))
+    opt = build([w])
+    row = audit(opt).rows[0]
+    assert row.decay_kind == kind
+    before = w.detach().clone()
+    _zero_grad_step(opt, [w])
+    shrink = 1.0 - (w.detach() / before)
+    state = [v for v in opt.state[w].values() if torch.is_tensor(v) and v.ndim > 0]
+    assert state  # every optimizer here keeps a buffer the gradient goes into
+    touched = any(bool(v.abs().sum() > 0) for v in state)
+    if kind == "decoupled":
+        assert torch.allclose(shrink, torch.full_like(shrink, row.per_step), rtol=1e-9)
+        assert row.tau_iter == pytest.approx(1.0 / row.per_step)
+        assert not touched
+    else:
+        assert row.per_step is None and touched
+
+
+def test_wrapped_optimizers_are_looked_through():
+    accelerate = pytest.importorskip("accelerate")
+    lightning_optimizer = pytest.importorskip("lightning.pytorch.core.optimizer")
+    model = transformer()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    plain = audit(opt, model).to_dict()
+    _, wrapped = accelerate.Accelerator(cpu=True).prepare(model, opt)
+    assert type(wrapped).__name__ == "AcceleratedOptimizer"
+    assert audit(wrapped, model).to_dict() == plain
+    assert audit(lightning_optimizer.LightningOptimizer(opt), model).to_dict() == plain
+
+
+def test_the_hugging_face_trainer_s_own_groups_have_no_mistake(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config)
+    args = transformers.TrainingArguments(str(tmp_path), weight_decay=0.1, report_to=[],
+                                          use_cpu=True)  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args)
+    report = audit(trainer.create_optimizer(), model)
+    assert [f.code for f in report.findings if f.severity != "info"] == []
+    # and the same model under a plain AdamW decays its norms and biases
+    plain = audit(torch.optim.AdamW(model.parameters(), weight_decay=0.1), model)
+    assert found(plain, "decays-norm-or-bias") == should_not_decay_hf(model)
+
+
+def should_not_decay_hf(model: nn.Module) -> set[str]:
+    """Biases and LayerNorm weights by the modules' types (GPT-2's Conv1D has a 1-D bias)."""
+    out = set()
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if p.ndim < 2 or isinstance(module, nn.LayerNorm):
+                out.add(f"{mname}.{pname}" if mname else pname)
+    return out
+
+
+def test_the_total_decay_follows_the_scheduler_which_does_not_move():
+    """The oracle: the same optimizer and schedule stepped for real, summing lr_t * wd."""
+    model = transformer()
+
+    def build() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        opt = AdamW(param_groups(model, 0.1), lr=1e-3)
+        warm = lambda t: min(1.0, (t + 1) / 100) * max(0.0, 1 - t / 3000)  # noqa: E731
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, warm)
+
+    opt, sched = build()
+    report = audit(opt, model, scheduler=sched, total_steps=3000)
+    assert sched.last_epoch == 0 and opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+    real_opt, real_sched = build()
+    lrs = []
+    for _ in range(3000):
+        lrs.append(real_opt.param_groups[0]["lr"])
+        real_opt.step()
+        real_sched.step()
+    decayed = [r for r in report.rows if r.decay_kind != "none"]
+    assert decayed and all(r.over_run == pytest.approx(0.1 * sum(lrs), rel=1e-9) for r in decayed)
+    assert all(r.per_step == pytest.approx(0.1 * max(lrs)) for r in decayed)  # not step 0's
+    # without the schedule, the peak lr recorded by the scheduler (initial_lr), not warmup's
+    flat = audit(opt, model, total_steps=3000)
+    assert next(r.over_run for r in flat.rows if r.decay_kind != "none") == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="total_steps"):
+        audit(opt, model, scheduler=sched)
+
+
+def test_bf16_decay_vanishes_from_the_step_a_real_step_says():
+    """Cosine decay to zero of a bf16 tensor: from the audited step on, a real decay step at
+    that step's lr leaves most elements unchanged; one step earlier it does not."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(64, 64).to(torch.bfloat16))
+    opt = torch.optim.AdamW([w], lr=0.05, weight_decay=0.1)  # 5e-3 a step at the peak
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+    report = audit(opt, scheduler=sched, total_steps=1000)
+    row = report.rows[0]
+    assert row.lost_from is not None and 0 < row.lost_from < 1000
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(999):
+        opt.step()  # no gradients: nothing moves, but the order is the real one
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+
+    def moved(lr: float) -> float:
+        stepped = w.detach() * (1.0 - lr * 0.1)
+        return float((stepped != w.detach()).float().mean())
+
+    assert moved(lrs[row.lost_from]) < 0.5 <= moved(lrs[row.lost_from - 1])
+    # most of the decay still acts, so no finding; the share lost is what the lrs say
+    share = sum(lrs[row.lost_from :]) / sum(lrs)
+    assert row.lost_share == pytest.approx(share, rel=1e-6) and share < 0.5
+    assert "decay-lost-in-precision" not in report.codes()
+
+
+def _hybrid_model() -> nn.Module:
+    torch.manual_seed(0)
+    hidden = [nn.Linear(128, 128, bias=False) for _ in range(2)]
+    return nn.Sequential(nn.Embedding(64, 128), *hidden, nn.Linear(128, 64, bias=False))
+
+
+def _muon_and_adamw(model: nn.Module, **muon: object) -> list[torch.optim.Optimizer]:
+    hidden = [model[1].weight, model[2].weight]
+    rest = [model[0].weight, model[3].weight]
+    return [torch.optim.Muon(hidden, **muon),  # type: ignore[arg-type]
+            torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.1)]  # fmt: skip
+
+
+def _measured_update_rms(opt: torch.optim.Optimizer, p: torch.Tensor, lr: float) -> float:
+    """The oracle: 300 real steps on unit-variance random gradients, the update's RMS per
+    unit lr (decay off, so only the update moves the weights)."""
+    torch.manual_seed(1)
+    for g in opt.param_groups:
+        g["weight_decay"] = 0.0
+    rms = []
+    for t in range(300):
+        before = p.detach().clone()
+        p.grad = torch.randn_like(p)
+        opt.step()
+        if t >= 100:
+            rms.append(float((p.detach() - before).pow(2).mean().sqrt()) / lr)
+    return sum(rms) / len(rms)
+
+
+def test_muon_and_adamw_with_one_coefficient_is_a_hybrid_mismatch():
+    model = _hybrid_model()
+    opts = _muon_and_adamw(model, lr=0.02, weight_decay=0.1)
+    report = audit(opts, model)
+    assert report.optimizer == "Muon + AdamW"
+    assert found(report, "hybrid-mismatch") == {"1.weight", "2.weight"}
+    text = next(f.text for f in report.findings if f.code == "hybrid-mismatch")
+    ratio = float(text.split("update per step is ")[1].split("x")[0])
+    # the ratio against the updates measured for real, per step at each group's lr
+    muon_rms = _measured_update_rms(opts[0], model[1].weight, 1.0)  # per step
+    adam_rms = _measured_update_rms(opts[1], model[0].weight, 1.0)
+    assert ratio == pytest.approx(muon_rms / adam_rms, rel=0.35)
+    # Muon scaled to AdamW's update size, with AdamW's lr and coefficient: no mismatch
+    model = _hybrid_model()
+    matched = _muon_and_adamw(model, lr=3e-4, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    assert "hybrid-mismatch" not in audit(matched, model).codes()
+    assert _measured_update_rms(matched[0], model[1].weight, 3e-4) == pytest.approx(
+        _measured_update_rms(matched[1], model[0].weight, 3e-4), rel=0.35
+    )
+
+
+def test_a_run_many_timescales_long_is_too_long():
+    model = transformer()
+    opt = AdamW(param_groups(model, 0.1), lr=1e-3)
+    report = audit(opt, model, total_steps=2_000_000)  # D = 200
+    decayed = {r.name for r in report.rows if r.decay_kind != "none"}
+    assert report.codes() == ["too-long"] and found(report, "too-long") == decayed
+    assert audit(opt, model, total_steps=100_000).findings == []  # D = 10
+
+
+def test_tied_aliases_held_as_two_tensors_are_decayed_twice():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False))
+    model[1].weight = nn.Parameter(model[0].weight.detach().t())  # not the same memory view
+    shared = nn.Parameter(model[0].weight.detach())  # the same memory, another tensor
+    opt = torch.optim.AdamW([{"params": [model[0].weight], "weight_decay": 0.1},
+                             {"params": [shared], "weight_decay": 0.0},
+                             {"params": [model[1].weight], "weight_decay": 0.1}])  # fmt: skip
+    report = audit(opt, model)
+    hit = found(report, "in-two-groups")
+    assert hit == {"0.weight", "param_groups[1]['params'][0]"}
+    assert "different coefficients (0, 0.1)" in report.findings[0].text
+
+
+def test_weights_before_a_batch_norm_are_scale_invariant():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 10))  # fmt: skip
+    report = audit(AdamW(param_groups(model, 0.05), lr=1e-3), model)
+    assert report.codes() == ["scale-invariant"] and report.findings[0].severity == "info"
+    assert found(report, "scale-invariant") == {"0.weight"}
+    # the oracle: scaling the weight does not change the (train-mode) output
+    x = torch.randn(4, 3, 8, 8)
+    out = model(x)
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+        model[0].bias.mul_(3.0)
+    assert torch.allclose(model(x), out, atol=1e-4)
+    # with example inputs the forward pass decides, and agrees
+    assert found(audit(AdamW(param_groups(model, 0.05), lr=1e-3), model, inputs=x),
+                 "scale-invariant") == {"0.weight"}  # fmt: skip
+
+
+def test_low_bit_optimizers_when_installed():
+    bnb = pytest.importorskip("bitsandbytes")
+    w = nn.Parameter(torch.randn(64, 64))
+    assert audit(bnb.optim.AdamW8bit([w], lr=1e-3, weight_decay=0.1)).rows[0].decay_kind == (
+        "decoupled"
+    )
+
+
+def test_torchao_low_bit_adamw_when_installed():
+    optim = pytest.importorskip("torchao.optim")
+    w = nn.Parameter(torch.randn(64, 64))
+    assert audit(optim.AdamW8bit([w], lr=1e-3, weight_decay=0.1)).rows[0].decay_kind == (
+        "decoupled"
+    )

@@ -355,9 +355,11 @@ def _add_audit(sub: Any) -> None:
         "audit",
         help="does an optimizer decay what you think? a live set-up, before the first step",
         description="Build your model and optimizer with module:attribute (a function "
-        "returning (model, optimizer), (model, optimizer, total_steps) or a dict with those "
-        "keys) and print each tensor's decay (decoupled, L2 or none; its share per step and "
-        "over the run) and what looks wrong, each finding with a code and what to do.",
+        "returning (model, optimizer), (model, optimizer, total_steps), (model, optimizer, "
+        "scheduler, total_steps) or a dict with those keys and optionally inputs) and print "
+        "each tensor's decay (decoupled, L2 or none; its share per step, timescale and total "
+        "over the run, following the scheduler) and what looks wrong, each finding with a "
+        "code and what to do.",
     )
     p.add_argument("spec", metavar="MODULE:FUNCTION", help="returns the model and optimizer")
     p.add_argument("--steps", type=_number, help="the run's optimizer steps (total decay)")

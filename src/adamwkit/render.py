@@ -712,37 +712,56 @@ def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
 
 def _audit_row(r: Any) -> tuple[str, ...]:
     shape = "x".join(map(str, r.shape)) or "scalar"
+    lost = "-" if r.lost_from is None else f"{r.lost_from:,}"
     return (r.name, shape, r.dtype, str(r.group), r.decay_kind, fmt(r.weight_decay),
-            fmt(r.per_step), fmt(r.over_run), r.rule)  # fmt: skip
+            fmt(r.per_step), fmt(r.tau_iter), fmt(r.over_run), fmt(r.norm),
+            fmt(r.equilibrium_norm), lost, r.rule)  # fmt: skip
 
 
 def audit_report(a: Any) -> list[Block]:
     """The blocks of an :class:`adamwkit.audit.Audit`: a row per tensor, then each finding
-    (its severity, code, tensors and what to do)."""
+    (its severity, code, tensors and what to do), then what the audit could not follow."""
     steps = f", {a.total_steps:,} steps" if a.total_steps else ""
     out: list[Block] = [
         Table(
             f"{a.optimizer}: {len(a.rows)} tensors{steps}",
             AUDIT_COLUMNS,
             tuple(_audit_row(r) for r in a.rows),
-            align="llllrrrrl",
-            drop=("dtype", "group", "weight_decay", "shape", "over the run"),
+            align="llllrrrrrrrrl",
+            drop=(
+                "dtype",
+                "group",
+                "weight_decay",
+                "shape",
+                "lost from",
+                "norm",
+                "eq. norm",
+                "tau (steps)",
+                "over the run",
+            ),
             shorten="tensor",
         )
     ]
-    if not a.findings:
-        out.append(Line("no finding: the optimizer decays what param_groups would", style="good"))
+    serious = [f for f in a.findings if f.severity != "info"]
+    if not serious:
+        out.append(Line("no mistake found: the optimizer decays what param_groups would",
+                        style="good"))  # fmt: skip
     for f in a.findings:
         more = f" and {len(f.tensors) - 5} more" if len(f.tensors) > 5 else ""
-        style = "alert" if f.severity == "error" else "warn"
+        style = {"error": "alert", "warning": "warn"}.get(f.severity, "dim")
         text = f"{f.text} ({', '.join(f.tensors[:5])}{more})"
         out.append(Line(text, label=f"{f.severity} [{f.code}]:", style=style))
+    out += [Line(n, label="note:", style="dim") for n in a.notes]
     return out
 
 
-#: The audit table's columns: per step and over the run are the decoupled decay's share.
+#: The audit table's columns: per step and over the run are the decoupled decay's share
+#: (over the run: the total decay D); tau the timescale 1/(lr wd) in steps; eq. norm the
+#: norm a scale-invariant tensor settles at; lost from the step from which a bf16/fp16
+#: tensor's decay rounds away.
 AUDIT_COLUMNS = ("tensor", "shape", "dtype", "group", "decay", "weight_decay", "per step",
-                 "over the run", "param_groups")  # fmt: skip
+                 "tau (steps)", "over the run", "norm", "eq. norm", "lost from",
+                 "param_groups")  # fmt: skip
 
 
 def plain(blocks: Sequence[Block], width: int | None = None) -> str:
