@@ -117,7 +117,8 @@ def test_lora_adapters_decay_and_the_frozen_base_is_left_out():
 def test_bad_name_rule():
     with pytest.raises(ValueError, match="name_rules entry 'tokens' is invalid"):
         param_groups(nn.Linear(2, 2), name_rules=["tokens"])
-    assert set(NAME_RULES) == {"token", "position embedding", "relative position table"}
+    assert set(NAME_RULES) == {"token", "position embedding", "relative position table",
+                               "state-space", "learned query"}  # fmt: skip
     bare = nn.Module()
     bare.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
     bare.pos_embed = nn.Parameter(torch.zeros(1, 3, 4))

@@ -6,10 +6,14 @@ biases, every tensor with ``ndim <= 1``, every parameter owned by a normalisatio
 ``model.no_weight_decay()`` returns (timm's convention), and learned tokens and position
 tables held as bare parameters (:data:`NAME_RULES`: ``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ...), which the DeiT and Swin recipes exclude and models
-without ``no_weight_decay()`` (Hugging Face ViT and Swin) would otherwise decay. The plan
-lists how many tensors and parameters decay and which rule kept each other one out: the
-name-based rules of other libraries have silently decayed norm layers (transformers
-issue #4360). Tied weights are listed once, with their other names.
+without ``no_weight_decay()`` (Hugging Face ViT and Swin) would otherwise decay, Mamba's
+state-space parameters (``A_log``, 2-D in Mamba-1, ``dt_bias``, ``D``), learned queries
+(``query_tokens``, ``latents``), and parameters marked ``p._no_weight_decay = True`` (as the
+reference Mamba code marks ``A_log`` and ``D``). Per-glob overrides (``weight_decay={glob:
+value}``) win over all of these. The plan lists how many tensors and parameters decay and
+which rule kept each other one out: the name-based rules of other libraries have silently
+decayed norm layers (transformers issue #4360). Tied weights are listed once, with their
+other names.
 
 Wrappers are looked through: ``DistributedDataParallel``, ``DataParallel`` and FSDP
 (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT models
@@ -22,6 +26,8 @@ Sources: nanoGPT ``configure_optimizers`` (decay iff ``dim >= 2``); timm
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -31,12 +37,13 @@ from typing import Any
 
 from torch import nn
 
-from ._checks import check_choice, check_range
+from ._checks import ArgumentError, check_choice, check_range, is_subnormal
 from ._constants import OPTIMIZER_DECAY_SCALES
 
 __all__ = [
     "NAME_RULES",
     "DecayPlan",
+    "Override",
     "ParamGroups",
     "PlanEntry",
     "normalized_layers",
@@ -56,6 +63,15 @@ _NORM_NAME = re.compile(r"(Layer|RMS|Batch|Group|Instance)Norm(\d[dD])?$")
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 Exclusion = str | Callable[[str, nn.Parameter], bool]
+#: One value of ``weight_decay={glob: value}`` (or ``overrides=``): a coefficient >= 0,
+#: ``True`` (decay at the base value), ``False`` (no decay) or a scale string ``"x0.5"``.
+Override = float | bool | str
+
+_DEFAULT_WEIGHT_DECAY = 0.01  # param_groups' default, the base of a mapping without "*"
+_OVERRIDE_ACCEPTS = (
+    "expected a finite number >= 0 (0: no decay), True (decay at the base value), "
+    "False (no decay) or a scale of the base such as 'x0.5'"
+)
 
 #: Parameters left out by name: the last part of the name (a bare ``nn.Parameter``, not a
 #: submodule's ``weight``) is one of these. Each rule is its own row of the plan; pass
@@ -70,6 +86,10 @@ NAME_RULES: dict[str, tuple[str, ...]] = {
     # Swin's relative position bias table, ViTDet/SAM's decomposed relative positions
     "relative position table": ("relative_position_bias_table", "rel_pos_h", "rel_pos_w",
                                 "rel_pos_bias", "relative_position_bias"),
+    # Mamba's state-space parameters: A_log (2-D in Mamba-1, so ndim misses it), dt_bias, D
+    "state-space": ("A_log", "dt_bias", "D"),
+    # learned queries held as bare parameters: Q-Former's query_tokens, Perceiver's latents
+    "learned query": ("query_tokens", "latents"),
 }  # fmt: skip
 
 
@@ -94,7 +114,11 @@ class DecayPlan:
     """What :func:`param_groups` decided, printable as a table."""
 
     entries: tuple[PlanEntry, ...]
-    weight_decay: float
+    weight_decay: float  # the base coefficient
+    #: the per-glob overrides as given, in their order of precedence
+    overrides: tuple[tuple[str, Override], ...] = ()
+    #: the base is param_groups' default 0.01 (a ``weight_decay`` mapping without ``"*"``)
+    base_is_default: bool = False
 
     @property
     def decayed(self) -> tuple[PlanEntry, ...]:
@@ -114,8 +138,13 @@ class DecayPlan:
         n_dec = sum(e.numel for e in self.decayed)
         n_all = sum(e.numel for e in trainable)
         share = 100.0 * n_dec / n_all if n_all else 0.0
+        setting = f"weight_decay={self.weight_decay:g}"
+        if self.overrides:
+            default = ", the default: no '*' key" if self.base_is_default else ""
+            n = len(self.overrides)
+            setting = f"base {setting}{default}; {n} override{'s' if n != 1 else ''}"
         head = (
-            f"Weight decay plan (weight_decay={self.weight_decay:g}): "
+            f"Weight decay plan ({setting}): "
             f"{len(self.decayed)} of {len(trainable)} trainable tensors decay, "
             f"{n_dec:,} of {n_all:,} parameters ({share:.2f}%)"
         )
@@ -195,19 +224,23 @@ def _exclusion_label(rule: Exclusion) -> str:
 
 def param_groups(
     model: nn.Module,
-    weight_decay: float = 0.01,
+    weight_decay: float | Mapping[str, Override] = _DEFAULT_WEIGHT_DECAY,
     *,
     decay_embeddings: bool = True,
     exclude: Iterable[Exclusion] = (),
     multipliers: Mapping[str, float] | None = None,
     name_rules: Iterable[str] | None = None,
     decay_scales: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Override] | None = None,
 ) -> ParamGroups:
     """Split ``model``'s trainable parameters into decay and no-decay groups.
 
     Args:
         model: the module whose parameters to group.
-        weight_decay: the coefficient of decayed tensors, in the optimizer's convention.
+        weight_decay: the coefficient of decayed tensors, in the optimizer's convention; or
+            a mapping ``{glob: value}`` of per-parameter overrides, where the key ``"*"``
+            (optional, and not a glob) is the base coefficient: without it the base is the
+            default, 0.01. The plan's header shows the base.
         decay_embeddings: decay ``nn.Embedding``/``nn.EmbeddingBag`` weights (default True,
             as nanoGPT and Hugging Face do).
         exclude: extra no-decay rules: glob patterns matched against the full parameter
@@ -217,22 +250,42 @@ def param_groups(
             (``*lora_A*``, ``*lora_B*``) decay like any matrix; ``{"*lora_*": 0.5}`` gives
             them their own value.
         name_rules: which of :data:`NAME_RULES` apply (default all: ``"token"``,
-            ``"position embedding"``, ``"relative position table"``); ``()`` decays
-            those tensors like any other.
+            ``"position embedding"``, ``"relative position table"``, ``"state-space"``,
+            ``"learned query"``); ``()`` decays those tensors like any other. A parameter
+            marked ``_no_weight_decay = True`` is left out whatever ``name_rules`` says
+            (an override ``True`` makes it decay).
         decay_scales: ``{glob: decay_scale}``; a decayed tensor whose name matches gets a
             group with that ``decay_scale`` key, which :class:`adamwkit.AdamW` reads per
             group. AdamC applies ``"corrected"`` to the layers a normalisation follows:
             ``decay_scales=dict.fromkeys(normalized_layers(model, x), "corrected")``.
+        overrides: ``{glob: value}`` beside a number ``weight_decay``, the same as passing
+            the mapping as ``weight_decay`` (giving a mapping for both is an error). Each
+            glob is matched (``fnmatchcase``) against the full parameter name and every
+            tied alias; the first matching glob in the mapping's order decides, over every
+            other rule (``exclude``, ``no_weight_decay()``, the name rules, norms, biases,
+            ``ndim``, ``multipliers``). A value is a number >= 0 (that coefficient; 0: no
+            decay), ``True`` (decay at the base value, even a bias or a norm), ``False``
+            (no decay) or ``"x<factor>"`` (the base times factor, as ``multipliers``).
+            ``decay_scales`` still applies to the tensors that decay; frozen parameters
+            stay left out; a glob that matches no parameter gets a warning.
 
     Returns:
         A list of param-group dicts (one per distinct weight decay, then the no-decay
         group) that any ``torch.optim`` optimizer accepts, with ``.plan`` (a
         :class:`DecayPlan`; ``print(groups.plan)`` shows the table). Frozen parameters
         (``requires_grad=False``) are left out.
+
+    Example:
+        ``param_groups(model, weight_decay={"*": 0.1, "*.A_log": 0, "lm_head.weight":
+        0.05, "*.bias": True, "*.latents": "x0.5"})``: 0.1 on the tensors the rules decay,
+        no decay on ``A_log``, 0.05 on the head, 0.1 on every bias, 0.05 on ``latents``;
+        the same as ``param_groups(model, 0.1, overrides={"*.A_log": 0, ...})``. The plan's
+        rule column names the override that decided: ``override 'lm_head.weight' = 0.05``,
+        ``override '*.bias': decay``, ``override '*.A_log': no decay``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} is invalid: expected a torch.nn.Module")
-    weight_decay = check_range("weight_decay", weight_decay)
+    base, table, given, base_is_default = _overrides(weight_decay, overrides)
     exclude = list(exclude)
     for rule in exclude:
         if not (isinstance(rule, str) or callable(rule)):
@@ -266,21 +319,33 @@ def param_groups(
     for name, p in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(p), []).append(name)
 
+    matched: set[str] = set()  # the override globs that match some parameter
+
     for name, p in model.named_parameters():
         mods = owners.get(id(p), [])
         # a tied weight answers to all its names (tok.weight and head.weight alike)
         names = aliases[id(p)]
+        found = [o for o in table if any(fnmatchcase(n, o[0]) for n in names)]
+        matched.update(o[0] for o in found)
+        override = found[0] if found else None  # the first in the mapping's order decides
         hits = [r for r in exclude if any(_matches(r, n, p) for n in names)]
         used.update(_exclusion_label(r) for r in hits)
         hit = hits[0] if hits else None
         norm = _norm_name(mods)
         is_embedding = any(isinstance(m, _EMBEDDING_TYPES) for m in mods)
+        wd, decayable = 0.0, False  # left out unless a rule below says it decays
         if not p.requires_grad:
             rule = "frozen (left out)"
+        elif override is not None:
+            _, wd, rule, decayable = override
+            # a multiplier the override set aside still matched: no "matched no parameter"
+            used.update(repr(g) for g in multipliers if any(fnmatchcase(n, g) for n in names))
         elif hit is not None:
             rule = f"exclude {_exclusion_label(hit)}"
         elif any(fnmatchcase(n, pat) for n in names for pat in no_wd_names):
             rule = "model.no_weight_decay()" + (f" (through {through})" if through else "")
+        elif getattr(p, "_no_weight_decay", False) is True:  # the reference Mamba code's mark
+            rule = "_no_weight_decay attribute"
         elif (label := name_rule(names, rules)) is not None:
             rule = label
         elif norm is not None:
@@ -296,11 +361,12 @@ def param_groups(
             if any(".lora_" in f".{n}" for n in names):
                 rule += " (LoRA adapter)"
             pattern = next((g for g in multipliers if any(fnmatchcase(n, g) for n in names)), None)
-            wd = weight_decay
+            wd, decayable = base, True
             if pattern is not None:
                 used.add(repr(pattern))
-                wd = weight_decay * multipliers[pattern]
+                wd = base * multipliers[pattern]
                 rule += f", x{multipliers[pattern]:g} by {pattern!r}"
+        if decayable:
             scale_glob = next((g for g in scales if any(fnmatchcase(n, g) for n in names)), None)
             scale = None
             if scale_glob is not None:
@@ -322,6 +388,9 @@ def param_groups(
     for label in labels:
         if label not in used:
             warnings.warn(f"param_groups: {label} matched no parameter", stacklevel=2)
+    for glob in given:
+        if glob not in matched:
+            warnings.warn(f"param_groups: override {glob!r} matched no parameter", stacklevel=2)
     if not groups and not no_decay:
         raise ValueError(
             f"model {type(model).__name__} has no trainable parameters (all are frozen or absent)"
@@ -332,7 +401,7 @@ def param_groups(
     )
     if no_decay:
         out.append({"params": no_decay, "weight_decay": 0.0})
-    out.plan = DecayPlan(tuple(entries), weight_decay)
+    out.plan = DecayPlan(tuple(entries), base, tuple(given.items()), base_is_default)
     return out
 
 
@@ -401,6 +470,75 @@ def normalized_layers(model: nn.Module, *args: Any, **kwargs: Any) -> list[str]:
         for pname, p in m.named_parameters(recurse=False)
         if p.ndim >= 2
     ]
+
+
+def _overrides(
+    weight_decay: float | Mapping[str, Override], overrides: Mapping[str, Override] | None
+) -> tuple[float, list[tuple[str, float, str, bool]], dict[str, Override], bool]:
+    """The base coefficient; the overrides as ``(glob, weight_decay, plan label, whether it
+    decays)`` in their order; the overrides as given; whether the base is the default (no
+    ``"*"``)."""
+    if isinstance(weight_decay, Mapping):
+        if overrides is not None:
+            raise ArgumentError(
+                "weight_decay and overrides are both mappings: give the overrides in one of "
+                "them (weight_decay={glob: value}, or a number with overrides={glob: value})",
+                "weight_decay",
+                "overrides",
+            )
+        arg, given = "weight_decay", dict(weight_decay)
+        base_is_default = "*" not in given
+        base = check_range("weight_decay['*']", given.pop("*", _DEFAULT_WEIGHT_DECAY))
+    else:
+        arg, given = "overrides", dict(overrides or {})
+        base_is_default = False
+        base = check_range("weight_decay", weight_decay)
+        if "*" in given:
+            raise ArgumentError(
+                f"overrides['*']={given['*']!r} is invalid: the base coefficient is "
+                "weight_decay; give it there, or pass the mapping as weight_decay",
+                "overrides",
+            )
+    table = []
+    for glob, value in given.items():
+        if not isinstance(glob, str):
+            raise ArgumentError(
+                f"{arg} key {glob!r} is invalid: expected a glob string such as '*.bias'", arg
+            )
+        wd, label = _override(f"{arg}[{glob!r}]", value, base)
+        table.append((glob, wd, f"override {glob!r}{label}", label != ": no decay"))
+    return base, table, given, base_is_default
+
+
+def _override(name: str, value: object, base: float) -> tuple[float, str]:
+    """One override's coefficient and the end of its plan label (``": no decay"``)."""
+    if value is True:
+        return base, ": decay"
+    if value is False:
+        return 0.0, ": no decay"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            x = float(value)
+        except OverflowError:  # an int too large for a float
+            x = math.inf
+        wd = _nonnegative(name, value, x)
+        return wd, f" = {wd:g}" if wd > 0 else ": no decay"
+    if isinstance(value, str) and value.startswith("x"):
+        try:
+            factor = float(value[1:])
+        except ValueError:
+            factor = math.nan
+        factor = _nonnegative(name, value, factor)
+        return base * factor, f" = x{factor:g}"
+    raise ArgumentError(f"{name}={value!r} is invalid: {_OVERRIDE_ACCEPTS}", name)
+
+
+def _nonnegative(name: str, value: object, x: float) -> float:
+    if is_subnormal(x):
+        check_range(name, x)  # raises: below the smallest normal float, read as 0
+    if not (math.isfinite(x) and x >= 0):
+        raise ArgumentError(f"{name}={value!r} is invalid: {_OVERRIDE_ACCEPTS}", name)
+    return x
 
 
 def name_rule(names: Iterable[str], rules: Iterable[str] | None = None) -> str | None:
