@@ -465,3 +465,28 @@ def test_torchao_low_bit_adamw_when_installed():
     assert audit(optim.AdamW8bit([w], lr=1e-3, weight_decay=0.1)).rows[0].decay_kind == (
         "decoupled"
     )
+
+
+def test_every_group_at_zero_against_the_configured_coefficient():
+    """LoRA+-style groups built with weight_decay 0 while the user configured a value."""
+
+    class Lora(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lora_A = nn.Linear(8, 2, bias=False)
+            self.lora_B = nn.Linear(2, 8, bias=False)
+
+    model = Lora()
+    groups = [{"params": [model.lora_A.weight], "weight_decay": 0.0, "lr": 1e-4},
+              {"params": [model.lora_B.weight], "weight_decay": 0.0, "lr": 1.6e-3}]  # fmt: skip
+    report = audit(torch.optim.AdamW(groups, weight_decay=0.05), model)
+    assert found(report, "group-decay-zero") == {"lora_A.weight", "lora_B.weight"}
+    assert "weight_decay=0.05 was configured" in report.findings[0].text
+    # torch's own default (0.01) is not a choice the user made ...
+    assert audit(torch.optim.AdamW(groups), model).findings == []
+    # ... unless the configured value is given
+    assert audit(torch.optim.AdamW(groups), model, weight_decay=0.01).codes() == [
+        "group-decay-zero"
+    ]
+    with pytest.raises(ValueError, match="weight_decay"):
+        audit(torch.optim.AdamW(groups), model, weight_decay=-1.0)

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from . import render
-from ._checks import check_whole
+from ._checks import check_range, check_whole
 from ._optimizers import ADAPTIVE, decay_kind, family, lr_curves, unwrap, update_rms
 
 __all__ = ["Audit", "AuditRow", "Finding", "audit", "audit_spec"]
@@ -180,6 +180,7 @@ def audit(
     scheduler: Any = None,
     total_steps: int | None = None,
     inputs: Any = None,
+    weight_decay: float | None = None,
 ) -> Audit:
     r"""Audit ``optimizer`` (and ``model``'s trainable tensors, when given) before training:
     see the module's docstring for the rows and the findings.
@@ -203,6 +204,10 @@ def audit(
             feed a normalisation (:func:`adamwkit.groups.normalized_layers`); without it
             a convolution or linear layer directly followed by a BatchNorm or GroupNorm of
             its width counts.
+        weight_decay: the coefficient you configured (a Trainer's ``weight_decay``
+            argument, say): matrices in groups with weight_decay 0 are reported when it is
+            above 0. Without it, an optimizer built with a ``weight_decay`` other than its
+            class's default while every group overrides it with 0 counts the same.
 
     Returns:
         An :class:`Audit`; ``print`` it, or ``to_dict()`` for JSON.
@@ -219,6 +224,7 @@ def audit(
     if model is not None and not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} is invalid: expected a torch.nn.Module")
     steps = None if total_steps is None else check_whole("total_steps", total_steps, 1)
+    meant = None if weight_decay is None else check_range("weight_decay", weight_decay, 0.0)
     schedulers = [] if scheduler is None else (
         list(scheduler) if isinstance(scheduler, (list, tuple)) else [scheduler])  # fmt: skip
     if schedulers and steps is None:
@@ -247,7 +253,7 @@ def audit(
             _norm_or_bias(out),
             _not_in_optimizer(model, where),
             _in_two_groups(out, where, names, params),
-            _group_zero(out),
+            _group_zero(out, _configured(optimizers, meant)),
             _lost_in_precision(out),
             _hybrid(out, groups, names),
             _toward_base(out),
@@ -503,19 +509,39 @@ def _in_two_groups(
     )  # fmt: skip
 
 
-def _group_zero(a: Audit) -> Finding | None:
-    if not any(r.decay_kind != "none" for r in a.rows):
+def _configured(optimizers: Sequence[torch.optim.Optimizer], meant: float | None) -> float:
+    """The coefficient the user asked for: ``meant``, else an optimizer's ``weight_decay``
+    default when it differs from its class's own default (so the user set it)."""
+    if meant is not None:
+        return meant
+    import inspect
+
+    for opt in optimizers:
+        given = opt.defaults.get("weight_decay")
+        try:
+            own = inspect.signature(type(opt)).parameters["weight_decay"].default
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(given, (int, float)) and given > 0 and given != own:
+            return float(given)
+    return 0.0
+
+
+def _group_zero(a: Audit, configured: float) -> Finding | None:
+    others = any(r.decay_kind != "none" for r in a.rows)
+    if not others and not configured:
         return None
     hit = _names_of(
         [r for r in a.rows if r.decay_kind == "none" and len(r.shape) >= 2 and r.rule == "decay"]
     )
     if not hit:
         return None
+    why = ("while other groups decay theirs" if others
+           else f"although weight_decay={configured:g} was configured")  # fmt: skip
     return Finding(
         "group-decay-zero", "warning", hit,
-        f"{len(hit)} weight matrix(es) sit in a group with weight_decay 0 while other groups "
-        "decay theirs: check how the groups were built (param_groups puts every matrix in "
-        "the decayed group)",
+        f"{len(hit)} weight matrix(es) sit in a group with weight_decay 0 {why}: check how "
+        "the groups were built (param_groups puts every matrix in the decayed group)",
     )  # fmt: skip
 
 
