@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .._checks import check_range, check_whole
 from .._device import autocast, check_precision
 from ..adamw import AdamW
+from ..functional import DecayScale
 from ..groups import param_groups
 from ..monitor import Monitor, MonitorLog
 from ..schedules import make_schedule
@@ -218,6 +219,30 @@ class _SingleEngine:
         return [loss], (None if metric is None else [metric])
 
 
+def build_run(
+    task: Task,
+    weight_decay: float,
+    *,
+    lr: float,
+    seed: int,
+    decay_scale: DecayScale,
+    device: torch.device,
+) -> tuple[nn.Module, AdamW]:
+    """What :func:`fit` trains: ``torch.manual_seed(seed)`` then ``task.model()`` on
+    ``device`` (in training mode), and its :class:`AdamW` over :func:`param_groups` with the
+    task's rules. ``tune`` audits a stacked population's members with it."""
+    torch.manual_seed(seed)
+    model = task.model().to(device)
+    model.train()
+    opt = AdamW(
+        param_groups(model, weight_decay=weight_decay, **task.param_groups),
+        lr=lr,
+        decay_scale=decay_scale,
+    )
+    opt._convention_checked = True  # a value the caller chose in its convention on purpose
+    return model, opt
+
+
 def single_engine(
     task: Task,
     weight_decay: float,
@@ -232,15 +257,8 @@ def single_engine(
     """The engine :func:`fit` trains with: a seeded ``task.model()`` on the device, its
     :class:`AdamW` over :func:`param_groups`, and the schedule as a ``LambdaLR`` over a run
     of ``n_train`` examples."""
-    torch.manual_seed(seed)
-    model = task.model().to(settings.device)
-    model.train()
-    opt = AdamW(
-        param_groups(model, weight_decay=weight_decay, **task.param_groups),
-        lr=lr,
-        decay_scale=settings.decay_scale,
-    )
-    opt._convention_checked = True  # a value the caller chose in its convention on purpose
+    model, opt = build_run(task, weight_decay, lr=lr, seed=seed,
+                           decay_scale=settings.decay_scale, device=settings.device)  # fmt: skip
     total = settings.total_steps(n_train)
     shape = make_schedule(settings.schedule, total, min(settings.warmup_steps, total - 1))
     data = data if data is not None else DeviceData(task, settings.device)
@@ -266,6 +284,7 @@ def fit(
     precision: str = "fp32",
     progress: bool | Callable[[int, int], Any] = False,
     monitor: int | None = None,
+    on_start: Callable[[nn.Module, torch.optim.Optimizer], Any] | None = None,
 ) -> FitResult:
     """Train a fresh ``task.model()`` with AdamW and ``weight_decay``; return the losses.
 
@@ -278,6 +297,8 @@ def fit(
     bfloat16 autocast. ``progress`` shows a bar, or is called as ``progress(epoch, epochs)``
     after each epoch. ``monitor=k`` records the weight norms and rotation every ``k`` steps
     against their equilibrium (:class:`adamwkit.Monitor`) into ``result.monitor``.
+    ``on_start(model, optimizer)`` is called once both are built, before the first step
+    (``tune`` hands the model to its audit of the first run there).
 
     Raises :class:`TrainingDiverged` when the training loss becomes NaN or infinite.
 
@@ -307,6 +328,8 @@ def fit(
     engine = single_engine(task, wd, lr=lr_, seed=seed, n_train=train.numel(), settings=settings,
                            val=val)  # fmt: skip
     model = engine.model
+    if on_start is not None:
+        on_start(model, engine.opt)
     watch = None
     if monitor is not None:
         watch = Monitor(engine.opt, every=check_whole("monitor", monitor, 1), model=model)

@@ -7,6 +7,8 @@
 - :mod:`.executor`: running jobs one at a time or stacked, and the measured choice between them.
 - :mod:`.workers`: worker slots, CPU thread shares, worker processes.
 - :mod:`.report`: summary.json, cv_curve.png, learning_curves.png, report.html.
+- :mod:`.first_audit`: the audit of the optimizer of the study's first run (the report's
+  "Optimizer audit").
 - :mod:`.options`: the one table of tune's options (keyword, flag, default, range, scope).
 - :mod:`.source`, :mod:`.planning`: what trains; the options validated into a ``TunePlan``.
 - :mod:`.protocol`: the rounds (CV, extensions, refits), each worked on by every

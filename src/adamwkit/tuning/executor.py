@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..train import TrainingDiverged
+from .first_audit import FirstAudit
 from .limits import TrialTimeout, time_limit
 from .objective import Objective, Outcome, TaskObjective, Trial, outcome_of
 
@@ -76,6 +77,7 @@ class Runner:
     timeout: float | None = None
     errors: list[BaseException] = field(default_factory=list)
     frozen_tensors: int = 0  # the most frozen tensors a run's trial.optimizer() saw
+    audit: FirstAudit = field(default_factory=FirstAudit)  # the study's first run's audit
     _seen: set[str] = field(default_factory=set)
 
     def trial(self, job: Job) -> Trial:
@@ -108,7 +110,7 @@ class Runner:
             self.bar.run(job.label, self.epochs)
         start = time.perf_counter()
         try:
-            with time_limit(self.timeout):
+            with self.audit.watch(trial), time_limit(self.timeout):
                 value = self.objective(trial)
             out = outcome_of(value)
         except TrialTimeout as err:
@@ -226,6 +228,7 @@ class Stacked(Strategy):
         """One population's outcomes; its failure, or m runs past m times the time
         limit, fails every run of it."""
         runner, m = self.runner, len(trials)
+        runner.audit.population(self.objective, trials)
         where = f"{m} runs trained together"
         limit = None if runner.timeout is None else runner.timeout * m
         bar = runner.bar

@@ -76,6 +76,11 @@ class Trial:
     - ``single_split``: True when the study has one validation split (``folds=1`` or
       ``validation=``), where :meth:`report_example_losses` gives the standard errors
       (a Task reports them on its own).
+
+    The first run of a study with weight decay above zero has its optimizer audited
+    (:func:`adamwkit.audit`) at its first step, for the report's "Optimizer audit":
+    :meth:`audit_model` (or :meth:`optimizer`, which calls it) gives the audit the
+    model's tensor names.
     """
 
     weight_decay: float
@@ -100,6 +105,7 @@ class Trial:
     baseline: float | None = field(default=None, init=False, repr=False)
     example_losses: list[float] | None = field(default=None, init=False, repr=False)
     frozen_tensors: int = field(default=0, init=False, repr=False)  # seen by optimizer()
+    audited_model: nn.Module | None = field(default=None, init=False, repr=False)
 
     @property
     def is_refit(self) -> bool:
@@ -174,6 +180,17 @@ class Trial:
         if self._on_report is not None:
             self._on_report(step, value)
 
+    def audit_model(self, model: nn.Module) -> None:
+        """Name the model this run trains, for ``tune``'s audit of the study's first run
+        (optional): the audit names each tensor of the optimizer by its name in
+        ``model`` (``"0.weight"``) rather than by its place (``param_groups[0]['params'][3]``)
+        and also finds trainable tensors missing from the optimizer. :meth:`optimizer`
+        calls it; call it yourself when you build the optimizer, say before handing
+        both to a Trainer. Nothing else is done with the model."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model={type(model).__name__} is invalid: expected a torch.nn.Module")
+        self.audited_model = model
+
     def optimizer(
         self,
         model: nn.Module,
@@ -187,9 +204,14 @@ class Trial:
 
         The keyword arguments of :func:`adamwkit.param_groups` choose which tensors decay;
         the others go to :class:`adamwkit.AdamW` (``betas``, ``eps``, ``fused``...).
+        ``model`` is also the one the study's audit names tensors from
+        (:meth:`audit_model`), unless one was named already.
         """
         from ..adamw import AdamW
         from ..groups import param_groups
+
+        if self.audited_model is None:
+            self.audit_model(model)
 
         self.frozen_tensors = sum(1 for q in model.parameters() if not q.requires_grad)
         groups = param_groups(
@@ -352,6 +374,7 @@ class TaskObjective:
             precision=trial.precision,
             progress=trial._progress or False,
             monitor=self.monitor_every(trial) if trial.is_refit else None,
+            on_start=lambda model, _optimizer: trial.audit_model(model),
         )
         trial.monitor_log = result.monitor
         if result.initial_val_loss is not None and math.isfinite(result.initial_val_loss):
@@ -388,6 +411,21 @@ class TaskObjective:
             model = self.task.model()
         why = vectorize_refusal(model)
         return why, 0 if why else member_bytes(self.task, self.batch_size, model)
+
+    def standalone(self, trial: Trial) -> tuple[nn.Module, torch.optim.Optimizer, int]:
+        """The model and :class:`adamwkit.AdamW` that :func:`adamwkit.fit` builds for
+        ``trial`` (the same seed, weights, groups, weight decay and lr), on the CPU, with the
+        caller's random state kept; and the run's optimizer steps. A stacked population
+        has no optimizer of its own: each member is stepped with these groups and values,
+        so this is what its audit reads."""
+        from ..train.single import build_run
+
+        scale = cast(DecayScale, trial.decay_scale)  # checked with the study's spec
+        with torch.random.fork_rng(devices=[]):
+            model, opt = build_run(self.task, trial.weight_decay, lr=trial.lr, seed=trial.seed,
+                                   decay_scale=scale, device=torch.device("cpu"))  # fmt: skip
+        steps = self.epochs * -(-len(trial.train_idx) // self.batch_size)
+        return model, opt, steps
 
     def members(self, trials: Sequence[Trial]) -> list[Any]:
         from ..train import Member

@@ -33,7 +33,7 @@ from .._format import splits
 from ..rules import TORCH_DEFAULT
 from ..timescale import convert_weight_decay
 from ..train import flush_denormals, keeps_random_state
-from . import _optuna, budget, cv, report
+from . import _optuna, budget, cv, first_audit, report
 from .config import StudySpec, TuneConfig
 from .executor import DEFAULT_MEMBERS, Decision, refusal
 from .objective import ObjectiveFailed, TaskObjective
@@ -84,9 +84,13 @@ class TuneResult:
         return bool(self.summary.flat)
 
     def blocks(self, rename: Callable[[str], str] | None = None) -> list[render.Block]:
-        """What the result shows: the candidates' table, the verdict, the notes and where
-        the report is (``rename`` maps argument names in the notes, as the CLI's flags)."""
-        return render.tune_summary(self.summary, self.paths, rename)
+        """What the result shows: the candidates' table, the verdict, the notes, where
+        the report is, a line per finding of the optimizer audit (its table is in the
+        report), then the answer (``rename`` maps argument names in the notes, as the CLI's
+        flags)."""
+        out = render.tune_summary(self.summary, self.paths, rename)
+        cut = len(out) - len(render.answer(self.summary))
+        return [*out[:cut], *first_audit.audit_lines(self.summary.audit), *out[cut:]]
 
     def __str__(self) -> str:
         return render.plain(self.blocks())
@@ -213,7 +217,9 @@ def budget_start(worker: Worker, cands: dict[float, cv.Candidate]) -> float:
 
 
 def rounds(worker: Worker, store: StudyStore, say: Callable[[str], None]) -> Rounds:
-    """Every round, in order, as every worker runs them."""
+    """Every round, in order, as every worker runs them (the study's first run with weight
+    decay is audited into ``store``, :mod:`.first_audit`)."""
+    worker.runner.audit.start(store)
     if store.spec.budget is not None:
         studies = budget.run(store, worker.work, lambda c: budget_start(worker, c), say)
         return Rounds(studies, notes=["there are no refits under a budget"])
@@ -271,7 +277,10 @@ def summarize(plan: TunePlan, rounds_: Rounds, decision: Decision | None) -> Tun
     if rounds_.refits is not None:
         summary.spent_runs += rounds_.refits.runs_done()
     summary.test = _test(rounds_, config.spec)
-    summary.notes = [*plan.notes, *rounds_.notes, *summary.notes]
+    record = rounds_.studies[0].audit_record()
+    summary.audit = first_audit.for_summary(record)
+    failed = first_audit.audit_note(record)
+    summary.notes = [*plan.notes, *rounds_.notes, *summary.notes, *([failed] if failed else [])]
     summary.verdict = verdict_text(summary)
     return summary
 

@@ -348,6 +348,7 @@ def render_html(
         metric_name=html.escape(summary["metric_name"]),
         test_rows=_test_rows(summary),
         monitor_html=_monitor_html(summary, monitor),
+        audit_html=_audit_html(summary),
         notes_html=_notes_html(summary),
         how=html.escape(
             f"device {summary.get('device', '?')}, precision {summary.get('precision', 'fp32')}, "
@@ -442,6 +443,7 @@ p.note {{ color: #555; font-size: 0.9em; margin: 0.2em 0; }}
 <table><tr><th>refit with</th><th>weight decay</th><th>test loss</th>
 <th>{metric_name}</th></tr>{test_rows}</table>
 {monitor_html}
+{audit_html}
 {notes_html}
 <h2>Settings</h2><p>{how}</p>{settings}
 </body></html>
@@ -456,6 +458,28 @@ def _test_rows(summary: Mapping[str, Any]) -> str:
         f"<td>{sig(t.get('metric'))}</td></tr>"
         for name, t in summary.get("test", {}).items()
     )
+
+
+def _audit_html(summary: Mapping[str, Any]) -> str:
+    """The Optimizer audit section: what was audited, the findings (each code with its
+    text and tensors), then a row per tensor, as :func:`adamwkit.render.audit_report`
+    shows them; nothing when no audit was captured (a failed one is a note)."""
+    from .first_audit import audit_blocks
+
+    d = summary.get("audit")
+    if not d:
+        return ""
+    e = html.escape
+    captured = e(str(d.get("captured") or "-"))
+    head = f'<h2>Optimizer audit</h2><p class="note">Audited: {captured}.</p>'
+    try:
+        blocks = audit_blocks(d)
+    except Exception as err:  # a stored audit this version cannot lay out: say so
+        why = e(f"{type(err).__name__}: {err}")
+        return head + f'<p class="note">The audit could not be shown ({why}).</p>'
+    lines = [b for b in blocks if isinstance(b, render.Line)]
+    tables = [b for b in blocks if not isinstance(b, render.Line)]
+    return head + render.to_html(lines) + '<div class="wide">' + render.to_html(tables) + "</div>"
 
 
 def _notes_html(summary: Mapping[str, Any]) -> str:

@@ -86,6 +86,7 @@ SETTINGS = "adamwkit_settings"  # StudySpec.attrs(): the study's identity
 READY = "adamwkit_ready"  # the creator has enqueued every candidate
 STACKING = "adamwkit_vectorize_{device}"  # the measured stacking decision, per device type
 METRIC_NAME = "adamwkit_metric_name"  # the key the objective returned its metric under
+AUDIT = "adamwkit_audit"  # the audit of the first run's optimizer (:mod:`.first_audit`)
 # A trial's attributes (one trial is one candidate; its runs are steps 0..k-1).
 WORKER = "worker"  # the claiming worker's id (its lock file, with a journal)
 HOST = "host"  # the claiming worker's machine
@@ -868,6 +869,14 @@ class StudyStore:
 
     def record_stacking(self, device_type: str, decision: dict[str, Any]) -> None:
         self.study.set_user_attr(STACKING.format(device=device_type), decision)
+
+    def audit_record(self) -> dict[str, Any] | None:
+        """The audit of the study's first run, as stored (:mod:`.first_audit`), or ``None``."""
+        stored = self.study.user_attrs.get(AUDIT)
+        return dict(stored) if stored else None
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        self.study.set_user_attr(AUDIT, record)
 
     def notes(self) -> dict[tuple[float, float], dict[str, Any]]:
         """Per candidate (weight decay, lr), the attributes stored with :meth:`Claim.note`."""

@@ -32,7 +32,15 @@ from . import cv
 from .config import StudySpec
 from .executor import Decision
 
-__all__ = ["KEYS", "TuneSummary", "build_summary", "edge_text", "verdict_lines", "verdict_text"]
+__all__ = [
+    "ADDED_LATER",
+    "KEYS",
+    "TuneSummary",
+    "build_summary",
+    "edge_text",
+    "verdict_lines",
+    "verdict_text",
+]
 
 Conventions = dict[str, float | None]
 
@@ -171,6 +179,13 @@ class TuneSummary(MutableMapping[str, Any]):
     """``"complete"`` (there is a best) or ``"failed"`` (no candidate finished every fold)."""
     notes: list[str] = field(default_factory=list)
     """What the run noticed on the way (repeated grid values, extensions, plots left out)."""
+    audit: dict[str, Any] | None = None
+    """The audit of the optimizer of the study's first run with weight decay above zero
+    (:mod:`.first_audit`): :meth:`adamwkit.audit.Audit.to_dict` (``optimizer``,
+    ``total_steps``, ``tensors``, ``findings``...) with ``captured``, what was audited in
+    words, and ``run``, its ``weight_decay``, ``lr`` and ``fold``. ``None`` when nothing was
+    captured (no run stepped a torch optimizer, the study predates the audit) or the audit
+    failed (a note says why). Added later: a summary without it reads as ``None``."""
 
     # ------------------------------------------------------------------ the mapping
 
@@ -218,7 +233,8 @@ class TuneSummary(MutableMapping[str, Any]):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TuneSummary:
         """The summary of ``d`` (summary.json's contents, or :meth:`to_dict`'s), which must
-        have every key and no other (the values are copied)."""
+        have every key and no other (the values are copied); a key added after summaries
+        were first written (:data:`ADDED_LATER`) may be missing, and reads as its default."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a summary is a JSON object, not {type(d).__name__}")
         if "verdict" not in d and d.get("state") in ("running", "interrupted"):
@@ -228,18 +244,21 @@ class TuneSummary(MutableMapping[str, Any]):
         unknown = [k for k in d if k not in _KEY_SET]
         if unknown:
             raise ValueError(f"not a key of summary.json: {', '.join(map(repr, unknown))}")
-        missing = [k for k in KEYS if k not in d]
+        missing = [k for k in KEYS if k not in d and k not in ADDED_LATER]
         if missing:
             raise ValueError(
                 f"the summary has no {', '.join(map(repr, missing))}: every key of "
                 "summary.json is needed"
             )
-        return cls(**{k: copy.deepcopy(d[k]) for k in KEYS})
+        return cls(**{k: copy.deepcopy(d[k]) for k in KEYS if k in d})
 
 
 #: The keys of summary.json, in order (the fields of :class:`TuneSummary`).
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TuneSummary))
 _KEY_SET = frozenset(KEYS)
+#: Keys a summary written before they existed lacks (:meth:`TuneSummary.from_dict` reads
+#: them as their defaults).
+ADDED_LATER = frozenset({"audit"})
 
 
 # ---------------------------------------------------------------------------- building it
@@ -410,6 +429,7 @@ def build_summary(
     values["state"] = _state(values)
     one_split = ONE_SPLIT.get(values["uncertainty"])
     values["notes"] = [one_split.format(n=summ.examples)] if one_split else []
+    values["audit"] = None  # the caller reads it from the study
     return TuneSummary(**{k: values[k] for k in KEYS})
 
 
