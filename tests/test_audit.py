@@ -490,3 +490,50 @@ def test_every_group_at_zero_against_the_configured_coefficient():
     ]
     with pytest.raises(ValueError, match="weight_decay"):
         audit(torch.optim.AdamW(groups), model, weight_decay=-1.0)
+
+
+CASES_EXPECTED = {
+    "correct": set(),
+    "loraplus_zero": {"group-decay-zero"},
+    "bf16_rl": {"decay-lost-in-precision", "too-short"},
+    "decay_everything": {"decays-norm-or-bias"},
+    "adam_for_adamw": {"l2-not-decoupled"},
+    "lora_toward_base": {"decay-toward-base", "too-short"},
+    "muon_hybrid": {"hybrid-mismatch"},
+    "left_out_and_twice": {"decays-norm-or-bias", "not-in-optimizer", "in-two-groups"},
+    "run_length": {"too-long"},
+    "batchnorm_cnn": {"scale-invariant"},
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_documented_cases_give_their_codes():
+    """examples/audit_cases.py (docs/audit.md shows its output) on config-built GPT-2 and
+    PEFT LoRA models: each case gives exactly its codes, on the tensors the oracle picks."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "audit_cases.py"
+    spec = importlib.util.spec_from_file_location("audit_cases", path)
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    assert set(cases.CASES) == set(CASES_EXPECTED)
+    for name, build in cases.CASES.items():
+        model, opt, kwargs = build()
+        report = audit(opt, model, **kwargs)
+        assert set(report.codes()) == CASES_EXPECTED[name], name
+        if name in ("loraplus_zero", "lora_toward_base"):
+            lora = {n for n, p in model.named_parameters() if p.requires_grad}
+            assert all(".lora_" in n for n in lora)
+            code = "group-decay-zero" if name == "loraplus_zero" else "decay-toward-base"
+            assert found(report, code) == lora
+        if name == "muon_hybrid":
+            assert found(report, "hybrid-mismatch") == {
+                n for n, p in model.named_parameters() if p.ndim == 2 and ".h." in n
+            }
+        if name == "bf16_rl":
+            assert found(report, "decay-lost-in-precision") == {
+                r.name for r in report.rows if r.decay_kind == "decoupled"
+            }

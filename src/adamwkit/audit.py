@@ -423,6 +423,15 @@ def _rules(model: nn.Module | None) -> dict[str, str]:
     return out
 
 
+def _n(items: Any, one: str, many: str | None = None) -> str:
+    """``"1 tensor"``, ``"3 tensors"``."""
+    return f"{len(items)} {one if len(items) == 1 else (many or one + 's')}"
+
+
+def _be(items: Any, one: str = "is", many: str = "are") -> str:
+    return one if len(items) == 1 else many
+
+
 def _names_of(rows: Sequence[AuditRow]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r.name for r in rows))
 
@@ -447,7 +456,7 @@ def _norm_or_bias(a: Audit) -> Finding | None:
         return None
     return Finding(
         "decays-norm-or-bias", "warning", hit,
-        f"{len(hit)} tensor(s) that should not decay are decayed (normalisation weights, "
+        f"{_n(hit, 'tensor')} that should not decay {_be(hit)} decayed (normalisation weights, "
         "biases, token or position tables, state-space parameters, learned queries): build "
         "the groups with adamwkit.param_groups(model, weight_decay)",
     )  # fmt: skip
@@ -466,7 +475,7 @@ def _not_in_optimizer(model: nn.Module | None, where: Mapping[int, list[int]]) -
         return None
     return Finding(
         "not-in-optimizer", "error", tuple(hit),
-        f"{len(hit)} trainable tensor(s) are in no parameter group, so they never train: "
+        f"{_n(hit, 'trainable tensor')} {_be(hit)} in no parameter group, so never trained: "
         "add them to the optimizer, or set requires_grad=False",
     )  # fmt: skip
 
@@ -503,9 +512,9 @@ def _in_two_groups(
     alias_text = " (tied aliases held as separate tensors count too)" if aliases else ""
     return Finding(
         "in-two-groups", "error", tuple(dict.fromkeys(hit)),
-        f"{len(set(wds))} tensor(s) appear more than once in the optimizer's groups"
-        f"{alias_text}, so they are stepped and decayed more than once{differ}: keep each "
-        "in one group",
+        f"{_n(wds, 'tensor')} {_be(wds, 'appears', 'appear')} more than once in the "
+        f"optimizer's groups{alias_text}, so stepped and decayed more than once{differ}: "
+        "keep each in one group",
     )  # fmt: skip
 
 
@@ -540,8 +549,9 @@ def _group_zero(a: Audit, configured: float) -> Finding | None:
            else f"although weight_decay={configured:g} was configured")  # fmt: skip
     return Finding(
         "group-decay-zero", "warning", hit,
-        f"{len(hit)} weight matrix(es) sit in a group with weight_decay 0 {why}: check how "
-        "the groups were built (param_groups puts every matrix in the decayed group)",
+        f"{_n(hit, 'weight matrix', 'weight matrices')} {_be(hit, 'sits', 'sit')} in a "
+        f"group with weight_decay 0 {why}: check how the groups were built (param_groups "
+        "puts every matrix in the decayed group)",
     )  # fmt: skip
 
 
@@ -555,10 +565,10 @@ def _lost_in_precision(a: Audit) -> Finding | None:
     hit = _names_of(rows)
     return Finding(
         "decay-lost-in-precision", "warning", hit,
-        f"{len(hit)} low-precision tensor(s) lose their decay to rounding {when}: one "
-        "step's decay leaves most of their elements unchanged in their dtype (bf16 keeps 8 "
-        "significant bits). Keep fp32 master weights, or use stochastic rounding or a Kahan "
-        "buffer",
+        f"{_n(hit, 'low-precision tensor')} {_be(hit, 'loses its', 'lose their')} decay to "
+        f"rounding {when}: one step's decay leaves most elements unchanged in the dtype "
+        "(bf16 keeps 8 significant bits). Keep fp32 master weights, or use stochastic "
+        "rounding or a Kahan buffer",
     )  # fmt: skip
 
 
@@ -601,8 +611,8 @@ def _hybrid(a: Audit, groups: Sequence[_Group], names: Mapping[int, str]) -> Fin
     return Finding(
         "hybrid-mismatch", "warning", tuple(hit),
         f"Muon and AdamW share weight_decay={given:g}, but Muon's update per step is {ratio} "
-        f"AdamW's, so the same coefficient holds its {len(hit)} matri(x/ces) at a different "
-        f"size: use weight_decay={float(np.median(matches)):.3g} for the Muon group, or "
+        f"AdamW's, so the same coefficient holds its {_n(hit, 'matrix', 'matrices')} at a "
+        f"different size: use weight_decay={float(np.median(matches)):.3g} for the Muon group, or "
         "Muon(adjust_lr_fn='match_rms_adamw') with AdamW's lr and coefficient",
     )  # fmt: skip
 
@@ -618,9 +628,9 @@ def _toward_base(a: Audit) -> Finding | None:
                     "of each adapter's weights")  # fmt: skip
     return Finding(
         "decay-toward-base", "info", hit,
-        f"{len(hit)} LoRA tensor(s) decay toward zero, which pulls the fine-tuned model "
-        f"back toward its frozen base{strength}: keep the total decay small (adamwkit suggest "
-        "--adapters gives a value within its bound)",
+        f"{_n(hit, 'LoRA tensor')} {_be(hit, 'decays', 'decay')} toward zero, which pulls "
+        f"the fine-tuned model back toward its frozen base{strength}: keep the total decay "
+        "small (adamwkit suggest --adapters gives a value within its bound)",
     )  # fmt: skip
 
 
@@ -633,7 +643,7 @@ def _too_short(a: Audit) -> Finding | None:
     return Finding(
         "too-short", "info", hit,
         f"the run's {a.total_steps:,} steps are shorter than one decay timescale for "
-        f"{len(hit)} tensor(s) (total decay D at most {d:.3g} < 1): the decay barely acts; "
+        f"{_n(hit, 'tensor')} (total decay D at most {d:.3g} < 1): the decay barely acts; "
         "as intended for a fine-tune, otherwise raise it",
     )  # fmt: skip
 
@@ -646,7 +656,7 @@ def _too_long(a: Audit) -> Finding | None:
     return Finding(
         "too-long", "warning", hit,
         f"the run's {a.total_steps:,} steps are {d:.3g} or more decay timescales for "
-        f"{len(hit)} tensor(s) (total decay D > {TOO_LONG_D:.0f}): the weights forget all "
+        f"{_n(hit, 'tensor')} (total decay D > {TOO_LONG_D:.0f}): the weights forget all "
         "but the last 1/D of the run, so the decay dominates; lower it (adamwkit explain "
         "gives the timescale)",
     )  # fmt: skip
@@ -661,9 +671,10 @@ def _scale_invariant(a: Audit, model: nn.Module | None, inputs: Any) -> Finding 
         return None
     return Finding(
         "scale-invariant", "info", hit,
-        f"{len(hit)} decayed weight(s) feed a normalisation, so their scale does not change "
-        "the output: decay on them sets the effective learning rate (lr / ||w||^2; the norm "
-        "settles near the equilibrium column), it does not regularise what they compute",
+        f"{_n(hit, 'decayed weight')} {_be(hit, 'feeds', 'feed')} a normalisation, so "
+        "scaling them does not change the output: decay there sets the effective learning "
+        "rate (lr / ||w||^2; the norm settles near the eq. norm column), it does not "
+        "regularise what the layer computes",
     )  # fmt: skip
 
 

@@ -710,34 +710,62 @@ def monitor_log(run: RunExplanation, printable: Printable) -> list[Block]:
     return out
 
 
-def _audit_row(r: Any) -> tuple[str, ...]:
+def _audit_row(r: Any, prefix: str) -> tuple[str, ...]:
     shape = "x".join(map(str, r.shape)) or "scalar"
     lost = "-" if r.lost_from is None else f"{r.lost_from:,}"
-    return (r.name, shape, r.dtype, str(r.group), r.decay_kind, fmt(r.weight_decay),
-            fmt(r.per_step), fmt(r.tau_iter), fmt(r.over_run), fmt(r.norm),
-            fmt(r.equilibrium_norm), lost, r.rule)  # fmt: skip
+    return (r.name[len(prefix):], shape, r.dtype, str(r.group), r.decay_kind,
+            fmt(r.weight_decay), fmt(r.per_step), fmt(r.tau_iter), fmt(r.over_run),
+            fmt(r.norm), fmt(r.equilibrium_norm), lost, _short_rule(r.rule))  # fmt: skip
+
+
+def _short_rule(rule: str) -> str:
+    """``"no decay: norm layer (LayerNorm)"`` -> ``"no: LayerNorm"``; ``"decay"`` stays."""
+    if not rule.startswith("no decay: "):
+        return rule
+    why = rule.removeprefix("no decay: ")
+    if why.startswith("norm layer (") and why.endswith(")"):
+        why = why.removeprefix("norm layer (")[:-1]
+    return f"no: {why}"
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The dotted prefix every name shares (``"transformer."``), or ``""``."""
+    parts = [n.split(".")[:-1] for n in names]
+    if len(parts) < 2:
+        return ""
+    shared = []
+    for pieces in zip(*parts, strict=False):
+        if len(set(pieces)) != 1:
+            break
+        shared.append(pieces[0])
+    while shared and all(n.split(".")[len(shared)].isdigit() for n in names):
+        shared.pop()  # keep a layer's container with its index: "h.0.attn", not "0.attn"
+    return "".join(f"{p}." for p in shared)
 
 
 def audit_report(a: Any) -> list[Block]:
     """The blocks of an :class:`adamwkit.audit.Audit`: a row per tensor, then each finding
-    (its severity, code, tensors and what to do), then what the audit could not follow."""
+    (its severity, code, tensors and what to do), then what the audit could not follow.
+    A prefix every tensor's name shares is said once, in the title."""
+    prefix = _common_prefix([r.name for r in a.rows])
     steps = f", {a.total_steps:,} steps" if a.total_steps else ""
+    under = f", names under {prefix}" if prefix else ""
     out: list[Block] = [
         Table(
-            f"{a.optimizer}: {len(a.rows)} tensors{steps}",
+            f"{a.optimizer}: {len(a.rows)} tensors{steps}{under}",
             AUDIT_COLUMNS,
-            tuple(_audit_row(r) for r in a.rows),
+            tuple(_audit_row(r, prefix) for r in a.rows),
             align="llllrrrrrrrrl",
             drop=(
                 "dtype",
                 "group",
-                "weight_decay",
                 "shape",
+                "weight_decay",
                 "lost from",
                 "norm",
                 "eq. norm",
                 "tau (steps)",
-                "over the run",
+                "per step",
             ),
             shorten="tensor",
         )
@@ -747,9 +775,10 @@ def audit_report(a: Any) -> list[Block]:
         out.append(Line("no mistake found: the optimizer decays what param_groups would",
                         style="good"))  # fmt: skip
     for f in a.findings:
-        more = f" and {len(f.tensors) - 5} more" if len(f.tensors) > 5 else ""
+        names = [t[len(prefix) :] if t.startswith(prefix) else t for t in f.tensors]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
         style = {"error": "alert", "warning": "warn"}.get(f.severity, "dim")
-        text = f"{f.text} ({', '.join(f.tensors[:5])}{more})"
+        text = f"{f.text} ({', '.join(names[:5])}{more})"
         out.append(Line(text, label=f"{f.severity} [{f.code}]:", style=style))
     out += [Line(n, label="note:", style="dim") for n in a.notes]
     return out
