@@ -82,6 +82,7 @@ SUMMARY_KEYS = [
     "verdict",
     "state",
     "notes",
+    "audit",  # the optimizer audit of the first run with decay (not in older summaries)
 ]
 
 LR, BS, N_TRAIN, EPOCHS = 0.01, 32, 800, 10
