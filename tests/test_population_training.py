@@ -248,3 +248,19 @@ def test_population_under_a_float64_default_dtype(float64_default):
     for m, r in zip(members, results, strict=True):
         ref = standalone(task, m, epochs=2, batch_size=16)
         assert r.val_losses == pytest.approx(ref.val_losses, rel=1e-9)
+
+
+def test_overrides_in_param_groups_mean_the_same_stacked_and_alone():
+    """A fixed override (out.weight at 0.05) stays 0.05 for every member, a scale ("x3")
+    and True follow the member's value, as in a standalone fit (the oracle), in float64."""
+    base = variant(tune_tasks.tiny(), model="residual", dtype=torch.float64)
+    overrides = {"out.weight": 0.05, "mid.weight": "x3", "inp.bias": True}
+    task = dataclasses.replace(base, param_groups={"overrides": overrides})
+    members = members_for(task)
+    results = fit_population(task, members, epochs=task.epochs, batch_size=task.batch_size)
+    for m, r in zip(members, results, strict=True):
+        ref = standalone(task, m)
+        assert relative_gap(r.state, ref.model) < 1e-9
+    # the override changed the run: without it the weights differ
+    plain = fit_population(base, members[3:4], epochs=base.epochs, batch_size=base.batch_size)
+    assert relative_gap(plain[0].state, standalone(task, members[3]).model) > 1e-6

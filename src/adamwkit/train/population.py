@@ -381,10 +381,18 @@ class StackedEngine:
         self.params, self.buffers = params, buffers
         self.base = copy.deepcopy(models[0]).to("meta")
         names = list(params)
-        plan = param_groups(models[0], weight_decay=1.0, **task.param_groups).plan
-        multiplier = {e.name: (e.weight_decay or 0.0) for e in plan.entries}
+        # each tensor's coefficient as a multiple of the member's value, or a fixed value
+        # when an override sets one (it does not move with the base): the two plans say
+        one = param_groups(models[0], weight_decay=1.0, **task.param_groups).plan
+        two = param_groups(models[0], weight_decay=2.0, **task.param_groups).plan
+        at_two = {e.name: e.weight_decay or 0.0 for e in two.entries}
+        multiplier: dict[str, tuple[str, float]] = {}
+        for e in one.entries:
+            value = e.weight_decay or 0.0
+            scales = math.isclose(at_two[e.name], 2.0 * value)
+            multiplier[e.name] = ("x", value) if scales else ("fixed", value)
         for name in names:
-            multiplier.setdefault(name, 0.0)
+            multiplier.setdefault(name, ("x", 0.0))
         del models
 
         direct = stacked_forward(self.base)
@@ -407,10 +415,13 @@ class StackedEngine:
         self.lrs = torch.tensor([m.lr for m in members], dtype=torch.float64)
         wds = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
         self.trainable = [n for n in names if params[n].requires_grad]
-        self.groups: dict[float, list[int]] = {}
+        self.groups: dict[tuple[str, float], list[int]] = {}
         for i, n in enumerate(self.trainable):
             self.groups.setdefault(multiplier[n], []).append(i)
-        self.decay_of = {mult: wds * mult for mult in self.groups}
+        self.decay_of = {
+            key: wds * key[1] if key[0] == "x" else torch.full_like(wds, key[1])
+            for key in self.groups
+        }
         self.decay_scale = decay_scale
         self.peaks = self.lrs if decay_scale == "schedule" else None
         self.exp_avgs: list[Tensor] = []
