@@ -10,24 +10,41 @@ validation loss the module logs as ``monitor`` (``self.log("val_loss", loss)`` i
 the learning curve in tune's report.
 
 Needs Lightning: ``pip install 'adamwkit[lightning]'``.
+
+Also here: ``MonitorCallback`` (weight norms against their equilibrium during the run),
+``AuditCallback`` (:func:`adamwkit.audit` of the module's optimizers before the first step)
+and ``DecayCLI`` (a ``LightningCLI`` whose ``--optimizer`` gets
+:func:`adamwkit.param_groups`); docs/audit-callbacks.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .._extras import MissingExtra
 from ..tuning.objective import Trial
+from ._audit import AuditCore as _AuditCore
+from ._audit import AuditFailed, audit_callback_class
 from ._monitor import MonitorCore as _MonitorCore
 from ._monitor import callback_class
 from ._monitor import torch_optimizer as _torch_optimizer
 
-__all__ = ["MonitorCallback", "lightning_objective"]  # noqa: F822 (MonitorCallback: __getattr__)
+# AuditCallback, DecayCLI, MonitorCallback: built by __getattr__
+__all__ = [  # noqa: F822
+    "AuditCallback",
+    "AuditFailed",
+    "DecayCLI",
+    "MonitorCallback",
+    "lightning_objective",
+]
 
 
 def _require() -> Any:
@@ -264,21 +281,304 @@ class _LightningMonitor(_MonitorCore):
                      "trainer.optimizers[0]")  # fmt: skip
 
 
-def _monitor_callback() -> type:
+# ------------------------------------------------------------------------------ AuditCallback
+
+
+class _LightningAudit(_AuditCore):
+    """Audits the module's optimizers when training starts (:func:`adamwkit.audit`): do they
+    decay what you think? It prints the table and the findings once, writes them as JSON,
+    and with ``strict=True`` stops the run before its first step on an error finding.
+
+    Args:
+        path: the JSON file to write (default ``<trainer.log_dir>/audit.json``; a folder
+            that exists gets ``audit.json`` inside it). It holds ``report.to_dict()``:
+            ``optimizer``, ``total_steps``, ``tensors``, ``findings``, ``notes``.
+        strict: raise :class:`~adamwkit.integrations.lightning.AuditFailed` (a
+            ``RuntimeError``) when a finding has severity ``"error"`` (a trainable tensor
+            in no optimizer, a tensor in two groups), after printing and writing the report.
+        show: print the report (on global rank 0).
+
+    The audit sees ``trainer.optimizers`` (the torch optimizers inside the
+    ``LightningOptimizer`` wrappers; several, as a GAN has, are audited together, so a
+    tensor is ``not-in-optimizer`` only when none holds it), the LightningModule (its
+    parameter names, the norms and biases :func:`adamwkit.param_groups` would leave out),
+    the schedulers of ``trainer.lr_scheduler_configs`` that step every optimizer step
+    (``interval="step"``, ``frequency=1``: a copy is stepped for the lr of every step; one
+    stepped per epoch is left out, and a note in the report says so) and the run's length,
+    ``trainer.estimated_stepping_batches`` when finite. It runs in ``on_train_start`` (after
+    the sanity check, before the first batch) or, failing that, at the first
+    ``on_train_batch_start``. Never found, a ``UserWarning`` says so at the end.
+
+    After the start, ``report`` holds the :class:`~adamwkit.Audit` and ``saved`` the file
+    written (global rank 0 only).
+
+    Example::
+
+        import lightning
+        import torch
+        from torch import nn
+        from adamwkit.integrations.lightning import AuditCallback
+
+        class Model(lightning.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+
+            def training_step(self, batch, batch_idx):
+                return self.net(batch[0]).pow(2).mean()
+
+            def configure_optimizers(self):  # one group: the norm and the biases decay
+                return torch.optim.AdamW(self.parameters(), weight_decay=0.1)
+
+        data = torch.utils.data.TensorDataset(torch.randn(16, 4))
+        audit = AuditCallback()  # strict=True: AuditFailed on an error finding
+        trainer = lightning.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                                    callbacks=[audit])
+        trainer.fit(Model(), torch.utils.data.DataLoader(data, batch_size=4))
+        print(audit.report.codes())  # ['decays-norm-or-bias', 'too-short']
+    """
+
+    def _find(self, trainer: Any, pl_module: Any) -> None:
+        found = [_torch_optimizer(o) for o in getattr(trainer, "optimizers", None) or []]
+        optimizers = [o for o in found if o is not None]
+        if not optimizers:
+            return
+        schedulers, notes = [], []
+        for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+            if config.interval == "step" and config.frequency == 1:
+                schedulers.append(config.scheduler)
+            else:
+                notes.append(
+                    f"the lr scheduler {type(config.scheduler).__name__} steps every "
+                    f"{config.frequency} {config.interval}(s), not every optimizer step: "
+                    "its schedule is not followed"
+                )
+        # log_dir broadcasts from rank 0: every rank asks for it.
+        log_dir = trainer.log_dir if self.path is None else None
+        self._run(optimizers, pl_module, schedulers, trainer.estimated_stepping_batches,
+                  log_dir, trainer.is_global_zero, notes=notes)  # fmt: skip
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start()
+        self._find(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.report is None:
+            self._find(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._never_found("trainer.optimizers")
+
+
+# ----------------------------------------------------------------------------------- DecayCLI
+
+
+class _DecayCLI:
+    """A ``LightningCLI`` whose automatic optimizer gets :func:`adamwkit.param_groups`.
+
+    ``LightningCLI(Model)`` run with ``--optimizer AdamW --optimizer.weight_decay 0.1``
+    builds the optimizer from ``model.parameters()``: one group, so norms, biases and every
+    other 1-D tensor decay. ``DecayCLI(Model)`` takes the same arguments and builds the
+    optimizer's groups with ``adamwkit.param_groups(model, weight_decay=<the configured
+    weight_decay>)`` instead: the configured value on the matrices and embeddings, 0 on
+    norms, biases and the tensors its rules leave out (frozen tensors in no group). Every
+    other configured argument (lr, betas, eps, ...) is kept in every group, the optimizer's
+    class is the one configured, and an ``--lr_scheduler`` is built again on the grouped
+    optimizer with its configured arguments. The plan is printed once (global rank 0) and
+    kept in ``decay_plan``.
+
+    Without ``--optimizer``, the model's own ``configure_optimizers`` runs, untouched; an
+    optimizer without a ``weight_decay`` argument is left as configured, with a warning.
+
+    It overrides :meth:`LightningCLI.configure_optimizers`, the hook Lightning calls with
+    the optimizer and scheduler it built; it reads the scheduler's arguments from
+    ``self.config_init`` under ``lr_scheduler`` (the key ``LightningCLI`` registers them
+    under). Checked on Lightning 2.6.
+
+    The short name ``AdamW`` given to ``--optimizer`` on the command line means
+    ``torch.optim.AdamW``: with adamwkit imported, jsonargparse sees two optimizer classes
+    of that name and a plain ``LightningCLI`` refuses it. In a config file, write
+    ``torch.optim.AdamW`` or ``adamwkit.AdamW``.
+
+    Example (in a script, ``DecayCLI(Model)`` reads the same flags from the command line:
+    ``python train.py fit --optimizer AdamW --optimizer.weight_decay 0.1``)::
+
+        import lightning
+        import torch
+        from torch import nn
+        from adamwkit.integrations.lightning import DecayCLI
+
+        class Model(lightning.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+
+            def training_step(self, batch, batch_idx):
+                return self.net(batch[0]).pow(2).mean()
+
+            def train_dataloader(self):
+                data = torch.utils.data.TensorDataset(torch.randn(16, 4))
+                return torch.utils.data.DataLoader(data, batch_size=4)
+
+        cli = DecayCLI(Model, args=["fit", "--optimizer", "AdamW",
+                                    "--optimizer.weight_decay", "0.1",
+                                    "--trainer.max_steps", "2", "--trainer.logger", "false"])
+        print(cli.decay_plan)  # net.0.weight and net.2.weight decay; the norm, the biases not
+    """
+
+    decay_plan: Any = None  # the DecayPlan, after the first configure_optimizers
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # With adamwkit imported, jsonargparse finds two Optimizer subclasses named AdamW
+        # (torch.optim.AdamW, adamwkit.AdamW) and refuses "--optimizer AdamW": on the
+        # command line the short name means torch's, as it does without adamwkit.
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, (list, tuple)):
+            fixed = _torch_adamw(list(given))
+            if fixed != list(given):
+                if args is None:  # parsed as LightningCLI.parse_arguments parses sys.argv
+                    self.config = parser.parse_args(fixed)
+                    return
+                args = fixed
+        super().parse_arguments(parser, args)  # type: ignore[misc]
+
+    def configure_optimizers(
+        self, lightning_module: Any, optimizer: Any, lr_scheduler: Any = None
+    ) -> Any:
+        # LightningCLI declares this hook static and calls it through the instance
+        # (self.configure_optimizers, bound here) with the optimizer and the scheduler
+        # it built from model.parameters(): regroup them once, then do as it does.
+        built = self.__dict__.get("_decay_built")
+        if built is not None and built[0] is optimizer:
+            lr_scheduler = built[1]
+        else:
+            lr_scheduler = self._regroup(lightning_module, optimizer, lr_scheduler)
+            self._decay_built = (optimizer, lr_scheduler)
+        return super().configure_optimizers(  # type: ignore[misc]
+            lightning_module, optimizer, lr_scheduler
+        )
+
+    def _regroup(self, module: Any, optimizer: Any, lr_scheduler: Any) -> Any:
+        """Give ``optimizer`` the groups of ``param_groups`` in place (no step has run;
+        missing keys come from its configured defaults, as ``add_param_group`` fills
+        them), then build the scheduler again on it; the scheduler, or ``None``."""
+        from ..groups import param_groups
+
+        wd = optimizer.defaults.get("weight_decay")
+        if wd is None:
+            warnings.warn(
+                f"DecayCLI left {type(optimizer).__name__} as configured: it has no "
+                "weight_decay argument",
+                UserWarning,
+                stacklevel=3,
+            )
+            return lr_scheduler
+        # found before the optimizer changes: a scheduler that cannot be rebuilt stops here
+        init = {} if lr_scheduler is None else self._scheduler_init(lr_scheduler)
+        groups = param_groups(module, weight_decay=float(wd))
+        optimizer.param_groups = []
+        for group in groups:
+            optimizer.add_param_group(group)
+        self.decay_plan = groups.plan
+        if not self.__dict__.get("_decay_shown") and _rank_zero():
+            self._decay_shown = True
+            head = (
+                f"DecayCLI: {type(optimizer).__name__}'s groups from "
+                f"adamwkit.param_groups(model, weight_decay={float(wd):g})"
+            )
+            print(f"{head}\n{groups.plan}")
+        if lr_scheduler is None:
+            return None
+        return type(lr_scheduler)(optimizer, **init)
+
+    def _scheduler_init(self, scheduler: Any) -> dict[str, Any]:
+        """The arguments ``scheduler`` was configured with: under ``lr_scheduler`` in this
+        subcommand's part of ``config_init`` (``init_args`` with its ``class_path``)."""
+        config = self.config_init  # type: ignore[attr-defined]
+        config = config.get(str(self.subcommand), config)  # type: ignore[attr-defined]
+        init = config.get("lr_scheduler")
+        path = f"{type(scheduler).__module__}.{type(scheduler).__qualname__}"
+        if init is not None and "class_path" in init:
+            args = init.get("init_args") if init.get("class_path") == path else None
+        else:
+            args = init  # registered as one class: its arguments alone
+        if args is None:
+            raise ValueError(
+                f"DecayCLI could not find the arguments of the lr scheduler "
+                f"{type(scheduler).__name__} under 'lr_scheduler' in the configuration, "
+                "which it needs to build it again on the grouped optimizer: register the "
+                "automatic scheduler under that key, or build the optimizer and scheduler in "
+                "the module's configure_optimizers with adamwkit.param_groups"
+            )
+        return dict(args.as_dict() if hasattr(args, "as_dict") else args)
+
+
+def _torch_adamw(args: list[Any]) -> list[Any]:
+    """``args`` with the short name ``AdamW`` given to ``--optimizer`` spelled
+    ``torch.optim.AdamW``."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--optimizer=AdamW":
+            out[i] = "--optimizer=torch.optim.AdamW"
+        elif arg == "AdamW" and i > 0 and out[i - 1] == "--optimizer":
+            out[i] = "torch.optim.AdamW"
+    return out
+
+
+def _rank_zero() -> bool:
     try:
-        lightning = _require()
+        from lightning.pytorch.utilities import rank_zero_only
+    except ImportError:
+        from pytorch_lightning.utilities import rank_zero_only
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _lightning(name: str) -> Any:
+    try:
+        return _require()
     except ImportError as err:
-        raise ImportError(
-            f"MonitorCallback needs Lightning ({err.__cause__ or err}): "
-            "pip install 'adamwkit[lightning]'"
+        raise MissingExtra(
+            f"{name} needs Lightning ({err.__cause__ or err}): pip install 'adamwkit[lightning]'"
         ) from err
-    return callback_class(_LightningMonitor, lightning.Callback, __name__)
+
+
+def _monitor_callback() -> type:
+    return callback_class(_LightningMonitor, _lightning("MonitorCallback").Callback, __name__)
+
+
+def _audit_callback() -> type:
+    base = _lightning("AuditCallback").Callback
+    return audit_callback_class(_LightningAudit, base, __name__)
+
+
+def _decay_cli() -> type:
+    import importlib
+
+    lightning = _lightning("DecayCLI")
+    name = "lightning.pytorch.cli" if lightning.__name__ == "lightning" else "pytorch_lightning.cli"
+    try:
+        base = importlib.import_module(name).LightningCLI
+    except ImportError as err:
+        raise MissingExtra(
+            f"DecayCLI needs LightningCLI ({err}): pip install 'lightning[pytorch-extra]' "
+            "(jsonargparse)"
+        ) from err
+    cls = type("DecayCLI", (_DecayCLI, base),
+               {"__module__": __name__, "__doc__": _DecayCLI.__doc__})  # fmt: skip
+    cls.__qualname__ = "DecayCLI"
+    return cls
+
+
+_LAZY = {"MonitorCallback": _monitor_callback, "AuditCallback": _audit_callback,
+         "DecayCLI": _decay_cli}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    # MonitorCallback subclasses lightning's Callback: built when first asked for, so that
-    # importing this module needs no Lightning.
-    if name == "MonitorCallback":
-        cls = globals()[name] = _monitor_callback()
+    # MonitorCallback, AuditCallback and DecayCLI subclass Lightning's classes: built when
+    # first asked for, so that importing this module needs no Lightning.
+    if name in _LAZY:
+        cls = globals()[name] = _LAZY[name]()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,10 @@ draws the learning curve in tune's report.
 
 Needs ``transformers`` and ``accelerate``: ``pip install 'adamwkit[transformers]'``.
 
+Also here: ``MonitorCallback`` (weight norms against their equilibrium during the run) and
+``AuditCallback`` (:func:`adamwkit.audit` of the Trainer's optimizer before the first step;
+docs/audit-callbacks.md).
+
 The ``Trainer`` picks its own device: the CPU when ``trial.device`` is the CPU, else every
 GPU it can see (``nn.DataParallel`` when there are several, which multiplies the effective
 batch size). On a machine with several GPUs, start one tune command per GPU with
@@ -26,11 +30,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .._extras import MissingExtra
 from ..tuning.objective import Trial
+from ._audit import AuditCore as _AuditCore
+from ._audit import AuditFailed, audit_callback_class
 from ._monitor import MonitorCore as _MonitorCore
 from ._monitor import callback_class
+from ._monitor import torch_optimizer as _torch_optimizer
 
-__all__ = ["MonitorCallback", "trainer_objective"]  # noqa: F822 (MonitorCallback: __getattr__)
+# AuditCallback, MonitorCallback: built by __getattr__
+__all__ = ["AuditCallback", "AuditFailed", "MonitorCallback", "trainer_objective"]  # noqa: F822
 
 
 def _require() -> Any:
@@ -249,20 +258,103 @@ class _TrainerMonitor(_MonitorCore):
             del frame
 
 
-def _monitor_callback() -> type:
+# ------------------------------------------------------------------------------ AuditCallback
+
+
+class _TrainerAudit(_AuditCore):
+    """Audits the Trainer's optimizer when training starts (:func:`adamwkit.audit`): does
+    it decay what you think? It prints the table and the findings once, writes them as
+    JSON, and with ``strict=True`` stops the run before its first step on an error finding.
+
+    Args:
+        path: the JSON file to write (default ``<args.output_dir>/audit.json``; a folder
+            that exists gets ``audit.json`` inside it). It holds ``report.to_dict()``:
+            ``optimizer``, ``total_steps``, ``tensors``, ``findings``, ``notes``.
+        strict: raise :class:`~adamwkit.integrations.transformers.AuditFailed` (a
+            ``RuntimeError``) when a finding has severity ``"error"`` (a trainable tensor
+            in no group, a tensor in two groups), after printing and writing the report.
+        show: print the report (on the main process).
+
+    The audit sees the torch optimizer the Trainer built (inside accelerate's
+    ``AcceleratedOptimizer``), the model (its parameter names, the norms and biases
+    :func:`adamwkit.param_groups` would leave out), the Trainer's lr scheduler (a copy is
+    stepped for the lr of every step), the run's length (``state.max_steps``) and
+    ``args.weight_decay`` when above 0 (matrices left in a group with weight_decay 0 are
+    then reported). The Trainer creates its optimizer and scheduler in ``train()`` before
+    ``on_train_begin``, where the audit runs; an optimizer made later is audited at the
+    first ``on_step_begin``, still before the first step. Never found, a ``UserWarning``
+    says so at the end.
+
+    After ``on_train_begin``, ``report`` holds the :class:`~adamwkit.Audit` and ``saved``
+    the file written (main process only).
+
+    Example::
+
+        import torch
+        import transformers
+        from adamwkit.integrations.transformers import AuditCallback
+
+        config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50,
+                                         n_positions=16)
+        model = transformers.GPT2LMHeadModel(config)
+        data = [{"input_ids": ids, "labels": ids}
+                for ids in torch.randint(0, 50, (8, 8)).tolist()]
+        args = transformers.TrainingArguments("out", max_steps=2, weight_decay=0.1,
+                                              report_to=[], use_cpu=True)
+        audit = AuditCallback(strict=True)  # AuditFailed on an error finding
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                       callbacks=[audit])
+        trainer.train()  # prints the audit before the first step; writes out/audit.json
+        print(audit.report.codes())  # ['too-short']: 2 steps, far below 1 / (lr * wd)
+    """
+
+    def _find(self, args: Any, state: Any, kwargs: dict[str, Any]) -> None:
+        optimizer = _torch_optimizer(kwargs.get("optimizer"))
+        if optimizer is None:
+            return
+        scheduler = kwargs.get("lr_scheduler")
+        wd = float(args.weight_decay or 0.0)
+        self._run([optimizer], kwargs.get("model"), [] if scheduler is None else [scheduler],
+                  state.max_steps, args.output_dir, state.is_world_process_zero,
+                  weight_decay=wd if wd > 0 else None)  # fmt: skip
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start()
+        self._find(args, state, kwargs)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.report is None:
+            self._find(args, state, kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._never_found("the Trainer's optimizer in the callbacks' optimizer argument")
+
+
+def _trainer_callback(name: str) -> Any:
     try:
         import transformers
     except ImportError as err:
-        raise ImportError(
-            f"MonitorCallback needs transformers ({err}): pip install 'adamwkit[transformers]'"
+        raise MissingExtra(
+            f"{name} needs transformers ({err}): pip install 'adamwkit[transformers]'"
         ) from err
-    return callback_class(_TrainerMonitor, transformers.TrainerCallback, __name__)
+    return transformers.TrainerCallback
+
+
+def _monitor_callback() -> type:
+    return callback_class(_TrainerMonitor, _trainer_callback("MonitorCallback"), __name__)
+
+
+def _audit_callback() -> type:
+    return audit_callback_class(_TrainerAudit, _trainer_callback("AuditCallback"), __name__)
+
+
+_LAZY = {"MonitorCallback": _monitor_callback, "AuditCallback": _audit_callback}
 
 
 def __getattr__(name: str) -> Any:
-    # MonitorCallback subclasses transformers.TrainerCallback: built when first asked for,
-    # so that importing this module needs no transformers.
-    if name == "MonitorCallback":
-        cls = globals()[name] = _monitor_callback()
+    # MonitorCallback and AuditCallback subclass transformers.TrainerCallback: built when
+    # first asked for, so that importing this module needs no transformers.
+    if name in _LAZY:
+        cls = globals()[name] = _LAZY[name]()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
