@@ -84,6 +84,24 @@ def _steps(trial: Trial) -> int | None:
     return int(trial.epochs) * math.ceil(len(trial.train_idx) / int(trial.batch_size))
 
 
+#: Findings about one value's strength over the run: the sweep tries many values, so they
+#: describe the candidate audited, not the set-up; the table keeps its total decay.
+_PER_VALUE = ("too-short", "too-long")
+
+
+def _for_a_sweep(result: Any) -> dict[str, Any]:
+    """The audit's ``to_dict()`` without :data:`_PER_VALUE` findings, with a note."""
+    d: dict[str, Any] = result.to_dict()
+    kept = [f for f in d["findings"] if f["code"] not in _PER_VALUE]
+    if len(kept) < len(d["findings"]):
+        d["notes"] = [*d.get("notes", []), (
+            "too-short / too-long are left out: they judge one weight decay's strength over "
+            "the run, and the sweep tries many (the table's total decay is this run's)"
+        )]  # fmt: skip
+    d["findings"] = kept
+    return d
+
+
 def _holds(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``model`` holds any of ``optimizer``'s tensors."""
     ids = {id(p) for p in model.parameters()}
@@ -148,7 +166,7 @@ class FirstAudit:
                     else "named by their place: the model handed over holds none of them"
                 )  # fmt: skip
                 result = audit(optimizer, model if named else None, total_steps=_steps(trial))
-                record["audit"] = _plain(result.to_dict())
+                record["audit"] = _plain(_for_a_sweep(result))
             except Exception as err:  # the audit's failure, never the run's
                 record["audit"], record["error"] = None, _first_line(err)
 
@@ -182,7 +200,7 @@ class FirstAudit:
         }
         try:
             model, opt, steps = objective.standalone(trial)
-            record["audit"] = _plain(audit(opt, model, total_steps=steps).to_dict())
+            record["audit"] = _plain(_for_a_sweep(audit(opt, model, total_steps=steps)))
         except Exception as err:  # the audit's failure, never the runs'
             record["audit"], record["error"] = None, _first_line(err)
         self._store(record)
@@ -256,13 +274,15 @@ def audit_blocks(d: Mapping[str, Any]) -> list[render.Block]:
 
 
 def audit_lines(d: Mapping[str, Any] | None) -> list[render.Line]:
-    """The command line's share of the audit: a line per finding, or ``audit: no
-    finding`` (the table is in the report); nothing without an audit."""
+    """The command line's share of the audit: a line per warning or error, or ``audit: no
+    mistake found`` (the table and any info findings are in the report); nothing without
+    an audit."""
     if not d:
         return []
-    findings = d.get("findings") or []
+    findings = [f for f in d.get("findings") or [] if f.get("severity") != "info"]
     if not findings:
-        return [render.Line("no finding", label="audit:", style="dim")]
+        return [render.Line("no mistake found in the optimizer's set-up (report.html has the "
+                            "table)", label="audit:", style="dim")]  # fmt: skip
     styles = {"error": "alert", "warning": "warn"}
     return [
         render.Line(
