@@ -84,8 +84,10 @@ def lr_curves(
 
     Each scheduler is deep-copied with its optimizer replaced by a stand-in holding one
     scalar per group (so no parameter is copied and the user's scheduler does not move),
-    then stepped ``steps - 1`` times. A group no scheduler drives keeps its peak lr.
-    ``ReduceLROnPlateau`` depends on the metrics it will see and is read as constant."""
+    then stepped ``steps - 1`` times; a ``LambdaLR`` (as Hugging Face's schedules are) is
+    read as its step computes it, ``base_lr * lr_lambda(epoch)``, without the copy. A group
+    no scheduler drives keeps its peak lr. ``ReduceLROnPlateau`` depends on the metrics it
+    will see and is read as constant."""
     curves: list[np.ndarray] = []
     notes: list[str] = []
     by_opt: dict[int, Any] = {}
@@ -115,6 +117,13 @@ def lr_curves(
 
 
 def _simulate(opt: torch.optim.Optimizer, sched: Any, steps: int) -> list[np.ndarray]:
+    if type(sched) is torch.optim.lr_scheduler.LambdaLR:  # most schedules (Hugging Face's)
+        # what its step computes, base_lr * lambda(epoch), without stepping a copy
+        start = int(sched.last_epoch)
+        return [
+            np.fromiter((base * fn(start + t) for t in range(steps)), float, count=steps)
+            for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+        ]
     dummies = [torch.zeros((), requires_grad=True) for _ in opt.param_groups]
     stand_in = torch.optim.SGD([{"params": [d]} for d in dummies], lr=0.0)
     for mine, theirs in zip(stand_in.param_groups, opt.param_groups, strict=True):
