@@ -3,8 +3,8 @@
     .venv/bin/python examples/audit_cases.py            # every case, 80 columns
     .venv/bin/python examples/audit_cases.py muon       # the cases whose name has "muon"
 
-Each case is a function returning ``(model, optimizer, audit keyword arguments)``; the
-same functions run from the command line, e.g. ``adamwkit audit
+Each case is a function returning a dict with the model, the optimizer and the audit's
+other arguments, as the command line reads it: ``adamwkit audit
 examples.audit_cases:adam_for_adamw``. docs/audit.md shows this script's output.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 import adamwkit
 
-Case = tuple[nn.Module, Any, dict[str, Any]]
+Case = dict[str, Any]
 
 
 def _gpt2(dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -43,7 +43,7 @@ def correct() -> Case:
     """param_groups + adamwkit.AdamW on GPT-2: nothing wrong."""
     model = _gpt2()
     opt = adamwkit.AdamW(adamwkit.param_groups(model, 0.1), lr=6e-4)
-    return model, opt, {"total_steps": 20_000}
+    return {"model": model, "optimizer": opt, "total_steps": 20_000}
 
 
 def loraplus_zero() -> Case:
@@ -54,14 +54,14 @@ def loraplus_zero() -> Case:
     groups = [{"params": a, "lr": 2e-4, "weight_decay": 0.0},
               {"params": b, "lr": 3.2e-3, "weight_decay": 0.0}]  # fmt: skip
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    return model, opt, {"total_steps": 3_000, "weight_decay": 0.01}
+    return {"model": model, "optimizer": opt, "total_steps": 3_000, "weight_decay": 0.01}
 
 
 def bf16_rl() -> Case:
     """An RL fine-tune with bf16 weights and no fp32 master copy: the decay rounds away."""
     model = _gpt2(torch.bfloat16)
     opt = torch.optim.AdamW(adamwkit.param_groups(model, 0.01), lr=1e-6)
-    return model, opt, {"total_steps": 2_000}
+    return {"model": model, "optimizer": opt, "total_steps": 2_000}
 
 
 class _Mamba(nn.Module):
@@ -81,21 +81,21 @@ def decay_everything() -> Case:
     """A refactor went back to AdamW over model.parameters(): norms, biases, A_log decay."""
     model = _Mamba()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    return model, opt, {"total_steps": 50_000}
+    return {"model": model, "optimizer": opt, "total_steps": 50_000}
 
 
 def adam_for_adamw() -> Case:
     """torch.optim.Adam with weight_decay where AdamW was meant: L2, not decoupled."""
     model = _gpt2()
     opt = torch.optim.Adam(adamwkit.param_groups(model, 0.1), lr=6e-4)
-    return model, opt, {"total_steps": 20_000}
+    return {"model": model, "optimizer": opt, "total_steps": 20_000}
 
 
 def lora_toward_base() -> Case:
     """LoRA adapters decayed toward zero: a pull back toward the frozen base."""
     model = _lora(_gpt2())
     opt = adamwkit.AdamW(adamwkit.param_groups(model, 0.1), lr=2e-4)
-    return model, opt, {"total_steps": 3_000}
+    return {"model": model, "optimizer": opt, "total_steps": 3_000}
 
 
 def muon_hybrid() -> Case:
@@ -107,7 +107,7 @@ def muon_hybrid() -> Case:
     muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1)
     adamw = torch.optim.AdamW([{"params": tables, "weight_decay": 0.1},
                                {"params": rest, "weight_decay": 0.0}], lr=6e-4)  # fmt: skip
-    return model, [muon, adamw], {"total_steps": 20_000}
+    return {"model": model, "optimizer": [muon, adamw], "total_steps": 20_000}
 
 
 def left_out_and_twice() -> Case:
@@ -118,14 +118,14 @@ def left_out_and_twice() -> Case:
     opt = torch.optim.AdamW(groups, lr=6e-4)
     # torch refuses a tensor in two groups when building, not when a group grows later
     opt.param_groups[0]["params"].append(model.transformer.ln_f.bias)
-    return model, opt, {"total_steps": 20_000}
+    return {"model": model, "optimizer": opt, "total_steps": 20_000}
 
 
 def run_length() -> Case:
     """The same decay over a long pretraining run: it dominates (too long)."""
     model = _gpt2()
     opt = adamwkit.AdamW(adamwkit.param_groups(model, 0.1), lr=1e-3)
-    return model, opt, {"total_steps": 2_000_000}
+    return {"model": model, "optimizer": opt, "total_steps": 2_000_000}
 
 
 def batchnorm_cnn() -> Case:
@@ -135,7 +135,7 @@ def batchnorm_cnn() -> Case:
                           nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
     opt = adamwkit.AdamW(adamwkit.param_groups(model, 0.05), lr=1e-3)
-    return model, opt, {"total_steps": 40_000}
+    return {"model": model, "optimizer": opt, "total_steps": 40_000}
 
 
 CASES = {f.__name__: f for f in (correct, loraplus_zero, bf16_rl, decay_everything,
@@ -151,9 +151,10 @@ def main(argv: list[str]) -> None:
     for name, build in CASES.items():
         if argv and not any(a in name for a in argv):
             continue
-        model, opt, kwargs = build()
+        case = build()
         console.print(f"\n## {name}: {build.__doc__}\n", markup=False)
-        adamwkit.render.to_rich(adamwkit.audit(opt, model, **kwargs).blocks(), console)
+        report = adamwkit.audit(case.pop("optimizer"), case.pop("model"), **case)
+        adamwkit.render.to_rich(report.blocks(), console)
 
 
 if __name__ == "__main__":

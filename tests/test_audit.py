@@ -507,7 +507,7 @@ CASES_EXPECTED = {
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_the_documented_cases_give_their_codes():
+def test_the_documented_cases_give_their_codes(monkeypatch):
     """examples/audit_cases.py (docs/audit.md shows its output) on config-built GPT-2 and
     PEFT LoRA models: each case gives exactly its codes, on the tensors the oracle picks."""
     pytest.importorskip("transformers")
@@ -515,14 +515,18 @@ def test_the_documented_cases_give_their_codes():
     import importlib.util
     from pathlib import Path
 
+    from adamwkit.audit import audit_spec
+
     path = Path(__file__).parents[1] / "examples" / "audit_cases.py"
+    monkeypatch.syspath_prepend(str(path.parent))
     spec = importlib.util.spec_from_file_location("audit_cases", path)
     cases = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cases)
     assert set(cases.CASES) == set(CASES_EXPECTED)
     for name, build in cases.CASES.items():
-        model, opt, kwargs = build()
-        report = audit(opt, model, **kwargs)
+        case = build()
+        model = case["model"]
+        report = audit_spec(f"audit_cases:{name}")  # as the command line reads it
         assert set(report.codes()) == CASES_EXPECTED[name], name
         if name in ("loraplus_zero", "lora_toward_base"):
             lora = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -537,3 +541,16 @@ def test_the_documented_cases_give_their_codes():
             assert found(report, "decay-lost-in-precision") == {
                 r.name for r in report.rows if r.decay_kind == "decoupled"
             }
+
+
+def build_unknown_key() -> dict:
+    model = transformer()
+    return {"model": model, "optimizer": AdamW(model.parameters()), "steps": 10}
+
+
+def test_a_mapping_with_an_unknown_key_is_one_line(capsys):
+    from adamwkit.cli import main
+
+    assert main(["audit", "test_audit:build_unknown_key"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keys model, optimizer, steps" in err[0]

@@ -265,19 +265,31 @@ def audit(
     return out
 
 
+#: The keys a mapping given to :func:`audit_spec` may have.
+SPEC_KEYS = ("model", "optimizer", "scheduler", "total_steps", "inputs", "weight_decay")
+
+
 def audit_spec(spec: str, total_steps: int | None = None) -> Audit:
     """:func:`audit` of what ``spec`` (``"module:attribute"``, the command line's argument)
     names: a function of no arguments (or its result) giving ``(model, optimizer)``,
     ``(model, optimizer, total_steps)``, ``(model, optimizer, scheduler, total_steps)`` or
-    a mapping with ``model``, ``optimizer`` and optionally ``scheduler``, ``total_steps``
-    and ``inputs``; ``total_steps`` given here wins. An error inside the user's function
-    keeps its traceback; anything else it returns is a ``ValueError``."""
+    a mapping with ``model``, ``optimizer`` and optionally ``scheduler``, ``total_steps``,
+    ``inputs`` and ``weight_decay`` (:func:`audit`'s arguments); ``total_steps`` given
+    here wins. An error inside the user's function keeps its traceback; anything else it
+    returns is a ``ValueError``."""
     from ._loading import load_object
 
     obj = load_object(spec, "spec")
     built = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
     if isinstance(built, Mapping):
         parts = dict(built)
+        unknown = sorted(str(k) for k in parts if k not in SPEC_KEYS)
+        if unknown or not {"model", "optimizer"} <= set(parts):
+            raise ValueError(
+                f"spec={spec!r} is invalid: it gave a mapping with keys "
+                f"{', '.join(map(str, parts)) or 'none'}; expected model and optimizer, and "
+                f"optionally {', '.join(SPEC_KEYS[2:])}"
+            )
     elif isinstance(built, tuple) and len(built) in (2, 3, 4):
         keys = {2: ("model", "optimizer"), 3: ("model", "optimizer", "total_steps"),
                 4: ("model", "optimizer", "scheduler", "total_steps")}[len(built)]  # fmt: skip
@@ -287,9 +299,9 @@ def audit_spec(spec: str, total_steps: int | None = None) -> Audit:
             f"spec={spec!r} is invalid: it gave {type(built).__name__}; expected (model, "
             "optimizer), (model, optimizer, total_steps) or a mapping with model and optimizer"
         )
-    steps = total_steps if total_steps is not None else parts.get("total_steps")
-    return audit(parts.get("optimizer"), parts.get("model"), scheduler=parts.get("scheduler"),
-                 total_steps=steps, inputs=parts.get("inputs"))  # fmt: skip
+    if total_steps is not None:
+        parts["total_steps"] = total_steps
+    return audit(parts.pop("optimizer"), parts.pop("model"), **parts)
 
 
 def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:

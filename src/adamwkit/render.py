@@ -157,14 +157,23 @@ class Table:
         return out
 
     def html(self) -> str:
-        """The table as HTML: a header cell for every column, the marked row in bold."""
+        """The table as HTML: a header cell for every column, the marked row in bold, and
+        the columns ``align`` puts on the left, other than the last, aligned left."""
         from html import escape
 
-        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns) if self.header else ""
+        # a left column before the last says so: the report right-aligns all but the last
+        last = len(self.columns) - 1
+        left = [' style="text-align:left"' if self.align and self.align[i] == "l" and i < last
+                else "" for i in range(len(self.columns))]  # fmt: skip
+        head = (
+            "".join(f"<th{left[i]}>{escape(c)}</th>" for i, c in enumerate(self.columns))
+            if self.header
+            else ""
+        )
         marked = ' class="marked"'
         body = "".join(
             f"<tr{marked if k == self.marked else ''}>"
-            + "".join(f"<td>{escape(c)}</td>" for c in r)
+            + "".join(f"<td{left[i]}>{escape(c)}</td>" for i, c in enumerate(r))
             + "</tr>"
             for k, r in enumerate(self.rows)
         )
