@@ -554,3 +554,12 @@ def test_a_mapping_with_an_unknown_key_is_one_line(capsys):
     assert main(["audit", "test_audit:build_unknown_key"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "keys model, optimizer, steps" in err[0]
+
+
+def test_a_notebook_shows_the_same_table_and_findings():
+    model = transformer()
+    report = audit(torch.optim.Adam(model.parameters(), weight_decay=0.01), model)
+    page = report._repr_html_()
+    assert page.count("<tr>") == len(report.rows) + 1  # the header and a row per tensor
+    assert "[l2-not-decoupled]" in page and "[decays-norm-or-bias]" in page
+    assert repr(report) == "Audit(Adam, 15 tensors: l2-not-decoupled, decays-norm-or-bias)"

@@ -146,6 +146,10 @@ class Audit:
     def __str__(self) -> str:
         return render.plain(self.blocks())
 
+    def _repr_html_(self) -> str:
+        """The table and the findings in a notebook."""
+        return render.to_html(self.blocks())
+
     def __repr__(self) -> str:
         codes = ", ".join(self.codes()) or "no finding"
         return f"Audit({self.optimizer}, {len(self.rows)} tensors: {codes})"
