@@ -1,6 +1,11 @@
 """Population training: many (weight decay, lr, fold) candidates trained at once as one model.
 
-The members' modules are stacked along a new dim 0 (``torch.func.stack_module_state``). A
+The members' trainable tensors are stacked along a new dim 0. Frozen parameters
+(``requires_grad=False``) and buffers that are the same in every member (the pretrained base
+of a fine-tune: a PEFT LoRA model, adapters on plain modules, a frozen embedding) are held
+once and shared by every member (``vmap`` ``in_dims=None``): memory is the base once plus
+k times each member's trainable weights, gradients, Adam's moments and activations
+(:class:`PopulationMemory`). A frozen tensor that differs between members is stacked too. A
 plain MLP then runs as batched matrix products (:func:`stacked_forward`); any other model
 through one ``torch.func.vmap`` of ``torch.func.functional_call``. Every member gets its
 own initial weights (``torch.manual_seed(seed)`` then ``task.model()``, as :func:`fit`
@@ -12,13 +17,13 @@ batched matrix products.
 
 Models that cannot be stacked are refused with the reason (:func:`vectorize_refusal`):
 batch normalisation keeps running statistics that one call cannot update per member, and
-stacking would untie tied weights.
+stacking would untie tied trainable weights (tied frozen weights, such as GPT-2's embedding
+and head, are shared as they are).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +44,14 @@ from .loop import DeviceData, RunSettings, check_index, keeps_random_state, run_
 __all__ = [
     "Member",
     "MemberResult",
+    "PopulationMemory",
     "StackedEngine",
     "StackingFailed",
     "chance_level",
     "fit_population",
     "member_bytes",
     "population_loss",
+    "population_memory",
     "stacked_forward",
     "stacking_speed",
     "vectorize_refusal",
@@ -92,15 +99,19 @@ class MemberResult:
 
 
 def vectorize_refusal(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be trained as a stacked population, or None if it can."""
+    """Why ``model`` cannot be trained as a stacked population, or None if it can.
+
+    Tied trainable weights are refused (stacking would give each name its own copy); tied
+    frozen weights are fine: they are held once and shared by every member.
+    """
     seen: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
+        if id(p) in seen and p.requires_grad:
             return (
                 f"parameter {name!r} is the same tensor as {seen[id(p)]!r} (tied weights), "
                 "which stacking would untie"
             )
-        seen[id(p)] = name
+        seen.setdefault(id(p), name)
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             kind = type(module).__name__
@@ -111,9 +122,56 @@ def vectorize_refusal(model: nn.Module) -> str | None:
     return None
 
 
-def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) -> int:
-    """Rough memory of one member: weights, gradients and Adam's two moments (plus the
-    stacked copy), and the activations of a batch kept for the backward pass.
+@dataclass(frozen=True)
+class PopulationMemory:
+    r"""Bytes of a stacked population of ``members`` members:
+    :math:`\mathrm{shared} + k \cdot \mathrm{per\_member}`.
+
+    ``shared``: the tensors held once for every member (frozen parameters and buffers that
+    are the same in every member: a fine-tune's pretrained base), each storage counted
+    once. ``per_member``: what each member adds (its trainable weights, their gradients and
+    Adam's two moments, a reference copy with ``decay_toward="init"``, any frozen tensor
+    that differs between members, and, in :func:`population_memory`'s estimate, the
+    activations a batch keeps for the backward pass).
+    """
+
+    shared: int
+    per_member: int
+    members: int = 1
+
+    @property
+    def total(self) -> int:
+        """``shared + members * per_member``."""
+        return self.shared + self.members * self.per_member
+
+    def members_within(self, budget: int) -> int:
+        """How many members fit in ``budget`` bytes with the shared tensors counted once
+        (at least 1)."""
+        return max(1, (int(budget) - self.shared) // max(self.per_member, 1))
+
+
+def _storage_bytes(tensors: Any) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a tied or viewed tensor counts once)."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = (str(t.device), storage.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
+
+def population_memory(
+    task: Task, batch_size: int, model: nn.Module | None = None
+) -> PopulationMemory:
+    """Rough memory of a stacked population of ``task``'s model, before building one: the
+    frozen parameters and buffers once (shared: assumed the same in every member, as a
+    fine-tune's base is), and per member 5 x its trainable weights (the weights, their
+    gradients, Adam's two moments, and the copy made while stacking; 6 x with
+    ``decay_toward="init"``, whose reference is one more copy) plus 3 x the activations of
+    a batch (the forward's outputs, kept for the backward pass, and their gradients).
 
     ``model`` is an instance of ``task.model()`` to measure (default: a new one).
     """
@@ -121,7 +179,9 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
         with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
             torch.manual_seed(0)
             model = task.model()
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in trainable)
     activations = 0
 
     def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -131,6 +191,7 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
 
     hooks = [m.register_forward_hook(count) for m in model.modules()]
     n = min(2, len(task))
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()
@@ -138,7 +199,20 @@ def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) ->
     finally:
         for h in hooks:
             h.remove()
-    return 5 * weights + 3 * batch_size * activations // n
+        model.train(was_training)
+    copies = 6 if getattr(task, "decay_toward", "zero") == "init" else 5
+    per_member = copies * weights + 3 * batch_size * activations // n
+    return PopulationMemory(_storage_bytes([*frozen, *model.buffers()]), per_member)
+
+
+def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) -> int:
+    """Rough memory one more stacked member takes: :func:`population_memory`'s
+    ``per_member`` (trainable weights, gradients, Adam's two moments, the stacked copy,
+    and a batch's activations); the frozen base it shares is counted once, apart.
+
+    ``model`` is an instance of ``task.model()`` to measure (default: a new one).
+    """
+    return population_memory(task, batch_size, model).per_member
 
 
 Batched = Callable[..., Tensor]
@@ -166,19 +240,20 @@ def batchable_kernels() -> Iterator[None]:
 
 
 def _vmapped(task: Task, base: nn.Module) -> tuple[Batched, Batched]:
-    """``(loss(params, buffers, x, y), outputs(params, buffers, x))`` over stacked members,
+    """``(loss(stacked, shared, x, y), outputs(stacked, shared, x))`` over the members,
     through ``vmap`` of ``functional_call`` on ``base`` (randomness drawn per member), with
-    :func:`batchable_kernels`."""
+    :func:`batchable_kernels`. ``stacked`` holds the tensors with a member dim (dim 0),
+    ``shared`` the tensors every member uses as they are (``in_dims=None``: no copy)."""
     from torch.func import functional_call, vmap
 
-    def loss_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return task.loss(functional_call(base, (p, b), (x,)), y)
+    def loss_of(p: dict[str, Tensor], s: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return task.loss(functional_call(base, (p, s), (x,)), y)
 
-    def outputs_of(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, (p, b), (x,))
+    def outputs_of(p: dict[str, Tensor], s: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, s), (x,))
 
-    batched_loss = vmap(loss_of, randomness="different")
-    batched_outputs = vmap(outputs_of, randomness="different")
+    batched_loss = vmap(loss_of, in_dims=(0, None, 0, 0), randomness="different")
+    batched_outputs = vmap(outputs_of, in_dims=(0, None, 0), randomness="different")
 
     def stacked_loss(*args: Any) -> Tensor:
         with batchable_kernels():
@@ -247,14 +322,25 @@ def stacked_forward(model: nn.Module) -> Forward | None:
 
 
 def _linear(weight: str, bias: str | None) -> Forward:
+    """A linear layer over the stack: a stacked weight (members, out, in) as one ``bmm``, a
+    shared one (out, in), held once for every member, as one ``matmul``; a stacked bias is
+    (members, out), a shared one (out,)."""
+
     def op(params: dict[str, Tensor], x: Tensor) -> Tensor:
         w = params[weight]
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        if bias is None:
+        b = None if bias is None else params[bias]
+        if w.dim() == 2:  # shared by every member
+            y = torch.matmul(flat, w.t())
+            if b is not None:
+                y = y + (b.unsqueeze(1) if b.dim() == 2 else b)
+        elif b is None:
             y = torch.bmm(flat, w.transpose(1, 2))
+        elif b.dim() == 1:
+            y = torch.bmm(flat, w.transpose(1, 2)) + b
         else:
-            y = torch.baddbmm(params[bias].unsqueeze(1), flat, w.transpose(1, 2))
-        return y.reshape(*x.shape[:-1], w.shape[1])
+            y = torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))
+        return y.reshape(*x.shape[:-1], w.shape[-2])
 
     return op
 
@@ -355,7 +441,14 @@ class _Metric:
 
 class StackedEngine:
     """Every member's model stacked along dim 0, stepped by the population ``adamw_step``:
-    the stacked member of the loop core (:func:`adamwkit.train.loop.run_epochs`)."""
+    the stacked member of the loop core (:func:`adamwkit.train.loop.run_epochs`).
+
+    ``stacked`` holds the tensors with a member dim: the trainable ones, and any frozen
+    parameter or buffer that differs between members. ``shared`` holds every other tensor
+    once, under each of its names (a tied frozen weight under all of them), the same
+    tensors the first member's model had: every member reads them, none copies them.
+    :meth:`memory` counts both.
+    """
 
     def __init__(
         self,
@@ -364,49 +457,85 @@ class StackedEngine:
         settings: RunSettings,
         data: DeviceData | None = None,
     ) -> None:
-        from torch.func import stack_module_state
-
         device, decay_scale = settings.device, settings.decay_scale
         self.task, self.members, self.device = task, members, device
         self.precision = settings.precision
-        models = []
-        for m in members:
+        # Members are built one at a time: a tensor equal to the first member's is kept
+        # once (the first member's tensor), so a fine-tune's base is never held k times.
+        first: nn.Module | None = None
+        names: list[str] = []
+        values: dict[str, list[Tensor]] = {}
+        differs: set[str] = set()
+        for i, m in enumerate(members):
             torch.manual_seed(m.seed)
-            models.append(task.model())
-        refusal = vectorize_refusal(models[0])
-        if refusal:
-            raise ValueError(f"model is not vectorizable: {refusal}")
-        models = [model.to(device) for model in models]
-        params, buffers = stack_module_state(models)
-        self.params, self.buffers = params, buffers
-        self.base = copy.deepcopy(models[0]).to("meta")
-        names = list(params)
+            model = task.model()
+            if first is None:
+                refusal = vectorize_refusal(model)
+                if refusal:
+                    raise ValueError(f"model is not vectorizable: {refusal}")
+            model = model.to(device)
+            tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+            if first is None:
+                first, names = model, list(tensors)
+                values = {n: [t.detach()] for n, t in tensors.items()}
+                trainable = {n for n, t in tensors.items() if t.requires_grad}
+                continue
+            for n, t in tensors.items():
+                kept = values[n][0]
+                if n in trainable or n in differs or not torch.equal(t.detach(), kept):
+                    if n not in trainable and n not in differs:
+                        differs.add(n)
+                        values[n] = values[n] * i  # the members so far all had the first's
+                    values[n].append(t.detach())
+            del model
+        assert first is not None
+        stacked = {
+            n: torch.stack(values[n]).requires_grad_(n in trainable)
+            for n in names
+            if n in trainable or n in differs
+        }
+        shared = {n: values[n][0] for n in names if n not in stacked}
+        # every other name of a shared tensor (a tied head) points at the same tensor
+        for alias, n in _aliases(first).items():
+            if n not in shared:
+                raise ValueError(
+                    f"model is not vectorizable: {alias!r} is the same tensor as {n!r}, "
+                    "which differs between members, so stacking would untie them"
+                )
+            shared[alias] = shared[n]
+        del values
+        self.stacked, self.shared = stacked, shared
+        params = stacked
+        self.params = stacked  # the stacked tensors (the name the loop and tests know)
+        # the module functional_call runs: its structure only (every tensor is passed in);
+        # the tensors kept above still hold their storage
+        self.base = first.to("meta")
         # each tensor's coefficient as a multiple of the member's value, or a fixed value
         # when an override sets one (it does not move with the base): the two plans say
-        one = param_groups(models[0], weight_decay=1.0, **task.param_groups).plan
-        two = param_groups(models[0], weight_decay=2.0, **task.param_groups).plan
+        one = param_groups(first, weight_decay=1.0, **task.param_groups).plan
+        two = param_groups(first, weight_decay=2.0, **task.param_groups).plan
         at_two = {e.name: e.weight_decay or 0.0 for e in two.entries}
         multiplier: dict[str, tuple[str, float]] = {}
         for e in one.entries:
             value = e.weight_decay or 0.0
             scales = math.isclose(at_two[e.name], 2.0 * value)
             multiplier[e.name] = ("x", value) if scales else ("fixed", value)
-        for name in names:
+        for name in stacked:
             multiplier.setdefault(name, ("x", 0.0))
-        del models
+        del first
 
         direct = stacked_forward(self.base)
         self.member_loss = population_loss(task.loss)
         if direct is not None:  # a plain MLP: batched matrix products, no vmap
             member_loss = self.member_loss
 
-            def batched_outputs(p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor) -> Tensor:
-                return direct(p, x)
+            def batched_outputs(p: dict[str, Tensor], s: dict[str, Tensor], x: Tensor) -> Tensor:
+                return direct({**s, **p}, x)
 
             def batched_loss(
-                p: dict[str, Tensor], _b: dict[str, Tensor], x: Tensor, y: Tensor
+                p: dict[str, Tensor], s: dict[str, Tensor], x: Tensor, y: Tensor
             ) -> Tensor:
-                return member_loss(direct(p, x), y)
+                return member_loss(direct({**s, **p}, x), y)
 
             self.batched_loss, self.batched_outputs = batched_loss, batched_outputs
         else:
@@ -414,7 +543,10 @@ class StackedEngine:
 
         self.lrs = torch.tensor([m.lr for m in members], dtype=torch.float64)
         wds = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
-        self.trainable = [n for n in names if params[n].requires_grad]
+        self.trainable = [n for n in names if n in params and params[n].requires_grad]
+        # decay toward the weights at the first step (AdamW's decay_toward="init"), per member
+        self.toward_init = getattr(task, "decay_toward", "zero") == "init"
+        self.references: list[Tensor] = []
         self.groups: dict[tuple[str, float], list[int]] = {}
         for i, n in enumerate(self.trainable):
             self.groups.setdefault(multiplier[n], []).append(i)
@@ -447,7 +579,7 @@ class StackedEngine:
         x, y = self.data.batch(index)
         params, trainable = self.params, self.trainable
         with autocast(self.device, self.precision):
-            losses = self.batched_loss(params, self.buffers, x, y)
+            losses = self.batched_loss(params, self.shared, x, y)
         values = losses.detach()
         self.alive &= torch.isfinite(values)
         objective = torch.where(self.alive, losses, 0.0).sum()
@@ -458,6 +590,8 @@ class StackedEngine:
                     params[n] = _relaid(params[n], g)
             self.exp_avgs = [torch.zeros_like(params[n]) for n in trainable]
             self.exp_avg_sqs = [torch.zeros_like(params[n]) for n in trainable]
+            if self.toward_init:  # as AdamW's decay_ref: the weights at the first step
+                self.references = [params[n].detach().clone() for n in trainable]
         lr_now = self.lrs * self.shape(self.step_count)
         with torch.no_grad():
             for mult, all_of_group in self.groups.items():
@@ -476,6 +610,9 @@ class StackedEngine:
                     weight_decay=self.decay_of[mult],
                     decay_scale=self.decay_scale,
                     lr_peak=self.peaks,
+                    references=[_dense(self.references[i]) for i in group]
+                    if self.toward_init
+                    else None,
                 )
         self.step_count += 1
         return values
@@ -486,10 +623,10 @@ class StackedEngine:
         weights, moments and settings are sliced out of the stack, in the same layout."""
         rows = rows.to(self.device)
         cpu_rows = rows.cpu()
-        for store in (self.params, self.buffers):
-            for n, t in store.items():
-                store[n] = _rows(t.detach(), rows).requires_grad_(t.requires_grad)
+        for n, t in self.params.items():  # the shared tensors stay as they are
+            self.params[n] = _rows(t.detach(), rows).requires_grad_(t.requires_grad)
         self.exp_avgs = [_rows(t, rows) for t in self.exp_avgs]
+        self.references = [_rows(t, rows) for t in self.references]
         self.exp_avg_sqs = [_rows(t, rows) for t in self.exp_avg_sqs]
         self.lrs = self.lrs[cpu_rows]
         self.decay_of = {m: d[cpu_rows] for m, d in self.decay_of.items()}
@@ -503,16 +640,52 @@ class StackedEngine:
     def validate(self) -> tuple[list[float], list[float] | None]:
         with autocast(self.device, self.precision):
             out = self.batched_outputs(
-                self.params, self.buffers, self.val_x.clone()
+                self.params, self.shared, self.val_x.clone()
             )  # in-place layers
             losses = self.member_loss(out, self.val_y).tolist()
             metrics = self.metric(out, self.val_y)
         return losses, metrics
 
     def states(self) -> list[dict[str, Tensor]]:
-        stacked = {**self.params, **self.buffers}
+        """Each member's state dict (the names of ``task.model().state_dict()``): views of
+        its rows of the stacked tensors, and the shared tensors themselves (the same
+        tensor in every member's dict)."""
         names = list(self.base.state_dict())
-        return [{n: stacked[n][i].detach() for n in names} for i in range(len(self.members))]
+        out = []
+        for i in range(len(self.members)):
+            state = {}
+            for n in names:
+                t = self.params.get(n)
+                state[n] = t[i].detach() if t is not None else self.shared[n]
+            out.append(state)
+        return out
+
+    def memory(self) -> PopulationMemory:
+        """The bytes this population holds for its weights and optimizer state (activations
+        come on top, per member): the shared tensors once (each storage counted once), and
+        per member its rows of the stacked tensors plus, for each trainable one, a gradient,
+        Adam's two moments and, with ``decay_toward="init"``, the reference (counted
+        whether or not the first step has allocated them yet)."""
+        k = len(self.members)
+        stacked = sum(t.numel() * t.element_size() for t in self.params.values())
+        trainable = sum(self.params[n].numel() * self.params[n].element_size()
+                        for n in self.trainable)  # fmt: skip
+        state = (4 if self.toward_init else 3) * trainable
+        return PopulationMemory(_storage_bytes(self.shared.values()), (stacked + state) // k, k)
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """Every second name of a tied parameter or buffer -> the name ``named_parameters()`` /
+    ``named_buffers()`` give it (a tied head -> its embedding)."""
+    out: dict[str, str] = {}
+    for named in (model.named_parameters, model.named_buffers):
+        first: dict[int, str] = {}
+        for name, t in named(remove_duplicate=False):
+            if id(t) in first:
+                out[name] = first[id(t)]
+            else:
+                first[id(t)] = name
+    return out
 
 
 class StackingFailed(Exception):
