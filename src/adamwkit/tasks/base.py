@@ -40,6 +40,10 @@ class Task:
       ``wsd``), ``warmup_steps``, ``decay_scale``: default training settings.
     - ``test_fraction``: share of the examples held out for the final test.
     - ``param_groups``: keyword arguments for :func:`adamwkit.param_groups`.
+    - ``decay_toward``: ``"zero"`` (default) or ``"init"``: decay toward the weights each
+      run starts from (the pretrained weights of a fine-tune: decoupled L2-SP, Xuhong et
+      al., ICML 2018), as :class:`adamwkit.AdamW`'s ``decay_toward``; :func:`adamwkit.fit`
+      and stacked populations (each member toward its own first weights) both use it.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Task:
     test_fraction: float = 0.2
     description: str = ""
     param_groups: dict[str, Any] = field(default_factory=dict)
+    decay_toward: str = "zero"
 
     def __post_init__(self) -> None:
         from ..schedules import SCHEDULES
@@ -82,6 +87,9 @@ class Task:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("decay_scale", self.decay_scale, DECAY_SCALES)
         check_range("test_fraction", self.test_fraction, 0.0, 1.0, high_open=True)
+        from ..adamw import DECAY_TOWARD
+
+        check_choice("decay_toward", self.decay_toward, DECAY_TOWARD)
 
     def __len__(self) -> int:
         if isinstance(self.data, tuple):

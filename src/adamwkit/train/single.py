@@ -238,6 +238,7 @@ def build_run(
         param_groups(model, weight_decay=weight_decay, **task.param_groups),
         lr=lr,
         decay_scale=decay_scale,
+        decay_toward=task.decay_toward,
     )
     opt._convention_checked = True  # a value the caller chose in its convention on purpose
     return model, opt

@@ -401,16 +401,20 @@ class TaskObjective:
         steps = self.epochs * -(-n // self.batch_size)
         return max(1, steps // 200)
 
-    def stacking_check(self) -> tuple[str | None, int]:
-        """Why this task's model cannot be stacked (batch norm, tied weights) or ``None``,
-        and the memory one stacked member needs (bytes); one model is built to see."""
-        from ..train.population import member_bytes, vectorize_refusal
+    def stacking_check(self) -> tuple[str | None, int, int]:
+        """Why this task's model cannot be stacked (batch norm, tied trainable weights) or
+        ``None``, the memory one stacked member needs (bytes) and the memory its members
+        share (the frozen base, held once); one model is built to see."""
+        from ..train.population import population_memory, vectorize_refusal
 
         with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
             torch.manual_seed(0)
             model = self.task.model()
         why = vectorize_refusal(model)
-        return why, 0 if why else member_bytes(self.task, self.batch_size, model)
+        if why:
+            return why, 0, 0
+        memory = population_memory(self.task, self.batch_size, model)
+        return None, memory.per_member, memory.shared
 
     def standalone(self, trial: Trial) -> tuple[nn.Module, torch.optim.Optimizer, int]:
         """The model and :class:`adamwkit.AdamW` that :func:`adamwkit.fit` builds for

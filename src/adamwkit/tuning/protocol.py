@@ -409,10 +409,11 @@ def _stacking_limits(prep: Prepared, config: TuneConfig) -> tuple[str | None, in
     if why:
         return why, DEFAULT_MEMBERS
     assert isinstance(prep.objective, TaskObjective)
-    why, per_member = prep.objective.stacking_check()
+    why, per_member, shared = prep.objective.stacking_check()
     if why or config.max_memory is None:
         return why, DEFAULT_MEMBERS
-    return None, max(1, int(config.max_memory * 2**30) // max(per_member, 1))
+    # the frozen base once, then what each member adds
+    return None, max(1, (int(config.max_memory * 2**30) - shared) // max(per_member, 1))
 
 
 def _check_picklable(source: Source) -> None:
