@@ -93,11 +93,15 @@ class Stacking:
             stored = store.stacking(self.device.type)
             if stored:
                 self.decision = Decision(**stored)
+                self.decision.record = lambda d: store.record_stacking(self.device.type,
+                                                                       d.to_dict())  # fmt: skip
                 return self.decision
             self.bar.run(f"measuring {len(sample)} runs stacked against one at a time", None)
             decision = measure(self.runner.objective, [self.runner.trial(j) for j in sample])
             if decision.keep:
                 store.record_stacking(self.device.type, decision.to_dict())
+        # a switch after the re-check on the real work is stored too
+        decision.record = lambda d: store.record_stacking(self.device.type, d.to_dict())
         self.decision = decision
         self.bar.say(f"vectorize: {decision.describe()}")
         return decision
