@@ -172,7 +172,8 @@ def test_check_names_an_unknown_option():
 # a value each refused option can be given with on the command line
 GIVEN = {"examples": "100", "test_fraction": "0.1", "grid": "0,1", "grid_min": "1e-3",
          "grid_max": "1", "points": "4", "lr_grid": "1e-3,2e-3", "sampler": "tpe",
-         "trials": "5", "storage": "postgresql://localhost/db", "workers": "2"}  # fmt: skip
+         "trials": "5", "storage": "postgresql://localhost/db", "workers": "2",
+         "devices": "0,1"}  # fmt: skip
 REFUSALS = [(m.name, name) for m in MODE_FLAGS for name in m.refuses
             if BY_NAME[name].flag is not None]  # fmt: skip
 

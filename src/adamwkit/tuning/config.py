@@ -108,6 +108,7 @@ class TuneConfig:
     max_memory: float | None = None
     workers: int = 1
     device: str = "auto"
+    devices: tuple[int, ...] | None = None  # --gpus: worker i (or local rank i) on devices[i]
     threads: int | None = None
     extend: int = 2
     busy_cores: float = 0.0

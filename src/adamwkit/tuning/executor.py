@@ -59,6 +59,7 @@ __all__ = [
     "by_split_size",
     "choose",
     "measure",
+    "members_for",
 ]
 
 # Members trained together when no memory cap is given.
@@ -111,6 +112,7 @@ class Runner:
     prune_chance: bool = False
     timeout: float | None = None
     errors: list[BaseException] = field(default_factory=list)
+    placed: bool = False  # devices= (--gpus): say which trial runs on which GPU
     frozen_tensors: int = 0  # the most frozen tensors a run's trial.optimizer() saw
     audit: FirstAudit = field(default_factory=FirstAudit)  # the study's first run's audit
     _seen: set[str] = field(default_factory=set)
@@ -165,6 +167,24 @@ class Runner:
         out.seconds = clock() - start
         return out
 
+    def say(self, text: str) -> None:
+        """A line above the bars, or on stderr in a worker without them."""
+        if self.bar is not None and self.bar.enabled:
+            self.bar.say(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def where(self, jobs: Sequence[Job]) -> None:
+        """With ``placed``: ``trial 3 runs on cuda:1`` (``trials 3, 4 (10 runs together)``)."""
+        if not self.placed:
+            return
+        numbers = list(dict.fromkeys(_trial_number(j) for j in jobs))
+        if len(jobs) == 1:
+            self.say(f"trial {numbers[0]} runs on {self.device} ({jobs[0].label})")
+        else:
+            self.say(f"trials {', '.join(map(str, numbers))} ({len(jobs)} runs together) run "
+                     f"on {self.device}")  # fmt: skip
+
     def timeout_reason(self, runs: int = 1) -> str:
         """Why a run (or ``runs`` trained together) went past the time limit."""
         assert self.timeout is not None
@@ -192,6 +212,12 @@ class Runner:
         else:
             print(f"{where}: {reason} (traceback above)", file=sys.stderr)
         return Outcome(reason=reason.splitlines()[0] if reason else reason, error=err)
+
+
+def _trial_number(job: Job) -> Any:
+    """The study's trial number of ``job``'s candidate (its label without a claim)."""
+    number = getattr(getattr(job.key, "trial", None), "number", None)
+    return job.label if number is None else number
 
 
 def exit_reason(err: SystemExit) -> str:
@@ -234,6 +260,8 @@ class Sequential(Strategy):
         for job in jobs:
             if id(job.key) in skipped:
                 continue
+            if job.run == min(j.run for j in jobs if j.key is job.key):
+                self.runner.where([job])  # the candidate's first run here
             out = self.runner.call(job)
             if on_done(job, out):
                 skipped.add(id(job.key))
@@ -265,6 +293,7 @@ class Stacked(Strategy):
             for start in range(0, len(group), self.max_members):
                 chunk = group[start : start + self.max_members]
                 trials = [self.runner.trial(j) for j in chunk]
+                self.runner.where(chunk)
                 if bar is not None:
                     bar.run(f"{len(chunk)} runs together", self.objective.epochs)
                 began = clock()
@@ -608,6 +637,21 @@ class Checked(Strategy):
         if d.record is not None and d.keep:
             d.record(d)
         raise SwitchPath(why)
+
+
+def members_for(objective: Objective, device: torch.device, max_memory: float | None,
+                cap: int) -> tuple[int, str]:  # fmt: skip
+    """How many stacked members to train together on ``device`` (a GPU of ``devices=``):
+    :func:`adamwkit._device.members_on` with one member's measured size; ``cap`` where
+    the objective does not stack."""
+    from .._device import members_on
+
+    if not isinstance(objective, TaskObjective):
+        return cap, "the objective trains one model per call"
+    why, per_member, shared = objective.stacking_check()
+    if why:
+        return cap, why
+    return members_on(device, per_member, max_memory, cap, shared)
 
 
 def choose(runner: Runner, decision: Decision, max_members: int) -> Strategy:

@@ -218,7 +218,8 @@ TUNE_OPTIONS: tuple[Option, ...] = (
            help="train candidates x folds together as one stacked model (auto: when a few "
                 "measured steps say it is faster)"),
     Option("max_memory", "--max-memory", "process", None, kind="float", low=0.0,
-           high=MAX_MEMORY_GIB, low_open=True, help="GiB cap on members trained together"),
+           high=MAX_MEMORY_GIB, low_open=True,
+           help="GiB cap on members trained together (per GPU with --gpus)"),
     Option("workers", "--workers", "process", 1, kind="int", low=1, high=MAX_WORKERS,
            help="worker processes to start on this machine (each with its share of the "
                 "cores, and GPU i mod count on a machine with several)"),
@@ -227,6 +228,10 @@ TUNE_OPTIONS: tuple[Option, ...] = (
                 "leave free)"),
     Option("device", "--device", "process", "auto",
            help="auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
+    Option("devices", "--gpus", "process", None, metavar="0,1,2,3",
+           help="GPUs to place the runs on: a worker per GPU (unless --workers says more), "
+                "stacked members packed by each GPU's free memory (or --max-memory per GPU); "
+                "under torchrun, local rank r on the r-th GPU (one run over several)"),
     Option("trial_timeout", "--trial-timeout", "process", None, kind="float", low=0.0,
            high=MAX_TRIAL_TIMEOUT_S, low_open=True, metavar="SECONDS",
            help="fail a run that takes longer (default: no limit); stacked, m runs trained "
@@ -324,7 +329,7 @@ MODE_FLAGS: tuple[ModeFlag, ...] = (
         "size and extrapolate to the full training pool, with an 80% interval",
         refuses=tuple(
             "examples data labels test_fraction grid grid_min grid_max points lr_grid storage "
-            "test workers".split()
+            "test workers devices".split()
         ),
         reason="it holds out the task's own test split, takes each subset's candidates from "
         "the suggestion's range, and runs in this process with a journal file",

@@ -37,7 +37,7 @@ from .._checks import (
 from .._constants import (
     MAX_CANDIDATES,
 )
-from .._device import check_precision, resolve_device
+from .._device import check_devices, check_precision, resolve_device
 from ..suggest import Suggestion, suggest
 from . import cv
 from . import study as study_mod
@@ -211,10 +211,15 @@ def _process(kw: dict[str, Any]) -> dict[str, Any]:
         for name in ("storage_retry", "prune", "heartbeat_interval", "test", "progress",
                      "vectorize", "max_memory", "workers", "threads", "trial_timeout")
     }  # fmt: skip
+    device = str(kw["device"] or "auto")
+    devices = check_devices(kw["devices"], device)
+    if devices is not None and checked["workers"] == 1:
+        checked["workers"] = len(devices)  # a worker per GPU
     return {
         **checked,
         "storage": study_mod.check_storage(kw["storage"]),
-        "device": str(kw["device"] or "auto"),
+        "device": device,
+        "devices": devices,
     }
 
 

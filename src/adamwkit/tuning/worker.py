@@ -38,6 +38,7 @@ from .executor import (
     by_split_size,
     choose,
     measure,
+    members_for,
 )
 from .objective import Outcome, TaskObjective
 from .progress import Progress
@@ -72,7 +73,11 @@ class Stacking:
 
     def __init__(self, runner: Runner, config: TuneConfig, device: torch.device, bar: Progress):
         self.runner, self.config, self.device, self.bar = runner, config, device, bar
-        self.max_members = config.max_members
+        self.max_members, self.packing = config.max_members, ""
+        if config.devices and not config.stack_refusal:  # packed by this GPU's memory
+            self.max_members, how = members_for(runner.objective, device, config.max_memory,
+                                                config.max_members)  # fmt: skip
+            self.packing = f", at most {self.max_members} stacked members ({how})"
         self.decision: Decision | None = None
         if config.stack_refusal:
             self.decision = Decision("off", config.stack_refusal)
@@ -126,7 +131,7 @@ class Worker:
     ) -> None:
         self.prep, self.config, self.splits, self.bar = prep, config, splits, bar
         self.slot = Slot(config.run_dir)
-        self.device = device_for(config.device, self.slot.index)
+        self.device = device_for(config.device, self.slot.index, config.devices)
         self.threads = ThreadShare(config.run_dir, config.busy_cores, bar.say, config.threads)
         spec = config.spec
         self.runner = Runner(
@@ -136,6 +141,10 @@ class Worker:
             timeout=config.trial_timeout, single_split=spec.folds * spec.repeats == 1,
         )  # fmt: skip
         self.stacking = Stacking(self.runner, config, self.device, bar)
+        if config.devices:
+            self.runner.placed = True
+            self.runner.say(f"worker {self.slot.index} runs on {self.device}"
+                            + self.stacking.packing)  # fmt: skip
 
     def close(self) -> None:
         self.threads.restore()
