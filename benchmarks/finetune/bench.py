@@ -1,0 +1,70 @@
+"""Tune the LoRA adapters' weight decay on the fine-tuning benchmark (``task.py``), stacked
+against one run at a time, measured in the same process.
+
+    .venv/bin/python benchmarks/finetune/bench.py --threads 2
+
+The same study both ways: 6 weight decays x 3 folds (18 runs) of ``stdlib_lora()``, no
+test refit. Prints a markdown table: each path's seconds, seconds per run, the speed-up of
+stacking, the population's memory (the frozen base counted once) and the largest gap
+between the two paths' CV losses (they train the same runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import task as bench_task
+
+import adamwkit
+
+GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def run(vectorize: str, out: str) -> tuple[float, adamwkit.TuneResult]:
+    start = time.perf_counter()
+    result = adamwkit.tune(bench_task.stdlib_lora(), grid=list(GRID), folds=3, out=out,
+                           vectorize=vectorize, test=False, progress=False, extend=0,
+                           study=f"bench-{vectorize}")  # fmt: skip
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    warnings.simplefilter("ignore")
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as out:
+        seconds = {}
+        results = {}
+        for vectorize in ("off", "on"):
+            seconds[vectorize], results[vectorize] = run(vectorize, out)
+    losses = {v: {c["weight_decay"]: c["mean"] for c in r.summary["candidates"]}
+              for v, r in results.items()}  # fmt: skip
+    gap = max(abs(losses["on"][w] - losses["off"][w]) / abs(losses["off"][w]) for w in GRID)
+    runs = len(GRID) * 3
+    memory = results["on"].summary.get("stacking") or {}
+    print(f"torch {torch.__version__}, {a.threads} threads, load average {load:.2f} at start")
+    print("| path | runs | seconds | s / run | speed-up | best weight decay |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for v, label in (("off", "one at a time"), ("on", "stacked")):
+        best = results[v].summary["best_weight_decay"]
+        print(f"| {label} | {runs} | {seconds[v]:.1f} | {seconds[v] / runs:.2f} | "
+              f"{seconds['off'] / seconds[v]:.2f}x | {best:g} |")  # fmt: skip
+    print(f"largest relative gap between the two paths' CV losses: {gap:.1e}")
+    if memory:
+        print(f"stacking: {memory}")
+
+
+if __name__ == "__main__":
+    main()
