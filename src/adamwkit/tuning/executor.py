@@ -369,6 +369,7 @@ class Decision:
     checks: list[dict[str, Any]] = field(default_factory=list)
     switch: dict[str, Any] | None = None
     checked: bool = False
+    seconds: float = 0.0  # spent measuring (the warm-up, the samples, the re-check's)
     record: Callable[[Decision], None] | None = field(default=None, repr=False, compare=False)
 
     def spread(self) -> tuple[float, float] | None:
@@ -403,7 +404,7 @@ class Decision:
         if self.auto:  # the measurement's evidence: only a measured decision has it
             out.update(auto=True, clear=self.clear, samples=list(self.samples),
                        warmup=self.warmup, checks=list(self.checks), switch=self.switch,
-                       checked=self.checked)  # fmt: skip
+                       checked=self.checked, seconds=self.seconds)  # fmt: skip
         return out
 
 
@@ -468,7 +469,7 @@ def measure(
     when they say so clearly, or by default when they do not (see the module)."""
     from ..train.population import StackingFailed
 
-    m = len(trials)
+    m, start = len(trials), clock()
     taken: list[dict[str, Any]] = []
     try:
         warmup = _sample(objective, trials, "warm-up")
@@ -485,7 +486,8 @@ def measure(
     ratios = [s["ratio"] for s in taken]
     ratio, side = _median(ratios), _clear(ratios)
     decision = Decision("on" if side != "off" else "off", ratio=ratio, members=m, auto=True,
-                        clear=side is not None, samples=taken, warmup=warmup)  # fmt: skip
+                        clear=side is not None, samples=taken, warmup=warmup,
+                        seconds=clock() - start)  # fmt: skip
     if side == "off":
         slow = sorted({op for s in taken for op in s["slow"]})
         why = (f"stacked, {m} runs train {ratio:.2f}x as fast as one at a time (measured "
@@ -566,11 +568,14 @@ class Checked(Strategy):
         if len(rest) < 2:
             return  # nothing left to stack here: check on a later batch
         trials = [self.runner.trial(j) for j in rest]
+        start = clock()
         try:
             fresh = _sample(self.objective, trials, "re-check")
         except Exception:  # stacking fails now: stay one at a time
             self.decision.checked = True
             return
+        finally:
+            self.decision.seconds += clock() - start
         self.decision.samples.append(fresh)
         per_member = fresh["stacked_s"] / fresh["members"]
         self._conclude("the first run", seconds / per_member, seconds, per_member)
