@@ -157,10 +157,14 @@ def tune(
     which would decay the pretrained weights away. A setup that looks like a fine-tune (a
     few epochs at a small lr) without either gets a note that says so.
 
+    Under ``torchrun --nproc_per_node N`` each run spans the N processes: rank 0 claims
+    and records, every rank calls the objective with the same trial, which does its own
+    DDP (:mod:`adamwkit.tuning.distributed`, docs/tuning.md).
+
     Returns a :class:`TuneResult`; the files are ``summary.json``, ``cv_curve.png``,
     ``learning_curves.png`` and ``report.html`` in ``out/<study>/``.
     """
-    return plan(
+    p = plan(
         objective, examples=examples, data=data, labels=labels, validation=validation,
         folds=folds, repeats=repeats, val_fraction=val_fraction,
         epochs=epochs, lr=lr, batch_size=batch_size, decay_scale=decay_scale,
@@ -173,4 +177,7 @@ def tune(
         storage_retry=storage_retry, test=test, progress=progress, vectorize=vectorize,
         max_memory=max_memory, workers=workers, threads=threads, device=device,
         precision=precision, trial_timeout=trial_timeout,
-    ).run()  # fmt: skip
+    )  # fmt: skip
+    from . import distributed
+
+    return distributed.run(p) if distributed.launched() else p.run()
