@@ -30,7 +30,7 @@ FOLDS = 2
 TIMEOUT_S = 300  # generous: two processes start torch on a shared, busy machine
 
 OBJECTIVE = """
-import json, os
+import json, os, time
 import torch
 import torch.distributed as dist
 
@@ -44,6 +44,10 @@ def objective(trial):
         if rank == 1 and trial.weight_decay == float(wd) and not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(3)
+        if rank == 0 and os.environ.get("DIST_SLEEP") and trial.weight_decay == float(wd):
+            if not os.path.exists(marker + ".slept"):  # outside any collective: torchrun's
+                open(marker + ".slept", "w").close()  # SIGTERM is how rank 0 hears of it
+                time.sleep(120)
     t = torch.tensor([trial.weight_decay], dtype=torch.float64)
     dist.all_reduce(t)  # the group the objective's DDP would use
     assert abs(t.item() - dist.get_world_size() * trial.weight_decay) < 1e-12
@@ -144,9 +148,11 @@ def test_api_runs_each_fold_once_and_every_rank_gets_the_result(tmp_path: Path) 
     assert results[0]["still_initialized"]  # the caller's group is left as it was
 
 
-def test_a_dead_rank_fails_its_trial_and_a_rerun_completes_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("heard", ["broken collective", "torchrun's SIGTERM"])
+def test_a_dead_rank_fails_its_trial_and_a_rerun_completes_it(tmp_path: Path, heard: str) -> None:
     marker = tmp_path / "killed-once"
-    first = _cli(tmp_path, DIST_KILL=f"0.01:{marker}")
+    sleep = {"DIST_SLEEP": "1"} if heard == "torchrun's SIGTERM" else {}
+    first = _cli(tmp_path, DIST_KILL=f"0.01:{marker}", **sleep)
     assert first.returncode != 0, _show(first)
     assert marker.exists()
     lines = [ln for ln in first.stderr.splitlines() if "ended during this run" in ln]
@@ -192,6 +198,20 @@ def test_an_error_on_another_rank_fails_that_candidate_naming_the_rank(tmp_path:
     )
     assert "rank 1 refuses this weight decay" in proc.stderr  # rank 1's traceback
     assert by_wd[0.0]["state"] == by_wd[0.01]["state"] == "complete"
+
+
+def test_a_rank_started_with_other_arguments_is_refused_on_every_rank(tmp_path: Path) -> None:
+    script = tmp_path / "other.py"
+    script.write_text(
+        "import os, sys, adamwkit\n"
+        "grid = [0.0, 0.01] if os.environ['RANK'] == '0' else [0.0, 0.1]\n"
+        "adamwkit.tune('dobj:objective', examples=20, lr=0.01, folds=2, grid=grid, extend=0,\n"
+        "              test=False, progress=False, out=sys.argv[1])\n"
+    )
+    proc = _torchrun(tmp_path, [str(script), str(tmp_path / "out")])
+    assert proc.returncode != 0
+    assert proc.stderr.count("rank(s) 1 of the torchrun group run another study than rank 0") == 2
+    assert not _log(tmp_path)  # nothing trained
 
 
 # ---------------------------------------------------------------------------- in process
