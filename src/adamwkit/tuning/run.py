@@ -69,6 +69,7 @@ def tune(
     workers: int = 1,
     threads: int | None = None,
     device: str = "auto",
+    devices: str | Sequence[int] | None = None,
     precision: str = "fp32",
     trial_timeout: float | None = None,
 ) -> TuneResult:
@@ -125,7 +126,10 @@ def tune(
     other programs leave free, as torch threads (``threads`` fixes the number instead),
     and on a machine with several GPUs, worker i on GPU i mod count. ``device`` (``auto``,
     ``cpu``, ``cuda``, ``cuda:i``) and ``precision`` (``fp32``, ``bf16``) say where and how
-    runs train.
+    runs train. ``devices`` (``"0,1,2,3"`` or ``[0, 1, 2, 3]``; ``--gpus``) places them on
+    those GPUs: worker i on ``devices[i mod n]``, one worker per GPU unless ``workers``
+    says more, stacked members packed by each GPU's free memory (``max_memory``: GiB per
+    GPU); under ``torchrun``, local rank r on ``devices[r mod n]``.
 
     ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains a Task's claimed candidates and
     folds together as one stacked model (:func:`adamwkit.train.fit_population`); ``"auto"``
@@ -176,6 +180,7 @@ def tune(
         heartbeat_interval=heartbeat_interval,
         storage_retry=storage_retry, test=test, progress=progress, vectorize=vectorize,
         max_memory=max_memory, workers=workers, threads=threads, device=device,
+        devices=devices,
         precision=precision, trial_timeout=trial_timeout,
     )  # fmt: skip
     from . import distributed
