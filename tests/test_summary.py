@@ -608,3 +608,13 @@ def test_verdict_states_the_total_decay() -> None:
     assert f"{100 * -math.expm1(-d):.3g}% (factor exp(-D)" in s["verdict"]
     assert "D = lr x wd x steps at the peak lr" in s["verdict"]
     assert build(spec=dataclasses.replace(make_spec(), batch_size=None))["best_total_decay"] is None
+
+
+def test_the_suggestion_says_the_regime_its_rule_assumes() -> None:
+    """A LoRA run tuned without --adapters shows the from-scratch rule for what it is."""
+    for rule, words in (("calibrated", "a rule for training from scratch, multi-epoch"),
+                        ("finetune", "a rule for fine-tune")):  # fmt: skip
+        s = hand_summary(suggested_weight_decay=0.05, suggested_range=[0.02, 0.2],
+                         suggested_rule=rule)  # fmt: skip
+        line = next(x for x in verdict_lines(s) if x.startswith("adamwkit suggest"))
+        assert line == f"adamwkit suggest predicted 0.05 (80% range 0.02 to 0.2; {words})."

@@ -495,8 +495,14 @@ def _decay_text(s: Mapping[str, Any]) -> str:
 def _suggested_text(s: Mapping[str, Any]) -> str:
     if s.get("suggested_weight_decay") is None:
         return ""
+    from ..rules import RULE_REGIMES
+
     rng = s.get("suggested_range")
-    within = f" (80% range {rng[0]:.3g} to {rng[1]:.3g})" if rng else ""
+    parts = [f"80% range {rng[0]:.3g} to {rng[1]:.3g}"] if rng else []
+    regime = RULE_REGIMES.get(str(s.get("suggested_rule")))
+    if regime is not None:  # the regime the rule assumes: a LoRA run read as from scratch shows
+        parts.append(f"a rule for {regime.replace('scratch', 'training from scratch')}")
+    within = f" ({'; '.join(parts)})" if parts else ""
     return f"adamwkit suggest predicted {_g(s['suggested_weight_decay'])}{within}."
 
 
