@@ -30,17 +30,18 @@ import adamwkit
 GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def run(vectorize: str, out: str) -> tuple[float, adamwkit.TuneResult]:
+def run(vectorize: str, out: str, device: str) -> tuple[float, adamwkit.TuneResult]:
     start = time.perf_counter()
     result = adamwkit.tune(bench_task.stdlib_lora(), grid=list(GRID), folds=3, out=out,
                            vectorize=vectorize, test=False, progress=False, extend=0,
-                           study=f"bench-{vectorize}")  # fmt: skip
+                           study=f"bench-{vectorize}", device=device)  # fmt: skip
     return time.perf_counter() - start, result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     warnings.simplefilter("ignore")
@@ -49,13 +50,17 @@ def main() -> None:
         seconds = {}
         results = {}
         for vectorize in ("off", "on"):
-            seconds[vectorize], results[vectorize] = run(vectorize, out)
+            seconds[vectorize], results[vectorize] = run(vectorize, out, a.device)
     losses = {v: {c["weight_decay"]: c["mean"] for c in r.summary["candidates"]}
               for v, r in results.items()}  # fmt: skip
     gap = max(abs(losses["on"][w] - losses["off"][w]) / abs(losses["off"][w]) for w in GRID)
     runs = len(GRID) * 3
     memory = results["on"].summary.get("stacking") or {}
-    print(f"torch {torch.__version__}, {a.threads} threads, load average {load:.2f} at start")
+    where = (
+        torch.cuda.get_device_name() if a.device != "cpu" and torch.cuda.is_available() else "CPU"
+    )
+    print(f"torch {torch.__version__}, {where}, {a.threads} threads, load average {load:.2f} "
+          "at start")  # fmt: skip
     print("| path | runs | seconds | s / run | speed-up | best weight decay |")
     print("|---|---:|---:|---:|---:|---:|")
     for v, label in (("off", "one at a time"), ("on", "stacked")):
@@ -65,17 +70,17 @@ def main() -> None:
     print(f"largest relative gap between the two paths' CV losses: {gap:.1e}")
     if memory:
         print(f"stacking: {memory}")
-    per_step()
+    per_step(results["on"].summary["device"])
 
 
-def per_step() -> None:
+def per_step(device: str) -> None:
     from adamwkit.train import Member
     from adamwkit.train.loop import RunSettings
     from adamwkit.train.population import population_memory, stacking_speed
 
     t = bench_task.stdlib_lora()
     train, val = torch.arange(320), torch.arange(320, 400)
-    settings = RunSettings(t.epochs, t.batch_size, "lr", t.schedule, 0, torch.device("cpu"),
+    settings = RunSettings(t.epochs, t.batch_size, "lr", t.schedule, 0, torch.device(device),
                            "fp32")  # fmt: skip
     memory = population_memory(t, t.batch_size)
     print(f"memory: frozen base {memory.shared / 1e6:.2f} MB once, "
