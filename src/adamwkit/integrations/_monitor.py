@@ -16,23 +16,15 @@ import numpy as np
 import torch
 
 from .._checks import check_whole
+from .._optimizers import unwrap
 from ..monitor import LIVE_LR, SCALE_INVARIANT_LIMIT, Monitor, MonitorLog, Verdict
 
 __all__ = ["MonitorCore", "callback_class", "torch_optimizer"]
 
 
-def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
-    """The torch optimizer whose ``step`` runs the update: ``optimizer`` itself, or the one
-    its wrappers hold in ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, Lightning's
-    ``LightningOptimizer``), innermost first; ``None`` when there is none."""
-    seen: set[int] = set()
-    while optimizer is not None and id(optimizer) not in seen:
-        seen.add(id(optimizer))
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None or inner is optimizer:
-            break
-        optimizer = inner
-    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+#: The torch optimizer whose ``step`` runs the update, inside a framework's wrappers
+#: (accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``), or ``None``.
+torch_optimizer = unwrap
 
 
 SUMMARY_KEYS = (
