@@ -16,5 +16,5 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py 2>&1 
     2>&1 | tee "$OUT/tune_speed_cuda.log"
 # Issue 24 on a GPU (needs transformers, peft and safetensors in .whl too): the LoRA
 # fine-tune stacked against one at a time, and --vectorize auto's choice on the GPU.
-[ "${SKIP_FINETUNE:-}" ] || timeout 300 python3 benchmarks/finetune/bench.py --threads 8 --device cuda \
+[ "${SKIP_FINETUNE:-}" ] || timeout 300 python3 benchmarks/lora/bench.py --threads 8 --device cuda \
     2>&1 | tee "$OUT/finetune_cuda.log"

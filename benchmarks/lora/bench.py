@@ -1,7 +1,7 @@
 """Tune the LoRA adapters' weight decay on the fine-tuning benchmark (``task.py``), stacked
 against one run at a time, measured in the same process.
 
-    .venv/bin/python benchmarks/finetune/bench.py --threads 2
+    .venv/bin/python benchmarks/lora/bench.py --threads 2
 
 The same study both ways: 6 weight decays x 3 folds (18 runs) of ``stdlib_lora()``, no
 test refit. Prints a markdown table: each path's seconds, seconds per run, the speed-up of

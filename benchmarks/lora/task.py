@@ -2,7 +2,7 @@
 (``base.safetensors``, from ``pretrain.py``) over the standard library's source code, a
 different text from the docstrings it was pretrained on.
 
-    adamwkit tune benchmarks.finetune.task:stdlib_lora --vectorize on
+    adamwkit tune benchmarks.lora.task:stdlib_lora --vectorize on
 
 Every run starts from the same pretrained base (frozen, shared once by a stacked
 population); the adapters (LoRA rank 8 on the attention and MLP projections, dropout off)
@@ -41,7 +41,7 @@ class Pretrained:
 
         if not self.path.exists():
             raise FileNotFoundError(
-                f"{self.path} is missing: run .venv/bin/python benchmarks/finetune/pretrain.py"
+                f"{self.path} is missing: run .venv/bin/python benchmarks/lora/pretrain.py"
             )
         model = pretrain.build()
         missing, unexpected = model.load_state_dict(load_file(str(self.path)), strict=False)

@@ -1,8 +1,8 @@
 """Pretrain the small GPT-2 the fine-tuning benchmark starts from, on the standard
 library's docstrings (prose), and save it as ``base.safetensors`` beside this file.
 
-    .venv/bin/python benchmarks/finetune/pretrain.py            # about 2 minutes, 1 thread
-    .venv/bin/python benchmarks/finetune/pretrain.py --steps 50 --out /tmp/base.safetensors
+    .venv/bin/python benchmarks/lora/pretrain.py            # about 2 minutes, 1 thread
+    .venv/bin/python benchmarks/lora/pretrain.py --steps 50 --out /tmp/base.safetensors
 
 The model is built from its config (no download): 2 layers, width 128, 4 heads, 64
 positions, a byte vocabulary (256). Training: AdamW over ``param_groups`` (lr 3e-3,
