@@ -300,7 +300,9 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
         for col in range(2):
             ax = axes[row][col]
             ax.set_yscale("log")
-            ax.tick_params(labelsize=7)
+            if col == 0:  # norms span about a decade: plain numbers (angles span many)
+                _plain_ticks(ax.yaxis)
+            ax.tick_params(which="both", labelsize=7)
             if row == len(names) - 1:
                 ax.set_xlabel("step", fontsize=8)
     axes[0][0].set_title("weight norm (dashed: equilibrium norm, scale-invariant layers)",
