@@ -613,7 +613,8 @@ def test_verdict_states_the_total_decay() -> None:
 def test_the_suggestion_says_the_regime_its_rule_assumes() -> None:
     """A LoRA run tuned without --adapters shows the from-scratch rule for what it is."""
     for rule, words in (("calibrated", "a rule for training from scratch, multi-epoch"),
-                        ("finetune", "a rule for fine-tune")):  # fmt: skip
+                        ("finetune", "a rule for fine-tuning"),
+                        ("torch-default", "PyTorch's default, no rule applied")):  # fmt: skip
         s = hand_summary(suggested_weight_decay=0.05, suggested_range=[0.02, 0.2],
                          suggested_rule=rule)  # fmt: skip
         line = next(x for x in verdict_lines(s) if x.startswith("adamwkit suggest"))

@@ -501,7 +501,11 @@ def _suggested_text(s: Mapping[str, Any]) -> str:
     parts = [f"80% range {rng[0]:.3g} to {rng[1]:.3g}"] if rng else []
     regime = RULE_REGIMES.get(str(s.get("suggested_rule")))
     if regime is not None:  # the regime the rule assumes: a LoRA run read as from scratch shows
-        parts.append(f"a rule for {regime.replace('scratch', 'training from scratch')}")
+        words = regime.replace("scratch", "training from scratch").replace(
+            "fine-tune", "fine-tuning"
+        )
+        parts.append("PyTorch's default, no rule applied" if regime.startswith("none")
+                     else f"a rule for {words}")  # fmt: skip
     within = f" ({'; '.join(parts)})" if parts else ""
     return f"adamwkit suggest predicted {_g(s['suggested_weight_decay'])}{within}."
 
