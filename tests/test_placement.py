@@ -167,3 +167,25 @@ def test_the_log_says_which_trial_runs_where(capsys):
     quiet = Runner(lambda trial: 1.0, decay_scale="lr", device=torch.device("cuda", 1))
     Sequential(quiet).run(_claimed(9, 1), lambda job, out: False)
     assert capsys.readouterr().err == ""  # without devices=, nothing is said
+
+
+def test_workers_sharing_a_gpu_split_its_budget():
+    """Two workers on one GPU each take half of --max-memory, not all of it (the oracle:
+    the budget's arithmetic, (budget / workers - shared) // per member)."""
+    from adamwkit._device import members_on
+
+    gib = 2**30
+    alone, _ = members_on(torch.device("cuda", 0), gib // 4, 4.0, 100, shared=gib // 2)
+    shared, how = members_on(torch.device("cuda", 0), gib // 4, 4.0, 100, gib // 2, workers=2)
+    assert alone == (4 * gib - gib // 2) // (gib // 4) == 14
+    assert shared == (2 * gib - gib // 2) // (gib // 4) == 6 and "2 workers" in how
+
+
+def test_under_torchrun_gpus_do_not_start_a_worker_each(gpus, tmp_path, monkeypatch):
+    """torchrun's ranks are the one-per-GPU processes: --gpus adds no workers there (the
+    distributed check refuses workers > 1)."""
+    from adamwkit.tuning import distributed
+
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    p = plan("digits", devices="0,1", out=tmp_path, progress=False)
+    assert p.config.devices == (0, 1) and p.config.workers == 1

@@ -148,12 +148,18 @@ def free_bytes(device: torch.device) -> int:
 
 
 def members_on(
-    device: torch.device, per_member: int, max_memory: float | None, cap: int, shared: int = 0
+    device: torch.device,
+    per_member: int,
+    max_memory: float | None,
+    cap: int,
+    shared: int = 0,
+    workers: int = 1,
 ) -> tuple[int, str]:
     """How many stacked members of ``per_member`` bytes (beside ``shared`` bytes held once,
     a frozen base) fit on ``device``, at most ``cap``, and how that was found: ``max_memory``
-    GiB (per GPU) when given, else :data:`FREE_SHARE` of the GPU's measured free memory; on
-    the CPU without ``max_memory``, ``cap``."""
+    GiB (per GPU) when given, else :data:`FREE_SHARE` of the GPU's measured free memory,
+    split between the ``workers`` that share the GPU; on the CPU without ``max_memory``,
+    ``cap``."""
     if per_member <= 0:
         return cap, "no size measured"
     if max_memory is not None:
@@ -164,6 +170,9 @@ def members_on(
         free = free_bytes(device)
         budget = int(free * FREE_SHARE)
         how = f"{FREE_SHARE:.0%} of {free / 2**30:.1f} GiB free on {device}"
+    if workers > 1:
+        budget //= workers
+        how += f", split between its {workers} workers"
     return max(1, min(cap, (budget - shared) // per_member)), how
 
 

@@ -645,10 +645,11 @@ class Checked(Strategy):
 
 
 def members_for(objective: Objective, device: torch.device, max_memory: float | None,
-                cap: int) -> tuple[int, str]:  # fmt: skip
+                cap: int, workers: int = 1) -> tuple[int, str]:  # fmt: skip
     """How many stacked members to train together on ``device`` (a GPU of ``devices=``):
     :func:`adamwkit._device.members_on` with one member's measured size; ``cap`` where
-    the objective does not stack."""
+    the objective does not stack; ``workers``: how many of this machine's workers share
+    the GPU (each gets its share of the budget)."""
     from .._device import members_on
 
     if not isinstance(objective, TaskObjective):
@@ -656,7 +657,7 @@ def members_for(objective: Objective, device: torch.device, max_memory: float | 
     why, per_member, shared = objective.stacking_check()
     if why:
         return cap, why
-    return members_on(device, per_member, max_memory, cap, shared)
+    return members_on(device, per_member, max_memory, cap, shared, workers)
 
 
 def choose(runner: Runner, decision: Decision, max_members: int) -> Strategy:

@@ -213,8 +213,10 @@ def _process(kw: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
     device = str(kw["device"] or "auto")
     devices = check_devices(kw["devices"], device)
-    if devices is not None and checked["workers"] == 1:
-        checked["workers"] = len(devices)  # a worker per GPU
+    from . import distributed
+
+    if devices is not None and checked["workers"] == 1 and not distributed.launched():
+        checked["workers"] = len(devices)  # a worker per GPU (under torchrun: a rank per GPU)
     return {
         **checked,
         "storage": study_mod.check_storage(kw["storage"]),

@@ -75,8 +75,10 @@ class Stacking:
         self.runner, self.config, self.device, self.bar = runner, config, device, bar
         self.max_members, self.packing = config.max_members, ""
         if config.devices and not config.stack_refusal:  # packed by this GPU's memory
+            n = len(config.devices)
+            sharing = sum(1 for i in range(config.workers) if config.devices[i % n] == device.index)
             self.max_members, how = members_for(runner.objective, device, config.max_memory,
-                                                config.max_members)  # fmt: skip
+                                                config.max_members, max(1, sharing))  # fmt: skip
             self.packing = f", at most {self.max_members} stacked members ({how})"
         self.decision: Decision | None = None
         if config.stack_refusal:
