@@ -563,3 +563,42 @@ def test_a_notebook_shows_the_same_table_and_findings():
     assert page.count("<tr>") == len(report.rows) + 1  # the header and a row per tensor
     assert "[l2-not-decoupled]" in page and "[decays-norm-or-bias]" in page
     assert repr(report) == "Audit(Adam, 15 tensors: l2-not-decoupled, decays-norm-or-bias)"
+
+
+def test_adapters_decayed_toward_their_start_are_not_pulled_toward_the_base():
+    """decay_toward='init' decays the adapters toward their starting weights (the oracle:
+    one real zero-gradient step moves w toward w0, not toward zero), so no finding."""
+
+    class Lora(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lora_A = nn.Linear(8, 2, bias=False)
+            self.lora_B = nn.Linear(2, 8, bias=False)
+
+    model = Lora()
+    opt = AdamW(model.parameters(), lr=0.1, weight_decay=0.1, decay_toward="init")
+    report = audit(opt, model, total_steps=1000)
+    assert "decay-toward-base" not in report.codes()
+    assert {r.decay_toward for r in report.rows} == {"init"}
+    assert all(r.equilibrium_norm is None for r in report.rows)
+    w0 = model.lora_A.weight.detach().clone()
+    _zero_grad_step(opt, list(model.parameters()))
+    assert torch.allclose(model.lora_A.weight.detach(), w0)  # at its start: nothing to pull
+    zero = audit(AdamW(model.parameters(), lr=0.1, weight_decay=0.1), model, total_steps=1000)
+    assert "decay-toward-base" in zero.codes()
+
+
+def test_hybrid_mismatch_in_the_schedule_convention():
+    """adamwkit.AdamW(decay_scale='schedule') takes wd itself per step: the match is worked
+    out per step (0.1 per AdamW step, not 1e-4), and the same typed 0.1 is still flagged."""
+    model = _hybrid_model()
+    hidden = [model[1].weight, model[2].weight]
+    rest = [model[0].weight, model[3].weight]
+    muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1)
+    adamw = AdamW(rest, lr=1e-3, weight_decay=0.1, decay_scale="schedule")
+    report = audit([muon, adamw], model)
+    text = next(f.text for f in report.findings if f.code == "hybrid-mismatch")
+    ratio = float(text.split("update per step is ")[1].split("x")[0])
+    suggested = float(text.split("use weight_decay=")[1].split(" ")[0])
+    # the oracle: per-step AdamW decay 0.1, Muon's per step lr_M x wd, so wd = 0.1 r^2 / lr_M
+    assert suggested == pytest.approx(0.1 * ratio**2 / 0.02, rel=0.1)

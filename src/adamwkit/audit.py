@@ -97,6 +97,7 @@ class AuditRow:
     lost_from: int | None  # the first step from which the decay rounds away (bf16/fp16)
     lost_share: float | None  # the share of the total decay that rounds away
     rule: str  # what param_groups would do: "decay", or why not
+    decay_toward: str = "zero"  # "init": decays toward its starting weights (adamwkit.AdamW)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -355,7 +356,9 @@ def _row(
     rule = rules.get(name, "decay" if p.ndim >= 2 else "no decay: ndim < 2")
     over_run = None if g.fractions is None or steps is None else float(g.fractions.sum())
     eq = None
-    if per_step and rule == "decay" and "Muon" not in g.family and g.kind == "decoupled":
+    toward = str(g.group.get("decay_toward") or "zero")
+    plain = toward == "zero" and "Muon" not in g.family and g.kind == "decoupled"
+    if plain and per_step and rule == "decay":
         lr = g.peak_lr
         # Kosson et al.: ||w|| ~ sqrt(lr C / (2 lambda)), lambda in PyTorch's convention
         eq = math.sqrt(lr * p.numel() / (2.0 * per_step / lr)) if lr > 0 else None
@@ -364,7 +367,7 @@ def _row(
     return AuditRow(
         name, tuple(p.shape), str(p.dtype).replace("torch.", ""), g.index, g.family, g.kind,
         g.weight_decay, per_step, None if not per_step else 1.0 / per_step, over_run, norm, eq,
-        *_lost(g, p), rule,
+        *(_lost(g, p) if toward == "zero" else (None, None)), rule, toward,
     )  # fmt: skip
 
 
@@ -600,19 +603,24 @@ def _hybrid(a: Audit, groups: Sequence[_Group], names: Mapping[int, str]) -> Fin
         return None
     hit, ratios, matches, given = [], [], [], None
     for m in muon:
-        peers = [g for g in adamw if math.isclose(g.weight_decay, m.weight_decay)]
+        # the same coefficient as typed, or the same in PyTorch's convention
+        peers = [g for g in adamw if g.per_step and g.peak_lr > 0 and (
+            math.isclose(g.weight_decay, m.weight_decay)
+            or math.isclose(g.per_step / g.peak_lr, m.weight_decay))]  # fmt: skip
         if not peers:
             continue
         peer = peers[0]
         lr_a, lr_m = peer.peak_lr, m.peak_lr
-        if lr_a <= 0 or lr_m <= 0:
+        if lr_a <= 0 or lr_m <= 0 or not peer.per_step:
             continue
         u_a = lr_a * update_rms(peer.optimizer, peer.group, torch.empty(0))
         for p in m.group["params"]:
             if p.ndim < 2:
                 continue
             u_m = lr_m * update_rms(m.optimizer, m.group, p)
-            match = m.weight_decay * (lr_a / lr_m) * (u_m / u_a) ** 2
+            # the Muon decay per step that settles it as the AdamW tensors settle, over
+            # Muon's lr (its weight_decay is PyTorch's: a step takes lr x wd)
+            match = peer.per_step * (u_m / u_a) ** 2 / lr_m
             if max(match, m.weight_decay) / min(match, m.weight_decay) > HYBRID_TOLERANCE:
                 hit.append(names[id(p)])
                 ratios.append(u_m / u_a)
@@ -634,7 +642,8 @@ def _hybrid(a: Audit, groups: Sequence[_Group], names: Mapping[int, str]) -> Fin
 
 
 def _toward_base(a: Audit) -> Finding | None:
-    hit = _names_of([r for r in a.rows if r.decay_kind != "none" and "lora_" in r.name])
+    hit = _names_of([r for r in a.rows if r.decay_kind != "none" and "lora_" in r.name
+                     and r.decay_toward == "zero"])  # fmt: skip
     if not hit:
         return None
     d = [r.over_run for r in a.rows if r.name in hit and r.over_run is not None]
