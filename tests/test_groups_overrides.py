@@ -303,3 +303,13 @@ def test_invalid_arguments():
         param_groups(model, -0.1, overrides={"latents": 0})
     with pytest.raises(ValueError, match="below the smallest normal float"):
         param_groups(model, {"latents": 1e-320})
+
+
+def test_overrides_that_are_no_mapping_or_scale_past_range_are_refused():
+    model = nn.Linear(3, 3)
+    for bad in (5, "*.bias"):
+        with pytest.raises(ValueError, match="overrides=") as err:
+            param_groups(model, 0.1, overrides=bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="weight"):  # 10 x 1e308 overflows to inf
+        param_groups(model, weight_decay={"*": 10.0, "weight": "x1e308"})

@@ -490,6 +490,11 @@ def _overrides(
         base_is_default = "*" not in given
         base = check_range("weight_decay['*']", given.pop("*", _DEFAULT_WEIGHT_DECAY))
     else:
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ArgumentError(
+                f"overrides={overrides!r} is invalid: expected a mapping {{glob: value}}",
+                "overrides",
+            )
         arg, given = "overrides", dict(overrides or {})
         base_is_default = False
         base = check_range("weight_decay", weight_decay)
@@ -529,7 +534,7 @@ def _override(name: str, value: object, base: float) -> tuple[float, str]:
         except ValueError:
             factor = math.nan
         factor = _nonnegative(name, value, factor)
-        return base * factor, f" = x{factor:g}"
+        return check_range(name, base * factor), f" = x{factor:g}"
     raise ArgumentError(f"{name}={value!r} is invalid: {_OVERRIDE_ACCEPTS}", name)
 
 
