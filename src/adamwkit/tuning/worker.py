@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,7 +134,14 @@ class Worker:
     ) -> None:
         self.prep, self.config, self.splits, self.bar = prep, config, splits, bar
         self.slot = Slot(config.run_dir)
-        self.device = device_for(config.device, self.slot.index, config.devices)
+        from . import distributed
+
+        # under torchrun the device follows the local rank (as the other ranks' do), not
+        # the worker slot: a second torchrun group on the machine gets slot 1 on its rank 0
+        index = int(os.environ.get("LOCAL_RANK", 0)) if distributed.launched() else None
+        self.device = device_for(
+            config.device, self.slot.index if index is None else index, config.devices
+        )
         self.threads = ThreadShare(config.run_dir, config.busy_cores, bar.say, config.threads)
         spec = config.spec
         self.runner = Runner(
