@@ -467,16 +467,19 @@ def test_torchao_low_bit_adamw_when_installed():
     )
 
 
+class Adapters(nn.Module):
+    """Two LoRA matrices and nothing else (no frozen base: only the adapters train)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lora_A = nn.Linear(8, 2, bias=False)
+        self.lora_B = nn.Linear(2, 8, bias=False)
+
+
 def test_every_group_at_zero_against_the_configured_coefficient():
     """LoRA+-style groups built with weight_decay 0 while the user configured a value."""
 
-    class Lora(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lora_A = nn.Linear(8, 2, bias=False)
-            self.lora_B = nn.Linear(2, 8, bias=False)
-
-    model = Lora()
+    model = Adapters()
     groups = [{"params": [model.lora_A.weight], "weight_decay": 0.0, "lr": 1e-4},
               {"params": [model.lora_B.weight], "weight_decay": 0.0, "lr": 1.6e-3}]  # fmt: skip
     report = audit(torch.optim.AdamW(groups, weight_decay=0.05), model)
@@ -569,13 +572,7 @@ def test_adapters_decayed_toward_their_start_are_not_pulled_toward_the_base():
     """decay_toward='init' decays the adapters toward their starting weights (the oracle:
     one real zero-gradient step moves w toward w0, not toward zero), so no finding."""
 
-    class Lora(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lora_A = nn.Linear(8, 2, bias=False)
-            self.lora_B = nn.Linear(2, 8, bias=False)
-
-    model = Lora()
+    model = Adapters()
     opt = AdamW(model.parameters(), lr=0.1, weight_decay=0.1, decay_toward="init")
     report = audit(opt, model, total_steps=1000)
     assert "decay-toward-base" not in report.codes()
