@@ -249,8 +249,9 @@ def _group_errors() -> tuple[type[BaseException], ...]:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    from .study import typed_first_line
+
+    return typed_first_line(err)
 
 
 def _cause(err: BaseException) -> str:

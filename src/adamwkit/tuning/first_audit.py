@@ -57,8 +57,9 @@ __all__ = [
 
 
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    from .study import typed_first_line
+
+    return typed_first_line(err)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -321,6 +321,12 @@ def first_line(err: object) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def typed_first_line(err: BaseException) -> str:
+    """``"ValueError: the first line"`` (the type's name alone when the message is empty)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def _is_schema_race(err: Exception) -> bool:
     text = str(err).lower()
     return "already exists" in text or "duplicate key" in text or "uniqueviolation" in text
