@@ -164,3 +164,46 @@ def test_a_training_step_does_not_wait_for_the_gpu(stacked):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not [w for w in caught if "synchroniz" in str(w.message)]
+
+
+def test_lora_population_on_cuda_matches_one_at_a_time():
+    """A PEFT LoRA population on one frozen GPT-2, on the GPU: each member against its own
+    fit on the GPU, and the base held once there (the population's shared tensors)."""
+    pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+    from adamwkit.tasks.finetune import gpt2_lora_task
+
+    task = gpt2_lora_task()
+    pool, _ = holdout_split(len(task), None, task.test_fraction, 0)
+    folds = make_folds(pool, None, 3, 0)
+    members = [
+        Member(wd, task.lr, torch.as_tensor(tr), torch.as_tensor(va), f)
+        for wd in (0.0, 0.3, 3.0)
+        for f, (tr, va) in enumerate(folds)
+    ]
+    stacked = fit_population(task, members, epochs=task.epochs, batch_size=task.batch_size,
+                             device="cuda")  # fmt: skip
+    for m, r in zip(members, stacked, strict=True):
+        alone = fit(task, m.weight_decay, train_idx=m.train_idx, val_idx=m.val_idx, lr=m.lr,
+                    seed=m.seed, device="cuda")  # fmt: skip
+        assert r.val_losses == pytest.approx(alone.val_losses, rel=1e-4)
+    settings = RunSettings.resolve(task, epochs=1, batch_size=task.batch_size, decay_scale=None,
+                                   schedule=None, warmup_steps=None, device="cuda",
+                                   precision="fp32")  # fmt: skip
+    engine = StackedEngine(task, members, settings)
+    k = len(members)
+    assert engine.shared and all(t.device.type == "cuda" for t in engine.shared.values())
+    assert all(p.shape[0] == k and "lora_" in n for n, p in engine.params.items())
+
+
+def test_gpus_put_each_worker_on_the_listed_gpu(tmp_path, capfd):
+    """devices=[0] with two workers: both train on cuda:0, say so, and reach the CPU's
+    fold losses."""
+    kw = {"folds": 3, "grid": [0.0, 0.05, 0.5], "test": False, "progress": False,
+          "vectorize": "off"}  # fmt: skip
+    cpu = tune("tune_tasks:tiny", out=tmp_path / "cpu", device="cpu", **kw)
+    gpu = tune("tune_tasks:tiny", out=tmp_path / "gpu", devices=[0], workers=2, **kw)
+    err = capfd.readouterr().err
+    assert "worker 0 runs on cuda:0" in err and "worker 1 runs on cuda:0" in err, err
+    for a, b in zip(cpu.summary["candidates"], gpu.summary["candidates"], strict=True):
+        assert b["fold_losses"] == pytest.approx(a["fold_losses"], rel=1e-4)
