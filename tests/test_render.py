@@ -292,3 +292,19 @@ def test_suggest_and_inspect_tables_fit_80_columns():
     # the name is cut in the middle; the numbers and the decision stay whole
     assert rows[0].split()[0].startswith("bert.encoder.") and "…" in rows[0].split()[0]
     assert rows[0].split()[1:] == ["27.7", "no:", "normalisation", "layer"]
+
+
+def test_an_indented_line_wraps_under_its_indent_without_trailing_spaces():
+    """The answer's "why:" line on a 50-column terminal: every wrapped piece keeps the
+    line's 4-space indent, none is wider than the terminal or ends in a space, and the
+    words read as written (oracle: the text itself)."""
+    text = "    why: the lowest held-out loss of 10 candidates (3-fold CV), but weight decay " \
+           "barely matters here"  # fmt: skip
+    console = Console(width=50, highlight=False, file=io.StringIO(), record=True)
+    render.to_rich([render.Line(text, style="dim"), render.Line("Use it", label="Use")], console)
+    lines = console.export_text().splitlines()
+    wrapped, last = lines[:-1], lines[-1]
+    assert len(wrapped) == 3 and last == "Use Use it"
+    assert all(line.startswith("    ") and not line.startswith("     ") for line in wrapped)
+    assert all(len(line) <= 50 and not line.endswith(" ") for line in wrapped)
+    assert " ".join(line.strip() for line in wrapped) == text.strip()

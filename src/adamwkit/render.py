@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -842,7 +843,8 @@ def to_rich(blocks: Sequence[Block], console: Any) -> None:
     """Print the blocks on a ``rich`` console. Every string goes in as ``rich.text.Text``,
     never as markup: a name read from a file (``[red]x[/red]``, ``:fire:``) shows as
     written, neither styled nor turned into an emoji. A table is fitted to the console's
-    width (:meth:`Table.fit`) and printed a row per line, on a terminal or piped."""
+    width (:meth:`Table.fit`) and printed a row per line, on a terminal or piped; an
+    indented line wraps under its indent."""
     from rich.text import Text
 
     for b in blocks:
@@ -852,6 +854,13 @@ def to_rich(blocks: Sequence[Block], console: Any) -> None:
             if b.label:
                 parts.append((f"{b.label} ", "yellow" if b.style == "warn" else "bold"))
                 style = "" if b.style == "warn" else style
+            indent = len(b.text) - len(b.text.lstrip(" "))
+            if indent and not b.label and "\n" not in b.text:  # wraps under its indent
+                text = textwrap.fill(b.text, width=max(console.width, indent + 20),
+                                     subsequent_indent=" " * indent, break_on_hyphens=False,
+                                     break_long_words=False)  # fmt: skip
+                console.print(Text(text, style=style), soft_wrap=True)
+                continue
             parts.append((b.text, style))
             console.print(Text.assemble(*parts))
             continue
