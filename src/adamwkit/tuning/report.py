@@ -51,6 +51,25 @@ LOSS_SHOWN_MAX = 1e30
 REPORT_FILES = ("report.html", "cv_curve.png", "learning_curves.png", "monitor.png")
 
 
+#: The learning curves' y axis is logarithmic when the losses span this factor or more.
+LOG_SPAN = 3.0
+
+
+def short_names(names: list[str], width: int = 34) -> tuple[str, dict[str, str]]:
+    """The dotted prefix every name shares (said once) and each name without it, broken
+    over two lines at a dot when longer than ``width`` characters (a plot's row label)."""
+    prefix = render._common_prefix(names)
+    out = {}
+    for name in names:
+        rest = name[len(prefix) :]
+        if len(rest) > width and "." in rest:
+            dots = [i for i, ch in enumerate(rest) if ch == "."]
+            cut = min(dots, key=lambda i: abs(i - len(rest) / 2))
+            rest = rest[: cut + 1] + "\n" + rest[cut + 1 :]
+        out[name] = rest
+    return prefix, out
+
+
 def _plain_ticks(axis: Any) -> None:
     """Tick labels of a log axis as plain numbers (``0.3``, not ``3 x 10^-1``)."""
     from matplotlib.ticker import FuncFormatter
@@ -205,8 +224,17 @@ def plot_learning_curves(summary: Mapping[str, Any]) -> bytes | None:
     """Each candidate's validation loss against the step it was reported at (the mean over
     folds), coloured by weight decay, as PNG; ``None`` when no run reported a curve.
     Points that are not :func:`shown` are left out."""
+    fig = learning_curves_figure(summary)
+    return None if fig is None else _png(fig)
+
+
+def learning_curves_figure(summary: Mapping[str, Any]) -> Any:
+    """The figure of :func:`plot_learning_curves` (``None``: no curve). The y axis is
+    logarithmic when the losses span ``LOG_SPAN`` or more, else linear; the steps are
+    whole numbers."""
     import matplotlib
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     lines = []
     for c in summary["candidates"]:
@@ -234,14 +262,16 @@ def plot_learning_curves(summary: Mapping[str, Any]) -> bytes | None:
         label = f"wd {wd:.3g}" + (f", lr {c['lr']:.3g}" if len(lrs) > 1 else "")
         ax.plot(steps, values, style, color=color, lw=2.2 if best else 1.1,
                 label=label + (" (best)" if best else ""))  # fmt: skip
-    if all(v > 0 for _, _, vals in lines for v in vals):
-        ax.set_yscale("log")
-        _plain_ticks(ax.yaxis)
+    every = [v for _, _, vals in lines for v in vals]
+    if min(every) > 0 and max(every) >= LOG_SPAN * min(every):
+        ax.set_yscale("log")  # losses falling over decades; a narrow range stays linear,
+        _plain_ticks(ax.yaxis)  # where a log axis may show no labelled tick at all
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step reported (trial.report); epochs for built-in tasks")
     ax.set_ylabel("validation loss, mean over folds")
     ax.set_title(f"{summary['task']}: learning curves", fontsize=10)
     _legend_below(ax, 4, 7)
-    return _png(fig)
+    return fig
 
 
 MONITORED = ("best", "one_se", "zero")
@@ -274,6 +304,7 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
     decayed = [j for j in range(len(ref.tensors)) if np.any(ref.decay[:, j] > 0)]
     chosen = sorted(decayed or range(len(ref.tensors)), key=lambda j: -ref.tensors[j].numel)
     names = [ref.tensors[j].name for j in chosen[:layers]]
+    prefix, label_of = short_names(names)
     fig = figure(figsize=(9, 2.4 * len(names)), dpi=100)
     axes = fig.subplots(len(names), 2, squeeze=False)
     invariant = {label: log.scale_invariant() for label, log in logs.items()}
@@ -295,7 +326,7 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
             angle_ax.plot(steps, log.angle[:, j], color=color, lw=0.8, alpha=0.8)
             if np.any(log.decay[:, j] > 0):
                 angle_ax.plot(steps, log.pred_angle[:, j], "--", color=color, lw=0.9)
-            norm_ax.set_ylabel(layer, fontsize=8)
+            norm_ax.set_ylabel(label_of[layer], fontsize=8)
     for row in range(len(names)):
         for col in range(2):
             ax = axes[row][col]
@@ -308,6 +339,8 @@ def plot_monitor(run_dir: Path, summary: Mapping[str, Any], layers: int = 4) -> 
     axes[0][0].set_title("weight norm (dashed: equilibrium norm, scale-invariant layers)",
                          fontsize=9)  # fmt: skip
     axes[0][1].set_title("angular update, rad/step (dashed: prediction)", fontsize=9)
+    if prefix:  # said once, above the plots, rather than in every row's label
+        fig.suptitle(f"layers under {prefix}", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
     if handles:  # under the plots, where it covers no curve
