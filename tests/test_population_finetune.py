@@ -139,7 +139,6 @@ def test_lora_base_is_stored_once():
     estimate = population_memory(task, 16)
     assert estimate.shared == base_bytes
     assert estimate.per_member >= 5 * adapter_bytes  # + activations
-    assert estimate.members_within(base_bytes + 6 * estimate.per_member) == 6
 
     # a step leaves the shared base in place and unchanged; the adapters move
     pointers = {n: t.untyped_storage().data_ptr() for n, t in engine.shared.items()}

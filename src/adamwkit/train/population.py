@@ -1,11 +1,12 @@
 """Population training: many (weight decay, lr, fold) candidates trained at once as one model.
 
 The members' trainable tensors are stacked along a new dim 0. Frozen parameters
-(``requires_grad=False``) and buffers that are the same in every member (the pretrained base
-of a fine-tune: a PEFT LoRA model, adapters on plain modules, a frozen embedding) are held
-once and shared by every member (``vmap`` ``in_dims=None``): memory is the base once plus
-k times each member's trainable weights, gradients, Adam's moments and activations
-(:class:`PopulationMemory`). A frozen tensor that differs between members is stacked too. A
+(``requires_grad=False``) that are the same in every member (the pretrained base of a
+fine-tune: a PEFT LoRA model, adapters on plain modules, a frozen embedding) are held once
+and shared by every member (``vmap`` ``in_dims=None``): memory is the base once plus k
+times each member's trainable weights, gradients, Adam's moments and activations
+(:class:`PopulationMemory`). A frozen parameter that differs between members is stacked
+too, and so is every buffer (a model may update one in its forward, per member). A
 plain MLP then runs as batched matrix products (:func:`stacked_forward`); any other model
 through one ``torch.func.vmap`` of ``torch.func.functional_call``. Every member gets its
 own initial weights (``torch.manual_seed(seed)`` then ``task.model()``, as :func:`fit`
@@ -127,11 +128,12 @@ class PopulationMemory:
     r"""Bytes of a stacked population of ``members`` members:
     :math:`\mathrm{shared} + k \cdot \mathrm{per\_member}`.
 
-    ``shared``: the tensors held once for every member (frozen parameters and buffers that
-    are the same in every member: a fine-tune's pretrained base), each storage counted
-    once. ``per_member``: what each member adds (its trainable weights, their gradients and
-    Adam's two moments, a reference copy with ``decay_toward="init"``, any frozen tensor
-    that differs between members, and, in :func:`population_memory`'s estimate, the
+    ``shared``: the tensors held once for every member (frozen parameters that are the
+    same in every member: a fine-tune's pretrained base), each storage counted once.
+    ``per_member``: what each member adds (its trainable weights, their gradients and
+    Adam's two moments, a reference copy with ``decay_toward="init"``, its buffers, any
+    frozen parameter that differs between members, and, in :func:`population_memory`'s
+    estimate, the
     activations a batch keeps for the backward pass).
     """
 
@@ -167,8 +169,8 @@ def population_memory(
     task: Task, batch_size: int, model: nn.Module | None = None
 ) -> PopulationMemory:
     """Rough memory of a stacked population of ``task``'s model, before building one: the
-    frozen parameters and buffers once (shared: assumed the same in every member, as a
-    fine-tune's base is), and per member 5 x its trainable weights (the weights, their
+    frozen parameters once (shared: assumed the same in every member, as a fine-tune's
+    base is), and per member its buffers and 5 x its trainable weights (the weights, their
     gradients, Adam's two moments, and the copy made while stacking; 6 x with
     ``decay_toward="init"``, whose reference is one more copy) plus 3 x the activations of
     a batch (the forward's outputs, kept for the backward pass, and their gradients).
@@ -202,7 +204,8 @@ def population_memory(
         model.train(was_training)
     copies = 6 if getattr(task, "decay_toward", "zero") == "init" else 5
     per_member = copies * weights + 3 * batch_size * activations // n
-    return PopulationMemory(_storage_bytes([*frozen, *model.buffers()]), per_member)
+    per_member += _storage_bytes(model.buffers())
+    return PopulationMemory(_storage_bytes(frozen), per_member)
 
 
 def member_bytes(task: Task, batch_size: int, model: nn.Module | None = None) -> int:
@@ -443,11 +446,12 @@ class StackedEngine:
     """Every member's model stacked along dim 0, stepped by the population ``adamw_step``:
     the stacked member of the loop core (:func:`adamwkit.train.loop.run_epochs`).
 
-    ``stacked`` holds the tensors with a member dim: the trainable ones, and any frozen
-    parameter or buffer that differs between members. ``shared`` holds every other tensor
-    once, under each of its names (a tied frozen weight under all of them), the same
-    tensors the first member's model had: every member reads them, none copies them.
-    :meth:`memory` counts both.
+    ``stacked`` holds the tensors with a member dim: the trainable ones, any frozen
+    parameter that differs between members, and every buffer. ``shared`` holds every other
+    tensor once, under each of its names (a tied frozen weight under all of them): the
+    first member's tensors, moved to the device, which every member reads and none copies.
+    :meth:`memory` counts both. The module ``functional_call`` runs is a copy on the meta
+    device: the factory's modules are neither moved nor changed.
     """
 
     def __init__(
@@ -460,8 +464,11 @@ class StackedEngine:
         device, decay_scale = settings.device, settings.decay_scale
         self.task, self.members, self.device = task, members, device
         self.precision = settings.precision
-        # Members are built one at a time: a tensor equal to the first member's is kept
-        # once (the first member's tensor), so a fine-tune's base is never held k times.
+        # Members are built one at a time, where the factory builds them (the CPU, usually):
+        # a frozen parameter equal to the first member's is kept once (the first member's
+        # tensor), so a fine-tune's base is never held k times, nor twice while building.
+        # Buffers are always stacked: a model may update one in its forward (a running
+        # mean), which one tensor shared by every member cannot hold per member.
         first: nn.Module | None = None
         names: list[str] = []
         values: dict[str, list[Tensor]] = {}
@@ -473,12 +480,13 @@ class StackedEngine:
                 refusal = vectorize_refusal(model)
                 if refusal:
                     raise ValueError(f"model is not vectorizable: {refusal}")
-            model = model.to(device)
             tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
             if first is None:
                 first, names = model, list(tensors)
                 values = {n: [t.detach()] for n, t in tensors.items()}
+                param_names = {n for n, _ in model.named_parameters()}
                 trainable = {n for n, t in tensors.items() if t.requires_grad}
+                differs = {n for n in names if n not in param_names}  # the buffers
                 continue
             for n, t in tensors.items():
                 kept = values[n][0]
@@ -487,14 +495,16 @@ class StackedEngine:
                         differs.add(n)
                         values[n] = values[n] * i  # the members so far all had the first's
                     values[n].append(t.detach())
-            del model
+            del model, tensors
         assert first is not None
         stacked = {
-            n: torch.stack(values[n]).requires_grad_(n in trainable)
+            n: torch.stack(values[n]).to(device).requires_grad_(n in trainable)
             for n in names
             if n in trainable or n in differs
         }
-        shared = {n: values[n][0] for n in names if n not in stacked}
+        # moved as tensors, not as a module: a base the factory holds (built once, wrapped
+        # with fresh adapters each call) stays where it was, for the caller's next use
+        shared = {n: values[n][0].to(device) for n in names if n not in stacked}
         # every other name of a shared tensor (a tied head) points at the same tensor
         for alias, n in _aliases(first).items():
             if n not in shared:
@@ -507,9 +517,9 @@ class StackedEngine:
         self.stacked, self.shared = stacked, shared
         params = stacked
         self.params = stacked  # the stacked tensors (the name the loop and tests know)
-        # the module functional_call runs: its structure only (every tensor is passed in);
-        # the tensors kept above still hold their storage
-        self.base = first.to("meta")
+        # the module functional_call runs: its structure only (every tensor is passed in),
+        # a copy on the meta device, so the caller's modules are never changed
+        self.base = _meta_copy(first)
         # each tensor's coefficient as a multiple of the member's value, or a fixed value
         # when an override sets one (it does not move with the base): the two plans say
         one = param_groups(first, weight_decay=1.0, **task.param_groups).plan
@@ -672,6 +682,19 @@ class StackedEngine:
                         for n in self.trainable)  # fmt: skip
         state = (4 if self.toward_init else 3) * trainable
         return PopulationMemory(_storage_bytes(self.shared.values()), (stacked + state) // k, k)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the meta device (its
+    structure, no data): no tensor of ``model`` is copied, moved or changed."""
+    import copy
+
+    memo: dict[int, Any] = {}
+    for t in model.parameters():
+        memo[id(t)] = nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
+    for t in model.buffers():
+        memo[id(t)] = torch.empty_like(t, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:
