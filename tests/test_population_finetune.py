@@ -316,3 +316,17 @@ def test_tune_cli_runs_the_lora_population(tmp_path, capsys):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stacking"]["mode"] == "on" and summary["stacking"]["members"] == 6
     check_tuned(task, summary["candidates"])
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"length": 1}, "length=1 is invalid: expected a whole number >= 2"),
+    ({"n_examples": 1}, "n_examples=1 is invalid: expected a whole number >= 2"),
+    ({"rank": 0}, "rank=0 is invalid: expected a whole number >= 1"),
+    ({"rank": 2.5}, "rank=2.5 is invalid"),
+    ({"n_embd": 30, "n_head": 4}, "n_embd=30 is invalid: expected a multiple of n_head=4"),
+    ({"decay_toward": "base"}, "decay_toward='base' is invalid: expected one of 'zero', 'init'"),
+])  # fmt: skip
+def test_gpt2_lora_task_refuses_bad_arguments_naming_them(kw, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        gpt2_lora_task(**kw)
+    assert "\n" not in str(caught.value)

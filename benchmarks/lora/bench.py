@@ -30,11 +30,12 @@ import adamwkit
 GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def run(vectorize: str, out: str, device: str) -> tuple[float, adamwkit.TuneResult]:
+def run(vectorize: str, out: str, device: str, threads: int) -> tuple[float, adamwkit.TuneResult]:
     start = time.perf_counter()
     result = adamwkit.tune(bench_task.stdlib_lora(), grid=list(GRID), folds=3, out=out,
                            vectorize=vectorize, test=False, progress=False, extend=0,
-                           study=f"bench-{vectorize}", device=device)  # fmt: skip
+                           study=f"bench-{vectorize}", device=device,
+                           threads=threads)  # fmt: skip
     return time.perf_counter() - start, result
 
 
@@ -50,7 +51,7 @@ def main() -> None:
         seconds = {}
         results = {}
         for vectorize in ("off", "on"):
-            seconds[vectorize], results[vectorize] = run(vectorize, out, a.device)
+            seconds[vectorize], results[vectorize] = run(vectorize, out, a.device, a.threads)
     losses = {v: {c["weight_decay"]: c["mean"] for c in r.summary["candidates"]}
               for v, r in results.items()}  # fmt: skip
     gap = max(abs(losses["on"][w] - losses["off"][w]) / abs(losses["off"][w]) for w in GRID)

@@ -260,7 +260,8 @@ def check(name: str, value: Any) -> Any:
     ``folds=1 is invalid: expected a whole number >= 2``.
 
     Constraints between options (``grid_max >= grid_min``, ``batch_size`` at most the
-    examples a fold trains on) and those that need the machine (``device``, ``storage``)
+    examples a fold trains on) and those that need the machine (``device``, ``devices``,
+    ``storage``)
     are :func:`adamwkit.tune`'s own.
 
     Example: ``check("seed", 3.0) == 3``.
