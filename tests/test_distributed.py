@@ -135,8 +135,17 @@ def test_cli_runs_each_fold_once_on_every_rank(tmp_path: Path) -> None:
     assert proc.stdout.count("Best weight decay") == 1, _show(proc)  # rank 0 alone prints
 
 
-def test_api_runs_each_fold_once_and_every_rank_gets_the_result(tmp_path: Path) -> None:
-    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
+@pytest.mark.parametrize("call", ["tune", "plan"])
+def test_api_runs_each_fold_once_and_every_rank_gets_the_result(tmp_path: Path, call: str) -> None:
+    """adamwkit.tune(...) and adamwkit.tuning.plan(...).run() alike (plan().run() once ran
+    a study per rank, each rank's DDP averaging another trial)."""
+    script = textwrap.dedent(SCRIPT)
+    if call == "plan":
+        script = script.replace("adamwkit.tune(", "adamwkit.tuning.plan(").replace(
+            "out=sys.argv[1])", "out=sys.argv[1]).run()"
+        )
+        assert "plan(" in script and ".run()" in script
+    (tmp_path / "script.py").write_text(script)
     out = tmp_path / "out"
     out.mkdir()
     proc = _torchrun(tmp_path, [str(tmp_path / "script.py"), str(out)])
@@ -230,15 +239,34 @@ def test_launched_reads_torchrun_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert distributed.rank() == 1
 
 
-@pytest.mark.parametrize(
-    ("option", "flag_name"), [({"workers": 2}, "workers"), ({"vectorize": "on"}, "vectorize")]
-)
+@pytest.mark.parametrize(("option", "flag_name"), [
+    ({"workers": 2}, "workers"), ({"vectorize": "on"}, "vectorize"),
+    ({"trial_timeout": 5.0}, "trial_timeout"),
+])  # fmt: skip
 def test_what_a_group_cannot_do_is_one_line(tmp_path: Path, option: dict, flag_name: str) -> None:
     p = plan("digits", folds=2, grid=[0.0, 0.01], out=tmp_path, progress=False, examples=None,
              **option)  # fmt: skip
     with pytest.raises(ValueError, match=f"{flag_name}.*invalid under torchrun") as err:
         distributed.check(p)
     assert "\n" not in str(err.value) and getattr(err.value, "names", ()) == (flag_name,)
+
+
+def test_two_processes_on_one_gpu_are_refused(tmp_path: Path, monkeypatch) -> None:
+    """--gpus 0,1 under torchrun with 4 processes per node would put two ranks on one GPU
+    (gpus[r mod n]), which nccl refuses: one line before the group starts."""
+    from adamwkit import _device
+
+    monkeypatch.setattr(_device, "cuda_count", lambda: 4)
+    monkeypatch.setattr(_device, "free_bytes", lambda device: 2**33)
+    for name, value in (("WORLD_SIZE", "4"), ("LOCAL_WORLD_SIZE", "4"), ("RANK", "0")):
+        monkeypatch.setenv(name, value)
+    p = plan("digits", folds=2, grid=[0.0, 0.01], out=tmp_path, progress=False, devices="0,1")
+    with pytest.raises(ValueError, match=r"devices='0,1' is invalid under torchrun with 4 "
+                       r"processes per node: expected at least 4 GPUs") as err:  # fmt: skip
+        distributed.check(p)
+    assert "\n" not in str(err.value)
+    distributed.check(plan("digits", folds=2, grid=[0.0, 0.01], out=tmp_path, progress=False,
+                           devices="0,1,2,3"))  # fmt: skip  # one GPU per process: fine
 
 
 def test_gloo_errors_are_shortened() -> None:

@@ -104,6 +104,18 @@ def test_the_api_and_the_cli_refuse_the_same_devices(gpus, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_fewer_workers_than_gpus_are_refused_by_the_api_and_the_cli(gpus, tmp_path, capsys):
+    """--workers 2 --gpus 0,1,2,3 would leave GPUs 2 and 3 idle."""
+    with pytest.raises(ValueError, match=r"workers=2 is invalid with devices='0,1,2,3': "
+                       r"expected at least 4 workers"):  # fmt: skip
+        plan("digits", devices="0,1,2,3", workers=2, out=tmp_path)
+    code = cli.main(["tune", "--gpus", "0,1,2,3", "--workers", "2", "--quiet", "--out",
+                     str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--workers=2 is invalid with" in err and len(err.strip().splitlines()) == 1
+    assert plan("digits", devices="0,1", workers=4, out=tmp_path).config.workers == 4  # 2 a GPU
+
+
 def test_transfer_refuses_gpus(gpus, tmp_path, capsys):
     code = cli.main(["tune", "--transfer", "--gpus", "0,1", "--quiet", "--out", str(tmp_path)])
     assert code == 2 and "--gpus" in capsys.readouterr().err

@@ -6,7 +6,7 @@
 - ``devices`` (``--gpus 0,1,2,3``): the GPUs a tune run places its work on
   (:func:`check_devices`, :func:`device_for`): worker ``i`` on GPU ``devices[i mod n]``
   (one worker per GPU by default), or under ``torchrun`` local rank ``r`` on
-  ``devices[r mod n]`` (one run over several GPUs). :func:`members_on` packs stacked
+  ``devices[r]`` (one run over several GPUs, a GPU per process). :func:`members_on` packs stacked
   members on one GPU by its measured free memory, or by ``max_memory`` GiB per GPU.
 - ``precision``: ``"fp32"`` (weights, gradients and optimizer state in the model's dtype)
   or ``"bf16"``: the forward pass and the loss run under ``torch.autocast`` with

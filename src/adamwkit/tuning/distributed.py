@@ -10,7 +10,7 @@ reads them, and :func:`run` then runs the plan as one distributed group:
   this module's messages (any default backend works underneath the user's DDP);
 - the ranks check that they run the same study (a rank started with other arguments is
   one line naming it, on every rank);
-- rank 0 runs the study as a single worker would (:meth:`.planning.TunePlan.run`): it
+- rank 0 runs the study as a single worker would (:func:`.protocol.run_plan`): it
   claims candidates from the storage, and for each run it sends the run's :class:`Trial`
   (weight decay, lr, fold, indices, seed, precision...) to the other ranks, calls the
   objective itself, then gathers how the run ended on every rank. Rank 0 alone records
@@ -374,12 +374,14 @@ def _on_sigterm(leader: Leader) -> Iterator[None]:
 
 
 def _lead(plan: TunePlan, group: Group) -> TuneResult:
+    from .protocol import run_plan
+
     leader = Leader(plan.prepared.objective, group)
     prepared = dataclasses.replace(plan.prepared, objective=leader)
     wrapped = dataclasses.replace(plan, prepared=prepared)
     with _on_sigterm(leader):
         try:
-            result = wrapped.run()
+            result = run_plan(wrapped)  # as one worker (TunePlan.run would come back here)
         except BaseException as err:
             if leader.lost is None:
                 with contextlib.suppress(Exception):  # best effort: the others stop too
@@ -462,6 +464,23 @@ def check(plan: TunePlan) -> None:
             "vectorize='on' is invalid under torchrun: each run spans the processes "
             "torchrun started, one run at a time",
             "vectorize",
+        )
+    if config.trial_timeout is not None:
+        raise ArgumentError(
+            f"trial_timeout={config.trial_timeout:g} is invalid under torchrun: a rank "
+            "waiting inside a collective cannot be stopped by its timer, so the others "
+            "would wait for the process group's timeout; leave it unset (torchrun's own "
+            "timeouts apply)",
+            "trial_timeout",
+        )
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if config.devices and per_node > len(config.devices):
+        given = ",".join(map(str, config.devices))
+        raise ArgumentError(
+            f"devices='{given}' is invalid under torchrun with {per_node} processes per "
+            f"node: expected at least {per_node} GPUs, one per process (two processes on "
+            "one GPU are refused by nccl)",
+            "devices",
         )
 
 

@@ -70,8 +70,12 @@ class TunePlan:
     notes: tuple[str, ...] = ()
 
     def run(self) -> TuneResult:
-        """Run the study (resuming what is recorded), summarize, and write the report."""
-        return run_plan(self)
+        """Run the study (resuming what is recorded), summarize, and write the report.
+        Under torchrun (``WORLD_SIZE`` > 1) each run spans the group's processes, as in
+        :func:`adamwkit.tune` (:mod:`adamwkit.tuning.distributed`)."""
+        from . import distributed
+
+        return distributed.run(self) if distributed.launched() else run_plan(self)
 
 
 def plan(objective: Any = "digits", **options: Any) -> TunePlan:
@@ -215,6 +219,14 @@ def _process(kw: dict[str, Any]) -> dict[str, Any]:
     devices = check_devices(kw["devices"], device)
     from . import distributed
 
+    if devices is not None and 1 < checked["workers"] < len(devices):
+        given = ",".join(map(str, devices))
+        raise ArgumentError(
+            f"workers={checked['workers']} is invalid with devices='{given}': expected at "
+            f"least {len(devices)} workers, one per GPU (or list only the GPUs to use), "
+            "else some GPUs would stay idle",
+            "workers",
+        )
     if devices is not None and checked["workers"] == 1 and not distributed.launched():
         checked["workers"] = len(devices)  # a worker per GPU (under torchrun: a rank per GPU)
     return {

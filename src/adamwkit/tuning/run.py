@@ -129,7 +129,7 @@ def tune(
     runs train. ``devices`` (``"0,1,2,3"`` or ``[0, 1, 2, 3]``; ``--gpus``) places them on
     those GPUs: worker i on ``devices[i mod n]``, one worker per GPU unless ``workers``
     says more, stacked members packed by each GPU's free memory (``max_memory``: GiB per
-    GPU); under ``torchrun``, local rank r on ``devices[r mod n]``.
+    GPU); under ``torchrun``, local rank r on ``devices[r]`` (one GPU per process).
 
     ``vectorize`` (``"auto"``, ``"on"``, ``"off"``) trains a Task's claimed candidates and
     folds together as one stacked model (:func:`adamwkit.train.fit_population`); ``"auto"``
@@ -183,6 +183,4 @@ def tune(
         devices=devices,
         precision=precision, trial_timeout=trial_timeout,
     )  # fmt: skip
-    from . import distributed
-
-    return distributed.run(p) if distributed.launched() else p.run()
+    return p.run()  # under torchrun, through adamwkit.tuning.distributed
