@@ -48,6 +48,9 @@ def objective(trial):
             if not os.path.exists(marker + ".slept"):  # outside any collective: torchrun's
                 open(marker + ".slept", "w").close()  # SIGTERM is how rank 0 hears of it
                 time.sleep(120)
+    stall = os.environ.get("DIST_STALL")  # before the collective: rank 0 waits in it
+    if stall and rank == 1 and trial.weight_decay == float(stall):
+        raise ValueError("rank 1 fails before the all-reduce")
     t = torch.tensor([trial.weight_decay], dtype=torch.float64)
     dist.all_reduce(t)  # the group the objective's DDP would use
     assert abs(t.item() - dist.get_world_size() * trial.weight_decay) < 1e-12
@@ -74,10 +77,24 @@ dist.destroy_process_group()
 """
 
 
+STALL_SCRIPT = """
+import datetime, sys
+import torch.distributed as dist
+import adamwkit
+
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=5))
+adamwkit.tune("dobj:objective", examples=20, lr=0.01, folds=2, grid=[0.0, 0.01, 0.1],
+              extend=0, test=False, progress=False, out=sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
-    env.update(OMP_NUM_THREADS="1", DIST_LOG=str(tmp_path / "log.jsonl"), **extra)
+    # CPU processes on gloo on any machine (on one GPU, two ranks would be refused)
+    env.update(OMP_NUM_THREADS="1", DIST_LOG=str(tmp_path / "log.jsonl"), CUDA_VISIBLE_DEVICES="",
+               **extra)  # fmt: skip
     env.pop("ADAMWKIT_STORAGE", None)
     return env
 
@@ -209,6 +226,46 @@ def test_an_error_on_another_rank_fails_that_candidate_naming_the_rank(tmp_path:
     assert by_wd[0.0]["state"] == by_wd[0.01]["state"] == "complete"
 
 
+def test_an_error_while_the_others_wait_in_a_collective_stops_and_a_rerun_retries(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 fails before the all-reduce rank 0 waits in: rank 0 waits for the group's
+    timeout (5 s here), after which gloo's default group is broken. The run fails naming
+    both ranks' errors, every rank stops (the runs after it would fail on the broken
+    group), and a rerun retries that candidate and runs the rest."""
+    (tmp_path / "script.py").write_text(textwrap.dedent(STALL_SCRIPT))
+    out = tmp_path / "out"
+    first = _torchrun(tmp_path, [str(tmp_path / "script.py"), str(out)], DIST_STALL="0.01")
+    assert first.returncode != 0, _show(first)
+    assert first.stderr.count("GroupLost: the default process group broke during a run") == 2
+    assert _summary(tmp_path)["state"] == "interrupted"
+    assert {w for _, w, _ in _log(tmp_path)} == {0.0, 0.01}  # 0.1 was not started
+    import optuna
+
+    from adamwkit.tuning import study as schema
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(out / "dobj.objective" / "study.journal")))  # fmt: skip
+    trials = optuna.load_study(study_name="dobj.objective", storage=storage).get_trials()
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.params["weight_decay"] for t in failed] == [0.01]
+    reason = failed[0].user_attrs[schema.FAIL_REASON]
+    assert reason.startswith("GroupBroken: rank 0: RuntimeError: ") and "\n" not in reason
+    assert "; rank 1: ValueError: rank 1 fails before the all-reduce; then the default " in reason
+    assert "gloo/transport" not in reason  # gloo's source location left out
+    assert failed[0].user_attrs[schema.ERROR]  # an error: retried
+    before = len(_log(tmp_path))
+
+    second = _torchrun(tmp_path, [str(tmp_path / "script.py"), str(out)])
+    assert second.returncode == 0, _show(second)
+    summary = _summary(tmp_path)
+    assert summary["state"] == "complete"
+    assert all(c["state"] == "complete" for c in summary["candidates"])
+    rerun = Counter(_log(tmp_path)[before:])
+    assert set(rerun) == {(r, w, f) for r in (0, 1) for w in (0.01, 0.1) for f in range(FOLDS)}
+    assert all(n == 1 for n in rerun.values())
+
+
 def test_a_rank_started_with_other_arguments_is_refused_on_every_rank(tmp_path: Path) -> None:
     script = tmp_path / "other.py"
     script.write_text(
@@ -267,6 +324,32 @@ def test_two_processes_on_one_gpu_are_refused(tmp_path: Path, monkeypatch) -> No
     assert "\n" not in str(err.value)
     distributed.check(plan("digits", folds=2, grid=[0.0, 0.01], out=tmp_path, progress=False,
                            devices="0,1,2,3"))  # fmt: skip  # one GPU per process: fine
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--workers", "2"], "--workers=2 is invalid under torchrun"),
+    (["--vectorize", "on"], "--vectorize='on' is invalid under torchrun"),
+    (["--trial-timeout", "5"], "--trial-timeout=5 is invalid under torchrun"),
+    (["--gpus", "0,1"], "--gpus='0,1' is invalid under torchrun with 4 processes per node: "
+                        "expected at least 4 GPUs, one per process"),
+])  # fmt: skip
+def test_the_command_refuses_the_same_in_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, args: list[str], said: str
+) -> None:
+    """Rank 0 of a torchrun group of 4 on one machine (its environment; no process starts):
+    each refusal before the group would start, as in the API."""
+    from adamwkit import _device, cli
+
+    monkeypatch.setattr(_device, "cuda_count", lambda: 4)
+    monkeypatch.setattr(_device, "free_bytes", lambda device: 2**33)
+    env = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(["tune", *args, "--folds", "2", "--grid", "0,0.01", "--quiet", "--out",
+                     str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and said in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_gloo_errors_are_shortened() -> None:

@@ -201,3 +201,41 @@ def test_under_torchrun_gpus_do_not_start_a_worker_each(gpus, tmp_path, monkeypa
     monkeypatch.setattr(distributed, "launched", lambda: True)
     p = plan("digits", devices="0,1", out=tmp_path, progress=False)
     assert p.config.devices == (0, 1) and p.config.workers == 1
+
+
+def test_under_torchrun_each_local_rank_gets_a_gpu_of_its_own(gpus, tmp_path, monkeypatch):
+    """torchrun with 4 processes per node: local rank r on gpus[r], so --gpus must list 4;
+    without --gpus, the machine must have 4. Two ranks on one GPU (nccl: "Duplicate GPU
+    detected") are one line naming the argument before the group starts."""
+    from adamwkit.tuning import distributed
+
+    for name, value in {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "0",
+                        "LOCAL_RANK": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+    def with_(**config):
+        p = plan("digits", out=tmp_path, progress=False)
+        return dataclasses.replace(p, config=dataclasses.replace(p.config, **config))
+
+    for given in ((0, 1, 2, 3), (3, 1, 2, 0), (0, 1, 2, 3, 4)):
+        distributed.check(with_(devices=given))
+        ranks = [distributed._device(with_(devices=given).config, r) for r in range(4)]
+        assert ranks == [torch.device("cuda", k) for k in given[:4]]  # one GPU each
+    with pytest.raises(ValueError, match=r"devices='2,3' is invalid under torchrun with 4 "
+                       r"processes per node: expected at least 4 GPUs") as err:  # fmt: skip
+        distributed.check(with_(devices=(2, 3)))
+    assert "\n" not in str(err.value) and err.value.names == ("devices",)
+    distributed.check(with_(device="auto"))  # 4 GPUs, 4 processes
+    distributed.check(with_(device="cpu"))  # gloo: any number of processes
+    one = r"device='cuda:1' is invalid under torchrun with 4 processes per node: every process"
+    with pytest.raises(ValueError, match=one + " would train on that one GPU"):
+        distributed.check(with_(device="cuda:1"))
+    monkeypatch.setattr(_device, "cuda_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device='auto' is invalid under torchrun with 4 "
+                       r"processes per node on this machine's 2 CUDA devices: expected at "
+                       r"least 4 GPUs") as err:  # fmt: skip
+        distributed.check(with_(device="auto"))
+    assert "\n" not in str(err.value) and err.value.names == ("device",)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # a process per machine: nothing shared
+    distributed.check(with_(device="auto"))
+    distributed.check(with_(devices=(1,)))

@@ -25,7 +25,13 @@ of memory, ``os._exit``) is noticed by rank 0 through the broken group, or throu
 SIGTERM with which ``torchrun`` stops the group: the run fails with one line naming the
 rank and its process (``RankLost``), recorded as an error so that the same command run
 again retries it (its finished folds kept); rank 0 then stops (:class:`GroupLost`) and
-the summary says the run was interrupted. ``trial_timeout`` is enforced on every rank.
+the summary says the run was interrupted. An error on one rank while the others wait
+inside a collective of the objective (its DDP) holds them until the default group's
+timeout, after which that group is broken: on gloo, every rank checks it after a run that
+failed on some rank, and the run fails with every rank's error (:class:`GroupBroken`),
+then every rank stops (:class:`GroupLost`); on nccl, torch's watchdog ends the processes
+whose collective timed out. ``trial_timeout`` is refused: a rank blocked in a collective
+cannot run its timer's handler, so its time limit would not hold.
 
 Why not Optuna's ``TorchDistributedTrial``: it mirrors one ``optuna.Trial``'s
 ``suggest_*`` and ``report`` calls from rank 0 to the others, inside ``study.optimize``.
@@ -62,7 +68,16 @@ if TYPE_CHECKING:
     from .planning import TunePlan
     from .protocol import TuneResult
 
-__all__ = ["GroupLost", "LeaderFailed", "RankFailed", "RankLost", "launched", "rank", "run"]
+__all__ = [
+    "GroupBroken",
+    "GroupLost",
+    "LeaderFailed",
+    "RankFailed",
+    "RankLost",
+    "launched",
+    "rank",
+    "run",
+]
 
 #: How long a rank waits on this module's group (for the next run, while rank 0 waits on
 #: other workers of the storage; or for the others' end of a run). A dead rank is noticed
@@ -87,8 +102,15 @@ class RankLost(RuntimeError):
 
 
 class RankFailed(RuntimeError):
-    """The objective failed on another rank (its error, or its time limit): that run
-    fails, naming the rank (its traceback is in that rank's output)."""
+    """The objective failed on another rank: that run fails, naming the rank (its
+    traceback is in that rank's output)."""
+
+
+class GroupBroken(RuntimeError):
+    """A run failed on some rank and the default process group broke with it (a rank that
+    waited in a collective of the objective timed out): that run fails (recorded as an
+    error, so a rerun retries it), and the command stops, since every later run would
+    fail on the broken group."""
 
 
 class GroupLost(BaseException):
@@ -264,6 +286,13 @@ def _cause(err: BaseException) -> str:
     return text.split(" [", 1)[0] if text.startswith("Connection closed") else text
 
 
+def _short(err: BaseException) -> str:
+    """An error as one line, a collective's without gloo's source location."""
+    if str(err).startswith("["):
+        return f"{type(err).__name__}: {_cause(err)}"
+    return _reason(err, None)
+
+
 def _reason(err: BaseException, timeout: float | None) -> str:
     """What a run's failure on one rank is recorded as (one line)."""
     if isinstance(err, TrialTimeout):
@@ -273,8 +302,27 @@ def _reason(err: BaseException, timeout: float | None) -> str:
     return _first_line(err)
 
 
+def _default_group_error() -> str:
+    """After a run that failed on some rank: whether the default group still works ("" if
+    so, else why not). A rank that failed while the others waited in a collective of the
+    objective leaves them to the group's timeout, and gloo's group is broken after it (each
+    later collective fails at once), so the ranks stop rather than fail every later run.
+    Only gloo is probed: nccl's watchdog ends a process whose collective timed out (rank 0
+    then stops through :class:`RankLost`), and a probe there would need each rank's GPU."""
+    import torch.distributed as dist
+
+    try:
+        if dist.get_backend() != "gloo":
+            return ""
+        dist.barrier()
+    except _group_errors() as err:
+        return _cause(err) or type(err).__name__
+    return ""
+
+
 def _device(config: TuneConfig, local_rank: int) -> torch.device:
-    """Local rank r's device: ``devices[r mod n]`` (``--gpus``), else GPU r mod count."""
+    """Local rank r's device: ``devices[r]`` (``--gpus``), else GPU r (:func:`check`
+    refuses fewer GPUs than processes per node)."""
     return device_for(config.device, local_rank, getattr(config, "devices", None))
 
 
@@ -295,13 +343,13 @@ class Leader:
         self.lost: str | None = None
         self.in_run = False  # SIGTERM then fails the run in progress
         self.losing = False  # the group is known broken: SIGTERM changes nothing
+        self.broken: str | None = None  # the default group broke: the next call stops
         self.__name__ = getattr(objective, "__name__", type(objective).__name__)
 
     def __call__(self, trial: Trial) -> Any:
-        if self.lost is not None:
-            raise GroupLost(
-                f"{self.lost}: stopping; run the same command again to retry its candidate"
-            )
+        if self.lost is not None or self.broken is not None:
+            raise GroupLost(f"{self.lost or self.broken}: stopping; run the same command "
+                            "again to retry its candidate")  # fmt: skip
         self.in_run = True
         try:
             return self._run(trial)
@@ -327,8 +375,17 @@ class Leader:
         status = (self.seq, own is None, "")
         try:
             every = self.group.gather(status)
+            failed_somewhere = not all(ok for _, ok, _ in every)
+            probes = self.group.gather(_default_group_error()) if failed_somewhere else []
         except _group_errors() as err:
             raise self._lose(_cause(err)) from None
+        causes = [cause for cause in probes if cause]
+        if causes:
+            whys = [f"rank 0: {_short(own)}"] if own is not None else []
+            whys += [f"rank {r}: {why}" for r, (_, ok, why) in enumerate(every) if r and not ok]
+            self.broken = f"the default process group broke during a run ({causes[0]})"
+            raise GroupBroken(f"{'; '.join(whys)}; then {self.broken}: a rerun of the "
+                              "same command retries this candidate")  # fmt: skip
         if own is not None:
             raise own
         out_of_step = [r for r, (seq, _, _) in enumerate(every) if seq != self.seq]
@@ -384,8 +441,9 @@ def _lead(plan: TunePlan, group: Group) -> TuneResult:
             result = run_plan(wrapped)  # as one worker (TunePlan.run would come back here)
         except BaseException as err:
             if leader.lost is None:
+                text = str(err) if isinstance(err, GroupLost) else _first_line(err)
                 with contextlib.suppress(Exception):  # best effort: the others stop too
-                    group.send(("end", None, type(err).__name__, _first_line(err)))
+                    group.send(("end", None, type(err).__name__, text))
             raise
     if leader.lost is None:
         group.send(("end", result, None, None))
@@ -409,6 +467,8 @@ def _follow(plan: TunePlan, group: Group) -> TuneResult:
             _, result, kind, text = message
             if kind == "KeyboardInterrupt":
                 raise KeyboardInterrupt
+            if kind == "GroupLost":  # the default group broke: every rank stops
+                raise GroupLost(text)
             if kind is not None:
                 raise LeaderFailed(f"rank 0 ended with {text}")
             if quiet_result:
@@ -418,7 +478,9 @@ def _follow(plan: TunePlan, group: Group) -> TuneResult:
         trial = Trial(**payload, device=device, data=prep.data, validation=prep.validation)
         ok, why = _train(prep.objective, trial, config.trial_timeout, seen, group.rank)
         try:
-            group.gather((seq, ok, why))
+            every = group.gather((seq, ok, why))
+            if not all(ok_ for _, ok_, _ in every):  # as rank 0 does: is the group whole?
+                group.gather(_default_group_error())
         except _group_errors() as err:
             raise GroupLost(f"rank 0 ended ({_first_line(err)}): stopping") from None
 
@@ -473,14 +535,44 @@ def check(plan: TunePlan) -> None:
             "timeouts apply)",
             "trial_timeout",
         )
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if config.devices and per_node > len(config.devices):
-        given = ",".join(map(str, config.devices))
+    per_node = _env_int("LOCAL_WORLD_SIZE") or 1
+    if per_node > 1:
+        _one_gpu_each(config, per_node)
+
+
+def _one_gpu_each(config: TuneConfig, per_node: int) -> None:
+    """Refuse two local ranks on one GPU (nccl refuses it: "Duplicate GPU detected"):
+    local rank r trains on ``devices[r mod n]``, else on GPU ``r mod count``."""
+    from .. import _device
+
+    if config.devices:
+        if len(config.devices) < per_node:
+            given = ",".join(map(str, config.devices))
+            raise ArgumentError(
+                f"devices='{given}' is invalid under torchrun with {per_node} processes per "
+                f"node: expected at least {per_node} GPUs, one per process (two processes on "
+                "one GPU are refused by nccl)",
+                "devices",
+            )
+        return
+    device = str(config.device or "auto")
+    count = _device.cuda_count()
+    if count == 0 or device == "cpu":
+        return  # on the CPU (gloo) any number of processes share the machine
+    if device not in ("auto", "cuda"):  # an explicit cuda:i: every rank on that one GPU
         raise ArgumentError(
-            f"devices='{given}' is invalid under torchrun with {per_node} processes per "
-            f"node: expected at least {per_node} GPUs, one per process (two processes on "
-            "one GPU are refused by nccl)",
-            "devices",
+            f"device={device!r} is invalid under torchrun with {per_node} processes per node: "
+            "every process would train on that one GPU; use device='cuda' (local rank r on "
+            "GPU r) or devices= (--gpus) with a GPU per process",
+            "device",
+        )
+    if count < per_node:
+        raise ArgumentError(
+            f"device={device!r} is invalid under torchrun with {per_node} processes per node "
+            f"on this machine's {count} CUDA device{'s' if count > 1 else ''}: expected at "
+            f"least {per_node} GPUs, one per process (nccl refuses two processes on one GPU); "
+            "start one process per GPU, or use device='cpu'",
+            "device",
         )
 
 
