@@ -690,10 +690,10 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     import copy
 
     memo: dict[int, Any] = {}
-    for t in model.parameters():
-        memo[id(t)] = nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
-    for t in model.buffers():
-        memo[id(t)] = torch.empty_like(t, device="meta")
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
     return copy.deepcopy(model, memo)
 
 
