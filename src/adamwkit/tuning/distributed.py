@@ -51,7 +51,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -430,9 +430,7 @@ def _on_sigterm(leader: Leader) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _lead(plan: TunePlan, group: Group) -> TuneResult:
-    from .protocol import run_plan
-
+def _lead(plan: TunePlan, group: Group, run_plan: Callable[[TunePlan], TuneResult]) -> TuneResult:
     leader = Leader(plan.prepared.objective, group)
     prepared = dataclasses.replace(plan.prepared, objective=leader)
     wrapped = dataclasses.replace(plan, prepared=prepared)
@@ -581,12 +579,14 @@ def _identity(plan: TunePlan) -> Any:
     return (plan.config.study, sorted((k, repr(v)) for k, v in spec.attrs().items()))
 
 
-def run(plan: TunePlan) -> TuneResult:
-    """Run ``plan`` with this process as one rank of the group (see the module)."""
+def run(plan: TunePlan, run_plan: Callable[[TunePlan], TuneResult]) -> TuneResult:
+    """Run ``plan`` with this process as one rank of the group (see the module); rank 0
+    runs the study through ``run_plan`` (:func:`.protocol.run_plan`, passed in so that
+    this module imports nothing of the study's own)."""
     check(plan)
     group = Group(plan.config)
     try:
         group.agree(_identity(plan))
-        return _lead(plan, group) if group.rank == 0 else _follow(plan, group)
+        return _lead(plan, group, run_plan) if group.rank == 0 else _follow(plan, group)
     finally:
         group.close()

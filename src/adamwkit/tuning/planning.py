@@ -75,7 +75,7 @@ class TunePlan:
         :func:`adamwkit.tune` (:mod:`adamwkit.tuning.distributed`)."""
         from . import distributed
 
-        return distributed.run(self) if distributed.launched() else run_plan(self)
+        return distributed.run(self, run_plan) if distributed.launched() else run_plan(self)
 
 
 def plan(objective: Any = "digits", **options: Any) -> TunePlan:
