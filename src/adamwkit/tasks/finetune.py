@@ -145,7 +145,7 @@ def gpt2_lora_task(
     """
     from peft import LoraConfig
 
-    from .._checks import check_choice, check_whole
+    from .._checks import check_whole
 
     n_examples, length = check_whole("n_examples", n_examples, 2), check_whole("length", length, 2)
     vocab, rank = check_whole("vocab", vocab, 2), check_whole("rank", rank, 1)
@@ -156,7 +156,6 @@ def gpt2_lora_task(
             f"n_embd={n_embd!r} is invalid: expected a multiple of n_head={n_head} (each "
             "attention head takes n_embd / n_head of the width)"
         )
-    check_choice("decay_toward", decay_toward, ("zero", "init"))
     ids = counting_sequences(n_examples, length + 1, vocab)
     config = LoraConfig(
         r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=["c_attn", "c_fc"],

@@ -60,7 +60,6 @@ import torch
 from .._checks import ArgumentError
 from .._device import device_for
 from .executor import exit_reason
-from .limits import TrialTimeout, time_limit
 from .objective import Objective, Trial, outcome_of
 
 if TYPE_CHECKING:
@@ -290,13 +289,11 @@ def _short(err: BaseException) -> str:
     """An error as one line, a collective's without gloo's source location."""
     if str(err).startswith("["):
         return f"{type(err).__name__}: {_cause(err)}"
-    return _reason(err, None)
+    return _reason(err)
 
 
-def _reason(err: BaseException, timeout: float | None) -> str:
+def _reason(err: BaseException) -> str:
     """What a run's failure on one rank is recorded as (one line)."""
-    if isinstance(err, TrialTimeout):
-        return f"exceeded trial_timeout of {timeout:g} s"
     if isinstance(err, SystemExit):
         return exit_reason(err)
     return _first_line(err)
@@ -474,7 +471,7 @@ def _follow(plan: TunePlan, group: Group) -> TuneResult:
             return result  # type: ignore[no-any-return]
         _, seq, payload = message
         trial = Trial(**payload, device=device, data=prep.data, validation=prep.validation)
-        ok, why = _train(prep.objective, trial, config.trial_timeout, seen, group.rank)
+        ok, why = _train(prep.objective, trial, seen, group.rank)
         try:
             every = group.gather((seq, ok, why))
             if not all(ok_ for _, ok_, _ in every):  # as rank 0 does: is the group whole?
@@ -483,19 +480,16 @@ def _follow(plan: TunePlan, group: Group) -> TuneResult:
             raise GroupLost(f"rank 0 ended ({_first_line(err)}): stopping") from None
 
 
-def _train(
-    objective: Objective, trial: Trial, timeout: float | None, seen: set[str], rank_: int
-) -> tuple[bool, str]:
+def _train(objective: Objective, trial: Trial, seen: set[str], rank_: int) -> tuple[bool, str]:
     """One run on this rank: whether it ended well, and why not (its traceback printed the
-    first time it is seen)."""
+    first time it is seen). No time limit: :func:`check` refuses ``trial_timeout``."""
     try:
-        with time_limit(timeout):
-            outcome_of(objective(trial))
+        outcome_of(objective(trial))
         return True, ""
     except KeyboardInterrupt:
         raise
     except BaseException as err:
-        why = _reason(err, timeout)
+        why = _reason(err)
         if why not in seen:
             seen.add(why)
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
@@ -540,7 +534,7 @@ def check(plan: TunePlan) -> None:
 
 def _one_gpu_each(config: TuneConfig, per_node: int) -> None:
     """Refuse two local ranks on one GPU (nccl refuses it: "Duplicate GPU detected"):
-    local rank r trains on ``devices[r mod n]``, else on GPU ``r mod count``."""
+    local rank r trains on ``devices[r]``, else on GPU ``r``."""
     from .. import _device
 
     if config.devices:
